@@ -1,0 +1,20 @@
+"""The `pledgeflow` console script: one entry point, one sub-command group per concern."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(name="pledgeflow", no_args_is_help=True, help="Pledgeflow command line.")
+
+
+def _register() -> None:
+    """Attach each concern's sub-commands; imported lazily so `--help` stays fast."""
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()
