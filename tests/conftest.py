@@ -1,0 +1,53 @@
+"""Session fixtures for the real Kafka broker and Redis server (started when not running)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.support.infra import LocalBroker, ensure_redis, kafka_bootstrap, redis_url, unique_name
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[LocalBroker]:
+    """The real broker; kafka-up.sh is a no-op when it already answers."""
+    b = LocalBroker(kafka_bootstrap())
+    b.ensure_running()
+    yield b
+    # A test that stopped the broker must not leave the rest of the session without one.
+    b.ensure_running()
+
+
+@pytest.fixture(scope="session")
+def bootstrap(broker: LocalBroker) -> str:
+    return broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    ensure_redis()
+    return redis_url()
+
+
+@pytest.fixture
+async def redis_client(redis_server: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh name prefix so tests never see each other's topics, groups or keys."""
+    return unique_name()
+
+
+@pytest.fixture
+async def admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await client.start()
+    yield client
+    await client.close()

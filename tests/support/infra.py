@@ -1,0 +1,56 @@
+"""Where the real broker and Redis live for tests, and how to start/stop the local broker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+KAFKA_DIR = REPO / "deploy" / "local" / "kafka"
+REDIS_DIR = REPO / "deploy" / "local" / "redis"
+
+
+def kafka_bootstrap() -> str:
+    """The broker tests talk to: an external cluster if given, else the local one."""
+    external = os.environ.get("PLEDGEFLOW_KAFKA_BOOTSTRAP")
+    if external:
+        return external
+    return f"127.0.0.1:{os.environ.get('PLEDGEFLOW_KAFKA_PORT', '9092')}"
+
+
+def redis_url() -> str:
+    return os.environ.get(
+        "PLEDGEFLOW_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('PLEDGEFLOW_REDIS_PORT', '6379')}/0"
+    )
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A name no other test (or earlier run) uses: topics, groups, transactional ids, keys."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class LocalBroker:
+    """Stops and starts the broker from deploy/local (used by restart and fault tests)."""
+
+    bootstrap: str
+
+    @property
+    def is_local(self) -> bool:
+        return "PLEDGEFLOW_KAFKA_BOOTSTRAP" not in os.environ
+
+    def start(self) -> None:
+        subprocess.run([str(KAFKA_DIR / "kafka-up.sh")], check=True, cwd=REPO)
+
+    def stop(self) -> None:
+        subprocess.run([str(KAFKA_DIR / "kafka-down.sh")], check=True, cwd=REPO)
+
+    def ensure_running(self) -> None:
+        self.start()
+
+
+def ensure_redis() -> None:
+    subprocess.run([str(REDIS_DIR / "redis-up.sh")], check=True, cwd=REPO)
