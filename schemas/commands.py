@@ -1,0 +1,106 @@
+"""Commands: what the API asks the pledge processor to decide, on the ``pledge-commands`` topic.
+
+Commands are imperatives and carry no decision: the processor may refuse them (as a
+``PledgeRejected`` event). ``command_id`` is derived by the API from tenant + idempotency key
+and becomes the causation id of the resulting events, so a retried command is recognised.
+``issued_at`` is for latency metrics only; the processor decides with its own clock.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from schemas.canonical import UtcDatetime, dumps
+from schemas.errors import DecodeError, describe_validation_error
+from schemas.events import CampaignTerms, CloseReason, Code, Ident
+from schemas.money import Money
+
+__all__ = [
+    "CancelPledge",
+    "CloseCampaign",
+    "Command",
+    "LaunchCampaign",
+    "MakePledge",
+    "decode_command",
+    "encode_command",
+]
+
+
+class _CommandFields(BaseModel):
+    """Fields every command carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command_id: Ident
+    tenant_id: Ident
+    correlation_id: Ident
+    issued_at: UtcDatetime
+    campaign_id: Ident
+
+
+class LaunchCampaign(CampaignTerms, _CommandFields):
+    """Open a campaign with these terms (becomes ``CampaignLaunched``)."""
+
+    command_type: Literal["LaunchCampaign"] = "LaunchCampaign"
+
+
+class MakePledge(_CommandFields):
+    """Back a campaign, optionally choosing a reward tier."""
+
+    command_type: Literal["MakePledge"] = "MakePledge"
+    pledge_id: Ident
+    backer_id: Ident
+    amount: Money
+    tier_id: Ident | None = None
+    payment_token: Annotated[str, Field(max_length=500)] | None = None
+    locale: Annotated[str, Field(max_length=35)] | None = None
+
+
+class CancelPledge(_CommandFields):
+    """Withdraw an accepted pledge; ``reason`` is a snake_case code (e.g. ``backer_request``)."""
+
+    command_type: Literal["CancelPledge"] = "CancelPledge"
+    pledge_id: Ident
+    reason: Code = "backer_request"
+
+
+class CloseCampaign(_CommandFields):
+    """Stop a campaign: at its deadline (processor timer), by its creator, or by the platform."""
+
+    command_type: Literal["CloseCampaign"] = "CloseCampaign"
+    reason: CloseReason
+
+
+#: Any command; discriminated on ``command_type`` so a ``match`` on the class is exhaustive.
+Command = Annotated[
+    LaunchCampaign | MakePledge | CancelPledge | CloseCampaign,
+    Field(discriminator="command_type"),
+]
+
+_COMMAND: TypeAdapter[LaunchCampaign | MakePledge | CancelPledge | CloseCampaign] = TypeAdapter(
+    Command
+)
+
+
+def encode_command(command: LaunchCampaign | MakePledge | CancelPledge | CloseCampaign) -> bytes:
+    """Canonical JSON bytes of a command (the ``pledge-commands`` value; key = campaign_id)."""
+    return dumps(command.model_dump(mode="json"))
+
+
+def decode_command(
+    data: bytes | bytearray | memoryview | str,
+) -> LaunchCampaign | MakePledge | CancelPledge | CloseCampaign:
+    """Bytes from ``pledge-commands`` -> a validated command; only :class:`DecodeError` escapes."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"<root>: malformed JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DecodeError(f"<root>: expected a JSON object, got {type(raw).__name__}")
+    try:
+        return _COMMAND.validate_python(raw)
+    except ValidationError as exc:
+        raise DecodeError(describe_validation_error(exc)) from None

@@ -1,0 +1,186 @@
+"""The envelope every event travels in, and the pure function that stamps one.
+
+The envelope gives an event its identity (deterministic ``event_id``), its place in its
+(campaign, stream) chain (``seq``, ``prev_hash``, ``hash``) and its tracing ids.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID, uuid5
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    model_validator,
+)
+
+from schemas.canonical import GENESIS_HASH, UtcDatetime, chain_hash, dumps, format_timestamp, to_utc
+from schemas.events import EVENT_TYPES, Event, Ident, Stream
+
+__all__ = [
+    "EVENT_ID_NAMESPACE",
+    "GENESIS_HASH",
+    "Envelope",
+    "HexDigest",
+    "event_id_for",
+    "stamp",
+    "stamp_with_body",
+]
+
+#: uuid5 namespace of event ids (uuid5(NAMESPACE_URL, "https://pledgeflow.dev/ns/events")).
+EVENT_ID_NAMESPACE = UUID("840fe538-5def-599f-b2b4-414f97b9c7f9")
+
+#: A SHA-256 digest as 64 lowercase hex characters.
+HexDigest = Annotated[StrictStr, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Envelope(BaseModel):
+    """One event on the wire: identity, chain position, tracing ids and the typed payload."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: UUID
+    event_type: StrictStr
+    schema_version: Annotated[StrictInt, Field(ge=1)]
+    campaign_id: Ident
+    stream: Stream
+    seq: Annotated[StrictInt, Field(ge=1)]
+    occurred_at: UtcDatetime
+    causation_id: Ident
+    correlation_id: Ident
+    prev_hash: HexDigest
+    hash: HexDigest
+    payload: SerializeAsAny[Event]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_payload(cls, data: Any) -> Any:
+        # The payload's model is chosen by the envelope's event_type (no discriminator inside).
+        if isinstance(data, dict) and isinstance(data.get("payload"), dict):
+            event_type = data.get("event_type")
+            model = EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
+            if model is None:
+                raise ValueError(f"event_type: unknown event type {event_type!r}")
+            data = {**data, "payload": model.model_validate(data["payload"])}
+        return data
+
+    @model_validator(mode="after")
+    def _payload_matches(self) -> Envelope:
+        payload = self.payload
+        if type(payload).event_type != self.event_type:
+            raise ValueError(
+                f"event_type: {self.event_type!r} but payload is {type(payload).event_type!r}"
+            )
+        if payload.schema_version != self.schema_version:
+            raise ValueError(
+                f"schema_version: {self.schema_version} but {self.event_type} is "
+                f"v{payload.schema_version} (upcast before validating)"
+            )
+        if payload.stream != self.stream:
+            raise ValueError(f"stream: {self.event_type} belongs to {payload.stream!r}")
+        return self
+
+
+def event_id_for(stream: str, causation_id: str, index: int) -> UUID:
+    """Deterministic event id: the same command (or causing event) retried yields the same ids.
+
+    The stream is part of the name so that two writers reacting to the same cause (settlement
+    and notify both consuming one ``CampaignClosed``) never mint the same id.
+    """
+    return uuid5(EVENT_ID_NAMESPACE, f"{stream}:{causation_id}:{index}")
+
+
+def stamp_with_body(
+    event: Event,
+    *,
+    campaign_id: str,
+    seq: int,
+    prev_hash: str,
+    occurred_at: datetime,
+    causation_id: str,
+    correlation_id: str,
+    index: int,
+    stream: Stream | None = None,
+) -> tuple[Envelope, dict[str, Any]]:
+    """Stamp ``event`` and also return its canonical dict (with ``hash``) for the encoder.
+
+    The hot path of the processor: no pydantic validation of the envelope (the payload is an
+    already-validated model and the scalars are checked here), one canonical dump for the hash.
+    """
+    if stream is not None and stream != event.stream:
+        raise ValueError(f"stream: {event.event_type} belongs to {event.stream!r}, not {stream!r}")
+    if type(seq) is not int or seq < 1:
+        raise ValueError(f"seq must be an int >= 1, got {seq!r}")
+    if len(prev_hash) != 64:
+        raise ValueError("prev_hash must be 64 hex characters (GENESIS_HASH for the first event)")
+    occurred_at = to_utc(occurred_at)
+    event_id = event_id_for(event.stream, causation_id, index)
+    body: dict[str, Any] = {
+        "campaign_id": campaign_id,
+        "causation_id": causation_id,
+        "correlation_id": correlation_id,
+        "event_id": str(event_id),
+        "event_type": event.event_type,
+        "occurred_at": format_timestamp(occurred_at),
+        "payload": event.model_dump(mode="json"),
+        "prev_hash": prev_hash,
+        "schema_version": event.schema_version,
+        "seq": seq,
+        "stream": event.stream,
+    }
+    digest = chain_hash(prev_hash, dumps(body))
+    body["hash"] = digest
+    envelope = Envelope.model_construct(
+        event_id=event_id,
+        event_type=event.event_type,
+        schema_version=event.schema_version,
+        campaign_id=campaign_id,
+        stream=event.stream,
+        seq=seq,
+        occurred_at=occurred_at,
+        causation_id=causation_id,
+        correlation_id=correlation_id,
+        prev_hash=prev_hash,
+        hash=digest,
+        payload=event,
+    )
+    return envelope, body
+
+
+def stamp(
+    event: Event,
+    *,
+    campaign_id: str,
+    seq: int,
+    prev_hash: str = GENESIS_HASH,
+    occurred_at: datetime,
+    causation_id: str,
+    correlation_id: str,
+    index: int,
+    stream: Stream | None = None,
+) -> Envelope:
+    """Pure: wrap ``event`` in its envelope at position ``seq`` after ``prev_hash``.
+
+    ``event_id = uuid5(EVENT_ID_NAMESPACE, f"{stream}:{causation_id}:{index}")`` and
+    ``hash = sha256(prev_hash + canonical(envelope without hash))``. ``stream`` defaults to
+    (and must equal) the event's own stream.
+    """
+    envelope, _ = stamp_with_body(
+        event,
+        campaign_id=campaign_id,
+        seq=seq,
+        prev_hash=prev_hash,
+        occurred_at=occurred_at,
+        causation_id=causation_id,
+        correlation_id=correlation_id,
+        index=index,
+        stream=stream,
+    )
+    return envelope

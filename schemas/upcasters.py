@@ -1,0 +1,54 @@
+"""Explicit per-step upcasters that bring stored payloads of old schema versions up to date.
+
+The log is immutable, so an old event is never rewritten: it is upcast on every read. Each step
+is a pure function on the payload dict, registered under ``(event_type, from_version)``.
+Stored hashes stay valid because the chain is verified on the bytes as stored, before upcasting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from schemas.errors import DecodeError
+from schemas.events import EVENT_TYPES
+
+__all__ = ["UPCASTERS", "Upcaster", "upcast", "upcast_pledge_made_v1_v2"]
+
+Payload = dict[str, Any]
+Upcaster = Callable[[Payload], Payload]
+
+
+def upcast_pledge_made_v1_v2(payload: Payload) -> Payload:
+    """PledgeMade v1 predates reward tiers: a v1 pledge backs the campaign with no tier."""
+    return {**payload, "tier_id": None}
+
+
+#: ``(event_type, from_version) -> step`` producing ``from_version + 1``.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("PledgeMade", 1): upcast_pledge_made_v1_v2,
+}
+
+
+def upcast(event_type: str, version: int, payload: Payload) -> tuple[int, Payload]:
+    """Apply the chain of steps from ``version`` to the current version of ``event_type``.
+
+    Raises :class:`DecodeError` for an unknown type, a version newer than this reader, or a
+    missing step (a gap in the chain is a deployment bug, not something to guess around).
+    """
+    model = EVENT_TYPES.get(event_type)
+    if model is None:
+        raise DecodeError(f"event_type: unknown event type {event_type!r}")
+    target = model.schema_version
+    if version > target or version < 1:
+        raise DecodeError(
+            f"schema_version: {event_type} v{version} is not readable (this reader knows "
+            f"v1..v{target})"
+        )
+    while version < target:
+        step = UPCASTERS.get((event_type, version))
+        if step is None:
+            raise DecodeError(f"schema_version: no upcaster for {event_type} v{version}")
+        payload = step(payload)
+        version += 1
+    return version, payload
