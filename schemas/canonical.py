@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any
 
 import orjson
@@ -32,13 +33,19 @@ _SORTED = orjson.OPT_SORT_KEYS
 
 def to_utc(value: datetime) -> datetime:
     """Normalise an aware datetime to UTC; a naive one is refused (its instant is unknown)."""
+    if value.tzinfo is UTC:
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("datetime must be timezone-aware (UTC)")
     return value.astimezone(UTC)
 
 
+@lru_cache(maxsize=4096)
 def format_timestamp(value: datetime) -> str:
-    """Canonical text of an aware datetime: UTC, microsecond precision, ``Z`` suffix."""
+    """Canonical text of an aware datetime: UTC, microsecond precision, ``Z`` suffix.
+
+    Cached: a writer stamps a whole batch with one clock reading, so the same instant recurs.
+    """
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
