@@ -46,7 +46,10 @@ def summary(since: float) -> Table:
             if part
         )
         table.add_row(
-            r["name"], r["metric"], f"{r['value']:,}", r["unit"],
+            r["name"],
+            r["metric"],
+            f"{r['value']:,}",
+            r["unit"],
             f"{base['name']}: {base['value']:,}" if base else "—",
             "—" if r["ratio"] is None else f"{r['ratio']}x",
             wanted or "—",

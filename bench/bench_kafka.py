@@ -23,7 +23,9 @@ PAYLOAD = b'{"event_type":"PledgeMade","payload":{"amount_minor":2500,"currency"
 
 async def produce(bootstrap: str, topic: str, n: int, awaited: bool) -> float:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
         linger_ms=0 if awaited else 5,
         max_batch_size=256 * 1024,
     )
@@ -44,8 +46,12 @@ async def produce(bootstrap: str, topic: str, n: int, awaited: bool) -> float:
 
 async def consume(bootstrap: str, topic: str, n: int, batched: bool) -> float:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=16 * 1024 * 1024,
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
     )
     await consumer.start()
     seen = 0
@@ -53,7 +59,9 @@ async def consume(bootstrap: str, topic: str, n: int, batched: bool) -> float:
         with Stopwatch() as sw:
             if batched:
                 while seen < n:
-                    for records in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                    for records in (
+                        await consumer.getmany(timeout_ms=1000, max_records=10_000)
+                    ).values():
                         seen += len(records)
             else:
                 async for _ in consumer:
@@ -70,23 +78,33 @@ async def main() -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    await admin.create_topics([NewTopic(f"{prefix}.raw", 6, 1), NewTopic(f"{prefix}.awaited", 6, 1)])
+    await admin.create_topics(
+        [NewTopic(f"{prefix}.raw", 6, 1), NewTopic(f"{prefix}.awaited", 6, 1)]
+    )
     await admin.close()
 
     awaited = await produce(bootstrap, f"{prefix}.awaited", N_AWAITED, awaited=True)
     batched = await produce(bootstrap, f"{prefix}.raw", N, awaited=False)
     print(f"producer: batched {batched:,.0f} msgs/s, awaited {awaited:,.0f} msgs/s")
     write_result(
-        "kafka_producer", "aiokafka producer throughput (acks=all, idempotent, batched)", "msgs/s",
-        batched, baseline=("send_and_wait per record", awaited), target=Target(ratio=5.0),
+        "kafka_producer",
+        "aiokafka producer throughput (acks=all, idempotent, batched)",
+        "msgs/s",
+        batched,
+        baseline=("send_and_wait per record", awaited),
+        target=Target(ratio=5.0),
         extra={"records": N, "payload_bytes": len(PAYLOAD)},
     )
     one_by_one = await consume(bootstrap, f"{prefix}.raw", N, batched=False)
     many = await consume(bootstrap, f"{prefix}.raw", N, batched=True)
     print(f"consumer: getmany {many:,.0f} msgs/s, async-for {one_by_one:,.0f} msgs/s")
     write_result(
-        "kafka_consumer", "aiokafka consumer throughput (getmany, from earliest)", "msgs/s",
-        many, baseline=("async for, one record at a time", one_by_one), target=Target(ratio=1.0),
+        "kafka_consumer",
+        "aiokafka consumer throughput (getmany, from earliest)",
+        "msgs/s",
+        many,
+        baseline=("async for, one record at a time", one_by_one),
+        target=Target(ratio=1.0),
         extra={"records": N},
     )
 

@@ -29,7 +29,8 @@ def kafka_bootstrap() -> str:
 
 def redis_url() -> str:
     return os.environ.get(
-        "PLEDGEFLOW_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('PLEDGEFLOW_REDIS_PORT', '6379')}/0"
+        "PLEDGEFLOW_REDIS_URL",
+        f"redis://127.0.0.1:{os.environ.get('PLEDGEFLOW_REDIS_PORT', '6379')}/0",
     )
 
 
@@ -90,7 +91,9 @@ def write_result(
         "metric": metric,
         "unit": unit,
         "value": round(value, 3),
-        "baseline": None if baseline is None else {"name": baseline[0], "value": round(baseline[1], 3)},
+        "baseline": None
+        if baseline is None
+        else {"name": baseline[0], "value": round(baseline[1], 3)},
         "ratio": None if ratio is None else round(ratio, 3),
         "target": {"value": target.value, "ratio": target.ratio},
         "met": bool(met),

@@ -8,8 +8,9 @@ Exit 0 when ready, 1 on timeout or when the watched process died.
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
+import contextlib
+import logging
 import os
 import sys
 import time
@@ -26,10 +27,8 @@ async def kafka_ready(bootstrap: str) -> bool:
     except Exception:
         return False
     finally:
-        try:
+        with contextlib.suppress(Exception):
             await admin.close()
-        except Exception:
-            pass
 
 
 async def redis_ready(address: str) -> bool:
@@ -73,7 +72,10 @@ async def main() -> int:
             return 1
         if time.monotonic() >= deadline:
             if args.timeout > 0:
-                print(f"{args.what}: not ready at {args.address} after {args.timeout}s", file=sys.stderr)
+                print(
+                    f"{args.what}: not ready at {args.address} after {args.timeout}s",
+                    file=sys.stderr,
+                )
             return 1
         await asyncio.sleep(0.2)
 

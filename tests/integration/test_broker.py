@@ -15,13 +15,15 @@ pytestmark = pytest.mark.integration
 
 
 async def create_topic(admin: AIOKafkaAdminClient, name: str, partitions: int = 1) -> None:
-    await admin.create_topics(
-        [NewTopic(name, partitions, 1, topic_configs={"retention.ms": "-1"})]
-    )
+    await admin.create_topics([NewTopic(name, partitions, 1, topic_configs={"retention.ms": "-1"})])
 
 
 async def read_all(
-    bootstrap: str, topic: str, expected: int, isolation: str = "read_committed", timeout: float = 20
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    isolation: str = "read_committed",
+    wait_seconds: float = 20,
 ) -> list[bytes]:
     """Read a topic from the beginning without a group until `expected` records or a quiet poll."""
     consumer = AIOKafkaConsumer(
@@ -34,7 +36,7 @@ async def read_all(
     await consumer.start()
     values: list[bytes] = []
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + wait_seconds
         while len(values) < expected and asyncio.get_running_loop().time() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
@@ -116,14 +118,14 @@ async def test_two_group_members_split_the_partitions(
     assert first | second == {TopicPartition(topic, p) for p in range(4)}
 
 
-async def test_created_topic_keeps_records_forever(
-    admin: AIOKafkaAdminClient, unique: str
-) -> None:
+async def test_created_topic_keeps_records_forever(admin: AIOKafkaAdminClient, unique: str) -> None:
     topic = f"{unique}.forever"
     await create_topic(admin, topic, partitions=3)
     described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     configs = {
-        entry[0]: entry[1] for response in described for resource in response.resources
+        entry[0]: entry[1]
+        for response in described
+        for resource in response.resources
         for entry in resource[4]
     }
     assert configs["retention.ms"] == "-1"

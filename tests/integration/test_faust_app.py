@@ -25,7 +25,7 @@ async def test_faust_agent_counts_into_a_table(
         [NewTopic(f"{unique}.words", 1, 1), NewTopic(f"{unique}.counts", 1, 1)]
     )
     env = {**os.environ, "PREFIX": unique, "BOOTSTRAP": bootstrap}
-    worker = subprocess.Popen(
+    worker = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
         [sys.executable, "-m", "tests.support.faust_counter", "worker", "-l", "warn"],
         cwd=REPO,
         env=env,

@@ -23,7 +23,8 @@ def kafka_bootstrap() -> str:
 
 def redis_url() -> str:
     return os.environ.get(
-        "PLEDGEFLOW_REDIS_URL", f"redis://127.0.0.1:{os.environ.get('PLEDGEFLOW_REDIS_PORT', '6379')}/0"
+        "PLEDGEFLOW_REDIS_URL",
+        f"redis://127.0.0.1:{os.environ.get('PLEDGEFLOW_REDIS_PORT', '6379')}/0",
     )
 
 
