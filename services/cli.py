@@ -9,6 +9,9 @@ app = typer.Typer(name="pledgeflow", no_args_is_help=True, help="Pledgeflow comm
 
 def _register() -> None:
     """Attach each concern's sub-commands; imported lazily so `--help` stays fast."""
+    from schemas.cli import app as schemas_app
+
+    app.add_typer(schemas_app, name="schemas")
 
 
 def main() -> None:

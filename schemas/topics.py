@@ -1,0 +1,211 @@
+"""The single registry of Kafka topics: names, partitions, key, retention, cleanup, contents.
+
+Every campaign-keyed topic shares one partition count (co-partitioning): with Kafka's default
+key partitioner a campaign's commands, events and snapshots sit in the same partition number of
+every topic, so the processor owning partition *p* of ``pledge-commands`` rebuilds from
+partition *p* of the event topics. The local bootstrap and the k8s KafkaTopic manifests are
+generated from this module, so nothing else spells a topic name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from schemas.events import EVENT_TYPES, Stream
+
+__all__ = [
+    "COMMANDS_TOPIC",
+    "CONSUMERS",
+    "DEFAULT_PARTITIONS",
+    "DLQ_RETENTION_MS",
+    "SNAPSHOTS_TOPIC",
+    "TopicKind",
+    "TopicSpec",
+    "Topics",
+    "ensure_topics",
+]
+
+DEFAULT_PARTITIONS = 6
+COMMANDS_TOPIC = "pledge-commands"
+SNAPSHOTS_TOPIC = "pledge-snapshots"
+#: Dead letters are kept 30 days: long enough to inspect and replay, not a permanent record.
+DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
+#: Consumers that own a dead-letter topic ``<consumer>.dlq`` (the processor's is
+#: ``pledge-commands.dlq``, named after the topic it reads).
+CONSUMERS: tuple[str, ...] = ("settlement", "notify", "readmodel", "audit")
+
+TopicKind = Literal["event", "command", "snapshot", "dead_letter"]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic as Kafka should hold it."""
+
+    name: str
+    kind: TopicKind
+    partitions: int
+    retention_ms: int
+    cleanup_policy: Literal["delete", "compact"]
+    key: str = "campaign_id"
+    stream: Stream | None = None
+    event_types: tuple[str, ...] = ()
+    replication_factor: int = 1
+    extra_config: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def config(self) -> dict[str, str]:
+        """Topic-level configs as Kafka wants them (all values are strings)."""
+        return {
+            "retention.ms": str(self.retention_ms),
+            "cleanup.policy": self.cleanup_policy,
+            **dict(self.extra_config),
+        }
+
+
+class Topics:
+    """The registry, optionally namespaced by ``prefix`` (e.g. one per test on a shared broker).
+
+    ``Topics()`` is production; ``Topics(prefix="t123.", partitions=3)`` gives every topic the
+    same shape under isolated names.
+    """
+
+    def __init__(
+        self, *, prefix: str = "", partitions: int = DEFAULT_PARTITIONS, replication_factor: int = 1
+    ) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self.prefix = prefix
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        specs: list[TopicSpec] = [
+            self._spec(name, "event", -1, "delete", stream=model.stream, event_types=(name,))
+            for name, model in EVENT_TYPES.items()
+        ]
+        specs.append(self._spec(COMMANDS_TOPIC, "command", -1, "delete"))
+        specs.append(
+            self._spec(
+                SNAPSHOTS_TOPIC,
+                "snapshot",
+                -1,
+                "compact",
+                # Keep only the latest snapshot per key, promptly.
+                extra=(("min.cleanable.dirty.ratio", "0.1"),),
+            )
+        )
+        specs.append(self._spec(f"{COMMANDS_TOPIC}.dlq", "dead_letter", DLQ_RETENTION_MS, "delete"))
+        specs.extend(
+            self._spec(f"{consumer}.dlq", "dead_letter", DLQ_RETENTION_MS, "delete")
+            for consumer in CONSUMERS
+        )
+        self._specs = {spec.name: spec for spec in specs}
+
+    def _spec(
+        self,
+        base: str,
+        kind: TopicKind,
+        retention_ms: int,
+        cleanup: Literal["delete", "compact"],
+        *,
+        stream: Stream | None = None,
+        event_types: tuple[str, ...] = (),
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> TopicSpec:
+        return TopicSpec(
+            name=self.prefix + base,
+            kind=kind,
+            partitions=self.partitions,
+            retention_ms=retention_ms,
+            cleanup_policy=cleanup,
+            stream=stream,
+            event_types=event_types,
+            replication_factor=self.replication_factor,
+            extra_config=extra,
+        )
+
+    def all(self) -> list[TopicSpec]:
+        """Every topic, in a stable order."""
+        return list(self._specs.values())
+
+    def __iter__(self) -> Iterator[TopicSpec]:
+        return iter(self._specs.values())
+
+    def get(self, name: str) -> TopicSpec:
+        """The spec of a full (prefixed) topic name; KeyError if it is not in the registry."""
+        return self._specs[name]
+
+    @property
+    def commands(self) -> str:
+        """The command topic (``pledge-commands``)."""
+        return self.prefix + COMMANDS_TOPIC
+
+    @property
+    def snapshots(self) -> str:
+        """The compacted processor-snapshot topic."""
+        return self.prefix + SNAPSHOTS_TOPIC
+
+    def for_event(self, event_type: str) -> str:
+        """Topic carrying ``event_type`` (named exactly as the type, plus the prefix)."""
+        if event_type not in EVENT_TYPES:
+            raise KeyError(f"unknown event type {event_type!r}")
+        return self.prefix + event_type
+
+    def event_topics(self) -> dict[str, str]:
+        """``event_type -> topic name`` for every event type."""
+        return {event_type: self.prefix + event_type for event_type in EVENT_TYPES}
+
+    def for_stream(self, stream: Stream) -> list[str]:
+        """Every event topic written by ``stream``: what an in-order consumer subscribes to."""
+        return [spec.name for spec in self._specs.values() if spec.stream == stream]
+
+    def dead_letter(self, consumer: str) -> str:
+        """Dead-letter topic of ``consumer`` (``"pledge-commands"`` for the processor)."""
+        name = f"{self.prefix}{consumer}.dlq"
+        if name not in self._specs:
+            known = ", ".join([COMMANDS_TOPIC, *CONSUMERS])
+            raise KeyError(f"no dead-letter topic for {consumer!r} (known: {known})")
+        return name
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Topics | Iterable[TopicSpec], *, timeout_ms: int = 30_000
+) -> list[str]:
+    """Create the registry's topics that are missing on the broker; return the names created.
+
+    Idempotent: existing topics are left alone (their partition count is not changed, since
+    repartitioning would break co-partitioning), and a concurrent creator winning the race
+    (TopicAlreadyExistsError) is fine.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    specs = topics.all() if isinstance(topics, Topics) else list(topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in specs if spec.name not in existing]
+        created: list[str] = []
+        for spec in missing:
+            new_topic = NewTopic(
+                name=spec.name,
+                num_partitions=spec.partitions,
+                replication_factor=spec.replication_factor,
+                topic_configs=spec.config,
+            )
+            try:
+                response = await admin.create_topics([new_topic], timeout_ms=timeout_ms)
+            except TopicAlreadyExistsError:
+                continue
+            for topic_error in getattr(response, "topic_errors", ()):
+                code = topic_error[1]
+                if code == TopicAlreadyExistsError.errno:
+                    break
+                if code != 0:
+                    raise RuntimeError(f"creating topic {spec.name!r} failed: {topic_error!r}")
+            else:
+                created.append(spec.name)
+        return created
+    finally:
+        await admin.close()
