@@ -1,0 +1,597 @@
+"""The pure domain of the pledge processor: campaign state, ``decide`` and ``evolve``.
+
+No I/O, no clock, no randomness: the processor passes ``now`` in, and the state is exactly the
+fold of ``evolve`` over the campaign's own event stream (``replay``), so a processor that
+crashed resumes with the very state it had. A business refusal is an event
+(``PledgeRejected`` with a stable :class:`~schemas.RejectionReason` code), never an exception;
+exceptions here mean a bug in the caller (wrong campaign, events out of order).
+
+Representation choices the rest of the system relies on:
+
+* **Idempotency.** Every event's ``causation_id`` (the command id) is remembered; a command
+  seen again yields no event. A pledge id seen before - accepted, cancelled, or refused for a
+  reason other than ``tenant_mismatch`` - also yields no event, whatever the command id (a
+  foreign tenant must not be able to squat another tenant's pledge ids).
+* **Refusals of non-pledge commands** travel as ``PledgeRejected`` too (the contract's only
+  refusal event; the API waits for an event caused by its command): a refused
+  ``LaunchCampaign`` or ``CloseCampaign`` carries ``pledge_id = command_id``; a launch refusal
+  has ``backer_id = creator_id`` and ``amount = goal``, reasons ``already_launched`` /
+  ``deadline_in_past``. ``evolve`` records a refused pledge id only for the reasons a
+  ``MakePledge`` alone can get (:data:`FINAL_PLEDGE_REFUSALS`), so these never poison a
+  pledge id.
+* **An unlaunched campaign's stream** holds the refusals of commands sent to it (a pledge gets
+  ``campaign_not_found``, at seq 1, 2, ...): ``CampaignLaunched`` is seq 1 of every campaign
+  that received no command before its launch, and otherwise the first event after those
+  refusals. Consumers fold by seq and must not assume the launch is seq 1.
+* **Cancelling** an unknown (or refused) pledge is ``pledge_not_found`` whatever the campaign's
+  state, so that code never marks a pledge id as used.
+* **Closing**: closing a closed (or never launched) campaign yields nothing;
+  ``CloseCampaign(reason='deadline')`` before the deadline yields nothing (the processor's
+  timer, :func:`deadline_close`, closes at the deadline); any ``CloseCampaign`` other than
+  ``platform_suspended`` received at or after the deadline of a still-open campaign closes it
+  as the deadline would (the outcome was fixed at the deadline); a close from another tenant
+  is refused with ``tenant_mismatch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from schemas.canonical import GENESIS_HASH, format_timestamp, to_utc
+from schemas.commands import CancelPledge, CloseCampaign, LaunchCampaign, MakePledge
+from schemas.envelope import Envelope, stamp_with_body
+from schemas.events import (
+    CampaignClosed,
+    CampaignLaunched,
+    CampaignTerms,
+    CloseOutcome,
+    CloseReason,
+    Event,
+    GoalReached,
+    PledgeCancelled,
+    PledgeMade,
+    PledgeRejected,
+    RejectionReason,
+)
+from schemas.money import Money
+
+__all__ = [
+    "FINAL_PLEDGE_REFUSALS",
+    "UNKNOWN_BACKER",
+    "CampaignState",
+    "Command",
+    "OutOfOrderEvent",
+    "PledgeRecord",
+    "PledgeStatus",
+    "Policy",
+    "deadline_causation_id",
+    "deadline_close",
+    "decide",
+    "decide_with_bodies",
+    "evolve",
+    "replay",
+]
+
+Command = LaunchCampaign | MakePledge | CancelPledge | CloseCampaign
+PledgeStatus = Literal["active", "cancelled", "rejected"]
+CampaignStatus = Literal["absent", "open", "closed"]
+
+#: ``backer_id`` of a refusal that concerns no known backer (cancelling an unknown pledge).
+UNKNOWN_BACKER = "unknown"
+#: Currency of the zero amount carried by a refusal on a campaign with no terms yet.
+_FALLBACK_CURRENCY = "EUR"
+
+R = RejectionReason
+#: Refusals that only a ``MakePledge`` can receive, and that make its pledge id final.
+#: ``tenant_mismatch`` is left out on purpose (see the module docstring).
+FINAL_PLEDGE_REFUSALS: frozenset[str] = frozenset(
+    {
+        R.CAMPAIGN_NOT_FOUND,
+        R.CAMPAIGN_CLOSED,
+        R.DEADLINE_PASSED,
+        R.CURRENCY_MISMATCH,
+        R.INVALID_AMOUNT,
+        R.UNKNOWN_TIER,
+        R.BELOW_TIER_MINIMUM,
+        R.TIER_SOLD_OUT,
+    }
+)
+_TERMS_FIELDS = tuple(CampaignTerms.model_fields)
+
+
+class OutOfOrderEvent(ValueError):
+    """``evolve`` was given an event that does not extend the state's chain (a caller bug)."""
+
+
+@dataclass(slots=True)
+class PledgeRecord:
+    """What the campaign remembers of one pledge id."""
+
+    status: PledgeStatus
+    amount_minor: int
+    tier_id: str | None
+    backer_id: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Switchable business rules (from the service settings)."""
+
+    #: Kickstarter's rule: in the last ``late_window`` before the deadline, refuse a
+    #: cancellation that would take a funded total back below the goal.
+    refuse_late_cancellation_below_goal: bool = True
+    late_window: timedelta = timedelta(hours=24)
+
+
+_DEFAULT_POLICY = Policy()
+
+
+@dataclass(slots=True)
+class CampaignState:
+    """One campaign as folded from its ``campaign`` stream. Mutated in place by ``evolve``."""
+
+    campaign_id: str
+    seq: int = 0
+    last_hash: str = GENESIS_HASH
+    terms: CampaignLaunched | None = None
+    status: CampaignStatus = "absent"
+    outcome: CloseOutcome | None = None
+    total_minor: int = 0
+    pledge_count: int = 0
+    goal_reached_at: datetime | None = None
+    #: Every pledge id seen: accepted (active or cancelled) or finally refused.
+    pledges: dict[str, PledgeRecord] = field(default_factory=dict)
+    #: Active pledges per tier id (only tiers with a pledge appear).
+    tier_used: dict[str, int] = field(default_factory=dict)
+    #: Causation ids of every event applied: a command seen again yields nothing.
+    processed: set[str] = field(default_factory=set)
+    #: ``tier_id -> (min_amount_minor, quantity_limit)``, derived from ``terms``.
+    _tiers: dict[str, tuple[int, int | None]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def empty(cls, campaign_id: str) -> CampaignState:
+        """The state of a campaign before any event."""
+        return cls(campaign_id=campaign_id)
+
+    @property
+    def currency(self) -> str | None:
+        """The campaign's currency once launched."""
+        return None if self.terms is None else self.terms.goal.currency
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """A JSON-safe dict (str/int/None/list/dict only) that :meth:`from_snapshot` restores."""
+        return {
+            "campaign_id": self.campaign_id,
+            "seq": self.seq,
+            "last_hash": self.last_hash,
+            "terms": None if self.terms is None else self.terms.model_dump(mode="json"),
+            "status": self.status,
+            "outcome": self.outcome,
+            "total_minor": self.total_minor,
+            "pledge_count": self.pledge_count,
+            "goal_reached_at": (
+                None if self.goal_reached_at is None else format_timestamp(self.goal_reached_at)
+            ),
+            "pledges": {
+                pid: [p.status, p.amount_minor, p.tier_id, p.backer_id]
+                for pid, p in sorted(self.pledges.items())
+            },
+            "tier_used": dict(sorted(self.tier_used.items())),
+            "processed": sorted(self.processed),
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> CampaignState:
+        """Rebuild the state written by :meth:`to_snapshot` (after a JSON round trip)."""
+        terms = data["terms"]
+        reached = data["goal_reached_at"]
+        state = cls(
+            campaign_id=data["campaign_id"],
+            seq=data["seq"],
+            last_hash=data["last_hash"],
+            terms=None if terms is None else CampaignLaunched.model_validate(terms),
+            status=data["status"],
+            outcome=data["outcome"],
+            total_minor=data["total_minor"],
+            pledge_count=data["pledge_count"],
+            goal_reached_at=None if reached is None else to_utc(datetime.fromisoformat(reached)),
+            pledges={
+                pid: PledgeRecord(status, amount, tier, backer)
+                for pid, (status, amount, tier, backer) in data["pledges"].items()
+            },
+            tier_used=dict(data["tier_used"]),
+            processed=set(data["processed"]),
+        )
+        if state.terms is not None:
+            state._tiers = _tier_table(state.terms)
+        return state
+
+
+def _tier_table(terms: CampaignTerms) -> dict[str, tuple[int, int | None]]:
+    return {t.tier_id: (t.min_amount_minor, t.quantity_limit) for t in terms.tiers}
+
+
+# --- decide --------------------------------------------------------------------------------
+
+
+def decide(
+    state: CampaignState, command: Command, now: datetime, policy: Policy = _DEFAULT_POLICY
+) -> list[Envelope]:
+    """The events ``command`` causes on ``state`` at ``now``, stamped and chained.
+
+    Pure: ``state`` is not changed. Events get ``seq = state.seq + 1, ...``, chain from
+    ``state.last_hash``, ``causation_id = command.command_id``, ``correlation_id =
+    command.correlation_id``, ``index`` = position in the decision, ``occurred_at = now``.
+    An empty list means the command changes nothing (a duplicate, or nothing to do).
+    """
+    return [envelope for envelope, _ in decide_with_bodies(state, command, now, policy)]
+
+
+def decide_with_bodies(
+    state: CampaignState, command: Command, now: datetime, policy: Policy = _DEFAULT_POLICY
+) -> list[tuple[Envelope, dict[str, Any]]]:
+    """:func:`decide`, also returning each envelope's canonical dict (with ``hash``) so the
+    processor encodes with ``schemas.canonical.dumps(body)`` without a second dump."""
+    if command.campaign_id != state.campaign_id:
+        raise ValueError(
+            f"command for campaign {command.campaign_id!r} decided on {state.campaign_id!r}"
+        )
+    causation_id = command.command_id
+    if causation_id in state.processed:
+        return []
+    events = _decide_events(state, command, now, policy)
+    return _stamp_all(state, events, now, causation_id, command.correlation_id)
+
+
+def _stamp_all(
+    state: CampaignState,
+    events: list[Event],
+    now: datetime,
+    causation_id: str,
+    correlation_id: str,
+) -> list[tuple[Envelope, dict[str, Any]]]:
+    stamped: list[tuple[Envelope, dict[str, Any]]] = []
+    prev_hash = state.last_hash
+    seq = state.seq
+    campaign_id = state.campaign_id
+    for index, event in enumerate(events):
+        seq += 1
+        envelope, body = stamp_with_body(
+            event,
+            campaign_id=campaign_id,
+            seq=seq,
+            prev_hash=prev_hash,
+            occurred_at=now,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+            index=index,
+        )
+        prev_hash = envelope.hash
+        stamped.append((envelope, body))
+    return stamped
+
+
+def _decide_events(
+    state: CampaignState, command: Command, now: datetime, policy: Policy
+) -> list[Event]:
+    match command:
+        case MakePledge():
+            return _decide_pledge(state, command, now)
+        case CancelPledge():
+            return _decide_cancel(state, command, now, policy)
+        case LaunchCampaign():
+            return _decide_launch(state, command, now)
+        case CloseCampaign():
+            return _decide_close(state, command, now)
+    raise TypeError(f"not a command: {type(command).__name__}")  # pragma: no cover
+
+
+def _pledge_refused(command: MakePledge, reason: RejectionReason, detail: str) -> list[Event]:
+    return [
+        PledgeRejected(
+            pledge_id=command.pledge_id,
+            backer_id=command.backer_id,
+            amount=command.amount,
+            reason=reason,
+            detail=detail,
+        )
+    ]
+
+
+def _decide_pledge(state: CampaignState, command: MakePledge, now: datetime) -> list[Event]:
+    if command.pledge_id in state.pledges:
+        return []
+    terms = state.terms
+    if terms is None:
+        return _pledge_refused(
+            command, R.CAMPAIGN_NOT_FOUND, f"campaign {state.campaign_id} was never launched"
+        )
+    if command.tenant_id != terms.tenant_id:
+        return _pledge_refused(command, R.TENANT_MISMATCH, "the campaign belongs to another tenant")
+    if state.status != "open":
+        return _pledge_refused(command, R.CAMPAIGN_CLOSED, "the campaign is closed")
+    if now >= terms.deadline:
+        return _pledge_refused(
+            command,
+            R.DEADLINE_PASSED,
+            f"the campaign's deadline {format_timestamp(terms.deadline)} has passed",
+        )
+    amount = command.amount
+    goal = terms.goal
+    if amount.currency != goal.currency:
+        return _pledge_refused(
+            command,
+            R.CURRENCY_MISMATCH,
+            f"the campaign takes {goal.currency}, not {amount.currency}",
+        )
+    minor = amount.amount_minor
+    if minor <= 0:
+        return _pledge_refused(command, R.INVALID_AMOUNT, "a pledge amount must be positive")
+    tier_id = command.tier_id
+    if tier_id is not None:
+        tier = state._tiers.get(tier_id)
+        if tier is None:
+            return _pledge_refused(command, R.UNKNOWN_TIER, f"the campaign has no tier {tier_id!r}")
+        min_minor, limit = tier
+        if minor < min_minor:
+            return _pledge_refused(
+                command,
+                R.BELOW_TIER_MINIMUM,
+                f"tier {tier_id!r} needs at least "
+                f"{Money.model_construct(amount_minor=min_minor, currency=goal.currency)}",
+            )
+        if limit is not None and state.tier_used.get(tier_id, 0) >= limit:
+            return _pledge_refused(
+                command, R.TIER_SOLD_OUT, f"all {limit} of tier {tier_id!r} are taken"
+            )
+    events: list[Event] = [
+        PledgeMade(
+            pledge_id=command.pledge_id,
+            backer_id=command.backer_id,
+            amount=amount,
+            tier_id=tier_id,
+            payment_token=command.payment_token,
+            locale=command.locale,
+        )
+    ]
+    total = state.total_minor + minor
+    if state.goal_reached_at is None and total >= goal.amount_minor:
+        events.append(
+            GoalReached(
+                total=Money.model_construct(amount_minor=total, currency=goal.currency),
+                pledge_count=state.pledge_count + 1,
+            )
+        )
+    return events
+
+
+def _cancel_refused(
+    state: CampaignState,
+    command: CancelPledge,
+    record: PledgeRecord | None,
+    reason: RejectionReason,
+    detail: str,
+) -> list[Event]:
+    currency = state.currency or _FALLBACK_CURRENCY
+    return [
+        PledgeRejected(
+            pledge_id=command.pledge_id,
+            backer_id=UNKNOWN_BACKER if record is None else record.backer_id,
+            amount=Money.model_construct(
+                amount_minor=0 if record is None else record.amount_minor, currency=currency
+            ),
+            reason=reason,
+            detail=detail,
+        )
+    ]
+
+
+def _decide_cancel(
+    state: CampaignState, command: CancelPledge, now: datetime, policy: Policy
+) -> list[Event]:
+    record = state.pledges.get(command.pledge_id)
+    terms = state.terms
+    # Unknown first, whatever else is wrong: this reason never marks the pledge id as used.
+    if record is None or record.status == "rejected" or terms is None:
+        return _cancel_refused(
+            state, command, None, R.PLEDGE_NOT_FOUND, f"no accepted pledge {command.pledge_id}"
+        )
+    if command.tenant_id != terms.tenant_id:
+        return _cancel_refused(
+            state, command, record, R.TENANT_MISMATCH, "the campaign belongs to another tenant"
+        )
+    if state.status != "open":
+        return _cancel_refused(state, command, record, R.CAMPAIGN_CLOSED, "the campaign is closed")
+    if record.status != "active":
+        return _cancel_refused(
+            state, command, record, R.PLEDGE_NOT_ACTIVE, "the pledge was already cancelled"
+        )
+    if now >= terms.deadline:
+        return _cancel_refused(
+            state, command, record, R.DEADLINE_PASSED, "the campaign's deadline has passed"
+        )
+    goal_minor = terms.goal.amount_minor
+    if (
+        policy.refuse_late_cancellation_below_goal
+        and terms.deadline - now < policy.late_window
+        and state.total_minor >= goal_minor
+        and state.total_minor - record.amount_minor < goal_minor
+    ):
+        return _cancel_refused(
+            state,
+            command,
+            record,
+            R.CANCELLATION_WINDOW_CLOSED,
+            "in the last hours before the deadline a cancellation may not take the total "
+            "below the goal",
+        )
+    return [
+        PledgeCancelled(
+            pledge_id=command.pledge_id,
+            amount=Money.model_construct(
+                amount_minor=record.amount_minor, currency=terms.goal.currency
+            ),
+            tier_id=record.tier_id,
+            reason=command.reason,
+        )
+    ]
+
+
+def _decide_launch(state: CampaignState, command: LaunchCampaign, now: datetime) -> list[Event]:
+    def refused(reason: RejectionReason, detail: str) -> list[Event]:
+        return [
+            PledgeRejected(
+                pledge_id=command.command_id,
+                backer_id=command.creator_id,
+                amount=command.goal,
+                reason=reason,
+                detail=detail,
+            )
+        ]
+
+    if state.status != "absent":
+        return refused(R.ALREADY_LAUNCHED, f"campaign {state.campaign_id} was already launched")
+    if command.deadline <= now:
+        return refused(
+            R.DEADLINE_IN_PAST,
+            f"the deadline {format_timestamp(command.deadline)} is not in the future",
+        )
+    # Goal > 0, unique tier ids and the coproduction terms are checked by CampaignTerms.
+    return [CampaignLaunched(**{name: getattr(command, name) for name in _TERMS_FIELDS})]
+
+
+def _decide_close(state: CampaignState, command: CloseCampaign, now: datetime) -> list[Event]:
+    terms = state.terms
+    if terms is None or state.status != "open":
+        return []
+    if command.tenant_id != terms.tenant_id:
+        return [
+            PledgeRejected(
+                pledge_id=command.command_id,
+                backer_id=command.tenant_id,
+                amount=Money.model_construct(amount_minor=0, currency=terms.goal.currency),
+                reason=R.TENANT_MISMATCH,
+                detail="the campaign belongs to another tenant",
+            )
+        ]
+    reason: CloseReason = command.reason
+    if now >= terms.deadline and reason != "platform_suspended":
+        reason = "deadline"
+    elif reason == "deadline":
+        return []  # before the deadline: the timer closes it when the time comes
+    return [_closed(state, terms, reason)]
+
+
+def _closed(state: CampaignState, terms: CampaignLaunched, reason: CloseReason) -> CampaignClosed:
+    outcome: CloseOutcome
+    if reason != "deadline":
+        outcome = "cancelled"
+    elif state.total_minor >= terms.goal.amount_minor or (
+        terms.funding_model == "keep_it_all" and state.pledge_count > 0
+    ):
+        outcome = "funded"
+    else:
+        outcome = "failed"
+    return CampaignClosed(
+        outcome=outcome,
+        reason=reason,
+        total=Money.model_construct(amount_minor=state.total_minor, currency=terms.goal.currency),
+        accepted_pledges=state.pledge_count,
+        last_seq=state.seq + 1,
+    )
+
+
+def deadline_causation_id(campaign_id: str) -> str:
+    """The causation (and correlation) id of the timer's deadline close of a campaign."""
+    return f"deadline:{campaign_id}"
+
+
+def deadline_close(state: CampaignState, now: datetime) -> list[Envelope]:
+    """The processor's timer: ``[CampaignClosed(reason='deadline')]`` when the campaign is open
+    and ``now`` has reached its deadline, else ``[]``. Deterministic ids (a retried close is
+    the same event)."""
+    terms = state.terms
+    if terms is None or state.status != "open" or now < terms.deadline:
+        return []
+    causation_id = deadline_causation_id(state.campaign_id)
+    stamped = _stamp_all(
+        state, [_closed(state, terms, "deadline")], now, causation_id, causation_id
+    )
+    return [envelope for envelope, _ in stamped]
+
+
+# --- evolve --------------------------------------------------------------------------------
+
+
+def evolve(state: CampaignState, envelope: Envelope) -> CampaignState:
+    """Apply one event of ``state``'s campaign stream, in place; returns ``state``.
+
+    An event at or below ``state.seq`` is already applied and is ignored (re-reading an overlap
+    after a snapshot is harmless); one that skips a seq or does not chain to ``last_hash`` is a
+    caller bug and raises :class:`OutOfOrderEvent`.
+    """
+    seq = envelope.seq
+    if seq != state.seq + 1 or envelope.prev_hash != state.last_hash:
+        if seq <= state.seq and envelope.campaign_id == state.campaign_id:
+            return state
+        raise OutOfOrderEvent(
+            f"{envelope.event_type} seq {seq} of {envelope.campaign_id}/{envelope.stream} does "
+            f"not follow seq {state.seq} of {state.campaign_id}"
+        )
+    if envelope.campaign_id != state.campaign_id or envelope.stream != "campaign":
+        raise OutOfOrderEvent(
+            f"{envelope.event_type} of {envelope.campaign_id}/{envelope.stream} is not on "
+            f"{state.campaign_id}/campaign"
+        )
+    payload = envelope.payload
+    match payload:
+        case PledgeMade():
+            tier_id = payload.tier_id
+            minor = payload.amount.amount_minor
+            state.pledges[payload.pledge_id] = PledgeRecord(
+                "active", minor, tier_id, payload.backer_id
+            )
+            state.total_minor += minor
+            state.pledge_count += 1
+            if tier_id is not None:
+                state.tier_used[tier_id] = state.tier_used.get(tier_id, 0) + 1
+        case PledgeRejected():
+            pledge_id = payload.pledge_id
+            if payload.reason in FINAL_PLEDGE_REFUSALS and pledge_id not in state.pledges:
+                state.pledges[pledge_id] = PledgeRecord(
+                    "rejected", payload.amount.amount_minor, None, payload.backer_id
+                )
+        case PledgeCancelled():
+            record = state.pledges[payload.pledge_id]
+            record.status = "cancelled"
+            state.total_minor -= record.amount_minor
+            state.pledge_count -= 1
+            if record.tier_id is not None:
+                state.tier_used[record.tier_id] -= 1
+        case GoalReached():
+            if state.goal_reached_at is None:
+                state.goal_reached_at = envelope.occurred_at
+        case CampaignLaunched():
+            state.terms = payload
+            state.status = "open"
+            state._tiers = _tier_table(payload)
+        case CampaignClosed():
+            state.status = "closed"
+            state.outcome = payload.outcome
+        case _:
+            raise OutOfOrderEvent(f"{envelope.event_type} is not a campaign-stream event")
+    state.seq = seq
+    state.last_hash = envelope.hash
+    state.processed.add(envelope.causation_id)
+    return state
+
+
+def replay(campaign_id: str, envelopes: Iterable[Envelope]) -> CampaignState:
+    """The state of ``campaign_id`` after its campaign-stream events, in seq order."""
+    state = CampaignState.empty(campaign_id)
+    for envelope in envelopes:
+        evolve(state, envelope)
+    return state
