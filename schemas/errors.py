@@ -33,4 +33,7 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     message = first["msg"].removeprefix("Value error, ")
     more = error.error_count() - 1
     suffix = f" (+{more} more)" if more else ""
-    return f"{location or '<root>'}: {message}{suffix}"
+    if not location:
+        # Model-level checks already start with the field they are about ("stream: ...").
+        return f"{message}{suffix}" if ": " in message else f"<root>: {message}{suffix}"
+    return f"{location}: {message}{suffix}"
