@@ -28,6 +28,9 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """One line naming the first bad field: ``payload.amount.currency: unknown currency ...``."""
     first = error.errors(include_url=False)[0]
     location = ".".join(str(part) for part in first["loc"])
+    if not location and first["type"].startswith("union_tag"):
+        # A bad or missing discriminator: name the tag field itself (e.g. "command_type").
+        location = str(first.get("ctx", {}).get("discriminator", "")).strip("'")
     if prefix:
         location = f"{prefix}.{location}" if location else prefix
     message = first["msg"].removeprefix("Value error, ")

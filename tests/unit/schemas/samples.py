@@ -51,7 +51,9 @@ def sample_events() -> list[Event]:
             settlement_mode="authorize_then_capture",
             commission_bps=500,
             fee_schedule=FeeSchedule(),
-            tiers=[Tier(tier_id="early", title="Early bird", min_amount_minor=2500, quantity_limit=100)],
+            tiers=[
+                Tier(tier_id="early", title="Early bird", min_amount_minor=2500, quantity_limit=100)
+            ],
             kind="coproduction",
             revenue_share=RevenueShare(share_bps=1000, duration_months=36),
         ),
@@ -63,7 +65,9 @@ def sample_events() -> list[Event]:
             pledge_id="pl-2", backer_id="b-2", amount=eur(100),
             reason=RejectionReason.BELOW_TIER_MINIMUM, detail="early needs 25.00 EUR",
         ),
-        PledgeCancelled(pledge_id="pl-1", amount=eur(2500), tier_id="early", reason="backer_request"),
+        PledgeCancelled(
+            pledge_id="pl-1", amount=eur(2500), tier_id="early", reason="backer_request",
+        ),
         GoalReached(total=eur(1_000_000), pledge_count=400),
         CampaignClosed(
             outcome="funded", reason="deadline", total=eur(1_002_500), accepted_pledges=401,
