@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,16 +26,11 @@ def eur(minor: int) -> Money:
     return Money(amount_minor=minor, currency="EUR")
 
 
-def _ids(prefix: str, n: list[int]) -> str:
-    n[0] += 1
-    return f"{prefix}-{n[0]}"
-
-
-_counter = [0]
+_command_numbers = itertools.count(1)
 
 
 def command_fields(**over: Any) -> dict[str, Any]:
-    cid = over.pop("command_id", None) or _ids("cmd", _counter)
+    cid = over.pop("command_id", None) or f"cmd-{next(_command_numbers)}"
     base = {
         "command_id": cid,
         "tenant_id": TENANT,
