@@ -12,6 +12,9 @@ def _register() -> None:
     from schemas.cli import app as schemas_app
 
     app.add_typer(schemas_app, name="schemas")
+    from services.pledge.app import processor_app
+
+    app.add_typer(processor_app, name="processor")
 
 
 def main() -> None:

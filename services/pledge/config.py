@@ -33,3 +33,14 @@ class PledgeSettings(BaseSettings):
     refuse_late_cancellation_below_goal: bool = True
     #: Port of the Prometheus /metrics endpoint of workers (0 = don't serve).
     metrics_port: int = Field(default=0, ge=0)
+    #: Static group membership id of this processor worker (e.g. the pod name): a restarted
+    #: worker takes its partitions back at once instead of after a session timeout.
+    processor_instance_id: str | None = None
+    #: Longest wait of one poll of ``pledge-commands`` (also bounds the deadline sweep delay).
+    processor_poll_ms: int = Field(default=100, ge=1)
+    #: Kafka transaction timeout of the processor's producers.
+    processor_transaction_timeout_ms: int = Field(default=60_000, ge=1000)
+    #: Consumer group session timeout (how soon a dead worker's partitions move).
+    processor_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    #: Create the registry's missing topics when the processor starts (idempotent).
+    processor_ensure_topics: bool = True

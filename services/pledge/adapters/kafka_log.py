@@ -1,0 +1,121 @@
+"""Kafka plumbing of the processor: transactional producers, reading a partition of the log
+to its committed end, key -> partition, and the one place that shapes a dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.partitioner import murmur2
+
+__all__ = [
+    "DeadLetter",
+    "dead_letter",
+    "key_partition",
+    "read_to_end",
+    "transactional_producer",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``(key, value, headers)`` of a message for the dead-letter topic.
+DeadLetter = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+# Batches big enough that one transaction of a few thousand events is a handful of requests.
+_MAX_BATCH_BYTES = 512 * 1024
+
+
+def transactional_producer(
+    bootstrap: str, transactional_id: str, *, transaction_timeout_ms: int = 60_000
+) -> AIOKafkaProducer:
+    """A producer for one transactional id; ``start()`` fences every older producer with the
+    same id and aborts its pending transaction (Kafka's zombie fencing)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=transactional_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=0,
+        max_batch_size=_MAX_BATCH_BYTES,
+        max_request_size=4 * 1024 * 1024,
+        transaction_timeout_ms=transaction_timeout_ms,
+    )
+
+
+@lru_cache(maxsize=1 << 16)
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) gives ``key`` among ``partitions``."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def dead_letter(record: ConsumerRecord[Any, Any], cause: str, detail: str) -> DeadLetter:
+    """A dead letter for ``record``: its key and bytes unchanged, why and where in headers."""
+    value = record.value if isinstance(record.value, bytes) else b""
+    headers = [
+        ("dlq.cause", cause.encode()),
+        ("dlq.detail", detail[:2000].encode("utf-8", "replace")),
+        ("dlq.topic", record.topic.encode()),
+        ("dlq.partition", str(record.partition).encode()),
+        ("dlq.offset", str(record.offset).encode()),
+    ]
+    return record.key, value, headers
+
+
+async def read_to_end(
+    bootstrap: str,
+    partitions: Iterable[TopicPartition],
+    handle: Callable[[ConsumerRecord[bytes, bytes]], None],
+    *,
+    start: Mapping[TopicPartition, int] | None = None,
+    max_records: int = 10_000,
+) -> dict[TopicPartition, int]:
+    """Feed ``handle`` every committed record of ``partitions`` from ``start`` (default: the
+    beginning) up to the last stable offset as of the call; return where each partition ends.
+
+    Reads ``read_committed`` with no consumer group: aborted transactions are skipped and
+    nothing is committed anywhere.
+    """
+    tps = list(partitions)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        for tp in tps:
+            offset = (start or {}).get(tp)
+            if offset is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+        remaining = set()
+        for tp in tps:
+            if await consumer.position(tp) < ends[tp]:
+                remaining.add(tp)
+            else:
+                consumer.pause(tp)
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=max_records)
+            for tp, records in batches.items():
+                end = ends[tp]
+                for record in records:
+                    if record.offset < end:
+                        handle(record)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+                    consumer.pause(tp)
+        return ends
+    finally:
+        await consumer.stop()
