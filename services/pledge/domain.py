@@ -565,7 +565,9 @@ def evolve(state: CampaignState, envelope: Envelope) -> CampaignState:
                     "rejected", payload.amount.amount_minor, None, payload.backer_id
                 )
         case PledgeCancelled():
-            record = state.pledges[payload.pledge_id]
+            record = state.pledges.get(payload.pledge_id)
+            if record is None or record.status != "active":
+                raise OutOfOrderEvent(f"PledgeCancelled of {payload.pledge_id}, not active")
             record.status = "cancelled"
             state.total_minor -= record.amount_minor
             state.pledge_count -= 1
