@@ -15,6 +15,11 @@ def _register() -> None:
     from services.pledge.app import processor_app
 
     app.add_typer(processor_app, name="processor")
+    from services.pledge.api.cli import cli as api_cli
+    from services.pledge.readmodel import readmodel_cli
+
+    app.add_typer(api_cli, name="api")
+    app.add_typer(readmodel_cli(), name="readmodel")
 
 
 def main() -> None:

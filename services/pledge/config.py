@@ -44,3 +44,30 @@ class PledgeSettings(BaseSettings):
     processor_session_timeout_ms: int = Field(default=10_000, ge=1000)
     #: Create the registry's missing topics when the processor starts (idempotent).
     processor_ensure_topics: bool = True
+
+    # --- ingest API and read model (issue 6) ------------------------------------------------
+    #: ``tenant:key`` pairs, comma separated; keys are hashed (SHA-256) when loaded.
+    api_keys: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    #: uvicorn worker processes of ``pledgeflow api run``.
+    api_workers: int = Field(default=1, ge=1)
+    #: Largest request body accepted (bytes); larger answers 413.
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: Token bucket per API key: sustained requests per second and burst size.
+    api_rate_per_second: float = Field(default=20_000.0, gt=0)
+    api_rate_burst: int = Field(default=40_000, ge=1)
+    #: How long a finished request's response is replayed for the same Idempotency-Key.
+    api_idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    #: How long an in-flight request holds its Idempotency-Key (a crashed request frees it).
+    api_idempotency_lock_seconds: int = Field(default=30, ge=1)
+    #: Upper bound of ``Prefer: wait=N``.
+    api_max_wait_seconds: int = Field(default=10, ge=0, le=60)
+    #: Producer linger: concurrent requests share one Kafka batch (latency vs. throughput).
+    api_linger_ms: int = Field(default=1, ge=0)
+    #: Most items in one ``POST /v1/pledges/batch``.
+    api_batch_max_items: int = Field(default=1000, ge=1)
+    #: Consumer group of the read-model projector on the campaign event topics.
+    readmodel_group: str = "pledge-readmodel"
+    #: How long the projector keeps a command's decision for ``Prefer: wait`` (seconds).
+    readmodel_decision_ttl_seconds: int = Field(default=600, ge=1)

@@ -1,0 +1,171 @@
+"""The API's per-request Redis work: rate limit, tenancy check and idempotency, in one script.
+
+One EVALSHA per write request (pipelined with the other requests in flight) does, atomically:
+
+1. the per-key token bucket (429 with a retry delay when empty);
+2. ownership of the campaigns the request touches (a campaign the read model knows and that
+   belongs to another tenant answers 404 - nothing is reserved);
+3. the Idempotency-Key: absent -> reserved with a *pending* marker that expires after the lock
+   time (so a crashed request frees it); pending with the same fingerprint -> in progress (409);
+   finished with the same fingerprint -> the stored response; another fingerprint -> mismatch.
+
+After Kafka acknowledged the command, :meth:`IngestStore.complete` stores the response for the
+idempotency TTL (and, for pledges, a *pending* pledge row the projector later overwrites).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.pledge.adapters.redis_pipeline import AutoPipeline, LuaScript
+from services.pledge.adapters.redis_readmodel import Keys
+
+__all__ = ["GATE_SCRIPT", "GateResult", "IngestStore"]
+
+# KEYS[1] bucket, KEYS[2] idempotency key, KEYS[3..] campaign hashes whose owner is checked.
+# ARGV[1] rate/s, ARGV[2] burst, ARGV[3] fingerprint (64 hex), ARGV[4] lock ms, ARGV[5] tenant,
+# ARGV[6] 'one' (a foreign campaign refuses the request) or 'many' (reported per campaign),
+# ARGV[7] token cost.
+GATE_SCRIPT = LuaScript(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[7])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1])
+local ts = tonumber(b[2])
+if tokens == nil or ts == nil then tokens = burst; ts = now end
+if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000); ts = now end
+if tokens < cost then
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', ts)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+  return {'rate_limited', math.ceil((cost - tokens) * 1000 / rate)}
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - cost), 'ts', ts)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+local foreign = {}
+for i = 3, #KEYS do
+  local owner = redis.call('HGET', KEYS[i], 'tenant')
+  if owner and owner ~= ARGV[5] then foreign[#foreign + 1] = i - 2 end
+end
+if ARGV[6] == 'one' and #foreign > 0 then return {'not_found'} end
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  if string.sub(cur, 2, 65) ~= ARGV[3] then return {'mismatch'} end
+  if string.sub(cur, 1, 1) == 'D' then return {'replay', string.sub(cur, 66)} end
+  return {'in_progress'}
+end
+redis.call('SET', KEYS[2], 'P' .. ARGV[3], 'PX', ARGV[4])
+local out = {'ok'}
+for i = 1, #foreign do out[#out + 1] = foreign[i] end
+return out
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """What the gate decided: ``ok`` (reserved), ``replay``, ``in_progress``, ``mismatch``,
+    ``not_found``, ``rate_limited``."""
+
+    outcome: str
+    #: ``replay``: the stored response (3-digit status + body).
+    stored: bytes = b""
+    #: ``rate_limited``: milliseconds until a token is available.
+    retry_after_ms: int = 0
+    #: ``ok`` with ``many``: 0-based positions of the campaigns owned by another tenant.
+    foreign: tuple[int, ...] = ()
+
+
+class IngestStore:
+    """Gate and completion of write requests, over an :class:`AutoPipeline`."""
+
+    def __init__(
+        self,
+        pipeline: AutoPipeline,
+        keys: Keys,
+        *,
+        rate_per_second: float,
+        burst: int,
+        lock_seconds: int,
+        ttl_seconds: int,
+    ) -> None:
+        self.pipeline = pipeline
+        self.keys = keys
+        self._rate = repr(float(rate_per_second))
+        self._burst = str(burst)
+        self._lock_ms = str(lock_seconds * 1000)
+        self._ttl = ttl_seconds
+
+    async def load_scripts(self) -> None:
+        await GATE_SCRIPT.load(self.pipeline.client)
+
+    async def gate(
+        self,
+        *,
+        key_hash: str,
+        tenant_id: str,
+        idempotency_key: str,
+        fingerprint: str,
+        campaign_ids: list[str],
+        many: bool = False,
+        cost: int = 1,
+    ) -> GateResult:
+        """Rate limit + ownership + idempotency reservation, atomically."""
+        keys = [
+            self.keys.bucket(key_hash),
+            self.keys.idempotency(tenant_id, idempotency_key),
+            *(self.keys.campaign(c) for c in campaign_ids),
+        ]
+        args: list[Any] = [
+            self._rate,
+            self._burst,
+            fingerprint,
+            self._lock_ms,
+            tenant_id,
+            "many" if many else "one",
+            str(cost),
+        ]
+        reply = await self.pipeline.evalsha(GATE_SCRIPT, keys, args)
+        outcome = reply[0].decode()
+        if outcome == "replay":
+            return GateResult("replay", stored=bytes(reply[1]))
+        if outcome == "rate_limited":
+            return GateResult("rate_limited", retry_after_ms=int(reply[1]))
+        if outcome == "ok":
+            return GateResult("ok", foreign=tuple(int(i) - 1 for i in reply[1:]))
+        return GateResult(outcome)
+
+    async def complete(
+        self,
+        *,
+        tenant_id: str,
+        idempotency_key: str,
+        fingerprint: str,
+        status: int,
+        body: bytes,
+        pending_pledges: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """Store the response for replays; write *pending* rows of pledges not yet decided."""
+        stored = b"D" + fingerprint.encode() + b"%03d" % status + body
+        waits = [
+            self.pipeline.execute(
+                "SET", self.keys.idempotency(tenant_id, idempotency_key), stored, "EX", self._ttl
+            )
+        ]
+        for key, doc in pending_pledges:
+            waits.append(self.pipeline.execute("HSETNX", key, "status", "pending"))
+            waits.append(self.pipeline.execute("HSETNX", key, "doc", doc))
+        for wait in waits:
+            await wait
+
+    async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
+        """Free a reservation whose command could not be sent (the client may retry at once)."""
+        key = self.keys.idempotency(tenant_id, idempotency_key)
+        current = await self.pipeline.execute("GET", key)
+        if current == b"P" + fingerprint.encode():
+            await self.pipeline.execute("DEL", key)

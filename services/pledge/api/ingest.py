@@ -1,0 +1,731 @@
+"""What each endpoint does, between HTTP and the adapters. The API never decides a pledge.
+
+A write: authenticate -> read and validate the body -> one Redis script (rate limit, campaign
+ownership, Idempotency-Key reservation) -> append the command to ``pledge-commands`` and await
+``acks=all`` -> (``Prefer: wait``: wait for the processor's decision in the read model) ->
+store the response under the Idempotency-Key -> answer.
+
+The command id is ``uuid5(tenant, Idempotency-Key)``, and generated pledge/campaign ids derive
+from it, so a retried request produces the very same command, which the processor ignores the
+second time.
+
+Tenancy on writes: a campaign the read model knows and that belongs to another tenant answers
+404 without anything being sent. A campaign the read model does not know yet (launched a few
+milliseconds ago, or never) is not refused here: the command goes to the processor, which owns
+the truth and refuses with ``tenant_mismatch`` or ``campaign_not_found``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from schemas.canonical import dumps, format_timestamp
+from schemas.commands import CancelPledge, CloseCampaign, LaunchCampaign, encode_command
+from schemas.money import FeeSchedule
+from services.pledge.adapters.command_bus import CommandBus
+from services.pledge.adapters.redis_ingest import IngestStore
+from services.pledge.adapters.redis_readmodel import ReadModelStore
+from services.pledge.api.auth import ApiKeys, Principal
+from services.pledge.api.models import (
+    BatchItem,
+    CancelRequest,
+    CloseRequest,
+    LaunchRequest,
+    PledgeRequest,
+)
+from services.pledge.api.problems import (
+    PROBLEM_MEDIA_TYPE,
+    ProblemError,
+    field_errors,
+    problem_body,
+    refusal,
+    validation_problem,
+)
+from services.pledge.metrics_api import ApiMetrics
+
+__all__ = ["COMMAND_NAMESPACE", "Ingest", "command_id_for", "parse_prefer_wait", "pledge_command"]
+
+log = logging.getLogger("pledgeflow.api")
+
+#: uuid5 namespace of command ids (uuid5(NAMESPACE_URL, "https://pledgeflow.dev/ns/commands")).
+COMMAND_NAMESPACE = uuid5(
+    UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8"), "https://pledgeflow.dev/ns/commands"
+)
+_JSON = "application/json"
+_WAIT_STEPS = (0.002, 0.004, 0.008, 0.015, 0.025)
+
+
+def command_id_for(tenant_id: str, idempotency_key: str, index: int | None = None) -> str:
+    """Deterministic command id: the same tenant + key (+ batch index) always gives the same."""
+    name = (
+        f"{tenant_id}\n{idempotency_key}"
+        if index is None
+        else f"{tenant_id}\n{idempotency_key}\n{index}"
+    )
+    return str(uuid5(COMMAND_NAMESPACE, name))
+
+
+def parse_prefer_wait(header: str | None, max_wait: int) -> int:
+    """Seconds of ``Prefer: wait=N`` (RFC 7240), capped at ``max_wait``; 0 when absent/invalid."""
+    if not header:
+        return 0
+    for part in header.replace(";", ",").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "wait":
+            value = value.strip().strip('"')
+            if value.isdigit():
+                return min(int(value), max_wait)
+    return 0
+
+
+def pledge_command(
+    *,
+    command_id: str,
+    tenant_id: str,
+    correlation_id: str,
+    issued_at: str,
+    campaign_id: str,
+    pledge_id: str,
+    body: PledgeRequest,
+) -> bytes:
+    """Canonical bytes of a ``MakePledge`` built from an already validated request.
+
+    Equal to ``encode_command(MakePledge(...))`` (a unit test pins it), without a second
+    pydantic validation on the hot path.
+    """
+    return dumps(
+        {
+            "amount": {"amount_minor": body.amount_minor, "currency": body.currency},
+            "backer_id": body.backer_id,
+            "campaign_id": campaign_id,
+            "command_id": command_id,
+            "command_type": "MakePledge",
+            "correlation_id": correlation_id,
+            "issued_at": issued_at,
+            "locale": body.locale,
+            "payment_token": body.payment_token,
+            "pledge_id": pledge_id,
+            "tenant_id": tenant_id,
+            "tier_id": body.tier_id,
+        }
+    )
+
+
+def _idempotency_key(request: Request) -> str:
+    raw = request.headers.get("idempotency-key")
+    if raw is None:
+        raise ProblemError(
+            "idempotency-key-required",
+            "every write needs an Idempotency-Key header (a unique string per operation)",
+            errors=[{"field": "Idempotency-Key", "message": "header is required"}],
+        )
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]  # RFC 8941 sf-string form
+    if not (1 <= len(key) <= 255) or not all(33 <= ord(ch) <= 126 for ch in key):
+        raise ProblemError(
+            "idempotency-key-required",
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+            errors=[{"field": "Idempotency-Key", "message": "1-255 visible ASCII characters"}],
+        )
+    return key
+
+
+def _stored_response(stored: bytes) -> Response:
+    status = int(stored[:3])
+    return Response(
+        stored[3:],
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE if status >= 400 else _JSON,
+        headers={"Idempotent-Replayed": "true"},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One reserved write request."""
+
+    principal: Principal
+    idempotency_key: str
+    fingerprint: str
+    command_id: str
+    correlation_id: str
+    wait: int
+    route: str
+
+
+class Ingest:
+    """The endpoints' behaviour; one per app, holding the adapters."""
+
+    def __init__(
+        self,
+        *,
+        keys: ApiKeys,
+        bus: CommandBus,
+        store: IngestStore,
+        readmodel: ReadModelStore,
+        metrics: ApiMetrics,
+        max_body_bytes: int,
+        max_wait_seconds: int,
+        batch_max_items: int,
+    ) -> None:
+        self.keys = keys
+        self.bus = bus
+        self.store = store
+        self.readmodel = readmodel
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.max_wait_seconds = max_wait_seconds
+        self.batch_max_items = batch_max_items
+
+    # --- shared steps ----------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> Principal:
+        return self.keys.authenticate(request.headers.get("authorization"))
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, refusing more than ``max_body_bytes`` (413) and non-JSON types (415)."""
+        content_type = request.headers.get("content-type")
+        if content_type is not None:
+            media = content_type.partition(";")[0].strip().lower()
+            if media != _JSON and not media.endswith("+json"):
+                raise ProblemError("unsupported-media-type", "send application/json")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit():
+            if int(length) > self.max_body_bytes:
+                raise ProblemError(
+                    "payload-too-large", f"the body limit is {self.max_body_bytes} bytes"
+                )
+            return await request.body()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise ProblemError(
+                    "payload-too-large", f"the body limit is {self.max_body_bytes} bytes"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _begin(self, request: Request, principal: Principal, body: bytes, route: str) -> _Write:
+        key = _idempotency_key(request)
+        fingerprint = hashlib.sha256(
+            b"%s %s\n%s" % (request.method.encode(), request.url.path.encode(), body)
+        ).hexdigest()
+        command_id = command_id_for(principal.tenant_id, key)
+        correlation = request.headers.get("x-correlation-id") or command_id
+        if not (1 <= len(correlation) <= 200):
+            correlation = command_id
+        wait = parse_prefer_wait(request.headers.get("prefer"), self.max_wait_seconds)
+        return _Write(principal, key, fingerprint, command_id, correlation, wait, route)
+
+    async def _gate(
+        self, write: _Write, campaign_ids: list[str], *, many: bool = False
+    ) -> tuple[Response | None, tuple[int, ...]]:
+        """Run the gate; a response when the request is answered right here."""
+        result = await self.store.gate(
+            key_hash=write.principal.key_hash,
+            tenant_id=write.principal.tenant_id,
+            idempotency_key=write.idempotency_key,
+            fingerprint=write.fingerprint,
+            campaign_ids=campaign_ids,
+            many=many,
+        )
+        match result.outcome:
+            case "ok":
+                return None, result.foreign
+            case "replay":
+                self.metrics.idempotent_replays.labels(write.route).inc()
+                return _stored_response(result.stored), ()
+            case "rate_limited":
+                self.metrics.rate_limited.labels(write.route).inc()
+                seconds = max(1, math.ceil(result.retry_after_ms / 1000))
+                raise ProblemError(
+                    "rate-limited",
+                    f"rate limit of this API key exceeded; retry in {seconds} s",
+                    headers={"Retry-After": str(seconds)},
+                )
+            case "not_found":
+                raise ProblemError("not-found", "no such campaign")
+            case "mismatch":
+                raise ProblemError(
+                    "idempotency-key-reused",
+                    "this Idempotency-Key was used with another request body or path",
+                    errors=[
+                        {"field": "Idempotency-Key", "message": "already used for another request"}
+                    ],
+                )
+            case _:
+                raise ProblemError(
+                    "request-in-progress",
+                    "the first request with this Idempotency-Key has not finished; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+
+    async def _send(self, write: _Write, campaign_id: str, value: bytes) -> None:
+        try:
+            await self.bus.send(campaign_id, value)
+        except Exception as exc:
+            log.warning("command not appended: %r", exc)
+            await self._release(write)
+            raise ProblemError(
+                "unavailable", "the command log is unavailable", headers={"Retry-After": "1"}
+            ) from None
+
+    async def _release(self, write: _Write) -> None:
+        try:
+            await self.store.release(
+                tenant_id=write.principal.tenant_id,
+                idempotency_key=write.idempotency_key,
+                fingerprint=write.fingerprint,
+            )
+        except Exception as exc:  # the reservation then expires after the lock time
+            log.warning("idempotency reservation not released: %r", exc)
+
+    async def _decision(self, command_id: str, wait: int) -> dict[str, Any] | None:
+        """Poll the read model for the processor's decision on ``command_id`` for ``wait`` s."""
+        deadline = time.monotonic() + wait
+        step = 0
+        key = self.readmodel.keys.decision(command_id)
+        while True:
+            raw = await self.store.pipeline.execute("GET", key)
+            if raw is not None:
+                decision: dict[str, Any] = orjson.loads(raw)
+                self.metrics.prefer_wait.labels(decision["outcome"]).inc()
+                return decision
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.metrics.prefer_wait.labels("timeout").inc()
+                return None
+            await asyncio.sleep(min(_WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)], remaining))
+            step += 1
+
+    async def _finish(
+        self,
+        write: _Write,
+        status: int,
+        payload: bytes,
+        headers: Mapping[str, str] | None = None,
+        pending: list[tuple[str, bytes]] | None = None,
+    ) -> Response:
+        try:
+            await self.store.complete(
+                tenant_id=write.principal.tenant_id,
+                idempotency_key=write.idempotency_key,
+                fingerprint=write.fingerprint,
+                status=status,
+                body=payload,
+                pending_pledges=pending or (),
+            )
+        except Exception as exc:
+            # The command is in Kafka: answer anyway. The reservation expires after the lock
+            # time, and a retry then re-sends the same command, which the processor ignores.
+            log.warning("response not stored for idempotency: %r", exc)
+        return Response(
+            payload,
+            status_code=status,
+            media_type=PROBLEM_MEDIA_TYPE if status >= 400 else _JSON,
+            headers=dict(headers or {}),
+        )
+
+    async def _decide(
+        self,
+        write: _Write,
+        accepted: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]],
+        headers: dict[str, str],
+    ) -> tuple[int, bytes] | None:
+        """Wait per ``Prefer: wait``; (status, body) of the decision, or None on timeout."""
+        if write.wait <= 0:
+            return None
+        headers["Preference-Applied"] = f"wait={write.wait}"
+        decision = await self._decision(write.command_id, write.wait)
+        if decision is None:
+            return None
+        if decision["outcome"] == "refused":
+            problem = refusal(decision.get("reason") or "refused", decision.get("detail") or "")
+            return problem.status, orjson.dumps(problem.body(None))
+        status, body = accepted(decision)
+        return status, orjson.dumps(body)
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def make_pledge(self, request: Request, campaign_id: str) -> Response:
+        route = "/v1/campaigns/{campaign_id}/pledges"
+        principal = self.authenticate(request)
+        raw = await self.read_body(request)
+        try:
+            body = PledgeRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise validation_problem(exc) from None
+        write = self._begin(request, principal, raw, route)
+        replay, _ = await self._gate(write, [campaign_id])
+        if replay is not None:
+            return replay
+        pledge_id = body.pledge_id or f"p-{write.command_id}"
+        value = pledge_command(
+            command_id=write.command_id,
+            tenant_id=principal.tenant_id,
+            correlation_id=write.correlation_id,
+            issued_at=format_timestamp(datetime.now(UTC)),
+            campaign_id=campaign_id,
+            pledge_id=pledge_id,
+            body=body,
+        )
+        await self._send(write, campaign_id, value)
+        headers: dict[str, str] = {}
+        decided = await self._decide(
+            write,
+            lambda d: (
+                201,
+                {
+                    "pledge_id": pledge_id,
+                    "campaign_id": campaign_id,
+                    "status": "accepted",
+                    "seq": d["seq"],
+                },
+            ),
+            headers,
+        )
+        status_url = f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}"
+        if decided is None:
+            status, payload = (
+                202,
+                orjson.dumps(
+                    {
+                        "pledge_id": pledge_id,
+                        "campaign_id": campaign_id,
+                        "status": "pending",
+                        "status_url": status_url,
+                    }
+                ),
+            )
+            headers["Location"] = status_url
+        else:
+            status, payload = decided
+        pending = orjson.dumps(
+            {
+                "pledge_id": pledge_id,
+                "campaign_id": campaign_id,
+                "status": "pending",
+                "backer_id": body.backer_id,
+                "amount": {"amount_minor": body.amount_minor, "currency": body.currency},
+                "tier_id": body.tier_id,
+                "seq": None,
+                "reason": None,
+                "detail": None,
+                "tenant_id": principal.tenant_id,
+            }
+        )
+        return await self._finish(
+            write,
+            status,
+            payload,
+            headers,
+            [(self.readmodel.keys.pledge(campaign_id, pledge_id), pending)],
+        )
+
+    async def launch(self, request: Request) -> Response:
+        route = "/v1/campaigns"
+        principal = self.authenticate(request)
+        raw = await self.read_body(request)
+        try:
+            body = LaunchRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise validation_problem(exc) from None
+        write = self._begin(request, principal, raw, route)
+        campaign_id = body.campaign_id or f"c-{write.command_id}"
+        fields = body.model_dump(exclude={"campaign_id"})
+        if fields["fee_schedule"] is None:
+            fields["fee_schedule"] = FeeSchedule.kickstarter_default(body.goal.currency)
+        try:
+            command = LaunchCampaign(
+                command_id=write.command_id,
+                tenant_id=principal.tenant_id,
+                correlation_id=write.correlation_id,
+                issued_at=datetime.now(UTC),
+                campaign_id=campaign_id,
+                **fields,
+            )
+        except ValidationError as exc:
+            raise validation_problem(exc) from None
+        replay, _ = await self._gate(write, [campaign_id])
+        if replay is not None:
+            return replay
+        await self._send(write, campaign_id, encode_command(command))
+        headers: dict[str, str] = {}
+        decided = await self._decide(
+            write,
+            lambda d: (201, {"campaign_id": campaign_id, "status": "open", "seq": d["seq"]}),
+            headers,
+        )
+        status_url = f"/v1/campaigns/{campaign_id}"
+        if decided is None:
+            status, payload = (
+                202,
+                orjson.dumps(
+                    {"campaign_id": campaign_id, "status": "pending", "status_url": status_url}
+                ),
+            )
+            headers["Location"] = status_url
+        else:
+            status, payload = decided
+        return await self._finish(write, status, payload, headers)
+
+    async def cancel(self, request: Request, campaign_id: str, pledge_id: str) -> Response:
+        route = "/v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel"
+        principal = self.authenticate(request)
+        raw = await self.read_body(request)
+        try:
+            body = CancelRequest.model_validate_json(raw) if raw.strip() else CancelRequest()
+        except ValidationError as exc:
+            raise validation_problem(exc) from None
+        write = self._begin(request, principal, raw, route)
+        replay, _ = await self._gate(write, [campaign_id])
+        if replay is not None:
+            return replay
+        command = CancelPledge(
+            command_id=write.command_id,
+            tenant_id=principal.tenant_id,
+            correlation_id=write.correlation_id,
+            issued_at=datetime.now(UTC),
+            campaign_id=campaign_id,
+            pledge_id=pledge_id,
+            reason=body.reason,
+        )
+        await self._send(write, campaign_id, encode_command(command))
+        headers: dict[str, str] = {}
+        decided = await self._decide(
+            write,
+            lambda d: (
+                200,
+                {
+                    "pledge_id": pledge_id,
+                    "campaign_id": campaign_id,
+                    "status": "cancelled",
+                    "seq": d["seq"],
+                },
+            ),
+            headers,
+        )
+        status_url = f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}"
+        if decided is None:
+            status, payload = (
+                202,
+                orjson.dumps(
+                    {
+                        "pledge_id": pledge_id,
+                        "campaign_id": campaign_id,
+                        "status": "pending",
+                        "status_url": status_url,
+                    }
+                ),
+            )
+        else:
+            status, payload = decided
+        return await self._finish(write, status, payload, headers)
+
+    async def close(self, request: Request, campaign_id: str) -> Response:
+        route = "/v1/campaigns/{campaign_id}/close"
+        principal = self.authenticate(request)
+        raw = await self.read_body(request)
+        try:
+            body = CloseRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise validation_problem(exc) from None
+        write = self._begin(request, principal, raw, route)
+        replay, _ = await self._gate(write, [campaign_id])
+        if replay is not None:
+            return replay
+        command = CloseCampaign(
+            command_id=write.command_id,
+            tenant_id=principal.tenant_id,
+            correlation_id=write.correlation_id,
+            issued_at=datetime.now(UTC),
+            campaign_id=campaign_id,
+            reason=body.reason,
+        )
+        await self._send(write, campaign_id, encode_command(command))
+        headers: dict[str, str] = {}
+        decided = await self._decide(
+            write,
+            lambda d: (
+                200,
+                {
+                    "campaign_id": campaign_id,
+                    "status": "closed",
+                    "outcome": d.get("close_outcome"),
+                    "seq": d["seq"],
+                },
+            ),
+            headers,
+        )
+        status_url = f"/v1/campaigns/{campaign_id}"
+        if decided is None:
+            status, payload = (
+                202,
+                orjson.dumps(
+                    {"campaign_id": campaign_id, "status": "pending", "status_url": status_url}
+                ),
+            )
+        else:
+            status, payload = decided
+        return await self._finish(write, status, payload, headers)
+
+    async def batch(self, request: Request) -> Response:
+        """Up to ``batch_max_items`` pledges; each item is validated, owned-checked and sent on
+        its own (one command each, so never half-applied) and answered in ``results``."""
+        route = "/v1/pledges/batch"
+        principal = self.authenticate(request)
+        raw = await self.read_body(request)
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise validation_problem(
+                [{"field": "body", "message": f"malformed JSON: {exc}"}]
+            ) from None
+        if (
+            not isinstance(doc, dict)
+            or set(doc) != {"pledges"}
+            or not isinstance(doc["pledges"], list)
+        ):
+            raise validation_problem(
+                [
+                    {
+                        "field": "pledges",
+                        "message": "expected an object with one member 'pledges' (a list)",
+                    }
+                ]
+            )
+        items = doc["pledges"]
+        if not 1 <= len(items) <= self.batch_max_items:
+            raise validation_problem(
+                [{"field": "pledges", "message": f"1 to {self.batch_max_items} items"}]
+            )
+        write = self._begin(request, principal, raw, route)
+        tenant = principal.tenant_id
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        valid: list[tuple[int, BatchItem]] = []
+        for index, item in enumerate(items):
+            try:
+                valid.append((index, BatchItem.model_validate(item)))
+            except ValidationError as exc:
+                errors = field_errors(exc, f"pledges.{index}")
+                results[index] = {
+                    "index": index,
+                    "status": "invalid",
+                    "problem": problem_body(
+                        "validation-error",
+                        errors=errors,
+                        detail="invalid field(s): "
+                        + ", ".join(dict.fromkeys(e["field"] for e in errors)),
+                    ),
+                }
+        campaigns = list(dict.fromkeys(item.campaign_id for _, item in valid))
+        replay, foreign = await self._gate(write, campaigns, many=True)
+        if replay is not None:
+            return replay
+        foreign_campaigns = {campaigns[i] for i in foreign}
+        issued_at = format_timestamp(datetime.now(UTC))
+        commands: list[tuple[str, bytes]] = []
+        sent: list[tuple[int, str, str]] = []
+        for index, item in valid:
+            if item.campaign_id in foreign_campaigns:
+                results[index] = {
+                    "index": index,
+                    "status": "not_found",
+                    "campaign_id": item.campaign_id,
+                    "problem": problem_body("not-found", detail="no such campaign"),
+                }
+                continue
+            command_id = command_id_for(tenant, write.idempotency_key, index)
+            pledge_id = item.pledge_id or f"p-{command_id}"
+            commands.append(
+                (
+                    item.campaign_id,
+                    pledge_command(
+                        command_id=command_id,
+                        tenant_id=tenant,
+                        correlation_id=write.correlation_id,
+                        issued_at=issued_at,
+                        campaign_id=item.campaign_id,
+                        pledge_id=pledge_id,
+                        body=item,
+                    ),
+                )
+            )
+            sent.append((index, item.campaign_id, pledge_id))
+        if commands:
+            try:
+                failures = await self.bus.send_many(commands)
+            except Exception as exc:
+                failures = [exc]
+            if any(failure is not None for failure in failures):
+                log.warning("batch not appended: %r", next(f for f in failures if f))
+                await self._release(write)
+                # Items that did reach Kafka are ignored by the processor when retried.
+                raise ProblemError(
+                    "unavailable",
+                    "the command log is unavailable; retry the whole batch",
+                    headers={"Retry-After": "1"},
+                )
+        for index, campaign_id, pledge_id in sent:
+            results[index] = {
+                "index": index,
+                "status": "pending",
+                "pledge_id": pledge_id,
+                "campaign_id": campaign_id,
+                "status_url": f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}",
+            }
+        refused = len(items) - len(sent)
+        counts = self.metrics.batch_items
+        counts.labels("pending").inc(len(sent))
+        if refused:
+            counts.labels("invalid").inc(sum(1 for r in results if r and r["status"] == "invalid"))
+            counts.labels("not_found").inc(
+                sum(1 for r in results if r and r["status"] == "not_found")
+            )
+        payload = orjson.dumps({"results": results, "accepted": len(sent), "refused": refused})
+        return await self._finish(write, 202, payload)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def get_campaign(self, request: Request, campaign_id: str) -> Response:
+        principal = self.authenticate(request)
+        row = await self.readmodel.campaign(campaign_id)
+        if row is None or row.doc is None or row.doc.get("status") not in ("open", "closed"):
+            raise ProblemError("not-found", "no such campaign (or not projected yet)")
+        if row.tenant_id != principal.tenant_id:
+            raise ProblemError("not-found", "no such campaign (or not projected yet)")
+        return Response(orjson.dumps(row.doc), media_type=_JSON)
+
+    async def get_pledge(self, request: Request, campaign_id: str, pledge_id: str) -> Response:
+        principal = self.authenticate(request)
+        campaign = await self.readmodel.campaign(campaign_id)
+        row = await self.readmodel.pledge(campaign_id, pledge_id)
+        if row is None:
+            raise ProblemError("not-found", "no such pledge")
+        owner = campaign.tenant_id if campaign is not None and campaign.tenant_id else None
+        owner = owner or row.doc.get("tenant_id")
+        if owner != principal.tenant_id:
+            raise ProblemError("not-found", "no such pledge")
+        view = {k: v for k, v in row.doc.items() if k != "tenant_id"}
+        view["status"] = row.status
+        view["last_refusal"] = row.refusal
+        if row.cancel is not None:
+            view["seq"], view["reason"] = row.cancel["seq"], row.cancel["reason"]
+        return Response(orjson.dumps(view), media_type=_JSON)

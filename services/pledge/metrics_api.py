@@ -1,0 +1,95 @@
+"""Prometheus metrics of the ingest API (``pledgeflow_api_*``, base units, bounded labels).
+
+Labels are route templates (``/v1/campaigns/{campaign_id}``), methods, status codes and
+outcome enums - never ids. One :class:`ApiMetrics` per registry; production uses the
+process-wide default registry, tests may pass their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+__all__ = ["ApiMetrics", "api_metrics"]
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ApiMetrics:
+    """Every metric the API reports."""
+
+    requests: Counter
+    latency: Histogram
+    idempotent_replays: Counter
+    rate_limited: Counter
+    produce_latency: Histogram
+    prefer_wait: Counter
+    batch_items: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ApiMetrics:
+        """Register the API's metrics in ``registry``."""
+        return cls(
+            requests=Counter(
+                "pledgeflow_api_requests",
+                "HTTP requests answered, by route template, method and status code.",
+                ["route", "method", "status"],
+                registry=registry,
+            ),
+            latency=Histogram(
+                "pledgeflow_api_request_duration_seconds",
+                "Time from request received to response sent, by route template and method.",
+                ["route", "method"],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            idempotent_replays=Counter(
+                "pledgeflow_api_idempotent_replays",
+                "Responses served from the idempotency store (same key, same body).",
+                ["route"],
+                registry=registry,
+            ),
+            rate_limited=Counter(
+                "pledgeflow_api_rate_limited",
+                "Requests refused with 429 by the per-key token bucket.",
+                ["route"],
+                registry=registry,
+            ),
+            produce_latency=Histogram(
+                "pledgeflow_api_kafka_produce_duration_seconds",
+                "Time from handing commands to the producer to their acks=all acknowledgement.",
+                ["kind"],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            prefer_wait=Counter(
+                "pledgeflow_api_prefer_wait",
+                "Requests with Prefer: wait, by outcome (accepted, refused, timeout).",
+                ["outcome"],
+                registry=registry,
+            ),
+            batch_items=Counter(
+                "pledgeflow_api_batch_items",
+                "Items of POST /v1/pledges/batch, by result (pending, invalid, not_found).",
+                ["result"],
+                registry=registry,
+            ),
+        )
+
+
+_DEFAULT: ApiMetrics | None = None
+
+
+def api_metrics(registry: CollectorRegistry | None = None) -> ApiMetrics:
+    """The API's metrics in ``registry`` (default: the process-wide one, created once)."""
+    global _DEFAULT
+    if registry is not None and registry is not REGISTRY:
+        return ApiMetrics.create(registry)
+    if _DEFAULT is None:
+        _DEFAULT = ApiMetrics.create(REGISTRY)
+    return _DEFAULT
