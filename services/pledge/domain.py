@@ -6,6 +6,11 @@ crashed resumes with the very state it had. A business refusal is an event
 (``PledgeRejected`` with a stable :class:`~schemas.RejectionReason` code), never an exception;
 exceptions here mean a bug in the caller (wrong campaign, events out of order).
 
+Public API: :class:`CampaignState` (with JSON-safe ``to_snapshot``/``from_snapshot``),
+:class:`Policy`, :func:`decide` (stamped envelopes) and its hot-path twin
+:func:`decide_with_bodies` (envelopes plus their canonical dicts, ready for
+``schemas.canonical.dumps``), :func:`evolve`, :func:`replay`, :func:`deadline_close`.
+
 Representation choices the rest of the system relies on:
 
 * **Idempotency.** Every event's ``causation_id`` (the command id) is remembered; a command
