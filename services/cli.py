@@ -20,6 +20,7 @@ def _register() -> None:
 
     app.add_typer(api_cli, name="api")
     app.add_typer(readmodel_cli(), name="readmodel")
+    app.add_typer(__import__("services.audit.cli", fromlist=["app"]).app, name="audit")
 
 
 def main() -> None:
