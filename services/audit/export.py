@@ -25,7 +25,7 @@ from services.audit.archive import (
     Manifest,
     SegmentInfo,
 )
-from services.audit.sources import KafkaSourceError, discover, partition_for
+from services.audit.sources import KafkaSourceError, discover, partition_for, stop_consumer
 
 __all__ = ["ExportOptionError", "ExportResult", "export_archive"]
 
@@ -200,7 +200,7 @@ async def export_archive(
             position = await consumer.position(tp)
             manifest.next_offsets.setdefault(tp.topic, {})[str(tp.partition)] = position
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     segments = writer.close()
     writer.record_export(topics=list(topics), partitions=partitions, gaps=gaps, bootstrap=bootstrap)
     manifest.save(folder)

@@ -29,7 +29,14 @@ from services.audit.archive import Manifest, SegmentInfo, read_index, read_lines
 from services.audit.engine import Finding, PartitionAuditor, PartitionResult
 from services.audit.fold import CampaignFold
 
-__all__ = ["AuditRun", "KafkaSourceError", "audit_archive", "audit_kafka", "partition_for"]
+__all__ = [
+    "AuditRun",
+    "KafkaSourceError",
+    "audit_archive",
+    "audit_kafka",
+    "partition_for",
+    "stop_consumer",
+]
 
 #: ``progress(done, total)`` callback of a long read.
 Progress = Callable[[int, int], None]
@@ -240,6 +247,17 @@ def audit_archive(
 # --- Kafka ---------------------------------------------------------------------------------
 
 
+async def stop_consumer(consumer: Any) -> None:
+    """``consumer.stop()``, tolerating aiokafka 0.14's group-less coordinator re-raising the
+    cancellation of its own internal task when it had not started yet."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
 def partition_for(campaign_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner gives a campaign's key (murmur2)."""
     from aiokafka.partitioner import murmur2
@@ -250,23 +268,25 @@ def partition_for(campaign_id: str, partitions: int) -> int:
 async def discover(bootstrap: str, topics: list[str]) -> int:
     """The common partition count of ``topics``; KafkaSourceError if one is missing or the
     counts differ (a campaign's events would then be split across partition numbers)."""
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     try:
-        await consumer.start()
+        await admin.start()
     except Exception as exc:
-        await consumer.stop()
         raise KafkaSourceError(f"--bootstrap: cannot reach Kafka at {bootstrap} ({exc})") from None
     try:
-        existing = await consumer.topics()
-        counts: dict[str, int] = {}
-        for topic in topics:
-            if topic not in existing:
-                raise KafkaSourceError(f"--topics: topic {topic!r} does not exist on {bootstrap}")
-            counts[topic] = len(consumer.partitions_for_topic(topic) or ())
+        described = await admin.describe_topics(topics)
     finally:
-        await consumer.stop()
+        await admin.close()
+    counts: dict[str, int] = {}
+    for topic in described:
+        if topic["error_code"] != 0 or not topic["partitions"]:
+            raise KafkaSourceError(
+                f"--topics: topic {topic['topic']!r} does not exist on {bootstrap} "
+                "(check --topic-prefix)"
+            )
+        counts[topic["topic"]] = len(topic["partitions"])
     if len(set(counts.values())) > 1:
         raise KafkaSourceError(f"--topics: topics are not co-partitioned: {counts}")
     return next(iter(counts.values()), 0)
@@ -336,7 +356,7 @@ async def _consume_group(
                     remaining.discard(tp)
                     consumer.pause(tp)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     results = []
     for p in partitions:
         result = auditors[p].finish(keep_folds=keep_folds)
@@ -359,7 +379,7 @@ async def _total_events(bootstrap: str, topics: list[str], partitions: list[int]
         end = await consumer.end_offsets(tps)
         return int(sum(end[tp] - begin[tp] for tp in tps))
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 def audit_kafka(
