@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,9 +237,16 @@ class Projector:
         self._dlq: AIOKafkaProducer | None = None
         self.applied = 0
         self.ready = asyncio.Event()
+        self._beat = -1e9
 
     async def start(self) -> None:
         await self.store.load_scripts()
+        # Redis may have restarted empty (it runs without persistence locally) while the
+        # group's offsets survive in Kafka: without the marker, replay from the beginning.
+        marker = f"{self.keys.ns}rm:projector"
+        if await self.client.set(marker, self.group, nx=True) and not self.from_beginning:
+            log.info("read model empty for %s: replaying from the beginning", self.keys.ns)
+            self.from_beginning = True
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=self.group,
@@ -295,6 +303,11 @@ class Projector:
         batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
         if consumer.assignment():
             self.ready.set()
+            now = time.monotonic()
+            if now - self._beat > 10:
+                # Liveness for `make run` and probes: this projector owns partitions.
+                self._beat = now
+                await self.client.set(f"{self.keys.ns}projector:alive", self.group, ex=30)
         last: dict[TopicPartition, int] = {}
         touched: set[str] = set()
         count = 0
@@ -456,6 +469,7 @@ def readmodel_cli() -> Any:
     def run_command() -> None:
         """Project the campaign topics into Redis until interrupted."""
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
         asyncio.run(_run(PledgeSettings()))
 
     @cli.command("rebuild")
