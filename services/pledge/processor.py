@@ -252,6 +252,10 @@ class Processor:
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._next_sweep = 0.0
+        #: Transactions of the previous poll, committing while the next poll is decided.
+        self._pending: asyncio.Task[None] | None = None
+        #: Bumped by every rebuild of a partition: records polled before it are stale.
+        self._epochs: dict[int, int] = {}
         self._partition_count = settings.partitions
         self.metrics.track_open_campaigns(self._open_campaigns)
 
@@ -332,6 +336,7 @@ class Processor:
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self._lock:  # waits for the in-flight batch: it commits or aborts first
+            await self._settle()
             for tp in revoked:
                 if tp.topic != self._commands_topic:
                     continue
@@ -343,6 +348,7 @@ class Processor:
 
     async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         async with self._lock:
+            await self._settle()
             numbers = sorted(tp.partition for tp in assigned if tp.topic == self._commands_topic)
             await self._recover_many(numbers)
             self._assigned.set()
@@ -359,6 +365,7 @@ class Processor:
     async def _recover(self, number: int) -> None:
         """Fence older writers of ``number``, rebuild its campaigns, seek to its offset."""
         started = time.perf_counter()
+        self._epochs[number] = self._epochs.get(number, 0) + 1
         old = self._parts.pop(number, None)
         if old is not None:
             await _close(old.producer)
@@ -412,7 +419,9 @@ class Processor:
         consumer = self._consumer
         poll_ms = self.settings.processor_poll_ms
         batch_max = self.settings.processor_batch_max
+        every = self.settings.snapshot_every_events
         while not self._stopping.is_set():
+            epochs = dict(self._epochs)
             try:
                 batches = await consumer.getmany(timeout_ms=poll_ms, max_records=batch_max)
             except Exception:
@@ -421,33 +430,59 @@ class Processor:
                 continue
             async with self._lock:
                 if self._unrecovered:
+                    await self._settle()
                     await self._recover_many(sorted(self._unrecovered))
                 now = self._clock()
                 sweep = time.monotonic() >= self._next_sweep
                 if sweep:
                     self._next_sweep = time.monotonic() + self.settings.deadline_sweep_seconds
-                work = []
-                for number, part in self._parts.items():
+                if any(p.events_since_snapshot >= every and p.dirty for p in self._parts.values()):
+                    # A snapshot records the offsets of committed events: let them commit.
+                    await self._settle()
+                decided: list[tuple[_Partition, _Outbox | None, Exception | None]] = []
+                for number, part in list(self._parts.items()):
                     records = batches.get(TopicPartition(self._commands_topic, number), [])
-                    if records or (sweep and part.deadlines):
-                        work.append(self._process(part, records, now, sweep))
-                if work:
-                    await asyncio.gather(*work)
+                    if records and self._epochs.get(number) != epochs.get(number):
+                        records = []  # fetched before a rebuild moved the partition back
+                    if not records and not (sweep and part.deadlines):
+                        continue
+                    try:
+                        out = self._decide(part, records, now, sweep)
+                    except Exception as exc:
+                        decided.append((part, None, exc))
+                    else:
+                        if out:
+                            decided.append((part, out, None))
+                # Batch k+1 was decided while batch k committed; now k must be done (a
+                # partition rebuilt meanwhile drops its k+1 decisions as stale).
+                await self._settle()
+                if decided:
+                    self._pending = asyncio.create_task(self._write_all(decided))
+        async with self._lock:
+            await self._settle()
 
-    async def _process(
-        self,
-        part: _Partition,
-        records: list[ConsumerRecord[bytes, bytes]],
-        now: datetime,
-        sweep: bool,
+    async def _settle(self) -> None:
+        """Wait for the in-flight transactions (and any rebuild they caused)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    async def _write_all(
+        self, decided: list[tuple[_Partition, _Outbox | None, Exception | None]]
     ) -> None:
-        """Decide ``records`` of one partition and write them in one transaction; on any
-        failure abort, rebuild the partition from the log and resume from its offset."""
+        await asyncio.gather(*(self._commit(part, out, error) for part, out, error in decided))
+
+    async def _commit(self, part: _Partition, out: _Outbox | None, error: Exception | None) -> None:
+        """Write one partition's decisions in one transaction; on any failure abort, rebuild
+        the partition from the log and resume from its committed offset."""
+        if self._parts.get(part.number) is not part:
+            return  # decided on a state that a rebuild has since replaced
         try:
-            out = self._decide(part, records, now, sweep)
-            if out:
-                await self._write(part, out)
-                self._committed(part, out)
+            if error is not None:
+                raise error
+            assert out is not None
+            await self._write(part, out)
+            self._committed(out)
         except ProducerFenced:
             # A newer owner of this partition exists: it rebuilt from the log, we stand down.
             log.warning("partition %s: fenced by a newer writer; dropping it", part.number)
@@ -494,6 +529,8 @@ class Processor:
             self._decide_one(part, record, now, out)
         if sweep:
             self._sweep(part, now, out)
+        if out.last_offset is not None:
+            part.next_command = out.last_offset + 1
         return out
 
     def _decide_one(
@@ -628,9 +665,7 @@ class Processor:
             if end > part.event_offsets.get(topic, 0):
                 part.event_offsets[topic] = end
 
-    def _committed(self, part: _Partition, out: _Outbox) -> None:
-        if out.last_offset is not None:
-            part.next_command = out.last_offset + 1
+    def _committed(self, out: _Outbox) -> None:
         m = self.metrics
         m.transactions.labels("committed").inc()
         decided = sum(out.commands.values())
