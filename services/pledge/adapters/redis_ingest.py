@@ -22,7 +22,7 @@ from typing import Any
 from services.pledge.adapters.redis_pipeline import AutoPipeline, LuaScript
 from services.pledge.adapters.redis_readmodel import Keys
 
-__all__ = ["GATE_SCRIPT", "GateResult", "IngestStore"]
+__all__ = ["COMPLETE_SCRIPT", "GATE_SCRIPT", "GateResult", "IngestStore"]
 
 # KEYS[1] bucket, KEYS[2] idempotency key, KEYS[3..] campaign hashes whose owner is checked.
 # ARGV[1] rate/s, ARGV[2] burst, ARGV[3] fingerprint (64 hex), ARGV[4] lock ms, ARGV[5] tenant,
@@ -67,6 +67,21 @@ return out
 )
 
 
+# KEYS[1] idempotency key, KEYS[2..] pledge hashes; ARGV[1] stored response, ARGV[2] TTL s,
+# ARGV[3..] pending pledge documents. A pledge row the projector already wrote is left alone.
+COMPLETE_SCRIPT = LuaScript(
+    """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+for i = 2, #KEYS do
+  if redis.call('HSETNX', KEYS[i], 'status', 'pending') == 1 then
+    redis.call('HSET', KEYS[i], 'doc', ARGV[i + 1])
+  end
+end
+return 1
+"""
+)
+
+
 @dataclass(frozen=True, slots=True)
 class GateResult:
     """What the gate decided: ``ok`` (reserved), ``replay``, ``in_progress``, ``mismatch``,
@@ -103,6 +118,7 @@ class IngestStore:
 
     async def load_scripts(self) -> None:
         await GATE_SCRIPT.load(self.pipeline.client)
+        await COMPLETE_SCRIPT.load(self.pipeline.client)
 
     async def gate(
         self,
@@ -152,16 +168,12 @@ class IngestStore:
     ) -> None:
         """Store the response for replays; write *pending* rows of pledges not yet decided."""
         stored = b"D" + fingerprint.encode() + b"%03d" % status + body
-        waits = [
-            self.pipeline.execute(
-                "SET", self.keys.idempotency(tenant_id, idempotency_key), stored, "EX", self._ttl
-            )
-        ]
+        keys = [self.keys.idempotency(tenant_id, idempotency_key)]
+        args: list[Any] = [stored, self._ttl]
         for key, doc in pending_pledges:
-            waits.append(self.pipeline.execute("HSETNX", key, "status", "pending"))
-            waits.append(self.pipeline.execute("HSETNX", key, "doc", doc))
-        for wait in waits:
-            await wait
+            keys.append(key)
+            args.append(doc)
+        await self.pipeline.evalsha(COMPLETE_SCRIPT, keys, args)
 
     async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
         """Free a reservation whose command could not be sent (the client may retry at once)."""

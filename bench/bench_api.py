@@ -1,0 +1,416 @@
+"""Ingest API throughput and latency over loopback HTTP, against two baselines measured in the
+same run.
+
+Servers (each its own uvicorn process, uvloop + httptools, access log off):
+
+(a) ``bare``  - FastAPI endpoint that only answers 202 (the HTTP ceiling of this machine);
+(b) ``naive`` - FastAPI + pydantic body, one Redis ``SET NX`` for the Idempotency-Key, one
+    awaited aiokafka send (acks=all, idempotent) per request, one worker;
+(c) ``real``  - ``services.pledge.api`` (auth, tenancy, idempotency, rate limit, durable
+    acks=all append), with ``API_WORKERS`` processes (default 1; (a) runs with the same count).
+
+Load: ``wrk`` closed loop (Debian package, installed with apt-get when missing and root) with
+a Lua script giving every request its own Idempotency-Key; p99 at a fixed 2,000 req/s with an
+open-loop generator below (requests are scheduled on a fixed timetable and latency is measured
+from the scheduled time, so a stalled server cannot hide its queueing: no coordinated omission).
+The batch endpoint is loaded with 1,000-pledge requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from bench.harness import Target, kafka_bootstrap, redis_url, write_result
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+KEY = "bench-key-0123456789abcdef"
+DURATION = int(os.environ.get("BENCH_API_SECONDS", "10"))
+CONNECTIONS = int(os.environ.get("BENCH_API_CONNECTIONS", "64"))
+WORKERS = int(os.environ.get("API_WORKERS", "1"))
+OPEN_LOOP_RATE = 2000
+PLEDGE = {
+    "backer_id": "b-1",
+    "amount_minor": 2500,
+    "currency": "EUR",
+    "tier_id": "t1",
+    "payment_token": "tok_visa",
+    "locale": "fr",
+}
+
+# --- baseline apps (imported by uvicorn in their own processes) ----------------------------
+
+
+class NaivePledge(BaseModel):
+    """The naive endpoint's body: a plain pydantic model."""
+
+    backer_id: str
+    amount_minor: int
+    currency: str
+    tier_id: str | None = None
+    payment_token: str | None = None
+    locale: str | None = None
+
+
+def bare_app() -> Any:
+    """(a) The HTTP ceiling: route + 202, nothing else."""
+    from fastapi import FastAPI
+    from starlette.responses import Response
+
+    app = FastAPI()
+
+    @app.post("/v1/campaigns/{campaign_id}/pledges", status_code=202)
+    async def pledge(campaign_id: str) -> Response:
+        return Response(b'{"status":"pending"}', status_code=202, media_type="application/json")
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(b"{}", media_type="application/json")
+
+    return app
+
+
+def naive_app() -> Any:
+    """(b) The obvious implementation: pydantic body, SET NX, one awaited send per request."""
+    from contextlib import asynccontextmanager
+
+    import redis.asyncio as aioredis
+    from aiokafka import AIOKafkaProducer
+    from fastapi import FastAPI, Header
+    from fastapi.responses import JSONResponse
+
+    topic = os.environ["BENCH_NAIVE_TOPIC"]
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        state["redis"] = aioredis.Redis.from_url(redis_url())
+        state["producer"] = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap(), acks="all", enable_idempotence=True
+        )
+        await state["producer"].start()
+        yield
+        await state["producer"].stop()
+        await state["redis"].aclose()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/v1/campaigns/{campaign_id}/pledges", status_code=202)
+    async def pledge(
+        campaign_id: str, body: NaivePledge, idempotency_key: str = Header()
+    ) -> JSONResponse:
+        fresh = await state["redis"].set(f"naive:{idempotency_key}", b"1", nx=True, ex=86400)
+        if not fresh:
+            return JSONResponse({"status": "duplicate"}, status_code=409)
+        value = orjson.dumps({"campaign_id": campaign_id, **body.model_dump()})
+        await state["producer"].send_and_wait(topic, value, key=campaign_id.encode())
+        return JSONResponse({"campaign_id": campaign_id, "status": "pending"}, status_code=202)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({})
+
+    return app
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """One uvicorn process."""
+
+    def __init__(self, target: str, workers: int, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [PY, "-m", "uvicorn", target, "--factory", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", str(workers), "--loop", "uvloop",
+             "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+            cwd=REPO, env={**os.environ, **env},
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    time.sleep(1.0)  # let every worker finish its lifespan
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("server not ready in 60 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# --- load ----------------------------------------------------------------------------------
+
+_WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer __KEY__"
+local body = __BODY__
+local counter = 0
+local threads = {}
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+function request()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = string.format("__RUN__-%d-%d", tid, counter)
+  local path = string.format("__PATH__", counter %% 100)
+  return wrk.format(nil, path, nil, body)
+end
+"""
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        cmd = "apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)"
+        subprocess.run(["bash", "-c", cmd], check=True, capture_output=True)
+        found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("bench_api: wrk is required (Debian: apt-get install wrk)")
+    return found
+
+
+def run_wrk(url: str, path: str, body: bytes, connections: int, seconds: int) -> dict[str, float]:
+    """Closed loop: ``connections`` connections each sending as fast as answers come."""
+    lua = (
+        _WRK_LUA.replace("__KEY__", KEY)
+        .replace("__BODY__", "[==[" + body.decode() + "]==]")
+        .replace("__RUN__", uuid.uuid4().hex[:8])
+        .replace("__PATH__", path.replace("{n}", "%d"))
+        .replace("%%", "%")
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua)
+    out = subprocess.run(
+        [ensure_wrk(), "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+         script.name, url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    total = re.search(r"(\d+) requests in", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "rps": rps,
+        "requests": float(total.group(1)) if total else 0.0,
+        "non_2xx": float(bad.group(1)) if bad else 0.0,
+        "socket_errors": 1.0 if errors else 0.0,
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"),
+    }
+
+
+async def open_loop(url: str, rate: int, seconds: int, connections: int = 64) -> dict[str, float]:
+    """Fixed-rate load: request i is due at t0 + i/rate; its latency counts from then."""
+    host, port = url.removeprefix("http://").split(":")
+    body = orjson.dumps(PLEDGE)
+    run = uuid.uuid4().hex[:8]
+    free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        free.put_nowait(await asyncio.open_connection(host, int(port)))
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+
+    async def one(i: int, due: float) -> None:
+        reader, writer = await free.get()
+        try:
+            head = (
+                f"POST /v1/campaigns/c-{i % 100}/pledges HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {KEY}\r\nIdempotency-Key: ol-{run}-{i}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            writer.write(head + body)
+            status_line = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - due)
+            status = int(status_line.split()[1])
+            statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            free.put_nowait((reader, writer))
+
+    total = rate * seconds
+    tasks = []
+    t0 = time.perf_counter() + 0.1
+    for i in range(total):
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    while not free.empty():
+        _, writer = free.get_nowait()
+        writer.close()
+    latencies.sort()
+    return {
+        "rate": total / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "max_ms": latencies[-1] * 1000,
+        "non_202": float(sum(n for s, n in statuses.items() if s != 202)),
+    }
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+async def create_topics(prefix: str) -> list[str]:
+    from schemas.topics import Topics, ensure_topics
+
+    topics = Topics(prefix=prefix)
+    await ensure_topics(kafka_bootstrap(), topics)
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap())
+    await admin.start()
+    await admin.create_topics([NewTopic(f"{prefix}naive", 6, 1)])
+    await admin.close()
+    return [spec.name for spec in topics] + [f"{prefix}naive"]
+
+
+async def cleanup(prefix: str, topics: list[str]) -> None:
+    import redis.asyncio as aioredis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    client = aioredis.Redis.from_url(redis_url())
+    for pattern in (f"{prefix}pf:*", "naive:*"):
+        batch = []
+        async for key in client.scan_iter(match=pattern, count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                await client.unlink(*batch)
+                batch = []
+        if batch:
+            await client.unlink(*batch)
+    await client.aclose()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap())
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
+def main() -> None:
+    prefix = f"bench-api-{uuid.uuid4().hex[:6]}."
+    topics = asyncio.run(create_topics(prefix))
+    body = orjson.dumps(PLEDGE)
+    batch_body = orjson.dumps(
+        {
+            "pledges": [
+                {**PLEDGE, "tier_id": None, "campaign_id": f"c-{i % 100}"} for i in range(1000)
+            ]
+        }
+    )
+    real_env = {
+        "PLEDGEFLOW_TOPIC_PREFIX": prefix,
+        "PLEDGEFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap(),
+        "PLEDGEFLOW_REDIS_URL": redis_url(),
+        "PLEDGEFLOW_API_KEYS": f"bench:{KEY}",
+        "PLEDGEFLOW_API_RATE_PER_SECOND": "1e9",
+        "PLEDGEFLOW_API_RATE_BURST": "1000000000",
+    }
+    path = "/v1/campaigns/c-{n}/pledges"
+    results: dict[str, Any] = {}
+    try:
+        for name, target, workers, env in (
+            ("bare", "bench.bench_api:bare_app", WORKERS, {}),
+            ("naive", "bench.bench_api:naive_app", 1, {"BENCH_NAIVE_TOPIC": f"{prefix}naive"}),
+            ("real", "services.pledge.api:create_app", WORKERS, real_env),
+        ):
+            server = Server(target, workers, env)
+            try:
+                server.wait_ready()
+                run_wrk(server.url, path, body, CONNECTIONS, 2)  # warm-up
+                results[name] = run_wrk(server.url, path, body, CONNECTIONS, DURATION)
+                print(f"{name:>6} (workers={workers}): {results[name]}", flush=True)
+                if name == "real":
+                    results["real_open_loop"] = asyncio.run(
+                        open_loop(server.url, OPEN_LOOP_RATE, DURATION)
+                    )
+                    print(f"  open loop @ {OPEN_LOOP_RATE}/s: {results['real_open_loop']}")
+                    batch = run_wrk(server.url, "/v1/pledges/batch", batch_body, 8, DURATION)
+                    batch["pledges_per_s"] = batch["rps"] * 1000
+                    results["real_batch"] = batch
+                    print(f"  batch: {batch}")
+            finally:
+                server.stop()
+    finally:
+        asyncio.run(cleanup(prefix, topics))
+
+    bare, naive, real = results["bare"]["rps"], results["naive"]["rps"], results["real"]["rps"]
+    extra = {"workers": WORKERS, "connections": CONNECTIONS, "seconds": DURATION, **{
+        f"{k}_{m}": v for k, r in results.items() for m, v in r.items()}}  # fmt: skip
+    write_result(
+        "api_pledge", f"POST pledge closed loop (wrk -c{CONNECTIONS}), vs naive endpoint",
+        "req/s", real, baseline=("naive: pydantic + SET NX + awaited send, 1 worker", naive),
+        target=Target(value=5000, ratio=1.3), extra=extra,
+    )  # fmt: skip
+    write_result(
+        "api_pledge_vs_http_ceiling", "POST pledge closed loop, share of a bare 202 endpoint",
+        "req/s", real, baseline=(f"bare FastAPI 202, {WORKERS} worker(s)", bare),
+        target=Target(ratio=0.4), extra=extra,
+    )  # fmt: skip
+    write_result(
+        "api_pledge_p99", f"POST pledge p99 latency, open loop at {OPEN_LOOP_RATE} req/s", "ms",
+        results["real_open_loop"]["p99_ms"], baseline=None,
+        target=Target(value=25, lower_is_better=True), extra=extra,
+    )  # fmt: skip
+    write_result(
+        "api_batch", "POST /v1/pledges/batch (1,000 pledges/request) throughput", "pledges/s",
+        results["real_batch"]["pledges_per_s"],
+        baseline=("single-pledge endpoint req/s", real), target=Target(value=50_000), extra=extra,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
