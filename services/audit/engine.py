@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,8 +136,10 @@ class PartitionAuditor:
     ) -> None:
         self.partition = partition
         self.holdback = holdback
-        self.only = None if campaign is None else campaign_key(campaign)
+        #: Line prefix of the one campaign audited (``--campaign``), else None.
+        self.only = None if campaign is None else _HEAD + campaign_key(campaign) + _CAUSATION
         self.events = 0
+        #: ``(campaign key, stream) -> [last seq, last hash, the campaign's fold]``.
         self.heads: dict[tuple[bytes, bytes], list[Any]] = {}
         self.folds: dict[bytes, CampaignFold] = {}
         self.findings: list[Finding] = []
@@ -147,11 +149,9 @@ class PartitionAuditor:
 
     # --- hot loop --------------------------------------------------------------------------
 
-    def feed(self, lines: Iterable[bytes], ordinal: int) -> int:
-        """Check and fold ``lines`` (the first at ``ordinal``); return the next ordinal."""
-        heads = self.heads
-        get_head = heads.get
-        folds = self.folds
+    def feed(self, lines: Sequence[bytes], start: int) -> int:
+        """Check and fold ``lines`` (the first at ordinal ``start``); return the next ordinal."""
+        get_head = self.heads.get
         apply_for = APPLY.get
         loads = orjson.loads
         sha256 = hashlib.sha256
@@ -159,60 +159,62 @@ class PartitionAuditor:
         only = self.only
         pending = self._pending
         events = 0
-        for line in lines:
+        for ordinal, line in enumerate(lines, start):
+            if only is not None and not line.startswith(only):
+                continue
             o = line.find(_OCC)
             if (
                 o > 90
                 and line[o - 74 : o - 65] == _HASH
                 and line[o - 1] == _QUOTE
                 and line[o + 43 : o + 55] == _PAYLOAD
-                and line[:16] == _HEAD
             ):
                 pa = line.rfind(_PREV)
-                m = tail(line, pa + 78) if pa > o else None
-                if m is not None:
-                    at = o - 74
-                    prev = line[pa + 14 : pa + 78]
-                    ckey = line[16 : line.find(_CAUSATION, 16)]
-                    if only is not None and ckey != only:
-                        ordinal += 1
-                        continue
-                    if (
-                        sha256(prev + line[:at] + line[o:]).hexdigest().encode()
-                        == line[at + 9 : o - 1]
-                    ):
+                at = o - 74
+                prev = line[pa + 14 : pa + 78]
+                digest = line[at + 9 : o - 1]
+                # From here on the line is the canonical form of an authentic body (see the
+                # module docstring): the fields below are read at their canonical places.
+                if pa > o and sha256(prev + line[:at] + line[o:]).hexdigest().encode() == digest:
+                    m = tail(line, pa + 78)
+                    if m is not None:
                         seq = int(m.group(1))
-                        key = (ckey, m.group(2))
+                        key = (line[16 : line.find(_CAUSATION, 16)], m.group(2))
                         head = get_head(key)
-                        if (
-                            seq == 1 and prev == _GENESIS
-                            if head is None
-                            else seq == head[0] + 1 and prev == head[1]
-                        ):
-                            if head is None:
-                                heads[key] = [seq, line[at + 9 : o - 1]]
-                            else:
+                        fold: CampaignFold | None = None
+                        if head is not None:
+                            if seq == head[0] + 1 and prev == head[1]:
                                 head[0] = seq
-                                head[1] = line[at + 9 : o - 1]
-                            fold = folds.get(ckey)
-                            if fold is None:
-                                fold = folds[ckey] = CampaignFold(_campaign_id(ckey))
-                            apply = apply_for(line[line.rfind(_EVENT_TYPE, 0, at) + 15 : at - 1])
+                                head[1] = digest
+                                fold = head[2]
+                        elif seq == 1 and prev == _GENESIS:
+                            fold = self._new_chain(key, seq, digest)
+                        if fold is not None:
                             events += 1
+                            apply = apply_for(line[line.rfind(_EVENT_TYPE, 0, at) + 15 : at - 1])
                             if apply is None:
                                 fold.unknown_events += 1
                             else:
-                                problem = apply(fold, loads(line[o + 55 : pa]), seq, ordinal)
+                                try:
+                                    problem = apply(fold, loads(line[o + 55 : pa]), seq, ordinal)
+                                except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
+                                    problem = ("well_formed", f"payload lacks or mistypes {exc}")
                                 if problem is not None:
                                     self._event_finding(problem, line, ordinal, fold, seq)
                             if pending and key in pending:
                                 self._drain(key, seq)
-                            ordinal += 1
                             continue
             events += self._slow(line, ordinal)
-            ordinal += 1
         self.events += events
-        return ordinal
+        return start + len(lines)
+
+    def _new_chain(self, key: tuple[bytes, bytes], seq: int, digest: bytes) -> CampaignFold:
+        """Start chain ``key`` at ``seq``; returns its campaign's fold (created if new)."""
+        fold = self.folds.get(key[0])
+        if fold is None:
+            fold = self.folds[key[0]] = CampaignFold(_campaign_id(key[0]))
+        self.heads[key] = [seq, digest, fold]
+        return fold
 
     # --- everything off the fast path ------------------------------------------------------
 
@@ -242,7 +244,7 @@ class PartitionAuditor:
                 )
             return 0
         ckey = campaign_key(campaign_id)
-        if self.only is not None and ckey != self.only:
+        if self.only is not None and _HEAD + ckey + _CAUSATION != self.only:
             return 0
         context = {"campaign_id": campaign_id, "stream": stream, "seq": seq,
                    "event_type": event_type, "event_id": event_id}  # fmt: skip
@@ -269,10 +271,11 @@ class PartitionAuditor:
             self._finding(
                 "prev_hash_links", "prev_hash is not the previous event's hash", ordinal, **context
             )
-        self.heads[key] = [seq, digest.encode()]
-        fold = self.folds.get(ckey)
-        if fold is None:
-            fold = self.folds[ckey] = CampaignFold(campaign_id)
+        if head is None:
+            fold = self._new_chain(key, seq, digest.encode())
+        else:
+            head[0], head[1] = seq, digest.encode()
+            fold = head[2]
         apply = APPLY.get(event_type.encode())
         payload = raw.get("payload")
         if apply is None or not isinstance(payload, dict):
