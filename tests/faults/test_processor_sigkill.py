@@ -23,6 +23,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from schemas import verify_chain
@@ -143,7 +144,13 @@ async def drained(bootstrap: str, group: str, topic: str, partitions: int) -> bo
     await admin.start()
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+        except KafkaError as exc:
+            # A fresh broker is still loading __consumer_offsets: ask again on the next round.
+            if exc.retriable:
+                return False
+            raise
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         ends = await consumer.end_offsets(tps)
         return all(tp in committed and committed[tp].offset >= ends[tp] for tp in tps)
