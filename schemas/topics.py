@@ -9,9 +9,10 @@ generated from this module, so nothing else spells a topic name.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from schemas.events import EVENT_TYPES, Stream
 
@@ -206,6 +207,36 @@ async def ensure_topics(
                     raise RuntimeError(f"creating topic {spec.name!r} failed: {topic_error!r}")
             else:
                 created.append(spec.name)
+        if created:
+            await _wait_until_served(admin, specs, timeout_ms / 1000)
         return created
     finally:
         await admin.close()
+
+
+async def _wait_until_served(admin: Any, specs: list[TopicSpec], within: float) -> None:
+    """Return once every partition of ``specs`` has a leader in the broker's metadata.
+
+    Creation is acknowledged by the controller before the broker serves the new partitions;
+    a consumer subscribing in that window sees no partitions and waits for its next metadata
+    refresh, so callers that start consuming right away must not return earlier.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    wanted = {spec.name: spec.partitions for spec in specs}
+    while True:
+        served = {
+            t["topic"]: t
+            for t in await admin.describe_topics(list(wanted))
+            if t.get("error_code", 0) == 0
+        }
+        if all(
+            name in served
+            and len(served[name]["partitions"]) == count
+            and all(p.get("leader", -1) >= 0 for p in served[name]["partitions"])
+            for name, count in wanted.items()
+        ):
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"topics not served by the broker after {within}s")
+        await asyncio.sleep(0.1)
