@@ -33,7 +33,7 @@ import orjson
 from schemas.canonical import GENESIS_HASH
 from schemas.codec import verify_hash
 from services.audit.fold import APPLY, CampaignFold
-from services.audit.rules import check_campaign
+from services.audit.rules import CAMPAIGN_RULE_NAMES, CHAIN_RULES, check_campaign
 
 __all__ = ["Finding", "PartitionAuditor", "PartitionResult", "campaign_key"]
 
@@ -80,6 +80,14 @@ class Finding:
     offset: int | None = None
     event_id: str | None = None
     location: str | None = None
+
+    def order(self) -> tuple[int, int, int]:
+        """Sort key of "the first bad event": broken chains first (a missing or altered event
+        is the root cause of whatever the fold then sees), then the rules judged on one
+        event, then those judged at the end of a campaign's streams; within each, by
+        partition and stored order."""
+        tier = 0 if self.rule in CHAIN_RULES else 2 if self.rule in CAMPAIGN_RULE_NAMES else 1
+        return tier, self.partition, self.ordinal
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON form (``--json`` output)."""
@@ -363,7 +371,7 @@ class PartitionAuditor:
             result.summaries[fold.campaign_id] = fold.summary()
             if keep_folds:
                 result.folds[fold.campaign_id] = fold
-        result.findings = sorted(self.findings, key=lambda f: f.ordinal)
+        result.findings = sorted(self.findings, key=Finding.order)
         result.rule_counts = self.rule_counts
         result.unknown_types = self.unknown_types
         return result

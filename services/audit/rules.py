@@ -21,7 +21,15 @@ from typing import Any
 from schemas.money import bps_of
 from services.audit.fold import AMOUNT, STATUS, CampaignFold, SettlementEntry
 
-__all__ = ["CAMPAIGN_RULES", "RULES", "CampaignRule", "RuleHit", "check_campaign"]
+__all__ = [
+    "CAMPAIGN_RULES",
+    "CAMPAIGN_RULE_NAMES",
+    "CHAIN_RULES",
+    "RULES",
+    "CampaignRule",
+    "RuleHit",
+    "check_campaign",
+]
 
 #: ``(rule, detail, ordinal of the event it names)``.
 RuleHit = tuple[str, str, int]
@@ -55,6 +63,15 @@ RULES: dict[str, str] = {
     "fees, gross/fees/commission/counts equal the settlement events",
     "readmodel_equal": "the live read model's campaign totals equal the replayed ones",
 }
+
+
+#: Rules about the log's integrity, checked before an event is folded.
+CHAIN_RULES = frozenset({"well_formed", "hash_intact", "seq_gapless", "prev_hash_links"})
+#: Rules judged once a campaign's streams are complete (see ``CAMPAIGN_RULES``).
+CAMPAIGN_RULE_NAMES = frozenset(
+    {"settlement_after_close", "settlement_follows_outcome", "settlement_amounts_match",
+     "capture_once", "ledger_balanced", "readmodel_equal"}
+)  # fmt: skip
 
 
 def _pledge_status(fold: CampaignFold, entry: SettlementEntry) -> str:

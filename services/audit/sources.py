@@ -70,7 +70,7 @@ class AuditRun:
 
     @property
     def first(self) -> Finding | None:
-        """The first bad event (lowest partition, then stored order)."""
+        """The first bad event (see :meth:`Finding.order`)."""
         return self.findings[0] if self.findings else None
 
     def add_findings(self, findings: list[Finding]) -> None:
@@ -90,7 +90,7 @@ class AuditRun:
             run.rule_counts.update(result.rule_counts)
             run.archive_findings.extend(result.archive_findings)
             run.unknown_types.update(result.unknown_types)
-        run.findings.sort(key=lambda f: (f.partition, f.ordinal))
+        run.findings.sort(key=Finding.order)
         run.summaries = dict(sorted(run.summaries.items()))
         return run
 

@@ -189,7 +189,7 @@ async def test_deleted_line_is_named(exported: tuple[str, Path]) -> None:
     code, report = await verify_json("--from", str(folder))
     assert code == 1
     first = report["first"]
-    assert first["rule"] == "seq_gapless"
+    assert first["rule"] == "seq_gapless", (raw, report["findings"][:3])
     assert (first["campaign_id"], first["seq"]) == (raw["campaign_id"], raw["seq"] + 1)
     assert first["event_id"] == successor["event_id"]
     assert f"where {raw['seq']} was expected" in first["detail"]
