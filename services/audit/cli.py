@@ -244,7 +244,10 @@ def replay(
         return
     from services.audit.report import replay_table
 
-    Console().print(replay_table(summaries, limit=limit or None))
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=160)  # a file or a pipe: no need to squeeze into 80 columns
+    out.print(replay_table(summaries, limit=limit or None))
     _err.print(
         f"{run.events:,} events, {len(summaries):,} campaigns in {run.seconds:.2f}s "
         f"({_rate(run):,.0f} events/s)"
