@@ -33,8 +33,10 @@ if [ -z "${PLEDGEFLOW_API_KEYS:-}" ]; then
   [ -s .local/dev-api-key ] || "$py" -c 'import secrets; print("dev-" + secrets.token_hex(16))' > .local/dev-api-key
   dev_key="$(cat .local/dev-api-key)"
   export PLEDGEFLOW_API_KEYS="dev:$dev_key"
+  key_note='tenant "dev"; kept in .local/dev-api-key'
 else
   dev_key="${PLEDGEFLOW_API_KEYS#*:}"; dev_key="${dev_key%%,*}"
+  key_note="tenant \"${PLEDGEFLOW_API_KEYS%%:*}\", from PLEDGEFLOW_API_KEYS"
 fi
 
 echo "topics: creating the registry's topics if missing"
@@ -112,7 +114,7 @@ cat <<EOF2
 
   Pledgeflow is running.
     API docs:     http://127.0.0.1:$port/docs   (OpenAPI: /openapi.json, metrics: /metrics)
-    dev API key:  $dev_key   (tenant "dev"; kept in .local/dev-api-key)
+    dev API key:  $dev_key   ($key_note)
 
   Try:
     curl -s -X POST http://127.0.0.1:$port/v1/campaigns \\
