@@ -166,6 +166,7 @@ class PartitionAuditor:
         tail = _TAIL.fullmatch
         only = self.only
         pending = self._pending
+        holdback = self.holdback
         events = 0
         for ordinal, line in enumerate(lines, start):
             if only is not None and not line.startswith(only):
@@ -195,8 +196,14 @@ class PartitionAuditor:
                                 head[0] = seq
                                 head[1] = digest
                                 fold = head[2]
+                            elif holdback and seq > head[0] + 1:
+                                self._hold(key, seq, line, ordinal)
+                                continue
                         elif seq == 1 and prev == _GENESIS:
                             fold = self._new_chain(key, seq, digest)
+                        elif holdback and seq > 1:
+                            self._hold(key, seq, line, ordinal)
+                            continue
                         if fold is not None:
                             events += 1
                             apply = apply_for(line[line.rfind(_EVENT_TYPE, 0, at) + 15 : at - 1])
@@ -215,6 +222,20 @@ class PartitionAuditor:
             events += self._slow(line, ordinal)
         self.events += events
         return start + len(lines)
+
+    def _hold(self, key: tuple[bytes, bytes], seq: int, line: bytes, ordinal: int) -> None:
+        """Keep an event that arrived before its predecessor (reading Kafka) until it can be
+        applied; a duplicate seq is not held (it is a finding when its turn comes)."""
+        held = self._pending.setdefault(key, {})
+        if seq not in held:
+            held[seq] = (line, ordinal)
+            return
+        raw = orjson.loads(line)
+        self._finding(
+            "seq_gapless", f"seq {seq} delivered twice (duplicate)", ordinal,
+            campaign_id=raw.get("campaign_id"), stream=raw.get("stream"), seq=seq,
+            event_type=raw.get("event_type"), event_id=raw.get("event_id"),
+        )  # fmt: skip
 
     def _new_chain(self, key: tuple[bytes, bytes], seq: int, digest: bytes) -> CampaignFold:
         """Start chain ``key`` at ``seq``; returns its campaign's fold (created if new)."""
@@ -265,7 +286,12 @@ class PartitionAuditor:
         head = self.heads.get(key)
         expected = 1 if head is None else head[0] + 1
         if seq != expected:
-            if self.holdback and hash_ok and seq > expected:
+            if (
+                self.holdback
+                and hash_ok
+                and seq > expected
+                and seq not in self._pending.get(key, {})
+            ):
                 self._pending.setdefault(key, {})[seq] = (line, ordinal)
                 return 0
             what = "duplicate or out of order" if seq < expected else "gap or out of order"

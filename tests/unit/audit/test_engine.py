@@ -171,3 +171,25 @@ def test_a_wrong_close_outcome_is_named(history: History) -> None:
 
     rule, event_type, _ = _first_rule(_rechained(history.lines, cid, "campaign", funded))
     assert (rule, event_type) == ("close_outcome", "CampaignClosed")
+
+
+def test_a_redelivered_event_is_named_when_reading_kafka(history: History) -> None:
+    lines = history.lines
+    target = next(i for i, x in enumerate(lines) if b'"PledgeMade"' in x)
+    twice = orjson.loads(lines[target])
+    result = audit([*lines[: target + 3], lines[target], *lines[target + 3 :]], holdback=True)
+    first = result.findings[0]
+    assert first.rule == "seq_gapless" and "duplicate" in first.detail
+    assert (first.campaign_id, first.seq, first.ordinal) == (
+        twice["campaign_id"], twice["seq"], target + 3,
+    )  # fmt: skip
+
+
+def test_a_held_back_event_delivered_twice_is_named_once(history: History) -> None:
+    lines = history.lines
+    goal = next(x for x in lines if b'"GoalReached"' in x)
+    reordered = [x for x in lines if x != goal] + [goal, goal]
+    result = audit(reordered, holdback=True)
+    assert [f.rule for f in result.findings] == ["seq_gapless"]
+    assert "duplicate" in result.findings[0].detail
+    assert result.summaries == audit(lines).summaries
