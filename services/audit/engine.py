@@ -80,14 +80,18 @@ class Finding:
     offset: int | None = None
     event_id: str | None = None
     location: str | None = None
+    #: Detection order in its partition: the log order even when reading Kafka, where an
+    #: event held back for its predecessor is judged after events that arrived later.
+    found: int = 0
 
     def order(self) -> tuple[int, int, int]:
         """Sort key of "the first bad event": broken chains first (a missing or altered event
         is the root cause of whatever the fold then sees), then the rules judged on one
         event, then those judged at the end of a campaign's streams; within each, by
-        partition and stored order."""
-        tier = 0 if self.rule in CHAIN_RULES else 2 if self.rule in CAMPAIGN_RULE_NAMES else 1
-        return tier, self.partition, self.ordinal
+        partition and log order."""
+        if self.rule in CAMPAIGN_RULE_NAMES:
+            return 2, self.partition, self.ordinal
+        return (0 if self.rule in CHAIN_RULES else 1), self.partition, self.found
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON form (``--json`` output)."""
@@ -350,7 +354,10 @@ class PartitionAuditor:
     def _finding(self, rule: str, detail: str, ordinal: int, **context: Any) -> None:
         self.rule_counts[rule] += 1
         if len(self.findings) < MAX_FINDINGS:
-            self.findings.append(Finding(rule, detail, self.partition, ordinal, **context))
+            found = len(self.findings)
+            self.findings.append(
+                Finding(rule, detail, self.partition, ordinal, found=found, **context)
+            )
 
     # --- end of stream ---------------------------------------------------------------------
 
