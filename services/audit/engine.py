@@ -178,9 +178,9 @@ class PartitionAuditor:
             o = line.find(_OCC)
             if (
                 o > 90
-                and line[o - 74 : o - 65] == _HASH
                 and line[o - 1] == _QUOTE
-                and line[o + 43 : o + 55] == _PAYLOAD
+                and line.startswith(_HASH, o - 74)
+                and line.startswith(_PAYLOAD, o + 43)
             ):
                 pa = line.rfind(_PREV)
                 at = o - 74
@@ -191,8 +191,9 @@ class PartitionAuditor:
                 if pa > o and sha256(prev + line[:at] + line[o:]).hexdigest().encode() == digest:
                     m = tail(line, pa + 78)
                     if m is not None:
-                        seq = int(m.group(1))
-                        key = (line[16 : line.find(_CAUSATION, 16)], m.group(2))
+                        seq_text, stream = m.groups()
+                        seq = int(seq_text)
+                        key = (line[16 : line.find(_CAUSATION, 16)], stream)
                         head = get_head(key)
                         fold: CampaignFold | None = None
                         if head is not None:
