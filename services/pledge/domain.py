@@ -352,16 +352,7 @@ def _decide_pledge(state: CampaignState, command: MakePledge, now: datetime) -> 
             return _pledge_refused(
                 command, R.TIER_SOLD_OUT, f"all {limit} of tier {tier_id!r} are taken"
             )
-    events: list[Event] = [
-        PledgeMade(
-            pledge_id=command.pledge_id,
-            backer_id=command.backer_id,
-            amount=amount,
-            tier_id=tier_id,
-            payment_token=command.payment_token,
-            locale=command.locale,
-        )
-    ]
+    events: list[Event] = [_pledge_made(command)]
     total = state.total_minor + minor
     if state.goal_reached_at is None and total >= goal.amount_minor:
         events.append(
@@ -371,6 +362,48 @@ def _decide_pledge(state: CampaignState, command: MakePledge, now: datetime) -> 
             )
         )
     return events
+
+
+_PLEDGE_MADE_FIELDS = frozenset(PledgeMade.model_fields)
+_new_object = object.__new__
+_set_attr = object.__setattr__
+
+
+def _pledge_made(command: MakePledge) -> PledgeMade:
+    """``PledgeMade`` of an accepted ``command`` without validating it again: every field comes
+    from the validated command, whose fields carry the same constraints (the hot path)."""
+    fields = command.__dict__
+    payment_token = fields["payment_token"]
+    locale = fields["locale"]
+    if (payment_token is not None and type(payment_token) is not str) or (
+        locale is not None and type(locale) is not str
+    ):
+        # The command's lax ``str`` may hold what the event's StrictStr refuses: validate.
+        return PledgeMade(
+            pledge_id=command.pledge_id,
+            backer_id=command.backer_id,
+            amount=command.amount,
+            tier_id=command.tier_id,
+            payment_token=payment_token,
+            locale=locale,
+        )
+    event = _new_object(PledgeMade)
+    _set_attr(
+        event,
+        "__dict__",
+        {
+            "pledge_id": fields["pledge_id"],
+            "backer_id": fields["backer_id"],
+            "amount": fields["amount"],
+            "tier_id": fields["tier_id"],
+            "payment_token": payment_token,
+            "locale": locale,
+        },
+    )
+    _set_attr(event, "__pydantic_fields_set__", set(_PLEDGE_MADE_FIELDS))
+    _set_attr(event, "__pydantic_extra__", None)
+    _set_attr(event, "__pydantic_private__", None)
+    return event
 
 
 def _cancel_refused(

@@ -1,0 +1,126 @@
+"""The processor's hot-path shortcuts give exactly what the general code gives."""
+
+from __future__ import annotations
+
+from uuid import uuid5
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from schemas import DecodeError, MakePledge, PledgeMade, decode_command, encode_command
+from schemas.canonical import dumps
+from schemas.commands import _COMMAND
+from schemas.envelope import EVENT_ID_NAMESPACE, _fast_event_id, _pledge_made_json
+from services.pledge.domain import _pledge_made
+from tests.unit.schemas.samples import T0, eur
+
+PLEDGE = MakePledge(
+    command_id="tenant-a:key-1",
+    tenant_id="tenant-a",
+    correlation_id="req-1",
+    issued_at=T0,
+    campaign_id="camp-1",
+    pledge_id="pl-1",
+    backer_id="b-1",
+    amount=eur(2500),
+)
+DATA = encode_command(PLEDGE)
+
+
+@given(st.sampled_from(["campaign", "settlement", "notify"]), st.text(), st.integers(0, 10**6))
+def test_fast_event_id_is_uuid5(stream: str, causation_id: str, index: int) -> None:
+    event_id, text = _fast_event_id(stream, causation_id, index)
+    expected = uuid5(EVENT_ID_NAMESPACE, f"{stream}:{causation_id}:{index}")
+    assert event_id == expected
+    assert text == str(expected)
+    assert event_id.version == 5
+    assert hash(event_id) == hash(expected)
+
+
+@pytest.mark.parametrize(
+    "optional",
+    [{}, {"tier_id": "t1", "payment_token": "tok_123", "locale": "de-CH"}],
+)
+def test_pledge_made_json_is_model_dump(optional: dict[str, str]) -> None:
+    event = PledgeMade(pledge_id="p", backer_id="b", amount=eur(1), **optional)
+    assert _pledge_made_json(event) == event.model_dump(mode="json")
+    assert dumps(_pledge_made_json(event)) == dumps(event.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize(
+    "optional",
+    [{}, {"tier_id": "t1", "payment_token": "tok_123", "locale": "de-CH"}],
+)
+def test_pledge_made_of_a_command_equals_the_validated_event(optional: dict[str, str]) -> None:
+    command = PLEDGE.model_copy(update=optional)
+    fast = _pledge_made(command)
+    slow = PledgeMade(
+        pledge_id=command.pledge_id,
+        backer_id=command.backer_id,
+        amount=command.amount,
+        tier_id=command.tier_id,
+        payment_token=command.payment_token,
+        locale=command.locale,
+    )
+    assert type(fast) is PledgeMade
+    assert fast == slow
+    assert fast.model_fields_set == slow.model_fields_set
+    assert list(fast.__dict__) == list(slow.__dict__)
+    assert hash(fast) == hash(slow)
+
+
+def _slow_decode(data: bytes) -> object:
+    """The orjson + validate_python path, as decode_command always did it."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return DecodeError
+    if not isinstance(raw, dict):
+        return DecodeError
+    try:
+        return _COMMAND.validate_python(raw)
+    except ValidationError:
+        return DecodeError
+
+
+EDGES = {
+    "canonical": DATA,
+    "duplicate key": DATA[:-1] + b',"backer_id":"other"}',
+    "lone surrogate": DATA.replace(b'"b-1"', b'"\\ud800"'),
+    "surrogate pair": DATA.replace(b'"b-1"', b'"\\ud83d\\ude00"'),
+    "invalid utf-8": DATA.replace(b"b-1", b"b-\xff"),
+    "byte order mark": b"\xef\xbb\xbf" + DATA,
+    "whitespace": b"  " + DATA + b" \n",
+    "trailing garbage": DATA + b"x",
+    "int beyond 64 bits": DATA.replace(b"2500", b"99999999999999999999"),
+    "u64 max": DATA.replace(b"2500", b"18446744073709551615"),
+    "i64 min": DATA.replace(b"2500", b"-9223372036854775808"),
+    "below i64 min": DATA.replace(b"2500", b"-9223372036854775809"),
+    "float": DATA.replace(b"2500", b"2500.0"),
+    "exponent": DATA.replace(b"2500", b"25e2"),
+    "NaN": DATA.replace(b"2500", b"NaN"),
+    "control character": DATA.replace(b"b-1", b"b\x01"),
+    "numeric timestamp": DATA.replace(b'"2025-05-01T12:00:00.123456Z"', b"1746100800"),
+    "offset timestamp": DATA.replace(b"12:00:00.123456Z", b"14:00:00.123456+02:00"),
+    "naive timestamp": DATA.replace(b"12:00:00.123456Z", b"12:00:00.123456"),
+    "unknown currency": DATA.replace(b'"EUR"', b'"XXX"'),
+    "not an object": b'"x"',
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("data", EDGES.values(), ids=EDGES.keys())
+def test_decode_command_accepts_and_refuses_what_the_orjson_path_does(data: bytes) -> None:
+    expected = _slow_decode(data)
+    if expected is DecodeError:
+        with pytest.raises(DecodeError):
+            decode_command(data)
+    else:
+        decoded = decode_command(data)
+        assert decoded == expected
+        assert type(decoded) is type(expected)
+        assert decoded.model_fields_set == expected.model_fields_set  # type: ignore[attr-defined]
+        assert encode_command(decoded) == encode_command(expected)  # type: ignore[arg-type]
