@@ -31,6 +31,7 @@ from services.pledge.adapters.redis_ingest import IngestStore
 from services.pledge.adapters.redis_pipeline import AutoPipeline
 from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
 from services.pledge.api.auth import ApiKeys
+from services.pledge.api.fastpath import FastWrites
 from services.pledge.api.ingest import Ingest
 from services.pledge.api.models import (
     ID_PATTERN,
@@ -480,6 +481,13 @@ def create_app(
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    # The hot write routes skip FastAPI's middleware and routing (see fastpath.py); their
+    # FastAPI routes above stay as the documentation and serve what the front passes on.
+    def build_middleware_stack() -> ASGIApp:
+        return FastWrites(FastAPI.build_middleware_stack(app), lambda: state.get("ingest"), metrics)
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
     return app
 
 

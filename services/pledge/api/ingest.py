@@ -222,10 +222,19 @@ class Ingest:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _begin(self, request: Request, principal: Principal, body: bytes, route: str) -> _Write:
+    def _begin(
+        self,
+        request: Request,
+        principal: Principal,
+        body: bytes,
+        route: str,
+        path: str | None = None,
+    ) -> _Write:
+        """``path``: the request's path when the caller knows it equals ``request.url.path``
+        (building the URL costs more than the rest of this step)."""
         key = _idempotency_key(request)
         fingerprint = hashlib.sha256(
-            b"%s %s\n%s" % (request.method.encode(), request.url.path.encode(), body)
+            b"%s %s\n%s" % (request.method.encode(), (path or request.url.path).encode(), body)
         ).hexdigest()
         command_id = command_id_for(principal.tenant_id, key)
         correlation = request.headers.get("x-correlation-id") or command_id
@@ -364,7 +373,9 @@ class Ingest:
 
     # --- writes ------------------------------------------------------------------------------
 
-    async def make_pledge(self, request: Request, campaign_id: str) -> Response:
+    async def make_pledge(
+        self, request: Request, campaign_id: str, *, path: str | None = None
+    ) -> Response:
         route = "/v1/campaigns/{campaign_id}/pledges"
         principal = self.authenticate(request)
         raw = await self.read_body(request)
@@ -372,7 +383,7 @@ class Ingest:
             body = PledgeRequest.model_validate_json(raw)
         except ValidationError as exc:
             raise validation_problem(exc) from None
-        write = self._begin(request, principal, raw, route)
+        write = self._begin(request, principal, raw, route, path)
         replay, _ = await self._gate(write, [campaign_id])
         if replay is not None:
             return replay
@@ -586,7 +597,7 @@ class Ingest:
             status, payload = decided
         return await self._finish(write, status, payload, headers)
 
-    async def batch(self, request: Request) -> Response:
+    async def batch(self, request: Request, *, path: str | None = None) -> Response:
         """Up to ``batch_max_items`` pledges; each item is validated, owned-checked and sent on
         its own (one command each, so never half-applied) and answered in ``results``."""
         route = "/v1/pledges/batch"
@@ -616,7 +627,7 @@ class Ingest:
             raise validation_problem(
                 [{"field": "pledges", "message": f"1 to {self.batch_max_items} items"}]
             )
-        write = self._begin(request, principal, raw, route)
+        write = self._begin(request, principal, raw, route, path)
         tenant = principal.tenant_id
         results: list[dict[str, Any] | None] = [None] * len(items)
         valid: list[tuple[int, BatchItem]] = []
