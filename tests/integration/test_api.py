@@ -660,3 +660,93 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
     """A body sent with Transfer-Encoding: chunked (no Content-Length)."""
     for part in parts:
         yield part
+
+
+# --- hot-path equivalences -----------------------------------------------------------------
+
+
+def test_command_ids_equal_uuid5_of_tenant_key_and_index() -> None:
+    from services.pledge.api.ingest import (
+        COMMAND_NAMESPACE,
+        _batch_command_ids,
+        command_id_for,
+    )
+
+    for tenant, key in (("t-a", "k-1"), ("tenant é", "~!\"key'"), ("x", "y" * 255)):
+        assert command_id_for(tenant, key) == str(uuid.uuid5(COMMAND_NAMESPACE, f"{tenant}\n{key}"))
+        expected = [
+            str(uuid.uuid5(COMMAND_NAMESPACE, f"{tenant}\n{key}\n{i}")) for i in (0, 7, 999)
+        ]
+        assert _batch_command_ids(tenant, key, [0, 7, 999]) == expected
+        assert [command_id_for(tenant, key, i) for i in (0, 7, 999)] == expected
+
+
+def test_pledge_command_bytes_equal_the_encoded_make_pledge() -> None:
+    from datetime import UTC, datetime
+
+    from schemas.canonical import format_timestamp
+    from schemas.commands import MakePledge, encode_command
+    from schemas.money import Money
+    from services.pledge.api.ingest import pledge_command
+    from services.pledge.api.models import PledgeRequest
+
+    now = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    for fields in (
+        {"backer_id": "b-1", "amount_minor": 2500, "currency": "EUR"},
+        {"backer_id": "b-2", "amount_minor": 1, "currency": "JPY", "tier_id": "t1",
+         "payment_token": "tok_visa", "locale": "fr-FR"},
+    ):  # fmt: skip
+        body = PledgeRequest.model_validate(fields)
+        ids = {
+            "command_id": "cmd-1",
+            "tenant_id": "t-a",
+            "correlation_id": "corr-1",
+            "campaign_id": "c-1",
+            "pledge_id": "p-1",
+        }
+        expected = encode_command(
+            MakePledge(
+                **ids,
+                issued_at=now,
+                backer_id=body.backer_id,
+                amount=Money(amount_minor=body.amount_minor, currency=body.currency),
+                tier_id=body.tier_id,
+                payment_token=body.payment_token,
+                locale=body.locale,
+            )
+        )
+        assert pledge_command(**ids, issued_at=format_timestamp(now), body=body) == expected
+
+
+async def test_the_auto_pipeline_answers_each_caller_with_its_own_reply_and_error(
+    redis_server: str,
+) -> None:
+    import redis.asyncio as aioredis
+    from redis.exceptions import ResponseError
+
+    from services.pledge.adapters.redis_pipeline import AutoPipeline, LuaScript
+
+    client = aioredis.Redis.from_url(redis_url())
+    pipeline = AutoPipeline(client)
+    prefix = new_id("pipe")
+    try:
+        await asyncio.gather(*(pipeline.execute("SET", f"{prefix}:{i}", i) for i in range(300)))
+        values = await asyncio.gather(
+            *(pipeline.execute("GET", f"{prefix}:{i}") for i in range(300))
+        )
+        assert values == [str(i).encode() for i in range(300)]
+        ok, bad, missing = await asyncio.gather(
+            pipeline.execute("INCR", f"{prefix}:1"),
+            pipeline.execute("LPUSH", f"{prefix}:2", "x"),  # a string key: WRONGTYPE
+            pipeline.execute("GET", f"{prefix}:absent"),
+            return_exceptions=True,
+        )
+        assert ok == 2 and missing is None
+        assert isinstance(bad, ResponseError) and "WRONGTYPE" in str(bad)
+        # A script the server does not know yet is loaded on NOSCRIPT and run.
+        script = LuaScript(f"return '{prefix}'")
+        assert await pipeline.evalsha(script, [], []) == prefix.encode()
+    finally:
+        await pipeline.aclose()
+        await client.delete(*[f"{prefix}:{i}" for i in range(300)])
+        await client.aclose()

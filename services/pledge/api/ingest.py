@@ -29,11 +29,11 @@ from typing import Any
 from uuid import UUID, uuid5
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from schemas.canonical import dumps, format_timestamp
+from schemas.canonical import format_timestamp
 from schemas.commands import CancelPledge, CloseCampaign, LaunchCampaign, encode_command
 from schemas.money import FeeSchedule
 from services.pledge.adapters.command_bus import CommandBus
@@ -65,6 +65,8 @@ log = logging.getLogger("pledgeflow.api")
 COMMAND_NAMESPACE = uuid5(
     UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8"), "https://pledgeflow.dev/ns/commands"
 )
+_NAMESPACE_BYTES = COMMAND_NAMESPACE.bytes
+_BATCH_ITEMS: TypeAdapter[list[BatchItem]] = TypeAdapter(list[BatchItem])
 _JSON = "application/json"
 _WAIT_STEPS = (0.002, 0.004, 0.008, 0.015, 0.025)
 
@@ -76,7 +78,29 @@ def command_id_for(tenant_id: str, idempotency_key: str, index: int | None = Non
         if index is None
         else f"{tenant_id}\n{idempotency_key}\n{index}"
     )
-    return str(uuid5(COMMAND_NAMESPACE, name))
+    return _uuid5(hashlib.sha1(_NAMESPACE_BYTES + name.encode()))
+
+
+def _batch_command_ids(tenant_id: str, idempotency_key: str, indexes: list[int]) -> list[str]:
+    """``command_id_for(tenant_id, idempotency_key, i)`` for every ``i``, hashing the shared
+    prefix once."""
+    prefix = hashlib.sha1(_NAMESPACE_BYTES + f"{tenant_id}\n{idempotency_key}\n".encode())
+    out = []
+    for index in indexes:
+        digest = prefix.copy()
+        digest.update(b"%d" % index)
+        out.append(_uuid5(digest))
+    return out
+
+
+def _uuid5(digest: Any) -> str:
+    """``str(uuid.uuid5(...))`` from the SHA-1 of namespace + name, without building a UUID
+    object (a third of a batch item's CPU): version 5 and the RFC 4122 variant set by hand."""
+    raw = bytearray(digest.digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    x = raw.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def parse_prefer_wait(header: str | None, max_wait: int) -> int:
@@ -104,10 +128,11 @@ def pledge_command(
 ) -> bytes:
     """Canonical bytes of a ``MakePledge`` built from an already validated request.
 
-    Equal to ``encode_command(MakePledge(...))`` (a unit test pins it), without a second
-    pydantic validation on the hot path.
+    Equal to ``encode_command(MakePledge(...))`` (a test pins it), without a second
+    pydantic validation on the hot path. The keys below are written in sorted order, so
+    orjson's key sorting (canonical form) would not change the bytes and is skipped.
     """
-    return dumps(
+    return orjson.dumps(
         {
             "amount": {"amount_minor": body.amount_minor, "currency": body.currency},
             "backer_id": body.backer_id,
@@ -631,7 +656,12 @@ class Ingest:
         tenant = principal.tenant_id
         results: list[dict[str, Any] | None] = [None] * len(items)
         valid: list[tuple[int, BatchItem]] = []
-        for index, item in enumerate(items):
+        try:  # one pydantic call for the usual all-valid batch
+            valid = list(enumerate(_BATCH_ITEMS.validate_python(items)))
+            checked: list[Any] = []
+        except ValidationError:
+            checked = items
+        for index, item in enumerate(checked):
             try:
                 valid.append((index, BatchItem.model_validate(item)))
             except ValidationError as exc:
@@ -654,16 +684,18 @@ class Ingest:
         issued_at = format_timestamp(datetime.now(UTC))
         commands: list[tuple[str, bytes]] = []
         sent: list[tuple[int, str, str]] = []
-        for index, item in valid:
-            if item.campaign_id in foreign_campaigns:
-                results[index] = {
-                    "index": index,
-                    "status": "not_found",
-                    "campaign_id": item.campaign_id,
-                    "problem": problem_body("not-found", detail="no such campaign"),
-                }
-                continue
-            command_id = command_id_for(tenant, write.idempotency_key, index)
+        if foreign_campaigns:
+            for index, item in valid:
+                if item.campaign_id in foreign_campaigns:
+                    results[index] = {
+                        "index": index,
+                        "status": "not_found",
+                        "campaign_id": item.campaign_id,
+                        "problem": problem_body("not-found", detail="no such campaign"),
+                    }
+            valid = [(index, item) for index, item in valid if results[index] is None]
+        command_ids = _batch_command_ids(tenant, write.idempotency_key, [i for i, _ in valid])
+        for (index, item), command_id in zip(valid, command_ids, strict=True):
             pledge_id = item.pledge_id or f"p-{command_id}"
             commands.append(
                 (
