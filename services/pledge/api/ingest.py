@@ -161,7 +161,8 @@ def _idempotency_key(request: Request) -> str:
     key = raw.strip()
     if len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]  # RFC 8941 sf-string form
-    if not (1 <= len(key) <= 255) or not all(33 <= ord(ch) <= 126 for ch in key):
+    # Visible ASCII is 33..126: ASCII, printable, and not a space.
+    if not (1 <= len(key) <= 255) or not (key.isascii() and key.isprintable()) or " " in key:
         raise ProblemError(
             "idempotency-key-required",
             "Idempotency-Key must be 1-255 visible ASCII characters",
