@@ -75,8 +75,14 @@ class CommandBus:
     async def send(self, campaign_id: str, value: bytes) -> None:
         """Append one command and wait until every in-sync replica has it."""
         started = time.perf_counter()
-        partition = self.partition(campaign_id)
-        key = message_key(campaign_id)
+        done = self._append(self.partition(campaign_id), message_key(campaign_id), value)
+        # Shielded: a cancelled request must not cancel the batch other requests wait on.
+        await asyncio.shield(done)
+        if self._on_produce is not None:
+            self._on_produce(time.perf_counter() - started)
+
+    def _append(self, partition: int, key: bytes, value: bytes) -> asyncio.Future[None]:
+        """Put one record into the partition's open batch; the future of that batch."""
         queue = self._open.get(partition)
         if queue is None:
             queue = self._open[partition] = collections.deque()
@@ -85,13 +91,9 @@ class CommandBus:
             if batch.append(key=key, value=value, timestamp=None) is None:
                 raise ValueError("command larger than the producer's batch size")
             queue.append((batch, asyncio.get_running_loop().create_future()))
-        done = queue[-1][1]
         if partition not in self._pumps:
             self._pumps[partition] = asyncio.get_running_loop().create_task(self._pump(partition))
-        # Shielded: a cancelled request must not cancel the batch other requests wait on.
-        await asyncio.shield(done)
-        if self._on_produce is not None:
-            self._on_produce(time.perf_counter() - started)
+        return queue[-1][1]
 
     async def _pump(self, partition: int) -> None:
         """Hand the partition's batches to the producer in order, each once the previous one
@@ -133,33 +135,28 @@ class CommandBus:
         """Append many commands; per command, None once acknowledged or the error.
 
         Each command is one record, so it is appended whole or not at all; records of one
-        campaign keep their order (one partition, one batch sequence).
+        campaign keep their order (one partition, one batch sequence). The records share the
+        open batches with every other request in flight, so concurrent batch requests do not
+        queue one record batch per partition each behind one another.
         """
         started = time.perf_counter()
-        by_partition: dict[int, list[int]] = {}
-        for index, (campaign_id, _) in enumerate(commands):
-            by_partition.setdefault(self.partition(campaign_id), []).append(index)
-        waits: list[tuple[list[int], asyncio.Future[object]]] = []
-        for partition, indexes in by_partition.items():
-            batch = self._producer.create_batch()
-            members: list[int] = []
-            for index in indexes:
-                campaign_id, value = commands[index]
-                key = message_key(campaign_id)
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    waits.append((members, await self._send_batch(batch, partition)))
-                    batch, members = self._producer.create_batch(), []
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise ValueError("command larger than the producer's batch size")
-                members.append(index)
-            if members:
-                waits.append((members, await self._send_batch(batch, partition)))
-        results: list[BaseException | None] = [None] * len(commands)
-        outcomes = await asyncio.gather(*(future for _, future in waits), return_exceptions=True)
-        for (members, _), outcome in zip(waits, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                for index in members:
-                    results[index] = outcome
+        partition_of, append = self.partition, self._append
+        futures = [
+            append(partition_of(campaign_id), message_key(campaign_id), value)
+            for campaign_id, value in commands
+        ]
+        distinct = list(dict.fromkeys(futures))
+        outcomes = await asyncio.gather(
+            *(asyncio.shield(f) for f in distinct), return_exceptions=True
+        )
+        failed = {
+            f: outcome
+            for f, outcome in zip(distinct, outcomes, strict=True)
+            if isinstance(outcome, BaseException)
+        }
+        results: list[BaseException | None] = (
+            [failed.get(f) for f in futures] if failed else [None] * len(commands)
+        )
         if self._on_produce is not None:
             self._on_produce(time.perf_counter() - started)
         return results
