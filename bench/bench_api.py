@@ -166,6 +166,25 @@ class Server:
                 time.sleep(0.2)
         raise RuntimeError("server not ready in 60 s")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and its worker processes so far (/proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        pids = [self.proc.pid]
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        total = 0.0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -371,15 +390,28 @@ def main() -> None:
             try:
                 server.wait_ready()
                 run_wrk(server.url, path, body, CONNECTIONS, 2)  # warm-up
+                # CPU per request of the server: robust to other load on the machine, where
+                # req/s is not (the figures below record the load average too).
+                cpu = server.cpu_seconds()
                 results[name] = run_wrk(server.url, path, body, CONNECTIONS, DURATION)
+                cpu = server.cpu_seconds() - cpu
+                results[name]["cpu_us_per_req"] = round(
+                    cpu / max(results[name]["requests"], 1) * 1e6, 1
+                )
+                results[name]["load_average_1m"] = round(os.getloadavg()[0], 2)
                 print(f"{name:>6} (workers={workers}): {results[name]}", flush=True)
                 if name == "real":
                     results["real_open_loop"] = asyncio.run(
                         open_loop(server.url, OPEN_LOOP_RATE, DURATION)
                     )
                     print(f"  open loop @ {OPEN_LOOP_RATE}/s: {results['real_open_loop']}")
+                    cpu = server.cpu_seconds()
                     batch = run_wrk(server.url, "/v1/pledges/batch", batch_body, 8, DURATION)
+                    cpu = server.cpu_seconds() - cpu
                     batch["pledges_per_s"] = batch["rps"] * 1000
+                    batch["cpu_us_per_pledge"] = round(
+                        cpu / max(batch["requests"] * 1000, 1) * 1e6, 2
+                    )
                     results["real_batch"] = batch
                     print(f"  batch: {batch}")
             finally:
