@@ -750,3 +750,14 @@ async def test_the_auto_pipeline_answers_each_caller_with_its_own_reply_and_erro
         await pipeline.aclose()
         await client.delete(*[f"{prefix}:{i}" for i in range(300)])
         await client.aclose()
+
+
+async def test_a_pledge_path_whose_campaign_id_ends_in_a_newline_is_422(
+    api: httpx.AsyncClient,
+) -> None:
+    response = await api.post(
+        "/v1/campaigns/c-1%0A/pledges", json=pledge_body(), headers=write_headers(new_id("k"))
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["errors"][0]["field"] == "campaign_id"

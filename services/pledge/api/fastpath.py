@@ -90,7 +90,7 @@ class FastWrites:
         elif (
             path.startswith(_PREFIX)
             and path.endswith(_SUFFIX)
-            and _ID.match(campaign_id := path[len(_PREFIX) : -len(_SUFFIX)]) is not None
+            and _ID.fullmatch(campaign_id := path[len(_PREFIX) : -len(_SUFFIX)]) is not None
         ):
             route = PLEDGE_ROUTE
         else:
