@@ -1,13 +1,17 @@
 """The hot write routes served at the ASGI level, in front of FastAPI's stack.
 
 ``POST /v1/campaigns/{campaign_id}/pledges`` and ``POST /v1/pledges/batch`` carry the launch-day
-load. Through FastAPI each request also crosses its error, telemetry and body-limit middleware,
-the exception middleware, an exit stack, the router and dependency solving: about as much CPU
-as the request's own work. :class:`FastWrites` answers these two routes itself with the very
-same :class:`~services.pledge.api.ingest.Ingest` code (so auth, idempotency, rate limit, the
-problem documents and the Kafka append are unchanged) and passes every other request -
-including a pledge path whose campaign id is malformed, which FastAPI answers with its 422 -
-to the FastAPI app, whose routes still document both operations in ``/openapi.json``.
+load. Through FastAPI each request also crosses its per-request OpenTelemetry provider check,
+its error, telemetry and body-limit middleware, the exception middleware, an exit stack, the
+router and dependency solving: about as much CPU as the request's own work (Pledgeflow's
+metrics are Prometheus, recorded here with the same names and labels; FastAPI's native
+OpenTelemetry spans, off unless an OTel SDK is configured, do not cover these two routes).
+
+:class:`FastWrites` answers these two routes itself with the very same
+:class:`~services.pledge.api.ingest.Ingest` code (so auth, idempotency, rate limit, the problem
+documents and the Kafka append are unchanged) and passes every other request - including a
+pledge path whose campaign id is malformed, which FastAPI answers with its 422 - to the FastAPI
+app, whose routes still document both operations in ``/openapi.json``.
 """
 
 from __future__ import annotations
