@@ -49,6 +49,10 @@ _GENESIS = GENESIS_HASH.encode()
 _QUOTE = ord('"')
 _STREAMS = {b"campaign": "campaign", b"settlement": "settlement", b"notify": "notify"}
 
+#: A held-back line: (line, ordinal, prev_hash, hash, occurred_at position, prev_hash
+#: position), prev_hash None when it still has to be verified by the slow path.
+_Held = tuple[bytes, int, bytes | None, bytes, int, int]
+
 #: Findings kept in full per partition (all are counted by rule).
 MAX_FINDINGS = 1000
 
@@ -157,7 +161,7 @@ class PartitionAuditor:
         self.findings: list[Finding] = []
         self.rule_counts: Counter[str] = Counter()
         self.unknown_types: Counter[str] = Counter()
-        self._pending: dict[tuple[bytes, bytes], dict[int, tuple[bytes, int]]] = {}
+        self._pending: dict[tuple[bytes, bytes], dict[int, _Held]] = {}
 
     # --- hot loop --------------------------------------------------------------------------
 
@@ -202,12 +206,12 @@ class PartitionAuditor:
                                 head[1] = digest
                                 fold = head[2]
                             elif holdback and seq > head[0] + 1:
-                                self._hold(key, seq, line, ordinal)
+                                self._hold(key, seq, (line, ordinal, prev, digest, o, pa))
                                 continue
                         elif seq == 1 and prev == _GENESIS:
                             fold = self._new_chain(key, seq, digest)
                         elif holdback and seq > 1:
-                            self._hold(key, seq, line, ordinal)
+                            self._hold(key, seq, (line, ordinal, prev, digest, o, pa))
                             continue
                         if fold is not None:
                             events += 1
@@ -228,13 +232,15 @@ class PartitionAuditor:
         self.events += events
         return start + len(lines)
 
-    def _hold(self, key: tuple[bytes, bytes], seq: int, line: bytes, ordinal: int) -> None:
+    def _hold(self, key: tuple[bytes, bytes], seq: int, item: _Held) -> None:
         """Keep an event that arrived before its predecessor (reading Kafka) until it can be
-        applied; a duplicate seq is not held (it is a finding when its turn comes)."""
+        applied, with what verifying it found (so it is not hashed again); a second copy of
+        a held seq is a finding."""
         held = self._pending.setdefault(key, {})
         if seq not in held:
-            held[seq] = (line, ordinal)
+            held[seq] = item
             return
+        line, ordinal = item[0], item[1]
         raw = orjson.loads(line)
         self._finding(
             "seq_gapless", f"seq {seq} delivered twice (duplicate)", ordinal,
@@ -252,7 +258,7 @@ class PartitionAuditor:
 
     # --- everything off the fast path ------------------------------------------------------
 
-    def _slow(self, line: bytes, ordinal: int) -> int:
+    def _slow(self, line: bytes, ordinal: int, *, drain: bool = True) -> int:
         """Parse the whole line; verify by re-dumping canonically; link, fold. Returns 1 if the
         event was folded."""
         try:
@@ -291,13 +297,8 @@ class PartitionAuditor:
         head = self.heads.get(key)
         expected = 1 if head is None else head[0] + 1
         if seq != expected:
-            if (
-                self.holdback
-                and hash_ok
-                and seq > expected
-                and seq not in self._pending.get(key, {})
-            ):
-                self._pending.setdefault(key, {})[seq] = (line, ordinal)
+            if self.holdback and hash_ok and seq > expected:
+                self._hold(key, seq, (line, ordinal, None, b"", 0, 0))
                 return 0
             what = "duplicate or out of order" if seq < expected else "gap or out of order"
             self._finding(
@@ -327,21 +328,45 @@ class PartitionAuditor:
                 problem = ("well_formed", f"payload lacks or mistypes {exc}")
             if problem is not None:
                 self._finding(problem[0], problem[1], ordinal, **context)
-        if self._pending and key in self._pending:
+        if drain and self._pending and key in self._pending:
             self._drain(key, seq)
         return 1
 
     def _drain(self, key: tuple[bytes, bytes], seq: int) -> None:
-        """Apply the held-back events that now follow their chain's head."""
+        """Apply the held-back events that now follow their chain's head, in seq order."""
         held = self._pending[key]
-        run: list[tuple[bytes, int]] = []
+        head = self.heads[key]
         while seq + 1 in held:
+            line, ordinal, prev, digest, o, pa = held.pop(seq + 1)
+            if prev is None or prev != head[1]:
+                # Not verified on arrival (non-canonical), or it does not link: the slow path
+                # verifies it again and names what is wrong.
+                self.events += self._slow(line, ordinal, drain=False)
+            else:
+                head[0], head[1] = seq + 1, digest
+                self.events += 1
+                self._apply_line(head[2], line, o, pa, seq + 1, ordinal)
+            if head[0] != seq + 1:
+                break
             seq += 1
-            run.append(held.pop(seq))
         if not held:
-            del self._pending[key]
-        for line, ordinal in run:
-            self.feed((line,), ordinal)
+            self._pending.pop(key, None)
+
+    def _apply_line(
+        self, fold: CampaignFold, line: bytes, o: int, pa: int, seq: int, ordinal: int
+    ) -> None:
+        """Fold one verified canonical line (the hot loop inlines the same steps)."""
+        at = o - 74
+        apply = APPLY.get(line[line.rfind(_EVENT_TYPE, 0, at) + 15 : at - 1])
+        if apply is None:
+            fold.unknown_events += 1
+            return
+        try:
+            problem = apply(fold, orjson.loads(line[o + 55 : pa]), seq, ordinal)
+        except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
+            problem = ("well_formed", f"payload lacks or mistypes {exc}")
+        if problem is not None:
+            self._event_finding(problem, line, ordinal, fold, seq)
 
     def _event_finding(
         self, problem: tuple[str, str], line: bytes, ordinal: int, fold: CampaignFold, seq: int
@@ -368,7 +393,7 @@ class PartitionAuditor:
         while self._pending:
             key, held = next(iter(self._pending.items()))
             first = min(held)
-            line, ordinal = held.pop(first)
+            line, ordinal = held.pop(first)[:2]
             if not held:
                 del self._pending[key]
             # Never arrived: name the first event after the gap, then fold the rest in order.
