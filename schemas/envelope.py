@@ -32,6 +32,7 @@ __all__ = [
     "HexDigest",
     "event_id_for",
     "stamp",
+    "stamp_encoded",
     "stamp_with_body",
 ]
 
@@ -126,6 +127,7 @@ _set_attr = object.__setattr__
 _int_from_bytes = int.from_bytes
 _SAFE_UNKNOWN = SafeUUID.unknown
 _ENVELOPE_FIELDS = frozenset(Envelope.model_fields)
+_OCCURRED_AT_MEMBER = b',"occurred_at":'
 
 
 #: ``PledgeMade``'s fields, in the order the fast JSON form below spells them out.
@@ -163,7 +165,7 @@ def _trusted_envelope(values: dict[str, Any]) -> Envelope:
     return envelope
 
 
-def stamp_with_body(
+def stamp_encoded(
     event: Event,
     *,
     campaign_id: str,
@@ -174,11 +176,13 @@ def stamp_with_body(
     correlation_id: str,
     index: int,
     stream: Stream | None = None,
-) -> tuple[Envelope, dict[str, Any]]:
-    """Stamp ``event`` and also return its canonical dict (with ``hash``) for the encoder.
+) -> tuple[Envelope, dict[str, Any], bytes]:
+    """Stamp ``event``; also return its canonical dict (with ``hash``) and its canonical bytes
+    (what :func:`schemas.encode` gives for the envelope).
 
     The hot path of the processor: no pydantic validation of the envelope (the payload is an
-    already-validated model and the scalars are checked here), one canonical dump for the hash.
+    already-validated model and the scalars are checked here), one canonical dump for the hash,
+    and the encoded bytes are that dump with the ``hash`` member spliced in at its sorted place.
     """
     cls = type(event)
     event_stream = cls.stream
@@ -205,8 +209,13 @@ def stamp_with_body(
         "seq": seq,
         "stream": event_stream,
     }
-    digest = chain_hash(prev_hash, dumps(body))
+    unhashed = dumps(body)
+    digest = chain_hash(prev_hash, unhashed)
     body["hash"] = digest
+    # Sorted keys: "hash" goes right before "occurred_at", whose first occurrence is the key
+    # (the members before it are strings, where a quote is always escaped).
+    at = unhashed.index(_OCCURRED_AT_MEMBER)
+    data = b"".join((unhashed[:at], b',"hash":"', digest.encode("ascii"), b'"', unhashed[at:]))
     envelope = _new_object(Envelope)
     _set_attr(
         envelope,
@@ -229,6 +238,33 @@ def stamp_with_body(
     _set_attr(envelope, "__pydantic_fields_set__", set(_ENVELOPE_FIELDS))
     _set_attr(envelope, "__pydantic_extra__", None)
     _set_attr(envelope, "__pydantic_private__", None)
+    return envelope, body, data
+
+
+def stamp_with_body(
+    event: Event,
+    *,
+    campaign_id: str,
+    seq: int,
+    prev_hash: str,
+    occurred_at: datetime,
+    causation_id: str,
+    correlation_id: str,
+    index: int,
+    stream: Stream | None = None,
+) -> tuple[Envelope, dict[str, Any]]:
+    """:func:`stamp_encoded` without the bytes: the envelope and its canonical dict."""
+    envelope, body, _ = stamp_encoded(
+        event,
+        campaign_id=campaign_id,
+        seq=seq,
+        prev_hash=prev_hash,
+        occurred_at=occurred_at,
+        causation_id=causation_id,
+        correlation_id=correlation_id,
+        index=index,
+        stream=stream,
+    )
     return envelope, body
 
 

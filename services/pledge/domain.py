@@ -9,7 +9,8 @@ exceptions here mean a bug in the caller (wrong campaign, events out of order).
 Public API: :class:`CampaignState` (with JSON-safe ``to_snapshot``/``from_snapshot``),
 :class:`Policy`, :func:`decide` (stamped envelopes) and its hot-path twin
 :func:`decide_with_bodies` (envelopes plus their canonical dicts, ready for
-``schemas.canonical.dumps``), :func:`evolve`, :func:`replay`, :func:`deadline_close`.
+``schemas.canonical.dumps``) and :func:`decide_encoded` (also their canonical bytes),
+:func:`evolve`, :func:`replay`, :func:`deadline_close`.
 
 Representation choices the rest of the system relies on:
 
@@ -47,7 +48,7 @@ from typing import Any, Literal
 
 from schemas.canonical import GENESIS_HASH, format_timestamp, to_utc
 from schemas.commands import CancelPledge, CloseCampaign, LaunchCampaign, MakePledge
-from schemas.envelope import Envelope, stamp_with_body
+from schemas.envelope import Envelope, stamp_encoded
 from schemas.events import (
     CampaignClosed,
     CampaignLaunched,
@@ -75,6 +76,7 @@ __all__ = [
     "deadline_causation_id",
     "deadline_close",
     "decide",
+    "decide_encoded",
     "decide_with_bodies",
     "evolve",
     "replay",
@@ -240,6 +242,14 @@ def decide_with_bodies(
 ) -> list[tuple[Envelope, dict[str, Any]]]:
     """:func:`decide`, also returning each envelope's canonical dict (with ``hash``) so the
     processor encodes with ``schemas.canonical.dumps(body)`` without a second dump."""
+    return [(envelope, body) for envelope, body, _ in decide_encoded(state, command, now, policy)]
+
+
+def decide_encoded(
+    state: CampaignState, command: Command, now: datetime, policy: Policy = _DEFAULT_POLICY
+) -> list[tuple[Envelope, dict[str, Any], bytes]]:
+    """:func:`decide_with_bodies`, also returning each envelope's canonical bytes (exactly
+    ``schemas.encode(envelope)``), which the processor writes as they are."""
     if command.campaign_id != state.campaign_id:
         raise ValueError(
             f"command for campaign {command.campaign_id!r} decided on {state.campaign_id!r}"
@@ -257,14 +267,14 @@ def _stamp_all(
     now: datetime,
     causation_id: str,
     correlation_id: str,
-) -> list[tuple[Envelope, dict[str, Any]]]:
-    stamped: list[tuple[Envelope, dict[str, Any]]] = []
+) -> list[tuple[Envelope, dict[str, Any], bytes]]:
+    stamped: list[tuple[Envelope, dict[str, Any], bytes]] = []
     prev_hash = state.last_hash
     seq = state.seq
     campaign_id = state.campaign_id
     for index, event in enumerate(events):
         seq += 1
-        envelope, body = stamp_with_body(
+        envelope, body, data = stamp_encoded(
             event,
             campaign_id=campaign_id,
             seq=seq,
@@ -275,7 +285,7 @@ def _stamp_all(
             index=index,
         )
         prev_hash = envelope.hash
-        stamped.append((envelope, body))
+        stamped.append((envelope, body, data))
     return stamped
 
 
@@ -558,7 +568,7 @@ def deadline_close(state: CampaignState, now: datetime) -> list[Envelope]:
     stamped = _stamp_all(
         state, [_closed(state, terms, "deadline")], now, causation_id, causation_id
     )
-    return [envelope for envelope, _ in stamped]
+    return [envelope for envelope, _, _ in stamped]
 
 
 # --- evolve --------------------------------------------------------------------------------

@@ -10,12 +10,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas import DecodeError, MakePledge, PledgeMade, decode_command, encode_command
+from schemas import (
+    DecodeError,
+    Event,
+    MakePledge,
+    PledgeMade,
+    decode,
+    decode_command,
+    encode,
+    encode_command,
+)
 from schemas.canonical import dumps
 from schemas.commands import _COMMAND
-from schemas.envelope import EVENT_ID_NAMESPACE, _fast_event_id, _pledge_made_json
+from schemas.envelope import EVENT_ID_NAMESPACE, _fast_event_id, _pledge_made_json, stamp_encoded
 from services.pledge.domain import _pledge_made
-from tests.unit.schemas.samples import T0, eur
+from tests.unit.schemas.samples import T0, eur, sample_events
 
 PLEDGE = MakePledge(
     command_id="tenant-a:key-1",
@@ -124,3 +133,23 @@ def test_decode_command_accepts_and_refuses_what_the_orjson_path_does(data: byte
         assert type(decoded) is type(expected)
         assert decoded.model_fields_set == expected.model_fields_set  # type: ignore[attr-defined]
         assert encode_command(decoded) == encode_command(expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "campaign_id",
+    ["camp-1", 'c,"occurred_at":"x', 'c\\",\\"occurred_at\\":', "ünïcødé-€-😀", "c\n\t\u2028"],
+)
+@pytest.mark.parametrize("event", sample_events(), ids=lambda e: type(e).__name__)
+def test_stamp_encoded_bytes_are_the_canonical_encoding(campaign_id: str, event: Event) -> None:
+    envelope, body, data = stamp_encoded(
+        event,
+        campaign_id=campaign_id,
+        seq=3,
+        prev_hash="ab" * 32,
+        occurred_at=T0,
+        causation_id='cause,"occurred_at":',
+        correlation_id="corr-1",
+        index=1,
+    )
+    assert data == dumps(body) == encode(envelope)
+    assert decode(data) == envelope
