@@ -42,6 +42,11 @@ class PledgeSettings(BaseSettings):
     processor_transaction_timeout_ms: int = Field(default=60_000, ge=1000)
     #: Consumer group session timeout (how soon a dead worker's partitions move).
     processor_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    #: Generation-0 threshold of Python's cyclic GC set by a started processor (0 = leave the
+    #: interpreter's): the hot path allocates many short-lived acyclic objects, and the
+    #: default 700 runs a collection every few commands. The processor also freezes what a
+    #: rebuild loaded (``gc.freeze``) so that full collections don't rescan it.
+    processor_gc_gen0_threshold: int = Field(default=50_000, ge=0)
     #: Create the registry's missing topics when the processor starts (idempotent).
     processor_ensure_topics: bool = True
 

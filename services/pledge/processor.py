@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import heapq
 import logging
 import time
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,9 +39,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import ProducerFenced
+from prometheus_client import Histogram
 
 from schemas import DecodeError, Envelope, decode, decode_command, encode, message_key
-from schemas.canonical import dumps
 from schemas.topics import COMMANDS_TOPIC, Topics
 from services.pledge.adapters.kafka_log import (
     dead_letter,
@@ -53,7 +55,7 @@ from services.pledge.domain import (
     CampaignState,
     Policy,
     deadline_close,
-    decide_with_bodies,
+    decide_encoded,
     evolve,
 )
 from services.pledge.metrics import ProcessorMetrics, processor_metrics
@@ -176,6 +178,9 @@ class _Partition:
     deadlines: list[tuple[datetime, str]] = field(default_factory=list)
     #: Command offsets whose decision broke ``evolve``: dead-lettered on the next attempt.
     poison: set[int] = field(default_factory=set)
+    #: ``campaign_id -> message key`` of campaigns whose key was checked to map to this
+    #: partition (the check is then one comparison per command).
+    keys: dict[str, bytes] = field(default_factory=dict)
 
     def track_deadline(self, state: CampaignState) -> None:
         if state.status == "open" and state.terms is not None:
@@ -264,6 +269,9 @@ class Processor:
     async def start(self) -> None:
         """Start the consumer (joining the group) and the processing loop."""
         s = self.settings
+        if s.processor_gc_gen0_threshold:
+            _, gen1, gen2 = gc.get_threshold()
+            gc.set_threshold(s.processor_gc_gen0_threshold, gen1, gen2)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=self.group_id,
@@ -351,6 +359,9 @@ class Processor:
             await self._settle()
             numbers = sorted(tp.partition for tp in assigned if tp.topic == self._commands_topic)
             await self._recover_many(numbers)
+            if self.settings.processor_gc_gen0_threshold:
+                # The rebuilt states live long: keep full collections from rescanning them.
+                gc.freeze()
             self._assigned.set()
 
     async def _recover_many(self, numbers: list[int]) -> None:
@@ -542,22 +553,30 @@ class Processor:
             self._dead_letter(out, record, "undecodable", str(exc))
             return
         campaign_id = command.campaign_id
-        key = message_key(campaign_id)
-        if record.key != key:
+        key = part.keys.get(campaign_id)
+        if key is None:
+            key = message_key(campaign_id)
+            if record.key != key:
+                self._dead_letter(
+                    out, record, "wrong_key", f"key is not campaign id {campaign_id!r}"
+                )
+                return
+            if key_partition(key, self._partition_count) != part.number:
+                # Co-partitioning broken (another partitioner, or a repartitioned topic):
+                # deciding here would split the campaign's stream between two writers.
+                self._dead_letter(
+                    out, record, "wrong_partition", f"{campaign_id!r} is not in {part.number}"
+                )
+                return
+            part.keys[campaign_id] = key
+        elif record.key != key:
             self._dead_letter(out, record, "wrong_key", f"key is not campaign id {campaign_id!r}")
-            return
-        if key_partition(key, self._partition_count) != part.number:
-            # Co-partitioning broken (another partitioner, or a repartitioned topic): deciding
-            # here would split the campaign's stream between two writers.
-            self._dead_letter(
-                out, record, "wrong_partition", f"{campaign_id!r} is not in {part.number}"
-            )
             return
         state = part.states.get(campaign_id)
         if state is None:
             state = CampaignState.empty(campaign_id)
         try:
-            decided = decide_with_bodies(state, command, now, self._policy)
+            decided = decide_encoded(state, command, now, self._policy)
         except Exception as exc:  # a domain bug must not stop the partition
             log.exception("decide failed on %s offset %s", record.topic, record.offset)
             self._dead_letter(out, record, "decide_failed", repr(exc))
@@ -567,12 +586,19 @@ class Processor:
             out.commands[(command_type, "ignored")] += 1
             return
         outcome = "accepted"
+        records = out.records
+        event_topics = self._event_topics
+        events = out.events
         try:
-            for envelope, body in decided:
+            for envelope, body, data in decided:
                 evolve(state, envelope)
                 event_type = envelope.event_type
-                out.add(self._event_topics[event_type], key, dumps(body), [])
-                out.events[event_type] += 1
+                topic = event_topics[event_type]
+                bucket = records.get(topic)
+                if bucket is None:
+                    bucket = records[topic] = []
+                bucket.append((key, data, []))
+                events[event_type] += 1
                 if event_type == "PledgeRejected":
                     outcome = "rejected"
                     out.rejections[body["payload"]["reason"]] += 1
@@ -681,10 +707,9 @@ class Processor:
             m.events.labels(event_type).inc(n)
         if out.snapshot:
             m.snapshots.inc()
-        wall = time.time()
-        observe = m.decision_latency.observe
-        for issued in out.issued:
-            observe(max(0.0, wall - issued))
+        if out.issued:
+            wall = time.time()
+            _observe_all(m.decision_latency, [wall - issued for issued in out.issued])
 
     def _open_campaigns(self) -> int:
         return sum(
@@ -704,6 +729,27 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self._processor._on_assigned(assigned)
+
+
+def _observe_all(histogram: Histogram, values: list[float]) -> None:
+    """``histogram.observe(max(0.0, v))`` for every ``v`` (sorts ``values``), in one pass:
+    counts per bucket by bisection instead of a Python-level observe per command."""
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    total = getattr(histogram, "_sum", None)
+    if buckets is None or bounds is None or total is None or len(buckets) != len(bounds):
+        for value in values:  # another prometheus_client layout: the public way
+            histogram.observe(max(0.0, value))
+        return
+    values.sort()
+    # Negative latencies (clock skew) count as 0.0, as the per-value observe did.
+    total.inc(sum(values[bisect_left(values, 0.0) :]))
+    done = 0
+    for bucket, bound in zip(buckets, bounds, strict=True):
+        end = bisect_right(values, bound)
+        if end > done:
+            bucket.inc(end - done)
+            done = end
 
 
 async def _close(producer: AIOKafkaProducer) -> None:
