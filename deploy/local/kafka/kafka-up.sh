@@ -19,9 +19,25 @@ if "$py" "$here/../wait_ready.py" kafka "$bootstrap" --timeout 0 >/dev/null 2>&1
   echo "kafka: already running at $bootstrap"
   exit 0
 fi
+
+# One start at a time per data folder: a second broker on the same log dirs corrupts them.
+mkdir -p "$data"
+exec 9>"$data/.kafka-up.lock"
+flock 9
+pidfile="$data/broker.pid"
+if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  # Our broker is alive but not answering yet (still loading its partitions): wait for it.
+  echo "kafka: broker (pid $(cat "$pidfile")) is starting; waiting until it is ready"
+  exec "$py" "$here/../wait_ready.py" kafka "$bootstrap" --timeout 300 --pid "$(cat "$pidfile")"
+fi
+for p in "$port" "$cport"; do
+  if "$py" -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', int(sys.argv[1])))!=0)" "$p"; then
+    echo "kafka: port $p is taken by another process; set PLEDGEFLOW_KAFKA_PORT / PLEDGEFLOW_KAFKA_CONTROLLER_PORT" >&2
+    exit 1
+  fi
+done
 [ -f "$here/lib/.fetched" ] || { "$here/fetch.sh" && touch "$here/lib/.fetched"; }
 
-mkdir -p "$data"
 sed -e "s#@@PORT@@#$port#g" -e "s#@@CONTROLLER_PORT@@#$cport#g" -e "s#@@DATA_DIR@@#$data#g" \
   "$here/server.properties" > "$data/server.properties"
 cp "$here/log4j2.yaml" "$data/log4j2.yaml"
@@ -37,12 +53,12 @@ fi
   || { cat "$data/format.log"; exit 1; }
 
 start=$(date +%s%N)
-nohup "${jvm[@]}" kafka.Kafka "$data/server.properties" > "$data/broker.log" 2>&1 &
-echo $! > "$data/broker.pid"
-if ! "$py" "$here/../wait_ready.py" kafka "$bootstrap" --timeout 120 --pid "$(cat "$data/broker.pid")"; then
+nohup "${jvm[@]}" kafka.Kafka "$data/server.properties" > "$data/broker.log" 2>&1 9>&- &
+echo $! > "$pidfile"
+if ! "$py" "$here/../wait_ready.py" kafka "$bootstrap" --timeout 300 --pid "$(cat "$pidfile")"; then
   tail -50 "$data/broker.log"; exit 1
 fi
 end=$(date +%s%N)
 printf 'kafka: broker %s ready at %s in %d ms (pid %s)\n' \
   "$(ls "$here"/lib/kafka_2.13-*.jar | sed 's/.*kafka_2.13-\(.*\)\.jar/\1/')" "$bootstrap" \
-  "$(( (end - start) / 1000000 ))" "$(cat "$data/broker.pid")"
+  "$(( (end - start) / 1000000 ))" "$(cat "$pidfile")"
