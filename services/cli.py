@@ -8,19 +8,18 @@ app = typer.Typer(name="pledgeflow", no_args_is_help=True, help="Pledgeflow comm
 
 
 def _register() -> None:
-    """Attach each concern's sub-commands; imported lazily so `--help` stays fast."""
+    """Attach each concern's sub-commands; imported here so importing this module stays cheap."""
     from schemas.cli import app as schemas_app
-
-    app.add_typer(schemas_app, name="schemas")
+    from services.audit.cli import app as audit_app
+    from services.pledge.api.cli import cli as api_app
     from services.pledge.app import processor_app
-
-    app.add_typer(processor_app, name="processor")
-    from services.pledge.api.cli import cli as api_cli
     from services.pledge.readmodel import readmodel_cli
 
-    app.add_typer(api_cli, name="api")
+    app.add_typer(schemas_app, name="schemas")
+    app.add_typer(processor_app, name="processor")
+    app.add_typer(api_app, name="api")
     app.add_typer(readmodel_cli(), name="readmodel")
-    app.add_typer(__import__("services.audit.cli", fromlist=["app"]).app, name="audit")
+    app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:
