@@ -397,6 +397,44 @@ class Ingest:
         status, body = accepted(decision)
         return status, orjson.dumps(body)
 
+    async def _pledge_answer(
+        self,
+        write: _Write,
+        campaign_id: str,
+        pledge_id: str,
+        done_status: int,
+        done_label: str,
+        headers: dict[str, str],
+        *,
+        location: bool,
+    ) -> tuple[int, bytes]:
+        """The answer to a pledge write: the decision when waited for, else 202 + status URL."""
+        decided = await self._decide(
+            write,
+            lambda d: (
+                done_status,
+                {
+                    "pledge_id": pledge_id,
+                    "campaign_id": campaign_id,
+                    "status": done_label,
+                    "seq": d["seq"],
+                },
+            ),
+            headers,
+        )
+        if decided is not None:
+            return decided
+        status_url = f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}"
+        if location:
+            headers["Location"] = status_url
+        pending = {
+            "pledge_id": pledge_id,
+            "campaign_id": campaign_id,
+            "status": "pending",
+            "status_url": status_url,
+        }
+        return 202, orjson.dumps(pending)
+
     # --- writes ------------------------------------------------------------------------------
 
     async def make_pledge(
@@ -425,35 +463,9 @@ class Ingest:
         )
         await self._send(write, campaign_id, value)
         headers: dict[str, str] = {}
-        decided = await self._decide(
-            write,
-            lambda d: (
-                201,
-                {
-                    "pledge_id": pledge_id,
-                    "campaign_id": campaign_id,
-                    "status": "accepted",
-                    "seq": d["seq"],
-                },
-            ),
-            headers,
+        status, payload = await self._pledge_answer(
+            write, campaign_id, pledge_id, 201, "accepted", headers, location=True
         )
-        status_url = f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}"
-        if decided is None:
-            status, payload = (
-                202,
-                orjson.dumps(
-                    {
-                        "pledge_id": pledge_id,
-                        "campaign_id": campaign_id,
-                        "status": "pending",
-                        "status_url": status_url,
-                    }
-                ),
-            )
-            headers["Location"] = status_url
-        else:
-            status, payload = decided
         pending = orjson.dumps(
             {
                 "pledge_id": pledge_id,
@@ -546,34 +558,9 @@ class Ingest:
         )
         await self._send(write, campaign_id, encode_command(command))
         headers: dict[str, str] = {}
-        decided = await self._decide(
-            write,
-            lambda d: (
-                200,
-                {
-                    "pledge_id": pledge_id,
-                    "campaign_id": campaign_id,
-                    "status": "cancelled",
-                    "seq": d["seq"],
-                },
-            ),
-            headers,
+        status, payload = await self._pledge_answer(
+            write, campaign_id, pledge_id, 200, "cancelled", headers, location=False
         )
-        status_url = f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}"
-        if decided is None:
-            status, payload = (
-                202,
-                orjson.dumps(
-                    {
-                        "pledge_id": pledge_id,
-                        "campaign_id": campaign_id,
-                        "status": "pending",
-                        "status_url": status_url,
-                    }
-                ),
-            )
-        else:
-            status, payload = decided
         return await self._finish(write, status, payload, headers)
 
     async def close(self, request: Request, campaign_id: str) -> Response:
