@@ -25,7 +25,13 @@ from services.audit.archive import (
     Manifest,
     SegmentInfo,
 )
-from services.audit.sources import KafkaSourceError, discover, partition_for, stop_consumer
+from services.audit.sources import (
+    KafkaSourceError,
+    discover,
+    partition_for,
+    reading_consumer,
+    stop_consumer,
+)
 
 __all__ = ["ExportOptionError", "ExportResult", "export_archive"]
 
@@ -78,7 +84,7 @@ async def export_archive(
     settle_seconds: float = 3.0,
 ) -> ExportResult:
     """Append the topics' new events to the archive in ``folder`` (created if missing)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     started = time.perf_counter()
     if (folder / MANIFEST).exists():
@@ -142,15 +148,7 @@ async def export_archive(
             if held is not None and not held:
                 del pending[key]
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
+    consumer = reading_consumer(bootstrap)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for topic in topics for p in partitions]

@@ -270,6 +270,21 @@ def audit_archive(
 # --- Kafka ---------------------------------------------------------------------------------
 
 
+def reading_consumer(bootstrap: str) -> Any:
+    """The auditors' consumer: no group, nothing committed, committed transactions only."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+
+
 async def stop_consumer(consumer: Any) -> None:
     """``consumer.stop()``, tolerating aiokafka 0.14's group-less coordinator re-raising the
     cancellation of its own internal task when it had not started yet."""
@@ -330,17 +345,9 @@ async def _consume_group(
     keep_folds: bool,
     stall_seconds: float,
 ) -> list[PartitionResult]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
+    consumer = reading_consumer(bootstrap)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for topic in topics for p in partitions]
