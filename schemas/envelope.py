@@ -103,28 +103,57 @@ def event_id_for(stream: str, causation_id: str, index: int) -> UUID:
 _NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 
 
+class _EventId(UUID):
+    """An event id made from its text alone (the hot path writes only the text): its ``int``
+    is parsed on first use. Equal, hashed, printed and pickled as the plain :class:`UUID`."""
+
+    __slots__ = ("_text",)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only while the UUID slots are unset (normal lookup failed).
+        if name == "int":
+            value = int(object.__getattribute__(self, "_text").replace("-", ""), 16)
+            _set_attr(self, "int", value)
+            return value
+        if name == "is_safe":
+            _set_attr(self, "is_safe", _SAFE_UNKNOWN)
+            return _SAFE_UNKNOWN
+        raise AttributeError(name)
+
+    def __str__(self) -> str:
+        try:
+            return object.__getattribute__(self, "_text")  # type: ignore[no-any-return]
+        except AttributeError:
+            return UUID.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"UUID('{self}')"
+
+    def __reduce__(self) -> tuple[type[UUID], tuple[str]]:
+        return UUID, (str(self),)
+
+
+#: Hex digit of byte 8's high nibble once the RFC 4122 variant bits (10xx) are set.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
+
+
 def _fast_event_id(stream: str, causation_id: str, index: int) -> tuple[UUID, str]:
     """``event_id_for`` and its text, several times cheaper than ``uuid.uuid5`` + ``str``
     (hot path).
 
-    Same algorithm as RFC 4122 uuid5 (SHA-1, version 5, RFC variant), set on the digest's
-    bytes; unit tests pin it to ``uuid.uuid5``.
+    Same algorithm as RFC 4122 uuid5 (SHA-1, version 5, RFC variant), set on the digest's hex
+    text; the UUID's number is only computed if asked for. Unit tests pin it to ``uuid.uuid5``.
     """
-    raw = bytearray(_sha1(_NAMESPACE_BYTES + f"{stream}:{causation_id}:{index}".encode()).digest())
-    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    del raw[16:]
-    event_id = _new_object(UUID)
-    _set_attr(event_id, "int", _int_from_bytes(raw))
-    _set_attr(event_id, "is_safe", _SAFE_UNKNOWN)
-    hx = raw.hex()
-    return event_id, f"{hx[:8]}-{hx[8:12]}-{hx[12:16]}-{hx[16:20]}-{hx[20:]}"
+    hx = _sha1(_NAMESPACE_BYTES + f"{stream}:{causation_id}:{index}".encode()).hexdigest()
+    text = f"{hx[:8]}-{hx[8:12]}-5{hx[13:16]}-{_VARIANT[hx[16]]}{hx[17:20]}-{hx[20:32]}"
+    event_id = _new_object(_EventId)
+    _set_attr(event_id, "_text", text)
+    return event_id, text
 
 
 _sha1 = hashlib.sha1
 _new_object = object.__new__
 _set_attr = object.__setattr__
-_int_from_bytes = int.from_bytes
 _SAFE_UNKNOWN = SafeUUID.unknown
 _ENVELOPE_FIELDS = frozenset(Envelope.model_fields)
 _OCCURRED_AT_MEMBER = b',"occurred_at":'
