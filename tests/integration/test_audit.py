@@ -17,12 +17,15 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from schemas.topics import Topics, ensure_topics
 from services.audit.archive import MANIFEST, Manifest
+from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
+from tests.support.api import api_settings, projector
 from tests.support.history import generate_history, restamp_chain
 
 pytestmark = pytest.mark.integration
@@ -328,3 +331,48 @@ async def test_against_readmodel_fails_clearly_without_a_read_model(
     report = orjson.loads(result.stdout)
     assert report["counts_by_rule"] == {"readmodel_equal": len(report["findings"])}
     assert "missing from the read model" in report["first"]["detail"]
+
+
+async def test_verify_against_a_live_read_model_is_clean_then_names_a_drifted_campaign(
+    bootstrap: str, redis_server: str, unique: str, history_lines: list[bytes]
+) -> None:
+    settings = api_settings(bootstrap, redis_server, unique, partitions=PARTITIONS)
+    prefix = settings.topic_prefix
+    await produce(bootstrap, prefix, history_lines)
+    last_seq: dict[str, int] = {}
+    for line in history_lines:
+        raw = orjson.loads(line)
+        if raw["stream"] == "campaign":
+            last_seq[raw["campaign_id"]] = max(last_seq.get(raw["campaign_id"], 0), raw["seq"])
+
+    client = aioredis.Redis.from_url(redis_server)
+    store = ReadModelStore(client, Keys(prefix))
+    try:
+        # The pledge service's real projector fills the read model from the same topics.
+        async with projector(settings):
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                rows = await store.campaigns(list(last_seq))
+                if all(cid in rows and rows[cid].seq == s for cid, s in last_seq.items()):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "projector did not catch up"
+                await asyncio.sleep(0.2)
+
+        args = [*kafka_args(bootstrap, prefix), "--against-readmodel", "--redis-url", redis_server]
+        code, report = await verify_json(*args)
+        assert code == 0, report["findings"][:3]
+
+        # The read model drifts from the log: verify names the campaign.
+        victim = sorted(last_seq)[0]
+        key = Keys(prefix).campaign(victim)
+        doc = orjson.loads(await client.hget(key, "doc"))
+        doc["total"]["amount_minor"] += 1
+        await client.hset(key, "doc", orjson.dumps(doc))
+        code, report = await verify_json(*args)
+        assert code == 1
+        assert report["counts_by_rule"] == {"readmodel_equal": 1}
+        assert report["first"]["rule"] == "readmodel_equal"
+        assert report["first"]["campaign_id"] == victim
+        assert "total" in report["first"]["detail"]
+    finally:
+        await client.aclose()
