@@ -25,7 +25,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.canonical import GENESIS_HASH, chain_hash, dumps, format_timestamp
-from schemas.envelope import Envelope, stamp_with_body
+from schemas.envelope import Envelope, stamp_encoded
 from schemas.errors import DecodeError, describe_validation_error
 from schemas.events import EVENT_TYPES, Event, Stream
 from schemas.upcasters import upcast
@@ -84,7 +84,7 @@ def stamp_and_encode(
     stream: Stream | None = None,
 ) -> tuple[Envelope, bytes]:
     """:func:`schemas.stamp` and :func:`encode` in one pass (the processor's hot path)."""
-    envelope, body = stamp_with_body(
+    envelope, _, data = stamp_encoded(
         event,
         campaign_id=campaign_id,
         seq=seq,
@@ -95,7 +95,7 @@ def stamp_and_encode(
         index=index,
         stream=stream,
     )
-    return envelope, dumps(body)
+    return envelope, data
 
 
 def message_key(campaign_id: str) -> bytes:

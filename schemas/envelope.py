@@ -186,11 +186,11 @@ def _trusted_envelope(values: dict[str, Any]) -> Envelope:
     Equivalent to ``Envelope.model_construct`` without its per-field default handling, which
     costs more than everything else in ``stamp``; only for values already known to be valid.
     """
-    envelope = Envelope.__new__(Envelope)
-    object.__setattr__(envelope, "__dict__", values)
-    object.__setattr__(envelope, "__pydantic_fields_set__", set(_ENVELOPE_FIELDS))
-    object.__setattr__(envelope, "__pydantic_extra__", None)
-    object.__setattr__(envelope, "__pydantic_private__", None)
+    envelope = _new_object(Envelope)
+    _set_attr(envelope, "__dict__", values)
+    _set_attr(envelope, "__pydantic_fields_set__", set(_ENVELOPE_FIELDS))
+    _set_attr(envelope, "__pydantic_extra__", None)
+    _set_attr(envelope, "__pydantic_private__", None)
     return envelope
 
 
@@ -245,10 +245,7 @@ def stamp_encoded(
     # (the members before it are strings, where a quote is always escaped).
     at = unhashed.index(_OCCURRED_AT_MEMBER)
     data = b"".join((unhashed[:at], b',"hash":"', digest.encode("ascii"), b'"', unhashed[at:]))
-    envelope = _new_object(Envelope)
-    _set_attr(
-        envelope,
-        "__dict__",
+    envelope = _trusted_envelope(
         {
             "event_id": event_id,
             "event_type": event_type,
@@ -262,11 +259,8 @@ def stamp_encoded(
             "prev_hash": prev_hash,
             "hash": digest,
             "payload": event,
-        },
+        }
     )
-    _set_attr(envelope, "__pydantic_fields_set__", set(_ENVELOPE_FIELDS))
-    _set_attr(envelope, "__pydantic_extra__", None)
-    _set_attr(envelope, "__pydantic_private__", None)
     return envelope, body, data
 
 
