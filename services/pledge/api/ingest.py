@@ -397,6 +397,24 @@ class Ingest:
         status, body = accepted(decision)
         return status, orjson.dumps(body)
 
+    async def _answer(
+        self,
+        write: _Write,
+        accepted: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]],
+        ids: dict[str, str],
+        status_url: str,
+        headers: dict[str, str],
+        *,
+        location: bool,
+    ) -> tuple[int, bytes]:
+        """The answer to a write: the decision when waited for, else 202 + the status URL."""
+        decided = await self._decide(write, accepted, headers)
+        if decided is not None:
+            return decided
+        if location:
+            headers["Location"] = status_url
+        return 202, orjson.dumps({**ids, "status": "pending", "status_url": status_url})
+
     async def _pledge_answer(
         self,
         write: _Write,
@@ -408,32 +426,16 @@ class Ingest:
         *,
         location: bool,
     ) -> tuple[int, bytes]:
-        """The answer to a pledge write: the decision when waited for, else 202 + status URL."""
-        decided = await self._decide(
+        """:meth:`_answer` for a pledge write (make or cancel)."""
+        ids = {"pledge_id": pledge_id, "campaign_id": campaign_id}
+        return await self._answer(
             write,
-            lambda d: (
-                done_status,
-                {
-                    "pledge_id": pledge_id,
-                    "campaign_id": campaign_id,
-                    "status": done_label,
-                    "seq": d["seq"],
-                },
-            ),
+            lambda d: (done_status, {**ids, "status": done_label, "seq": d["seq"]}),
+            ids,
+            f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}",
             headers,
+            location=location,
         )
-        if decided is not None:
-            return decided
-        status_url = f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}"
-        if location:
-            headers["Location"] = status_url
-        pending = {
-            "pledge_id": pledge_id,
-            "campaign_id": campaign_id,
-            "status": "pending",
-            "status_url": status_url,
-        }
-        return 202, orjson.dumps(pending)
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -517,22 +519,14 @@ class Ingest:
             return replay
         await self._send(write, campaign_id, encode_command(command))
         headers: dict[str, str] = {}
-        decided = await self._decide(
+        status, payload = await self._answer(
             write,
             lambda d: (201, {"campaign_id": campaign_id, "status": "open", "seq": d["seq"]}),
+            {"campaign_id": campaign_id},
+            f"/v1/campaigns/{campaign_id}",
             headers,
+            location=True,
         )
-        status_url = f"/v1/campaigns/{campaign_id}"
-        if decided is None:
-            status, payload = (
-                202,
-                orjson.dumps(
-                    {"campaign_id": campaign_id, "status": "pending", "status_url": status_url}
-                ),
-            )
-            headers["Location"] = status_url
-        else:
-            status, payload = decided
         return await self._finish(write, status, payload, headers)
 
     async def cancel(self, request: Request, campaign_id: str, pledge_id: str) -> Response:
@@ -585,7 +579,7 @@ class Ingest:
         )
         await self._send(write, campaign_id, encode_command(command))
         headers: dict[str, str] = {}
-        decided = await self._decide(
+        status, payload = await self._answer(
             write,
             lambda d: (
                 200,
@@ -596,18 +590,11 @@ class Ingest:
                     "seq": d["seq"],
                 },
             ),
+            {"campaign_id": campaign_id},
+            f"/v1/campaigns/{campaign_id}",
             headers,
+            location=False,
         )
-        status_url = f"/v1/campaigns/{campaign_id}"
-        if decided is None:
-            status, payload = (
-                202,
-                orjson.dumps(
-                    {"campaign_id": campaign_id, "status": "pending", "status_url": status_url}
-                ),
-            )
-        else:
-            status, payload = decided
         return await self._finish(write, status, payload, headers)
 
     async def batch(self, request: Request, *, path: str | None = None) -> Response:
