@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,6 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from schemas.topics import Topics, ensure_topics
 from services.audit.archive import MANIFEST, Manifest
@@ -95,22 +93,6 @@ def segment_lines(folder: Path) -> dict[str, list[bytes]]:
 
 def rewrite(folder: Path, name: str, lines: list[bytes]) -> None:
     (folder / name).write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
-
-
-@pytest.fixture(autouse=True)
-async def drop_test_topics(bootstrap: str, unique: str) -> AsyncIterator[None]:
-    """Delete this test's topics afterwards: the shared local broker has a small heap."""
-    yield
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        await admin.start()
-        mine = [t for t in await admin.list_topics() if t.startswith(f"{unique}.")]
-        if mine:
-            await admin.delete_topics(mine)
-    except KafkaError:
-        pass  # best effort: a broker restarted by another test must not fail this one
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(scope="module")
