@@ -46,6 +46,7 @@ from services.pledge.adapters.redis_readmodel import (
     ReadModelStore,
 )
 from services.pledge.config import PledgeSettings
+from services.pledge.metrics_readmodel import ReadModelMetrics, readmodel_metrics
 
 __all__ = ["Projector", "initial_summary", "project", "readmodel_cli", "rebuild"]
 
@@ -222,6 +223,8 @@ class Projector:
         *,
         group: str | None = None,
         from_beginning: bool = False,
+        metrics: ReadModelMetrics | None = None,
+        lag_every_seconds: float = 1.0,
     ) -> None:
         self.settings = settings
         self.topics = Topics(prefix=settings.topic_prefix, partitions=settings.partitions)
@@ -238,6 +241,10 @@ class Projector:
         self.applied = 0
         self.ready = asyncio.Event()
         self._beat = -1e9
+        self.metrics = metrics or readmodel_metrics()
+        self._applied_by_type: dict[str, Any] = {}
+        self._lag_at = -1e9
+        self.lag_every = lag_every_seconds
 
     async def start(self) -> None:
         await self.store.load_scripts()
@@ -329,7 +336,23 @@ class Projector:
             await self._apply(touched)
         if last:
             await self._commit(last)
+        self.metrics.held_campaigns.set(len(self._held))
+        if time.monotonic() - self._lag_at >= self.lag_every:
+            await self._observe_lag(consumer)
         return count
+
+    async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Per-topic lag: last stable offset minus position (every ``lag_every`` seconds)."""
+        self._lag_at = time.monotonic()
+        by_topic: dict[str, int] = {}
+        for tp in consumer.assignment():
+            stable = consumer.last_stable_offset(tp)
+            if stable is None:  # nothing fetched from it yet
+                continue
+            position = await consumer.position(tp)
+            by_topic[tp.topic] = by_topic.get(tp.topic, 0) + max(0, stable - position)
+        for topic, lag in by_topic.items():
+            self.metrics.lag.labels(topic).set(lag)
 
     async def _apply(self, campaign_ids: Iterable[str]) -> None:
         pending = list(campaign_ids)
@@ -405,7 +428,7 @@ class Projector:
                 if int(result) == 0:
                     self._cache.pop(campaign_id, None)
                 for seq in applied:
-                    del held.events[seq]
+                    self._count_applied(held.events.pop(seq)[0].event_type)
                 self.applied += len(applied)
                 if not held.events:
                     del self._held[campaign_id]
@@ -414,6 +437,12 @@ class Projector:
             pending = [c for c in retry if c in self._held]
             if len(self._cache) > 200_000:
                 self._cache.clear()
+
+    def _count_applied(self, event_type: str) -> None:
+        child = self._applied_by_type.get(event_type)
+        if child is None:
+            child = self._applied_by_type[event_type] = self.metrics.applied.labels(event_type)
+        child.inc()
 
     async def _commit(self, last: dict[TopicPartition, int]) -> None:
         offsets = {tp: offset + 1 for tp, offset in last.items()}
@@ -427,6 +456,7 @@ class Projector:
         self, value: bytes | None, key: bytes | None, error: str, tp: TopicPartition, offset: int
     ) -> None:
         log.error("undecodable event at %s:%d: %s", tp.topic, tp.partition, error)
+        self.metrics.dead_letters.inc()
         assert self._dlq is not None
         await self._dlq.send_and_wait(
             self.topics.dead_letter("readmodel"),
@@ -489,6 +519,9 @@ async def _run(settings: PledgeSettings) -> None:
         settings.kafka_bootstrap,
         Topics(prefix=settings.topic_prefix, partitions=settings.partitions),
     )
+    from services.pledge.metrics import serve_metrics
+
+    serve_metrics(settings.metrics_port)
     client = aioredis.Redis.from_url(settings.redis_url)
     projector = Projector(settings, client)
     await projector.start()

@@ -270,3 +270,47 @@ async def test_rebuild_wipes_and_replays_to_the_same_read_model(
     assert after is not None and after.doc is not None and after.doc["pledge_count"] == 20
     p3 = await store.pledge("c-4", "p-3")
     assert p3 is not None and p3.status == "accepted"
+
+
+async def test_projector_metrics_show_applied_events_held_campaigns_lag_and_dead_letters(
+    env: tuple[PledgeSettings, Any],
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from services.pledge.metrics_readmodel import ReadModelMetrics
+    from services.pledge.readmodel import Projector
+
+    settings, (producer, store) = env
+    registry = CollectorRegistry()
+    log = Log("c-metrics")
+    log.add(launched())
+    log.add(made("p-1", 3000))
+    log.add(made("p-2", 2500))
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    client = aioredis.Redis.from_url(settings.redis_url)
+    metrics = ReadModelMetrics.create(registry)
+    proj = Projector(settings, client, metrics=metrics, lag_every_seconds=0)
+    await proj.start()
+    try:
+        await write(settings, producer, log, [2, 3])  # the launch is missing: both held
+        await proj.run_until_caught_up(idle_ms=200)
+        assert sample("pledgeflow_readmodel_held_campaigns") == 1
+        assert sample("pledgeflow_readmodel_events_applied_total", event_type="PledgeMade") == 0
+
+        await write(settings, producer, log, [1, 2])  # the launch, and a redelivery of seq 2
+        async with producer.transaction():
+            await producer.send(f"{settings.topic_prefix}PledgeMade", b"{not json", key=b"c-x")
+        await proj.run_until_caught_up(idle_ms=200)
+    finally:
+        await proj.stop()
+        await client.aclose()
+    assert await _at_seq(store, "c-metrics", 3) is not None
+    assert sample("pledgeflow_readmodel_events_applied_total", event_type="PledgeMade") == 2
+    assert sample("pledgeflow_readmodel_events_applied_total", event_type="CampaignLaunched") == 1
+    assert sample("pledgeflow_readmodel_held_campaigns") == 0
+    assert sample("pledgeflow_readmodel_dead_letters_total") == 1
+    topic = f"{settings.topic_prefix}PledgeMade"
+    assert registry.get_sample_value("pledgeflow_readmodel_lag_events", {"topic": topic}) == 0
