@@ -9,10 +9,10 @@ JARS := $(KAFKA_DIR)/lib/.fetched
 PYTEST_ARGS ?=
 NAME ?=
 
-.PHONY: help install test test-unit lint run bench kafka-up kafka-down redis-up redis-down clean
+.PHONY: help install test test-unit lint deploy-check run bench kafka-up kafka-down redis-up redis-down clean
 
 help:
-	@echo "make install | test | lint | run | bench [NAME=x] | kafka-up | kafka-down | redis-up | redis-down | clean"
+	@echo "make install | test | lint | deploy-check | run | bench [NAME=x] | kafka-up | kafka-down | redis-up | redis-down | clean"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# Generated deployment files current, both k8s overlays build, alert rules and the local
+# Prometheus config valid. Tools: kustomize (go install, into .local/bin) and promtool
+# (Debian's prometheus package; installed when missing and run as root).
+KUSTOMIZE := .local/bin/kustomize
+deploy-check: $(STAMP)
+	$(VENV)/bin/pledgeflow deploy render --check
+	test -x $(KUSTOMIZE) || GOBIN=$(abspath .local/bin) go install sigs.k8s.io/kustomize/kustomize/v5@v5.7.1
+	for overlay in dev prod; do $(KUSTOMIZE) build deploy/k8s/overlays/$$overlay > /dev/null || exit 1; done
+	command -v promtool > /dev/null || apt-get install -y -q --no-install-recommends prometheus
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool check config deploy/local/prometheus.yml
 
 run: install
 	deploy/local/run.sh

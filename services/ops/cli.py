@@ -1,0 +1,62 @@
+"""``pledgeflow deploy ...``: keep the generated deployment files in step with the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.ops.manifests import render
+
+app = typer.Typer(name="deploy", no_args_is_help=True, help="Deployment files.")
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+@app.command("render")
+def render_command(
+    repo: Annotated[Path, typer.Option(help="Repository root.")] = _REPO,
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 when a file is stale.")
+    ] = False,
+) -> None:
+    """Write the KafkaTopic manifests and the dashboard copy under deploy/k8s/base."""
+    stale = [item for item in render(repo) if not item.is_current()]
+    if check:
+        for item in stale:
+            typer.echo(f"stale: {item.path} (run `pledgeflow deploy render`)", err=True)
+        raise typer.Exit(1 if stale else 0)
+    for item in stale:
+        item.path.parent.mkdir(parents=True, exist_ok=True)
+        item.path.write_text(item.text, encoding="utf-8")
+        typer.echo(f"wrote {item.path}")
+    if not stale:
+        typer.echo("deployment files are current")
+
+
+@app.command("wait-topics")
+def wait_topics_command(
+    within: Annotated[float, typer.Option(help="Seconds to wait before giving up.")] = 300.0,
+) -> None:
+    """Wait until Kafka serves every registry topic (an init container of each process).
+
+    In Kubernetes the topic operator creates the topics with their production replication;
+    a process starting first would otherwise create a missing one itself, unreplicated.
+    """
+    import asyncio
+    import logging
+
+    from schemas.topics import Topics
+    from services.ops.topics_ready import TopicsNotReady, wait_for_topics
+    from services.pledge.config import PledgeSettings
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the outcome is our one line
+    settings = PledgeSettings()
+    topics = Topics(prefix=settings.topic_prefix, partitions=settings.partitions)
+    try:
+        asyncio.run(wait_for_topics(settings.kafka_bootstrap, topics, within))
+    except TopicsNotReady as exc:
+        typer.echo(f"topics: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"all {len(topics.all())} topics are served")
