@@ -66,6 +66,7 @@ honcho_pid=$!
 # Ready = the API answers /readyz (Kafka and Redis reachable from it), the processor has
 # rebuilt its partitions (its recovery histogram counts them) and the projector owns partitions.
 export PLEDGEFLOW_PROCESSOR_METRICS_PORT="${PLEDGEFLOW_PROCESSOR_METRICS_PORT:-9101}"
+export PLEDGEFLOW_PROJECTOR_METRICS_PORT="${PLEDGEFLOW_PROJECTOR_METRICS_PORT:-9102}"
 "$py" - "$port" "$honcho_pid" <<'PY' || exit 1
 import os, sys, time, urllib.request
 import redis
@@ -115,6 +116,8 @@ cat <<EOF2
   Pledgeflow is running.
     API docs:     http://127.0.0.1:$port/docs   (OpenAPI: /openapi.json, metrics: /metrics)
     dev API key:  $dev_key   ($key_note)
+    metrics:      processor http://127.0.0.1:$PLEDGEFLOW_PROCESSOR_METRICS_PORT/metrics, projector http://127.0.0.1:$PLEDGEFLOW_PROJECTOR_METRICS_PORT/metrics
+                  (a local Prometheus: prometheus --config.file=deploy/local/prometheus.yml)
 
   Try:
     curl -s -X POST http://127.0.0.1:$port/v1/campaigns \\

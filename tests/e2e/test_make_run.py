@@ -81,6 +81,7 @@ def test_make_run_serves_pledges_stops_on_ctrl_c_and_keeps_data(
         "PLEDGEFLOW_PARTITIONS": "2",
         "PLEDGEFLOW_API_PORT": str(port),
         "PLEDGEFLOW_PROCESSOR_METRICS_PORT": str(free_port()),
+        "PLEDGEFLOW_PROJECTOR_METRICS_PORT": str(free_port()),
         "PLEDGEFLOW_API_KEYS": f"platform-e2e:{KEY}",
     }
     log = tmp_path / "run.log"
@@ -104,6 +105,10 @@ def test_make_run_serves_pledges_stops_on_ctrl_c_and_keeps_data(
             assert pledge(client, "c-e2e", 1).status_code == 201
             summary = client.get("/v1/campaigns/c-e2e").json()
         assert summary["total"] == {"amount_minor": 2500, "currency": "EUR"}
+        projector = httpx.get(
+            f"http://127.0.0.1:{env['PLEDGEFLOW_PROJECTOR_METRICS_PORT']}/metrics", timeout=5
+        ).text
+        assert 'pledgeflow_readmodel_events_applied_total{event_type="PledgeMade"} 1.0' in projector
     assert first.returncode is not None
     # Ctrl-C stopped every process it started: nothing answers on the API port any more.
     with pytest.raises(httpx.ConnectError):
