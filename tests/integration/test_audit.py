@@ -358,3 +358,76 @@ async def test_verify_against_a_live_read_model_is_clean_then_names_a_drifted_ca
         assert "total" in report["first"]["detail"]
     finally:
         await client.aclose()
+
+
+async def test_verify_from_kafka_skips_aborted_transactions(
+    bootstrap: str, unique: str, history_lines: list[bytes]
+) -> None:
+    """The processor writes in transactions: an aborted batch (here a forged next event and a
+    tampered copy of a real one, interleaved with the committed history) is never audited."""
+    prefix = f"{unique}."
+    await ensure_topics(bootstrap, Topics(prefix=prefix, partitions=PARTITIONS))
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=f"{unique}-tx", linger_ms=5
+    )
+    await producer.start()
+
+    async def send(line: bytes) -> None:
+        raw = orjson.loads(line)
+        await producer.send(prefix + raw["event_type"], line, key=raw["campaign_id"].encode())
+
+    try:
+        step = 40
+        for start in range(0, len(history_lines), step):
+            async with producer.transaction():
+                for line in history_lines[start : start + step]:
+                    await send(line)
+            following = history_lines[start + step : start + step + 1]
+            if following:
+                await producer.begin_transaction()
+                forged = orjson.loads(following[0])
+                await send(following[0])  # would be a duplicate when the real one follows
+                forged["causation_id"] = "forged"  # would break hash_intact
+                await send(orjson.dumps(forged, option=orjson.OPT_SORT_KEYS))
+                await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    code, report = await verify_json(*kafka_args(bootstrap, prefix))
+    assert code == 0, report["findings"][:3]
+    assert report["events"] == len(history_lines)
+
+
+async def test_tampered_kafka_record_is_named_by_its_offset(
+    bootstrap: str, unique: str, history_lines: list[bytes]
+) -> None:
+    """Read straight from Kafka, a record whose content no longer matches its hash is named
+    by its own topic and offset."""
+    kinds = [orjson.loads(line)["event_type"] for line in history_lines]
+    victim = kinds.index("PledgeMade")
+    raw = orjson.loads(history_lines[victim])
+    line = history_lines[victim]
+    at = line.find(b'"backer_id":"') + 14
+    tampered = line[:at] + bytes([line[at] ^ 0x01]) + line[at + 1 :]
+    lines = [*history_lines[:victim], tampered, *history_lines[victim + 1 :]]
+    prefix = f"{unique}."
+    await produce(bootstrap, prefix, lines)
+    before = sum(
+        1
+        for x in history_lines[:victim]
+        if orjson.loads(x)["event_type"] == "PledgeMade"
+        and partition_of(orjson.loads(x)["campaign_id"]) == partition_of(raw["campaign_id"])
+    )
+    code, report = await verify_json(*kafka_args(bootstrap, prefix))
+    assert code == 1
+    first = report["first"]
+    assert first["rule"] == "hash_intact"
+    assert (first["campaign_id"], first["seq"], first["event_id"]) == (
+        raw["campaign_id"], raw["seq"], raw["event_id"],
+    )  # fmt: skip
+    assert (first["topic"], first["offset"]) == (prefix + "PledgeMade", before)
+
+
+def partition_of(campaign_id: str) -> int:
+    from services.audit.sources import partition_for
+
+    return partition_for(campaign_id, PARTITIONS)
