@@ -49,7 +49,8 @@ class CommandBus:
         )
         self._on_produce = on_produce
         self._partitions: list[int] = []
-        self._partition_of: dict[str, int] = {}
+        #: campaign id -> (partition, message key), cached (murmur2 and encoding once each)
+        self._route: dict[str, tuple[int, bytes]] = {}
         #: per partition: record batches not yet handed to the producer, with the future
         #: their senders await (the last one is still open for appends).
         self._open: dict[int, collections.deque[tuple[Any, asyncio.Future[None]]]] = {}
@@ -75,7 +76,8 @@ class CommandBus:
     async def send(self, campaign_id: str, value: bytes) -> None:
         """Append one command and wait until every in-sync replica has it."""
         started = time.perf_counter()
-        done = self._append(self.partition(campaign_id), message_key(campaign_id), value)
+        partition, key = self._route.get(campaign_id) or self._route_of(campaign_id)
+        done = self._append(partition, key, value)
         # Shielded: a cancelled request must not cancel the batch other requests wait on.
         await asyncio.shield(done)
         if self._on_produce is not None:
@@ -122,44 +124,48 @@ class CommandBus:
 
     def partition(self, campaign_id: str) -> int:
         """Kafka's default partitioner (murmur2 of the key), cached per campaign."""
-        partition = self._partition_of.get(campaign_id)
-        if partition is None:
-            idx = (murmur2(message_key(campaign_id)) & 0x7FFFFFFF) % len(self._partitions)
-            partition = self._partitions[idx]
-            if len(self._partition_of) > 100_000:
-                self._partition_of.clear()
-            self._partition_of[campaign_id] = partition
-        return partition
+        return (self._route.get(campaign_id) or self._route_of(campaign_id))[0]
 
-    async def send_many(self, commands: Sequence[tuple[str, bytes]]) -> list[BaseException | None]:
-        """Append many commands; per command, None once acknowledged or the error.
+    def _route_of(self, campaign_id: str) -> tuple[int, bytes]:
+        key = message_key(campaign_id)
+        idx = (murmur2(key) & 0x7FFFFFFF) % len(self._partitions)
+        if len(self._route) > 100_000:
+            self._route.clear()
+        route = self._route[campaign_id] = (self._partitions[idx], key)
+        return route
+
+    async def send_all(self, commands: Sequence[tuple[str, bytes]]) -> None:
+        """Append many commands and wait until every one is acknowledged; the first error.
 
         Each command is one record, so it is appended whole or not at all; records of one
         campaign keep their order (one partition, one batch sequence). The records share the
         open batches with every other request in flight, so concurrent batch requests do not
-        queue one record batch per partition each behind one another.
+        queue one record batch per partition each behind one another. The loop appends to
+        the partition's open batch directly (the path of most records) and falls back to
+        :meth:`_append` for a new batch.
         """
         started = time.perf_counter()
-        partition_of, append = self.partition, self._append
-        futures = [
-            append(partition_of(campaign_id), message_key(campaign_id), value)
-            for campaign_id, value in commands
-        ]
-        distinct = list(dict.fromkeys(futures))
-        outcomes = await asyncio.gather(
-            *(asyncio.shield(f) for f in distinct), return_exceptions=True
-        )
-        failed = {
-            f: outcome
-            for f, outcome in zip(distinct, outcomes, strict=True)
-            if isinstance(outcome, BaseException)
-        }
-        results: list[BaseException | None] = (
-            [failed.get(f) for f in futures] if failed else [None] * len(commands)
-        )
-        if self._on_produce is not None:
-            self._on_produce(time.perf_counter() - started)
-        return results
+        route, route_of, open_batches = self._route, self._route_of, self._open
+        waits: set[asyncio.Future[None]] = set()
+        for campaign_id, value in commands:
+            partition, key = route.get(campaign_id) or route_of(campaign_id)
+            queue = open_batches.get(partition)
+            if queue and queue[-1][0].append(key=key, value=value, timestamp=None) is not None:
+                waits.add(queue[-1][1])
+            else:
+                waits.add(self._append(partition, key, value))
+        try:
+            # Every wait is awaited (shielded: a cancelled request must not cancel the batch
+            # other requests wait on) before the first error is raised.
+            outcomes = await asyncio.gather(
+                *(asyncio.shield(f) for f in waits), return_exceptions=True
+            )
+        finally:
+            if self._on_produce is not None:
+                self._on_produce(time.perf_counter() - started)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _send_batch(self, batch: object, partition: int) -> asyncio.Future[object]:
         batch.close()  # type: ignore[attr-defined]
