@@ -55,3 +55,65 @@ class LocalBroker:
 
 def ensure_redis() -> None:
     subprocess.run([str(REDIS_DIR / "redis-up.sh")], check=True, cwd=REPO)
+
+
+class PrivateBroker:
+    """A second local broker of the test's own (free ports, its own data folder).
+
+    Fault tests that stop the broker use one, so that neither the other tests of the session
+    nor anything else on the machine loses the shared broker meanwhile.
+    """
+
+    def __init__(self, data: Path) -> None:
+        import socket
+
+        ports = []
+        for _ in range(2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        self.port, self.controller_port = ports
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.env = {
+            key: value for key, value in os.environ.items() if key != "PLEDGEFLOW_KAFKA_BOOTSTRAP"
+        }
+        self.env.update(
+            PLEDGEFLOW_KAFKA_PORT=str(self.port),
+            PLEDGEFLOW_KAFKA_CONTROLLER_PORT=str(self.controller_port),
+            PLEDGEFLOW_KAFKA_DATA=str(data),
+        )
+
+    def start(self) -> None:
+        subprocess.run(
+            [str(KAFKA_DIR / "kafka-up.sh")],
+            check=True,
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+        )
+
+    def stop(self) -> None:
+        subprocess.run(
+            [str(KAFKA_DIR / "kafka-down.sh")],
+            check=True,
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+        )
+
+    def crash(self) -> None:
+        """SIGKILL the broker (no clean shutdown: its logs are recovered at the next start)."""
+        import signal
+
+        pidfile = Path(self.env["PLEDGEFLOW_KAFKA_DATA"]) / "broker.pid"
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            import time
+
+            time.sleep(0.1)
+        pidfile.unlink()
