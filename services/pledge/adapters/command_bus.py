@@ -115,6 +115,10 @@ class CommandBus:
                         done.set_exception(RuntimeError("command bus stopped"))
                     raise
                 delivery.add_done_callback(functools.partial(_settle, done))
+                # The next batch keeps collecting until this one is acknowledged: the
+                # producer has one request in flight per broker, so a batch handed over
+                # earlier would only wait in the producer's queue, closed to new records.
+                await asyncio.wait((delivery,))
         finally:
             del self._pumps[partition]
             while queue:  # left only when cancelled: nobody may wait forever

@@ -105,12 +105,11 @@ class FastWrites:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request = _Request(scope, receive)
         try:
             if route is PLEDGE_ROUTE:
-                response = await ingest.make_pledge(request, campaign_id, path=path)
+                response = await ingest.make_pledge_asgi(scope, receive, campaign_id, path)
             else:
-                response = await ingest.batch(request, path=path)
+                response = await ingest.batch(_Request(scope, receive), path=path)
         except ProblemError as exc:
             response = problem_response(exc.body(path), exc.headers)
         except Exception:

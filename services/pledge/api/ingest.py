@@ -30,14 +30,15 @@ from uuid import UUID, uuid5
 
 import orjson
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from schemas.canonical import format_timestamp
 from schemas.commands import CancelPledge, CloseCampaign, LaunchCampaign, encode_command
 from schemas.money import FeeSchedule
 from services.pledge.adapters.command_bus import CommandBus
-from services.pledge.adapters.redis_ingest import IngestStore
+from services.pledge.adapters.redis_ingest import GateResult, IngestStore
 from services.pledge.adapters.redis_readmodel import ReadModelStore
 from services.pledge.api.auth import ApiKeys, Principal
 from services.pledge.api.batch import Fields, ItemEncoder, model_fields, plain_item
@@ -68,6 +69,8 @@ COMMAND_NAMESPACE = uuid5(
 )
 _NAMESPACE_BYTES = COMMAND_NAMESPACE.bytes
 _JSON = "application/json"
+_JSON_BYTES = b"application/json"
+_PROBLEM_BYTES = PROBLEM_MEDIA_TYPE.encode()
 _WAIT_STEPS = (0.002, 0.004, 0.008, 0.015, 0.025)
 
 
@@ -104,6 +107,18 @@ def _uuid5(digest: Any) -> str:
     object (a third of a batch item's CPU): version 5 and the variant set on the hex text."""
     x = digest.hexdigest()
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
+def _plain_pledge(raw: bytes, campaign_id: str) -> Fields | None:
+    """:func:`plain_item` of a single pledge body (None: let pydantic judge it)."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or "campaign_id" in doc:
+        return None
+    doc["campaign_id"] = campaign_id
+    return plain_item(doc)
 
 
 def _json_text(value: Any) -> str:
@@ -157,8 +172,7 @@ def pledge_command(
     )
 
 
-def _idempotency_key(request: Request) -> str:
-    raw = request.headers.get("idempotency-key")
+def _idempotency_key(raw: str | None) -> str:
     if raw is None:
         raise ProblemError(
             "idempotency-key-required",
@@ -186,6 +200,28 @@ def _stored_response(stored: bytes) -> Response:
         media_type=PROBLEM_MEDIA_TYPE if status >= 400 else _JSON,
         headers={"Idempotent-Replayed": "true"},
     )
+
+
+class RawResponse(Response):
+    """A response whose header list the caller built (no header mapping to re-encode)."""
+
+    def __init__(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = status
+        self.body = body
+        self.raw_headers = headers
+        self.background = None
+
+
+def _raw_headers(
+    status: int, body: bytes, extra: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The header list Starlette's ``Response`` would send: extra headers, length, type."""
+    media = _PROBLEM_BYTES if status >= 400 else _JSON_BYTES
+    return [*extra, (b"content-length", b"%d" % len(body)), (b"content-type", media)]
+
+
+def _latin1(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,28 +268,42 @@ class Ingest:
 
     async def read_body(self, request: Request) -> bytes:
         """The body, refusing more than ``max_body_bytes`` (413) and non-JSON types (415)."""
-        content_type = request.headers.get("content-type")
+        headers = request.headers
+        return await self._read_raw(
+            headers.get("content-type"), headers.get("content-length"), request.receive
+        )
+
+    async def _read_raw(
+        self, content_type: str | None, length: str | None, receive: Receive
+    ) -> bytes:
+        """:meth:`read_body` from the header values and the ASGI ``receive``."""
         if content_type is not None:
             media = content_type.partition(";")[0].strip().lower()
             if media != _JSON and not media.endswith("+json"):
                 raise ProblemError("unsupported-media-type", "send application/json")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit():
-            if int(length) > self.max_body_bytes:
-                raise ProblemError(
-                    "payload-too-large", f"the body limit is {self.max_body_bytes} bytes"
-                )
-            return await request.body()
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            raise ProblemError(
+                "payload-too-large", f"the body limit is {self.max_body_bytes} bytes"
+            )
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise ProblemError(
-                    "payload-too-large", f"the body limit is {self.max_body_bytes} bytes"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise ProblemError(
+                        "payload-too-large", f"the body limit is {self.max_body_bytes} bytes"
+                    )
+                if not message.get("more_body", False):
+                    if not chunks:
+                        return chunk
+                    chunks.append(chunk)
+                    return b"".join(chunks)
+                chunks.append(chunk)
+            elif message["type"] == "http.disconnect":
+                raise ClientDisconnect()
 
     def _begin(
         self,
@@ -265,21 +315,53 @@ class Ingest:
     ) -> _Write:
         """``path``: the request's path when the caller knows it equals ``request.url.path``
         (building the URL costs more than the rest of this step)."""
-        key = _idempotency_key(request)
-        fingerprint = hashlib.sha256(
-            b"%s %s\n%s" % (request.method.encode(), (path or request.url.path).encode(), body)
-        ).hexdigest()
+        headers = request.headers
+        return self._begin_raw(
+            headers.get("idempotency-key"),
+            headers.get("x-correlation-id"),
+            headers.get("prefer"),
+            principal,
+            request.method,
+            path or request.url.path,
+            body,
+            route,
+        )
+
+    def _begin_raw(
+        self,
+        idempotency_key: str | None,
+        correlation_id: str | None,
+        prefer: str | None,
+        principal: Principal,
+        method: str,
+        path: str,
+        body: bytes,
+        route: str,
+    ) -> _Write:
+        """Idempotency key, request fingerprint, command id, correlation id, ``Prefer: wait``."""
+        key = _idempotency_key(idempotency_key)
+        request_line = b"%s %s\n" % (method.encode(), path.encode())
+        fingerprint = hashlib.sha256(request_line + body).hexdigest()
         command_id = command_id_for(principal.tenant_id, key)
-        correlation = request.headers.get("x-correlation-id") or command_id
+        correlation = correlation_id or command_id
         if not (1 <= len(correlation) <= 200):
             correlation = command_id
-        wait = parse_prefer_wait(request.headers.get("prefer"), self.max_wait_seconds)
+        wait = parse_prefer_wait(prefer, self.max_wait_seconds)
         return _Write(principal, key, fingerprint, command_id, correlation, wait, route)
 
     async def _gate(
         self, write: _Write, campaign_ids: list[str], *, many: bool = False
     ) -> tuple[Response | None, tuple[int, ...]]:
         """Run the gate; a response when the request is answered right here."""
+        result = await self._gate_result(write, campaign_ids, many=many)
+        if result.outcome == "replay":
+            return _stored_response(result.stored), ()
+        return None, result.foreign
+
+    async def _gate_result(
+        self, write: _Write, campaign_ids: list[str], *, many: bool = False
+    ) -> GateResult:
+        """Run the gate: ``ok`` or ``replay``; any other outcome raises its problem."""
         result = await self.store.gate(
             key_hash=write.principal.key_hash,
             tenant_id=write.principal.tenant_id,
@@ -290,10 +372,10 @@ class Ingest:
         )
         match result.outcome:
             case "ok":
-                return None, result.foreign
+                return result
             case "replay":
                 self.metrics.idempotent_replays.labels(write.route).inc()
-                return _stored_response(result.stored), ()
+                return result
             case "rate_limited":
                 self.metrics.rate_limited.labels(write.route).inc()
                 seconds = max(1, math.ceil(result.retry_after_ms / 1000))
@@ -365,6 +447,22 @@ class Ingest:
         headers: Mapping[str, str] | None = None,
         pending: list[tuple[str, bytes]] | None = None,
     ) -> Response:
+        await self._store_response(write, status, payload, pending)
+        return Response(
+            payload,
+            status_code=status,
+            media_type=PROBLEM_MEDIA_TYPE if status >= 400 else _JSON,
+            headers=dict(headers or {}),
+        )
+
+    async def _store_response(
+        self,
+        write: _Write,
+        status: int,
+        payload: bytes,
+        pending: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Keep the response for replays (and write the pending pledge rows)."""
         try:
             await self.store.complete(
                 tenant_id=write.principal.tenant_id,
@@ -378,12 +476,6 @@ class Ingest:
             # The command is in Kafka: answer anyway. The reservation expires after the lock
             # time, and a retry then re-sends the same command, which the processor ignores.
             log.warning("response not stored for idempotency: %r", exc)
-        return Response(
-            payload,
-            status_code=status,
-            media_type=PROBLEM_MEDIA_TYPE if status >= 400 else _JSON,
-            headers=dict(headers or {}),
-        )
 
     async def _decide(
         self,
@@ -449,53 +541,97 @@ class Ingest:
     async def make_pledge(
         self, request: Request, campaign_id: str, *, path: str | None = None
     ) -> Response:
+        return await self.make_pledge_asgi(
+            request.scope, request.receive, campaign_id, path or request.url.path
+        )
+
+    async def make_pledge_asgi(
+        self, scope: Scope, receive: Receive, campaign_id: str, path: str
+    ) -> Response:
+        """``POST /v1/campaigns/{campaign_id}/pledges`` straight from the ASGI scope.
+
+        The launch-day route: headers are looked up in one dict of the raw list, the body is
+        checked as a plain dict first (pydantic names the faults of one it does not accept),
+        and the command and the 202 body come from text templates; the response carries its
+        header list ready-made. ``campaign_id`` has been checked against the id pattern.
+        """
         route = "/v1/campaigns/{campaign_id}/pledges"
-        principal = self.authenticate(request)
-        raw = await self.read_body(request)
-        try:
-            body = PledgeRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            raise validation_problem(exc) from None
-        write = self._begin(request, principal, raw, route, path)
-        replay, _ = await self._gate(write, [campaign_id])
-        if replay is not None:
-            return replay
-        pledge_id = body.pledge_id or f"p-{write.command_id}"
-        value = pledge_command(
-            command_id=write.command_id,
-            tenant_id=principal.tenant_id,
+        # ASGI header names are lower case; the first occurrence wins, as with Starlette.
+        headers: dict[bytes, bytes] = dict(reversed(scope["headers"]))
+        principal = self.keys.authenticate(_latin1(headers.get(b"authorization")))
+        raw = await self._read_raw(
+            _latin1(headers.get(b"content-type")), _latin1(headers.get(b"content-length")), receive
+        )
+        fields = _plain_pledge(raw, campaign_id)
+        if fields is None:
+            try:
+                body = PledgeRequest.model_validate_json(raw)
+            except ValidationError as exc:
+                raise validation_problem(exc) from None
+            fields = (
+                campaign_id,
+                body.backer_id,
+                body.amount_minor,
+                body.currency,
+                body.pledge_id,
+                body.tier_id,
+                body.payment_token,
+                body.locale,
+            )
+        write = self._begin_raw(
+            _latin1(headers.get(b"idempotency-key")),
+            _latin1(headers.get(b"x-correlation-id")),
+            _latin1(headers.get(b"prefer")),
+            principal,
+            "POST",
+            path,
+            raw,
+            route,
+        )
+        gate = await self._gate_result(write, [campaign_id])
+        if gate.outcome == "replay":
+            return _stored_response(gate.stored)
+        tenant_id = principal.tenant_id
+        pledge_id = fields[4] or f"p-{write.command_id}"
+        encoder = ItemEncoder(
+            tenant_id=tenant_id,
             correlation_id=write.correlation_id,
             issued_at=format_timestamp(datetime.now(UTC)),
-            campaign_id=campaign_id,
-            pledge_id=pledge_id,
-            body=body,
         )
-        await self._send(write, campaign_id, value)
-        headers: dict[str, str] = {}
-        status, payload = await self._pledge_answer(
-            write, campaign_id, pledge_id, 201, "accepted", headers, location=True
-        )
+        await self._send(write, campaign_id, encoder.command(fields, write.command_id, pledge_id))
+        extra: list[tuple[bytes, bytes]]
+        if write.wait <= 0:  # the usual answer, written as orjson would
+            status = 202
+            status_url = f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}"
+            payload = (
+                f'{{"pledge_id":"{pledge_id}","campaign_id":"{campaign_id}"'
+                f',"status":"pending","status_url":"{status_url}"}}'
+            ).encode()
+            extra = [(b"location", status_url.encode())]
+        else:
+            answer_headers: dict[str, str] = {}
+            status, payload = await self._pledge_answer(
+                write, campaign_id, pledge_id, 201, "accepted", answer_headers, location=True
+            )
+            extra = [(k.lower().encode(), v.encode()) for k, v in answer_headers.items()]
         pending = orjson.dumps(
             {
                 "pledge_id": pledge_id,
                 "campaign_id": campaign_id,
                 "status": "pending",
-                "backer_id": body.backer_id,
-                "amount": {"amount_minor": body.amount_minor, "currency": body.currency},
-                "tier_id": body.tier_id,
+                "backer_id": fields[1],
+                "amount": {"amount_minor": fields[2], "currency": fields[3]},
+                "tier_id": fields[5],
                 "seq": None,
                 "reason": None,
                 "detail": None,
-                "tenant_id": principal.tenant_id,
+                "tenant_id": tenant_id,
             }
         )
-        return await self._finish(
-            write,
-            status,
-            payload,
-            headers,
-            [(self.readmodel.keys.pledge(campaign_id, pledge_id), pending)],
+        await self._store_response(
+            write, status, payload, [(self.readmodel.keys.pledge(campaign_id, pledge_id), pending)]
         )
+        return RawResponse(status, payload, _raw_headers(status, payload, extra))
 
     async def launch(self, request: Request) -> Response:
         route = "/v1/campaigns"
