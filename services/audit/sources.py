@@ -388,7 +388,11 @@ async def _consume_group(
     return results
 
 
-async def _total_events(bootstrap: str, topics: list[str], partitions: list[int]) -> int:
+async def _events_per_partition(
+    bootstrap: str, topics: list[str], partitions: list[int]
+) -> dict[int, int]:
+    """How many records (committed or not, markers included) each partition number holds
+    across ``topics`` now: the progress total and the weight of balancing workers."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -401,9 +405,25 @@ async def _total_events(bootstrap: str, topics: list[str], partitions: list[int]
         consumer.pause(*tps)
         begin = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
-        return int(sum(end[tp] - begin[tp] for tp in tps))
+        counts = dict.fromkeys(partitions, 0)
+        for tp in tps:
+            counts[tp.partition] += int(end[tp] - begin[tp])
+        return counts
     finally:
         await stop_consumer(consumer)
+
+
+def balance(weights: dict[int, int], workers: int) -> list[list[int]]:
+    """Partition numbers in at most ``workers`` groups of about equal weight (largest first,
+    each to the lightest group): campaigns hash unevenly, and a worker left with the small
+    partitions would idle while another reads the big ones."""
+    groups: list[list[int]] = [[] for _ in range(max(1, min(workers, len(weights))))]
+    loads = [0] * len(groups)
+    for partition in sorted(weights, key=lambda p: (-weights[p], p)):
+        lightest = min(range(len(groups)), key=lambda i: (loads[i], len(groups[i])))
+        groups[lightest].append(partition)
+        loads[lightest] += weights[partition]
+    return [sorted(group) for group in groups if group]
 
 
 def audit_kafka(
@@ -417,15 +437,17 @@ def audit_kafka(
     stall_seconds: float = 30.0,
 ) -> AuditRun:
     """Verify and fold every event of ``topics`` from the beginning (read_committed, no
-    consumer group, nothing committed), one process per group of partitions."""
+    consumer group, nothing committed), one process per group of partitions of about equal
+    size."""
     started = time.perf_counter()
     count = asyncio.run(discover(bootstrap, topics))
     partitions = list(range(count))
     if campaign is not None and count:
         partitions = [partition_for(campaign, count)]
-    total = asyncio.run(_total_events(bootstrap, topics, partitions)) if partitions else 0
-    n = max(1, min(workers or os.cpu_count() or 1, len(partitions)))
-    groups = [partitions[i::n] for i in range(n)]
+    weights = (
+        asyncio.run(_events_per_partition(bootstrap, topics, partitions)) if partitions else {}
+    )
+    groups = balance(weights, workers or os.cpu_count() or 1)
     jobs = [(bootstrap, topics, group, campaign, keep_folds, stall_seconds) for group in groups]
-    results = _run_jobs(_kafka_group, jobs, n, total, progress)
+    results = _run_jobs(_kafka_group, jobs, len(groups), sum(weights.values()), progress)
     return AuditRun.merge(f"kafka {bootstrap}", results, time.perf_counter() - started)
