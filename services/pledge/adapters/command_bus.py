@@ -3,17 +3,16 @@
 Single sends are not awaited one by one on the wire: the commands of all requests in flight
 share record batches, and each request awaits only the acknowledgement of the batch holding its
 command. The bus fills one open record batch per partition itself and hands it to the producer
-as soon as the producer has sent the previous one (aiokafka queues one batch per partition), so
-a batch collects what arrives during a round trip - what aiokafka's ``send`` does too, minus
-its per-record future, metadata object and coroutine (most of a request's Kafka CPU). A batch
-request likewise builds one record batch per partition.
+once the previous one is acknowledged (aiokafka has one request in flight per broker), so a
+batch collects what arrives during a round trip and is sent at once - what aiokafka's ``send``
+does too, minus its per-record future, metadata object and coroutine (most of a request's Kafka
+CPU). A batch request appends its records to the same open batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,9 +50,9 @@ class CommandBus:
         self._partitions: list[int] = []
         #: campaign id -> (partition, message key), cached (murmur2 and encoding once each)
         self._route: dict[str, tuple[int, bytes]] = {}
-        #: per partition: record batches not yet handed to the producer, with the future
+        #: per partition: record batches not yet handed to the producer, with the futures
         #: their senders await (the last one is still open for appends).
-        self._open: dict[int, collections.deque[tuple[Any, asyncio.Future[None]]]] = {}
+        self._open: dict[int, collections.deque[_Batch]] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
@@ -77,44 +76,52 @@ class CommandBus:
         """Append one command and wait until every in-sync replica has it."""
         started = time.perf_counter()
         partition, key = self._route.get(campaign_id) or self._route_of(campaign_id)
-        done = self._append(partition, key, value)
-        # Shielded: a cancelled request must not cancel the batch other requests wait on.
-        await asyncio.shield(done)
+        queue = self._open.get(partition)
+        if queue and queue[-1].builder.append(key=key, value=value, timestamp=None) is not None:
+            batch = queue[-1]
+        else:
+            batch = self._new_batch(partition, key, value)
+        # Each sender awaits a future of its own: a cancelled request cancels only that one,
+        # never the batch other requests wait on (cheaper than asyncio.shield).
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        await waiter
         if self._on_produce is not None:
             self._on_produce(time.perf_counter() - started)
 
-    def _append(self, partition: int, key: bytes, value: bytes) -> asyncio.Future[None]:
-        """Put one record into the partition's open batch; the future of that batch."""
+    def _new_batch(self, partition: int, key: bytes, value: bytes) -> _Batch:
+        """Open a new record batch for ``partition`` holding this record (the last one is
+        full), and make sure a pump hands the partition's batches over."""
         queue = self._open.get(partition)
         if queue is None:
             queue = self._open[partition] = collections.deque()
-        if not queue or queue[-1][0].append(key=key, value=value, timestamp=None) is None:
-            batch = self._producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError("command larger than the producer's batch size")
-            queue.append((batch, asyncio.get_running_loop().create_future()))
+        if queue:
+            queue[-1].builder.close()
+        builder = self._producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None) is None:
+            raise ValueError("command larger than the producer's batch size")
+        batch = _Batch(builder)
+        queue.append(batch)
         if partition not in self._pumps:
             self._pumps[partition] = asyncio.get_running_loop().create_task(self._pump(partition))
-        return queue[-1][1]
+        return batch
 
     async def _pump(self, partition: int) -> None:
         """Hand the partition's batches to the producer in order, each once the previous one
-        has been sent (``send_batch`` waits for that), until none is left."""
+        has been acknowledged, until none is left."""
         queue = self._open[partition]
         try:
             while queue:
-                batch, done = queue.popleft()
+                batch = queue.popleft()
                 try:
-                    delivery = await self._send_batch(batch, partition)
+                    delivery = await self._send_batch(batch.builder, partition)
                 except Exception as exc:
-                    if not done.done():
-                        done.set_exception(exc)
+                    batch.fail(exc)
                     continue
                 except BaseException:
-                    if not done.done():
-                        done.set_exception(RuntimeError("command bus stopped"))
+                    batch.fail(RuntimeError("command bus stopped"))
                     raise
-                delivery.add_done_callback(functools.partial(_settle, done))
+                delivery.add_done_callback(batch.settle)
                 # The next batch keeps collecting until this one is acknowledged: the
                 # producer has one request in flight per broker, so a batch handed over
                 # earlier would only wait in the producer's queue, closed to new records.
@@ -122,9 +129,7 @@ class CommandBus:
         finally:
             del self._pumps[partition]
             while queue:  # left only when cancelled: nobody may wait forever
-                _, done = queue.popleft()
-                if not done.done():
-                    done.set_exception(RuntimeError("command bus stopped"))
+                queue.popleft().fail(RuntimeError("command bus stopped"))
 
     def partition(self, campaign_id: str) -> int:
         """Kafka's default partitioner (murmur2 of the key), cached per campaign."""
@@ -146,24 +151,27 @@ class CommandBus:
         open batches with every other request in flight, so concurrent batch requests do not
         queue one record batch per partition each behind one another. The loop appends to
         the partition's open batch directly (the path of most records) and falls back to
-        :meth:`_append` for a new batch.
+        :meth:`_new_batch` for a new one.
         """
         started = time.perf_counter()
         route, route_of, open_batches = self._route, self._route_of, self._open
-        waits: set[asyncio.Future[None]] = set()
+        touched: dict[_Batch, None] = {}
         for campaign_id, value in commands:
             partition, key = route.get(campaign_id) or route_of(campaign_id)
             queue = open_batches.get(partition)
-            if queue and queue[-1][0].append(key=key, value=value, timestamp=None) is not None:
-                waits.add(queue[-1][1])
+            last = queue[-1] if queue else None
+            if last is not None and last.builder.append(key=key, value=value, timestamp=None):
+                touched[last] = None
             else:
-                waits.add(self._append(partition, key, value))
+                touched[self._new_batch(partition, key, value)] = None
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[None]] = []
+        for batch in touched:
+            waiter: asyncio.Future[None] = loop.create_future()
+            batch.waiters.append(waiter)
+            waiters.append(waiter)
         try:
-            # Every wait is awaited (shielded: a cancelled request must not cancel the batch
-            # other requests wait on) before the first error is raised.
-            outcomes = await asyncio.gather(
-                *(asyncio.shield(f) for f in waits), return_exceptions=True
-            )
+            outcomes = await asyncio.gather(*waiters, return_exceptions=True)
         finally:
             if self._on_produce is not None:
                 self._on_produce(time.perf_counter() - started)
@@ -179,13 +187,27 @@ class CommandBus:
         return future
 
 
-def _settle(done: asyncio.Future[None], delivery: asyncio.Future[object]) -> None:
-    """Pass a batch's acknowledgement (or error) on to the requests waiting for it."""
-    if done.done():
-        return
-    if delivery.cancelled():
-        done.set_exception(RuntimeError("batch delivery cancelled"))
-    elif (exc := delivery.exception()) is not None:
-        done.set_exception(exc)
-    else:
-        done.set_result(None)
+class _Batch:
+    """A record batch and the futures of the requests waiting for its acknowledgement."""
+
+    __slots__ = ("builder", "waiters")
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def settle(self, delivery: asyncio.Future[Any]) -> None:
+        """Pass the batch's acknowledgement (or error) on to the requests waiting for it."""
+        if delivery.cancelled():
+            self.fail(RuntimeError("batch delivery cancelled"))
+        elif (exc := delivery.exception()) is not None:
+            self.fail(exc)
+        else:
+            for waiter in self.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
