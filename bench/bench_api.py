@@ -10,9 +10,14 @@ Servers (each its own uvicorn process, uvloop + httptools, access log off):
     acks=all append), with ``API_WORKERS`` processes (default 1; (a) runs with the same count).
 
 Load: ``wrk`` closed loop (Debian package, installed with apt-get when missing and root) with
-a Lua script giving every request its own Idempotency-Key; p99 at a fixed 2,000 req/s with an
+a Lua script giving every request its own Idempotency-Key; p99 at fixed rates with an
 open-loop generator below (requests are scheduled on a fixed timetable and latency is measured
 from the scheduled time, so a stalled server cannot hide its queueing: no coordinated omission).
+The p99 target (25 ms at 2,000 req/s) was written for a machine whose bare endpoint answers
+about 13,000 req/s; besides 2,000 req/s, p99 is also measured at the same share of this
+machine's own ceiling, ``2,000 x bare / 13,000`` req/s (bare measured in the same run). The
+generator runs on uvloop and reads each answer with two awaits: it shares the cores with the
+server, and its own CPU would otherwise count in the server's latency.
 The batch endpoint is loaded with 1,000-pledge requests.
 """
 
@@ -42,6 +47,8 @@ DURATION = int(os.environ.get("BENCH_API_SECONDS", "10"))
 CONNECTIONS = int(os.environ.get("BENCH_API_CONNECTIONS", "64"))
 WORKERS = int(os.environ.get("API_WORKERS", "1"))
 OPEN_LOOP_RATE = 2000
+#: Bare-endpoint req/s of the machine the p99 target was written for.
+REFERENCE_CEILING = 13_000
 PLEDGE = {
     "backer_id": "b-1",
     "amount_minor": 2500,
@@ -270,32 +277,33 @@ async def open_loop(url: str, rate: int, seconds: int, connections: int = 64) ->
         free.put_nowait(await asyncio.open_connection(host, int(port)))
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    tail = (
+        f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
     async def one(i: int, due: float) -> None:
         reader, writer = await free.get()
         try:
-            head = (
-                f"POST /v1/campaigns/c-{i % 100}/pledges HTTP/1.1\r\nHost: {host}\r\n"
-                f"Authorization: Bearer {KEY}\r\nIdempotency-Key: ol-{run}-{i}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            writer.write(head + body)
-            status_line = await reader.readline()
+            writer.write(
+                b"POST /v1/campaigns/c-%d/pledges HTTP/1.1\r\nHost: %s\r\n"
+                b"Idempotency-Key: ol-%s-%d\r\n%s" % (i % 100, host.encode(), run.encode(), i, tail)
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
             length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
                     break
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
+            if length:
+                await reader.readexactly(length)
             latencies.append(time.perf_counter() - due)
-            status = int(status_line.split()[1])
+            status = int(head.split(b" ", 2)[1])
             statuses[status] = statuses.get(status, 0) + 1
         finally:
             free.put_nowait((reader, writer))
 
-    total = rate * seconds
+    total = int(rate * seconds)
     tasks = []
     t0 = time.perf_counter() + 0.1
     for i in range(total):
@@ -311,6 +319,7 @@ async def open_loop(url: str, rate: int, seconds: int, connections: int = 64) ->
         writer.close()
     latencies.sort()
     return {
+        "target_rate": float(rate),
         "rate": total / elapsed,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
@@ -319,7 +328,19 @@ async def open_loop(url: str, rate: int, seconds: int, connections: int = 64) ->
     }
 
 
+def run_open_loop(url: str, rate: int, seconds: int) -> dict[str, float]:
+    """:func:`open_loop` on uvloop (the generator's CPU competes with the server's)."""
+    import uvloop
+
+    return uvloop.run(open_loop(url, rate, seconds))
+
+
 # --- the run -------------------------------------------------------------------------------
+
+
+def scaled_open_loop_rate(bare_rps: float) -> int:
+    """The open-loop rate that loads this machine as 2,000 req/s loads the reference one."""
+    return max(100, round(OPEN_LOOP_RATE * bare_rps / REFERENCE_CEILING))
 
 
 async def create_topics(prefix: str) -> list[str]:
@@ -401,10 +422,17 @@ def main() -> None:
                 results[name]["load_average_1m"] = round(os.getloadavg()[0], 2)
                 print(f"{name:>6} (workers={workers}): {results[name]}", flush=True)
                 if name == "real":
-                    results["real_open_loop"] = asyncio.run(
-                        open_loop(server.url, OPEN_LOOP_RATE, DURATION)
-                    )
-                    print(f"  open loop @ {OPEN_LOOP_RATE}/s: {results['real_open_loop']}")
+                    scaled_rate = scaled_open_loop_rate(results["bare"]["rps"])
+                    for key, rate in (
+                        ("real_open_loop", OPEN_LOOP_RATE),
+                        ("real_open_loop_scaled", scaled_rate),
+                    ):
+                        cpu = server.cpu_seconds()
+                        results[key] = run_open_loop(server.url, rate, DURATION)
+                        cpu = server.cpu_seconds() - cpu
+                        results[key]["cpu_us_per_req"] = round(cpu / (rate * DURATION) * 1e6, 1)
+                        results[key]["load_average_1m"] = round(os.getloadavg()[0], 2)
+                        print(f"  open loop @ {rate}/s: {results[key]}", flush=True)
                     cpu = server.cpu_seconds()
                     batch = run_wrk(server.url, "/v1/pledges/batch", batch_body, 8, DURATION)
                     cpu = server.cpu_seconds() - cpu
@@ -436,6 +464,14 @@ def main() -> None:
         "api_pledge_p99", f"POST pledge p99 latency, open loop at {OPEN_LOOP_RATE} req/s", "ms",
         results["real_open_loop"]["p99_ms"], baseline=None,
         target=Target(value=25, lower_is_better=True), extra=extra,
+    )  # fmt: skip
+    scaled = results["real_open_loop_scaled"]
+    write_result(
+        "api_pledge_p99_scaled",
+        f"POST pledge p99 latency, open loop at {scaled['target_rate']:.0f} req/s "
+        f"(2,000 x this machine's bare ceiling / {REFERENCE_CEILING:,})", "ms",
+        scaled["p99_ms"], baseline=None, target=Target(value=25, lower_is_better=True),
+        extra=extra,
     )  # fmt: skip
     write_result(
         "api_batch", "POST /v1/pledges/batch (1,000 pledges/request) throughput", "pledges/s",
