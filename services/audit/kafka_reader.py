@@ -105,21 +105,24 @@ class CommittedReader:
                     in_flight, timeout=self._stall_seconds, return_when=asyncio.FIRST_COMPLETED
                 )
                 chunks: list[Chunk] = []
+                advanced = False
                 for task in done:
                     _, asked = in_flight.pop(task)
                     try:
                         response = task.result()
-                    except KafkaError:  # the connection dropped: ask again after a pause
-                        await asyncio.sleep(0.1)
+                    except KafkaError:  # the connection dropped: asked again below
                         continue
-                    chunks.extend(self._parse(response, asked))
-                if chunks:
+                    advanced |= self._parse(response, asked, chunks)
+                if advanced:
                     last_progress = time.monotonic()
+                else:
+                    # An error answer or nothing new: ask again after a pause, not in a spin.
+                    self._check_stall(last_progress)
+                    await asyncio.sleep(0.05)
+                if chunks:
                     # The next requests leave before these records are handed over.
                     await self._send(in_flight)
                     yield chunks
-                else:
-                    self._check_stall(last_progress)
         finally:
             for task in in_flight:
                 task.cancel()
@@ -168,16 +171,17 @@ class CommittedReader:
             )
         return FetchRequest(0, 1, self._max_bytes, READ_COMMITTED, list(topics.items()))
 
-    def _parse(self, response: Any, asked: dict[tuple[str, int], int]) -> list[Chunk]:
-        """The committed records of one fetch response; advances the positions (a
-        partition's answer is dropped if it was not asked at its current position)."""
+    def _parse(self, response: Any, asked: dict[tuple[str, int], int], chunks: list[Chunk]) -> bool:
+        """Append the committed records of one fetch response to ``chunks`` and advance the
+        positions (a partition's answer is dropped if it was not asked at its current
+        position); True if a position moved."""
         from aiokafka import errors
         from aiokafka.record.memory_records import MemoryRecords
 
         version = response.API_VERSION
         if version < 4:
             raise KafkaReadError(f"the broker answered Fetch v{version} (no read_committed)")
-        chunks: list[Chunk] = []
+        advanced = False
         for topic, partitions in response.topics:
             for partition, error_code, _highwater, *data in partitions:
                 pos = self._positions.get((topic, partition))
@@ -194,12 +198,14 @@ class CommittedReader:
                     raise KafkaReadError(f"{topic}-{partition}: {error.__name__}")
                 aborted = data[2] if version >= 11 else data[-2]
                 chunk = Chunk(topic, partition, [])
+                before = pos.offset
                 self._committed(pos, MemoryRecords(data[-1]), aborted, chunk)
+                advanced |= pos.offset > before
                 if pos.offset >= pos.end:
                     del self._positions[(topic, partition)]
                 if chunk.values:
                     chunks.append(chunk)
-        return chunks
+        return advanced
 
     def _committed(
         self, pos: _Position, records: Any, aborted_transactions: Any, chunk: Chunk
