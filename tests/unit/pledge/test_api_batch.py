@@ -156,3 +156,20 @@ def test_the_plain_check_accepts_only_what_pydantic_accepts_with_the_same_values
         assert fields is None
     else:
         assert fields is None or fields == model_fields(model)
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [0, 1_767_225_600_000_000_000, 1_767_225_599_999_999_999, 1_767_225_600_000_001_999],
+)
+def test_timestamp_text_equals_the_canonical_format(ns: int) -> None:
+    from datetime import timedelta
+
+    from services.pledge.api.ingest import timestamp_text
+
+    second, rest = divmod(ns, 1_000_000_000)
+    instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
+        seconds=second, microseconds=rest // 1000
+    )
+    assert timestamp_text(ns) == format_timestamp(instant)
+    assert timestamp_text(ns) == format_timestamp(instant)  # from the cached second
