@@ -328,6 +328,40 @@ async def open_loop(url: str, rate: int, seconds: int, connections: int = 64) ->
     }
 
 
+_HISTOGRAMS = {
+    "server": 'pledgeflow_api_request_duration_seconds_bucket{le="%s",method="POST",'
+    'route="/v1/campaigns/{campaign_id}/pledges"}',
+    "kafka": 'pledgeflow_api_kafka_produce_duration_seconds_bucket{kind="command",le="%s"}',
+}
+
+
+def histogram_counts(url: str) -> dict[str, dict[str, float]]:
+    """Cumulative bucket counts of the server's request and Kafka-append histograms."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, dict[str, float]] = {name: {} for name in _HISTOGRAMS}
+    for line in text.splitlines():
+        for name, pattern in _HISTOGRAMS.items():
+            head, tail = pattern.split("%s")
+            if line.startswith(head) and tail in line:
+                bound = line[len(head) : line.index(tail, len(head))]
+                found[name][bound] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def histogram_p99(before: dict[str, float], after: dict[str, float]) -> float:
+    """Upper bound (ms) of the bucket holding the 99th percentile of what was observed
+    between two scrapes (the server's own view: no client or socket queueing)."""
+    deltas = sorted((float(bound), after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = deltas[-1][1] if deltas else 0.0
+    for bound, count in deltas:
+        if total and count >= 0.99 * total:
+            return bound * 1000
+    return float("nan")
+
+
 def run_open_loop(url: str, rate: int, seconds: int) -> dict[str, float]:
     """:func:`open_loop` on uvloop (the generator's CPU competes with the server's)."""
     import uvloop
@@ -428,8 +462,16 @@ def main() -> None:
                         ("real_open_loop_scaled", scaled_rate),
                     ):
                         cpu = server.cpu_seconds()
+                        before = histogram_counts(server.url)
                         results[key] = run_open_loop(server.url, rate, DURATION)
                         cpu = server.cpu_seconds() - cpu
+                        after = histogram_counts(server.url)
+                        # What the tail is made of: the handler's p99 and the Kafka
+                        # append's (bucket bounds), beside the client-side p99 above.
+                        for part in ("server", "kafka"):
+                            results[key][f"{part}_p99_bucket_ms"] = histogram_p99(
+                                before[part], after[part]
+                            )
                         results[key]["cpu_us_per_req"] = round(cpu / (rate * DURATION) * 1e6, 1)
                         results[key]["load_average_1m"] = round(os.getloadavg()[0], 2)
                         print(f"  open loop @ {rate}/s: {results[key]}", flush=True)
