@@ -183,8 +183,8 @@ class PartitionAuditor:
             if (
                 o > 90
                 and line[o - 1] == _QUOTE
-                and line.startswith(_HASH, o - 74)
-                and line.startswith(_PAYLOAD, o + 43)
+                and line[o - 74 : o - 65] == _HASH
+                and line[o + 43 : o + 55] == _PAYLOAD
             ):
                 pa = line.rfind(_PREV)
                 at = o - 74
