@@ -681,43 +681,6 @@ def test_command_ids_equal_uuid5_of_tenant_key_and_index() -> None:
         assert [command_id_for(tenant, key, i) for i in (0, 7, 999)] == expected
 
 
-def test_pledge_command_bytes_equal_the_encoded_make_pledge() -> None:
-    from datetime import UTC, datetime
-
-    from schemas.canonical import format_timestamp
-    from schemas.commands import MakePledge, encode_command
-    from schemas.money import Money
-    from services.pledge.api.ingest import pledge_command
-    from services.pledge.api.models import PledgeRequest
-
-    now = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    for fields in (
-        {"backer_id": "b-1", "amount_minor": 2500, "currency": "EUR"},
-        {"backer_id": "b-2", "amount_minor": 1, "currency": "JPY", "tier_id": "t1",
-         "payment_token": "tok_visa", "locale": "fr-FR"},
-    ):  # fmt: skip
-        body = PledgeRequest.model_validate(fields)
-        ids = {
-            "command_id": "cmd-1",
-            "tenant_id": "t-a",
-            "correlation_id": "corr-1",
-            "campaign_id": "c-1",
-            "pledge_id": "p-1",
-        }
-        expected = encode_command(
-            MakePledge(
-                **ids,
-                issued_at=now,
-                backer_id=body.backer_id,
-                amount=Money(amount_minor=body.amount_minor, currency=body.currency),
-                tier_id=body.tier_id,
-                payment_token=body.payment_token,
-                locale=body.locale,
-            )
-        )
-        assert pledge_command(**ids, issued_at=format_timestamp(now), body=body) == expected
-
-
 async def test_the_auto_pipeline_answers_each_caller_with_its_own_reply_and_error(
     redis_server: str,
 ) -> None:

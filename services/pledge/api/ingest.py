@@ -58,7 +58,7 @@ from services.pledge.api.problems import (
 )
 from services.pledge.metrics_api import ApiMetrics
 
-__all__ = ["COMMAND_NAMESPACE", "Ingest", "command_id_for", "parse_prefer_wait", "pledge_command"]
+__all__ = ["COMMAND_NAMESPACE", "Ingest", "command_id_for", "parse_prefer_wait"]
 
 log = logging.getLogger("pledgeflow.api")
 
@@ -154,40 +154,6 @@ def parse_prefer_wait(header: str | None, max_wait: int) -> int:
             if value.isdigit():
                 return min(int(value), max_wait)
     return 0
-
-
-def pledge_command(
-    *,
-    command_id: str,
-    tenant_id: str,
-    correlation_id: str,
-    issued_at: str,
-    campaign_id: str,
-    pledge_id: str,
-    body: PledgeRequest,
-) -> bytes:
-    """Canonical bytes of a ``MakePledge`` built from an already validated request.
-
-    Equal to ``encode_command(MakePledge(...))`` (a test pins it), without a second
-    pydantic validation on the hot path. The keys below are written in sorted order, so
-    orjson's key sorting (canonical form) would not change the bytes and is skipped.
-    """
-    return orjson.dumps(
-        {
-            "amount": {"amount_minor": body.amount_minor, "currency": body.currency},
-            "backer_id": body.backer_id,
-            "campaign_id": campaign_id,
-            "command_id": command_id,
-            "command_type": "MakePledge",
-            "correlation_id": correlation_id,
-            "issued_at": issued_at,
-            "locale": body.locale,
-            "payment_token": body.payment_token,
-            "pledge_id": pledge_id,
-            "tenant_id": tenant_id,
-            "tier_id": body.tier_id,
-        }
-    )
 
 
 def _idempotency_key(raw: str | None) -> str:
