@@ -276,6 +276,8 @@ async def open_loop(url: str, rate: int, seconds: int, connections: int = 64) ->
     for _ in range(connections):
         free.put_nowait(await asyncio.open_connection(host, int(port)))
     latencies: list[float] = []
+    #: how late each request's task started: the generator's own delay (a starved client)
+    late: list[float] = []
     statuses: dict[int, int] = {}
     tail = (
         f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
@@ -283,6 +285,7 @@ async def open_loop(url: str, rate: int, seconds: int, connections: int = 64) ->
     ).encode() + body
 
     async def one(i: int, due: float) -> None:
+        late.append(time.perf_counter() - due)
         reader, writer = await free.get()
         try:
             writer.write(
@@ -318,12 +321,14 @@ async def open_loop(url: str, rate: int, seconds: int, connections: int = 64) ->
         _, writer = free.get_nowait()
         writer.close()
     latencies.sort()
+    late.sort()
     return {
         "target_rate": float(rate),
         "rate": total / elapsed,
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
         "max_ms": latencies[-1] * 1000,
+        "client_late_p99_ms": late[int(len(late) * 0.99)] * 1000,
         "non_202": float(sum(n for s, n in statuses.items() if s != 202)),
     }
 
