@@ -525,6 +525,7 @@ class Ingest:
     async def make_pledge(
         self, request: Request, campaign_id: str, *, path: str | None = None
     ) -> Response:
+        """The FastAPI route's entry (the ASGI front normally answers this route itself)."""
         return await self.make_pledge_asgi(
             request.scope, request.receive, campaign_id, path or request.url.path
         )
