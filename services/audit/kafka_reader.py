@@ -55,6 +55,8 @@ class _Position:
     partition: int
     offset: int
     end: int
+    #: Least bytes asked for: doubled whenever an answer brought no whole batch.
+    floor: int = 256 * 1024
 
 
 class CommittedReader:
@@ -68,7 +70,7 @@ class CommittedReader:
         end: dict[Any, int],
         *,
         max_bytes: int = 16 * 1024 * 1024,
-        max_partition_bytes: int = 2 * 1024 * 1024,
+        max_partition_bytes: int = 8 * 1024 * 1024,
         stall_seconds: float = 30.0,
         check_crcs: bool = True,
     ) -> None:
@@ -162,14 +164,25 @@ class CommittedReader:
             )
 
     def _request(self, positions: list[_Position]) -> Any:
+        """A fetch of ``positions``, each asked for bytes in proportion to the records it
+        has left (at least its floor, at most ``max_partition_bytes``). Asked alike, the
+        broker would fill the response in request order, topic after topic; paced, every
+        topic advances through the log at about the same rate, so an event that arrives
+        before its predecessor on another topic is held back for one response, not until
+        that whole topic has been read (which would hold most of a partition in memory)."""
         from aiokafka.protocol.fetch import FetchRequest
 
+        left = sum(pos.end - pos.offset for pos in positions) or 1
         topics: dict[str, list[tuple[int, int, int]]] = {}
+        total = 0
         for pos in positions:
-            topics.setdefault(pos.topic, []).append(
-                (pos.partition, pos.offset, self._max_partition_bytes)
-            )
-        return FetchRequest(0, 1, self._max_bytes, READ_COMMITTED, list(topics.items()))
+            share = self._max_bytes * (pos.end - pos.offset) // left
+            budget = min(max(share, pos.floor), self._max_partition_bytes)
+            topics.setdefault(pos.topic, []).append((pos.partition, pos.offset, budget))
+            total += budget
+        # The response may hold every budget: a partition is then short only when its next
+        # batch is larger than its budget (and its floor grows), never for lack of room.
+        return FetchRequest(0, 1, total, READ_COMMITTED, list(topics.items()))
 
     def _parse(self, response: Any, asked: dict[tuple[str, int], int], chunks: list[Chunk]) -> bool:
         """Append the committed records of one fetch response to ``chunks`` and advance the
@@ -200,7 +213,10 @@ class CommittedReader:
                 chunk = Chunk(topic, partition, [])
                 before = pos.offset
                 self._committed(pos, MemoryRecords(data[-1]), aborted, chunk)
-                advanced |= pos.offset > before
+                if pos.offset > before:
+                    advanced = True
+                elif pos.floor < self._max_partition_bytes:
+                    pos.floor *= 2  # its next batch is larger than what was asked
                 if pos.offset >= pos.end:
                     del self._positions[(topic, partition)]
                 if chunk.values:
