@@ -49,9 +49,12 @@ def format_timestamp(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+_TEXT_OR_DATETIME = (str, datetime)
+
+
 def _text_or_datetime(value: Any) -> Any:
     # Lax pydantic would read a number as a Unix time; the canonical form is text only.
-    if not isinstance(value, str | datetime):
+    if not isinstance(value, _TEXT_OR_DATETIME):
         raise ValueError("expected an ISO 8601 UTC timestamp string")
     return value
 

@@ -7,10 +7,12 @@ The envelope gives an event its identity (deterministic ``event_id``), its place
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID, SafeUUID, uuid5
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.canonical import GENESIS_HASH, UtcDatetime, chain_hash, dumps, format_timestamp, to_utc
+from schemas.canonical import GENESIS_HASH, UtcDatetime, format_timestamp, to_utc
+from schemas.construct import trusted_model
 from schemas.events import EVENT_TYPES, Event, Ident, PledgeMade, Stream
 
 __all__ = [
@@ -30,8 +33,10 @@ __all__ = [
     "GENESIS_HASH",
     "Envelope",
     "HexDigest",
+    "Stamped",
     "event_id_for",
     "stamp",
+    "stamp_chain",
     "stamp_encoded",
     "stamp_with_body",
 ]
@@ -147,16 +152,20 @@ def _fast_event_id(stream: str, causation_id: str, index: int) -> tuple[UUID, st
     hx = _sha1(_NAMESPACE_BYTES + f"{stream}:{causation_id}:{index}".encode()).hexdigest()
     text = f"{hx[:8]}-{hx[8:12]}-5{hx[13:16]}-{_VARIANT[hx[16]]}{hx[17:20]}-{hx[20:32]}"
     event_id = _new_object(_EventId)
-    _set_attr(event_id, "_text", text)
+    _set_event_id_text(event_id, text)
     return event_id, text
 
 
 _sha1 = hashlib.sha1
 _new_object = object.__new__
 _set_attr = object.__setattr__
+_set_event_id_text = _EventId.__dict__["_text"].__set__
 _SAFE_UNKNOWN = SafeUUID.unknown
 _ENVELOPE_FIELDS = frozenset(Envelope.model_fields)
 _OCCURRED_AT_MEMBER = b',"occurred_at":'
+_sha256 = hashlib.sha256
+_orjson_dumps = orjson.dumps
+_SORT_KEYS = orjson.OPT_SORT_KEYS
 
 
 #: ``PledgeMade``'s fields, in the order the fast JSON form below spells them out.
@@ -181,17 +190,107 @@ def _pledge_made_json(event: Event) -> dict[str, Any]:
 
 
 def _trusted_envelope(values: dict[str, Any]) -> Envelope:
-    """Build an Envelope from values this module produced, skipping validation.
+    """Build an Envelope from values this module produced, skipping validation (only for
+    values already known to be valid)."""
+    return trusted_model(Envelope, values, _ENVELOPE_FIELDS)
 
-    Equivalent to ``Envelope.model_construct`` without its per-field default handling, which
-    costs more than everything else in ``stamp``; only for values already known to be valid.
+
+#: ``(occurred_at as given, in UTC, its canonical text)`` of the last :func:`stamp_chain`
+#: (one tuple, swapped whole, so a reader never sees parts of two).
+_last_time: list[tuple[datetime | None, datetime, str]] = [
+    (None, datetime.min.replace(tzinfo=UTC), "")
+]
+
+#: What :func:`stamp_chain` gives per event: the envelope, its canonical dict (with
+#: ``hash``) and its canonical bytes.
+Stamped = tuple[Envelope, dict[str, Any], bytes]
+
+
+def stamp_chain(
+    events: Sequence[Event],
+    *,
+    campaign_id: str,
+    seq: int,
+    prev_hash: str,
+    occurred_at: datetime,
+    causation_id: str,
+    correlation_id: str,
+    index: int = 0,
+    stream: Stream | None = None,
+) -> list[Stamped]:
+    """Stamp consecutive events of one cause: event *i* gets ``seq + i``, ``index + i`` and
+    chains from event *i - 1* (the first from ``prev_hash``). Each item is exactly what
+    :func:`stamp_encoded` gives for that event.
+
+    The processor's hot path: one call per command, no pydantic validation of the envelope
+    (each payload is an already-validated model and the scalars are checked here), one
+    canonical dump per event for the hash, and the encoded bytes are that dump with the
+    ``hash`` member spliced in at its sorted place.
     """
-    envelope = _new_object(Envelope)
-    _set_attr(envelope, "__dict__", values)
-    _set_attr(envelope, "__pydantic_fields_set__", set(_ENVELOPE_FIELDS))
-    _set_attr(envelope, "__pydantic_extra__", None)
-    _set_attr(envelope, "__pydantic_private__", None)
-    return envelope
+    if type(seq) is not int or seq < 1:
+        raise ValueError(f"seq must be an int >= 1, got {seq!r}")
+    if len(prev_hash) != 64:
+        raise ValueError("prev_hash must be 64 hex characters (GENESIS_HASH for the first event)")
+    given, utc, text = _last_time[0]
+    if occurred_at is given:  # a writer stamps a whole batch with one clock reading
+        occurred_at, occurred_text = utc, text
+    else:
+        original = occurred_at
+        if occurred_at.tzinfo is not UTC:
+            occurred_at = to_utc(occurred_at)
+        occurred_text = format_timestamp(occurred_at)
+        _last_time[0] = (original, occurred_at, occurred_text)
+    stamped: list[Stamped] = []
+    for event in events:
+        cls = type(event)
+        event_stream = cls.stream
+        event_type = cls.event_type
+        if stream is not None and stream != event_stream:
+            raise ValueError(f"stream: {event_type} belongs to {event_stream!r}, not {stream!r}")
+        event_id, event_id_text = _fast_event_id(event_stream, causation_id, index)
+        payload = _pledge_made_json(event) if cls is PledgeMade else event.model_dump(mode="json")
+        schema_version = cls.schema_version
+        body: dict[str, Any] = {
+            "campaign_id": campaign_id,
+            "causation_id": causation_id,
+            "correlation_id": correlation_id,
+            "event_id": event_id_text,
+            "event_type": event_type,
+            "occurred_at": occurred_text,
+            "payload": payload,
+            "prev_hash": prev_hash,
+            "schema_version": schema_version,
+            "seq": seq,
+            "stream": event_stream,
+        }
+        unhashed = _orjson_dumps(body, option=_SORT_KEYS)
+        digest = _sha256(prev_hash.encode("ascii") + unhashed).hexdigest()  # chain_hash
+        body["hash"] = digest
+        # Sorted keys: "hash" goes right before "occurred_at", whose first occurrence is the
+        # key (the members before it are strings, where a quote is always escaped).
+        at = unhashed.index(_OCCURRED_AT_MEMBER)
+        data = b"".join((unhashed[:at], b',"hash":"', digest.encode("ascii"), b'"', unhashed[at:]))
+        envelope = _trusted_envelope(
+            {
+                "event_id": event_id,
+                "event_type": event_type,
+                "schema_version": schema_version,
+                "campaign_id": campaign_id,
+                "stream": event_stream,
+                "seq": seq,
+                "occurred_at": occurred_at,
+                "causation_id": causation_id,
+                "correlation_id": correlation_id,
+                "prev_hash": prev_hash,
+                "hash": digest,
+                "payload": event,
+            }
+        )
+        stamped.append((envelope, body, data))
+        prev_hash = digest
+        seq += 1
+        index += 1
+    return stamped
 
 
 def stamp_encoded(
@@ -207,61 +306,18 @@ def stamp_encoded(
     stream: Stream | None = None,
 ) -> tuple[Envelope, dict[str, Any], bytes]:
     """Stamp ``event``; also return its canonical dict (with ``hash``) and its canonical bytes
-    (what :func:`schemas.encode` gives for the envelope).
-
-    The hot path of the processor: no pydantic validation of the envelope (the payload is an
-    already-validated model and the scalars are checked here), one canonical dump for the hash,
-    and the encoded bytes are that dump with the ``hash`` member spliced in at its sorted place.
-    """
-    cls = type(event)
-    event_stream = cls.stream
-    event_type = cls.event_type
-    if stream is not None and stream != event_stream:
-        raise ValueError(f"stream: {event_type} belongs to {event_stream!r}, not {stream!r}")
-    if type(seq) is not int or seq < 1:
-        raise ValueError(f"seq must be an int >= 1, got {seq!r}")
-    if len(prev_hash) != 64:
-        raise ValueError("prev_hash must be 64 hex characters (GENESIS_HASH for the first event)")
-    if occurred_at.tzinfo is not UTC:
-        occurred_at = to_utc(occurred_at)
-    event_id, event_id_text = _fast_event_id(event_stream, causation_id, index)
-    body: dict[str, Any] = {
-        "campaign_id": campaign_id,
-        "causation_id": causation_id,
-        "correlation_id": correlation_id,
-        "event_id": event_id_text,
-        "event_type": event_type,
-        "occurred_at": format_timestamp(occurred_at),
-        "payload": _pledge_made_json(event) if cls is PledgeMade else event.model_dump(mode="json"),
-        "prev_hash": prev_hash,
-        "schema_version": cls.schema_version,
-        "seq": seq,
-        "stream": event_stream,
-    }
-    unhashed = dumps(body)
-    digest = chain_hash(prev_hash, unhashed)
-    body["hash"] = digest
-    # Sorted keys: "hash" goes right before "occurred_at", whose first occurrence is the key
-    # (the members before it are strings, where a quote is always escaped).
-    at = unhashed.index(_OCCURRED_AT_MEMBER)
-    data = b"".join((unhashed[:at], b',"hash":"', digest.encode("ascii"), b'"', unhashed[at:]))
-    envelope = _trusted_envelope(
-        {
-            "event_id": event_id,
-            "event_type": event_type,
-            "schema_version": cls.schema_version,
-            "campaign_id": campaign_id,
-            "stream": event_stream,
-            "seq": seq,
-            "occurred_at": occurred_at,
-            "causation_id": causation_id,
-            "correlation_id": correlation_id,
-            "prev_hash": prev_hash,
-            "hash": digest,
-            "payload": event,
-        }
-    )
-    return envelope, body, data
+    (what :func:`schemas.encode` gives for the envelope). One event of :func:`stamp_chain`."""
+    return stamp_chain(
+        (event,),
+        campaign_id=campaign_id,
+        seq=seq,
+        prev_hash=prev_hash,
+        occurred_at=occurred_at,
+        causation_id=causation_id,
+        correlation_id=correlation_id,
+        index=index,
+        stream=stream,
+    )[0]
 
 
 def stamp_with_body(

@@ -31,7 +31,7 @@ import logging
 import time
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -187,6 +187,10 @@ class _Partition:
             heapq.heappush(self.deadlines, (state.terms.deadline, state.campaign_id))
 
 
+#: Headers of every record but dead letters (shared: never mutated).
+_NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
+
+
 class _PoisonCommand(Exception):
     def __init__(self, offset: int) -> None:
         super().__init__(f"command at offset {offset} broke evolve")
@@ -197,7 +201,7 @@ class _PoisonCommand(Exception):
 class _Outbox:
     """Everything one partition's transaction will write, and what to count once committed."""
 
-    records: dict[str, list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]] = field(
+    records: dict[str, list[tuple[bytes | None, bytes, Sequence[tuple[str, bytes]]]]] = field(
         default_factory=dict
     )
     last_offset: int | None = None
@@ -209,7 +213,7 @@ class _Outbox:
     snapshot: bool = False
 
     def add(
-        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
     ) -> None:
         bucket = self.records.get(topic)
         if bucket is None:
@@ -530,87 +534,109 @@ class Processor:
         out = _Outbox()
         if part.events_since_snapshot >= self.settings.snapshot_every_events and part.dirty:
             self._snapshot(part, out)
+        # The hot loop (once per command): decode, decide, fold the events into the state,
+        # queue their bytes. What it touches is bound to locals; rare cases call out.
+        first = part.next_command
+        poison = part.poison
+        keys = part.keys
+        states = part.states
+        dirty = part.dirty
+        policy = self._policy
+        event_topics = self._event_topics
+        outbox = out.records
+        outcomes = out.commands
+        event_counts = out.events
+        issued = out.issued
+        written = 0
         for record in records:
-            if record.offset < part.next_command:
+            offset = record.offset
+            if offset < first:
                 continue  # fetched before a rebuild moved us back: already decided
-            out.last_offset = record.offset
-            if record.offset in part.poison:
+            out.last_offset = offset
+            if offset in poison:
                 self._dead_letter(out, record, "evolve_failed", "a previous decision broke evolve")
                 continue
-            self._decide_one(part, record, now, out)
+            value = record.value
+            try:
+                command = decode_command(value if value is not None else b"")
+            except DecodeError as exc:
+                self._dead_letter(out, record, "undecodable", str(exc))
+                continue
+            # Fields from __dict__: a pydantic model's attribute reads are slow.
+            fields = command.__dict__
+            campaign_id: str = fields["campaign_id"]
+            key = keys.get(campaign_id)
+            if key is None or record.key != key:
+                key = self._owned_key(part, record, campaign_id, out)
+                if key is None:
+                    continue  # dead-lettered
+            state = states.get(campaign_id)
+            new = state is None
+            if state is None:
+                state = CampaignState.empty(campaign_id)
+            try:
+                decided = decide_encoded(state, command, now, policy)
+            except Exception as exc:  # a domain bug must not stop the partition
+                log.exception("decide failed on %s offset %s", record.topic, offset)
+                self._dead_letter(out, record, "decide_failed", repr(exc))
+                continue
+            command_type: str = fields["command_type"]
+            if not decided:
+                outcomes[(command_type, "ignored")] += 1
+                continue
+            outcome = "accepted"
+            try:
+                for envelope, body, data in decided:
+                    evolve(state, envelope)
+                    event_type: str = body["event_type"]
+                    topic = event_topics[event_type]
+                    bucket = outbox.get(topic)
+                    if bucket is None:
+                        bucket = outbox[topic] = []
+                    bucket.append((key, data, _NO_HEADERS))
+                    event_counts[event_type] += 1
+                    if event_type == "PledgeRejected":
+                        outcome = "rejected"
+                        out.rejections[body["payload"]["reason"]] += 1
+                    elif event_type == "CampaignLaunched":
+                        part.track_deadline(state)
+            except Exception as exc:
+                raise _PoisonCommand(offset) from exc
+            if new:
+                states[campaign_id] = state
+            dirty.add(campaign_id)
+            written += len(decided)
+            outcomes[(command_type, outcome)] += 1
+            issued.append(fields["issued_at"].timestamp())
+        part.events_since_snapshot += written
         if sweep:
             self._sweep(part, now, out)
         if out.last_offset is not None:
             part.next_command = out.last_offset + 1
         return out
 
-    def _decide_one(
-        self, part: _Partition, record: ConsumerRecord[bytes, bytes], now: datetime, out: _Outbox
-    ) -> None:
-        try:
-            command = decode_command(record.value if record.value is not None else b"")
-        except DecodeError as exc:
-            self._dead_letter(out, record, "undecodable", str(exc))
-            return
-        campaign_id = command.campaign_id
-        key = part.keys.get(campaign_id)
-        if key is None:
-            key = message_key(campaign_id)
-            if record.key != key:
-                self._dead_letter(
-                    out, record, "wrong_key", f"key is not campaign id {campaign_id!r}"
-                )
-                return
-            if key_partition(key, self._partition_count) != part.number:
-                # Co-partitioning broken (another partitioner, or a repartitioned topic):
-                # deciding here would split the campaign's stream between two writers.
-                self._dead_letter(
-                    out, record, "wrong_partition", f"{campaign_id!r} is not in {part.number}"
-                )
-                return
-            part.keys[campaign_id] = key
-        elif record.key != key:
+    def _owned_key(
+        self,
+        part: _Partition,
+        record: ConsumerRecord[bytes, bytes],
+        campaign_id: str,
+        out: _Outbox,
+    ) -> bytes | None:
+        """The message key of ``campaign_id`` if ``record`` carries it and the campaign belongs
+        to ``part`` (remembered for the next command); otherwise dead-letter ``record``."""
+        key = message_key(campaign_id)
+        if record.key != key:
             self._dead_letter(out, record, "wrong_key", f"key is not campaign id {campaign_id!r}")
-            return
-        state = part.states.get(campaign_id)
-        if state is None:
-            state = CampaignState.empty(campaign_id)
-        try:
-            decided = decide_encoded(state, command, now, self._policy)
-        except Exception as exc:  # a domain bug must not stop the partition
-            log.exception("decide failed on %s offset %s", record.topic, record.offset)
-            self._dead_letter(out, record, "decide_failed", repr(exc))
-            return
-        command_type = command.command_type
-        if not decided:
-            out.commands[(command_type, "ignored")] += 1
-            return
-        outcome = "accepted"
-        records = out.records
-        event_topics = self._event_topics
-        events = out.events
-        try:
-            for envelope, body, data in decided:
-                evolve(state, envelope)
-                event_type = envelope.event_type
-                topic = event_topics[event_type]
-                bucket = records.get(topic)
-                if bucket is None:
-                    bucket = records[topic] = []
-                bucket.append((key, data, []))
-                events[event_type] += 1
-                if event_type == "PledgeRejected":
-                    outcome = "rejected"
-                    out.rejections[body["payload"]["reason"]] += 1
-                elif event_type == "CampaignLaunched":
-                    part.track_deadline(state)
-        except Exception as exc:
-            raise _PoisonCommand(record.offset) from exc
-        part.states[campaign_id] = state
-        part.dirty.add(campaign_id)
-        part.events_since_snapshot += len(decided)
-        out.commands[(command_type, outcome)] += 1
-        out.issued.append(command.issued_at.timestamp())
+            return None
+        if key_partition(key, self._partition_count) != part.number:
+            # Co-partitioning broken (another partitioner, or a repartitioned topic):
+            # deciding here would split the campaign's stream between two writers.
+            self._dead_letter(
+                out, record, "wrong_partition", f"{campaign_id!r} is not in {part.number}"
+            )
+            return None
+        part.keys[campaign_id] = key
+        return key
 
     def _sweep(self, part: _Partition, now: datetime, out: _Outbox) -> None:
         heap = part.deadlines
@@ -626,7 +652,7 @@ class Processor:
                     self._event_topics[envelope.event_type],
                     message_key(campaign_id),
                     encode(envelope),
-                    [],
+                    _NO_HEADERS,
                 )
                 out.events[envelope.event_type] += 1
             if closed:
@@ -642,7 +668,7 @@ class Processor:
             log.warning("partition %s: a campaign snapshot is too big; round skipped", part.number)
             return
         for key, value in records:
-            out.add(self.topics.snapshots, key, value, [])
+            out.add(self.topics.snapshots, key, value, _NO_HEADERS)
         part.dirty = set()
         part.events_since_snapshot = 0
         out.snapshot = True
