@@ -187,8 +187,9 @@ class _Partition:
             heapq.heappush(self.deadlines, (state.terms.deadline, state.campaign_id))
 
 
-#: Headers of every record but dead letters (shared: never mutated).
-_NO_HEADERS: tuple[tuple[str, bytes], ...] = ()
+#: Headers of every record but dead letters (shared: never mutated). A list, not a tuple:
+#: aiokafka's C record builder accepts nothing else.
+_NO_HEADERS: list[tuple[str, bytes]] = []
 
 
 class _PoisonCommand(Exception):
@@ -544,8 +545,9 @@ class Processor:
         policy = self._policy
         event_topics = self._event_topics
         outbox = out.records
-        outcomes = out.commands
-        event_counts = out.events
+        # Plain dicts, added to the outbox's Counters at the end (a Counter's += is slower).
+        outcomes: dict[tuple[str, str], int] = {}
+        event_counts: dict[str, int] = {}
         issued = out.issued
         written = 0
         for record in records:
@@ -582,7 +584,8 @@ class Processor:
                 continue
             command_type: str = fields["command_type"]
             if not decided:
-                outcomes[(command_type, "ignored")] += 1
+                outcome_key = (command_type, "ignored")
+                outcomes[outcome_key] = outcomes.get(outcome_key, 0) + 1
                 continue
             outcome = "accepted"
             try:
@@ -594,7 +597,7 @@ class Processor:
                     if bucket is None:
                         bucket = outbox[topic] = []
                     bucket.append((key, data, _NO_HEADERS))
-                    event_counts[event_type] += 1
+                    event_counts[event_type] = event_counts.get(event_type, 0) + 1
                     if event_type == "PledgeRejected":
                         outcome = "rejected"
                         out.rejections[body["payload"]["reason"]] += 1
@@ -606,9 +609,12 @@ class Processor:
                 states[campaign_id] = state
             dirty.add(campaign_id)
             written += len(decided)
-            outcomes[(command_type, outcome)] += 1
+            outcome_key = (command_type, outcome)
+            outcomes[outcome_key] = outcomes.get(outcome_key, 0) + 1
             issued.append(fields["issued_at"].timestamp())
         part.events_since_snapshot += written
+        out.commands.update(outcomes)
+        out.events.update(event_counts)
         if sweep:
             self._sweep(part, now, out)
         if out.last_offset is not None:
