@@ -149,21 +149,25 @@ def _fast_event_id(stream: str, causation_id: str, index: int) -> tuple[UUID, st
     Same algorithm as RFC 4122 uuid5 (SHA-1, version 5, RFC variant), set on the digest's hex
     text; the UUID's number is only computed if asked for. Unit tests pin it to ``uuid.uuid5``.
     """
-    hx = _sha1(_NAMESPACE_BYTES + f"{stream}:{causation_id}:{index}".encode()).hexdigest()
+    hasher = _SHA1_NAMESPACE.copy()  # a copy skips OpenSSL's per-call digest fetch
+    hasher.update(f"{stream}:{causation_id}:{index}".encode())
+    hx = hasher.hexdigest()
     text = f"{hx[:8]}-{hx[8:12]}-5{hx[13:16]}-{_VARIANT[hx[16]]}{hx[17:20]}-{hx[20:32]}"
     event_id = _new_object(_EventId)
     _set_event_id_text(event_id, text)
     return event_id, text
 
 
-_sha1 = hashlib.sha1
 _new_object = object.__new__
 _set_attr = object.__setattr__
 _set_event_id_text = _EventId.__dict__["_text"].__set__
 _SAFE_UNKNOWN = SafeUUID.unknown
 _ENVELOPE_FIELDS = frozenset(Envelope.model_fields)
 _OCCURRED_AT_MEMBER = b',"occurred_at":'
-_sha256 = hashlib.sha256
+_SHA256 = hashlib.sha256()
+_SHA1_NAMESPACE = hashlib.sha1(_NAMESPACE_BYTES)
+#: ``event class -> (stream, event_type, schema_version)``.
+_EVENT_META: dict[type[Event], tuple[Stream, str, int]] = {}
 _orjson_dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS
 
@@ -243,13 +247,14 @@ def stamp_chain(
     stamped: list[Stamped] = []
     for event in events:
         cls = type(event)
-        event_stream = cls.stream
-        event_type = cls.event_type
+        meta = _EVENT_META.get(cls)
+        if meta is None:  # class attributes of a pydantic model are slow to read: once per type
+            meta = _EVENT_META[cls] = (cls.stream, cls.event_type, cls.schema_version)
+        event_stream, event_type, schema_version = meta
         if stream is not None and stream != event_stream:
             raise ValueError(f"stream: {event_type} belongs to {event_stream!r}, not {stream!r}")
         event_id, event_id_text = _fast_event_id(event_stream, causation_id, index)
         payload = _pledge_made_json(event) if cls is PledgeMade else event.model_dump(mode="json")
-        schema_version = cls.schema_version
         body: dict[str, Any] = {
             "campaign_id": campaign_id,
             "causation_id": causation_id,
@@ -264,12 +269,18 @@ def stamp_chain(
             "stream": event_stream,
         }
         unhashed = _orjson_dumps(body, option=_SORT_KEYS)
-        digest = _sha256(prev_hash.encode("ascii") + unhashed).hexdigest()  # chain_hash
+        hasher = _SHA256.copy()  # chain_hash; a copy skips OpenSSL's per-call digest fetch
+        hasher.update(prev_hash.encode("ascii"))
+        hasher.update(unhashed)
+        digest = hasher.hexdigest()
         body["hash"] = digest
         # Sorted keys: "hash" goes right before "occurred_at", whose first occurrence is the
         # key (the members before it are strings, where a quote is always escaped).
-        at = unhashed.index(_OCCURRED_AT_MEMBER)
-        data = b"".join((unhashed[:at], b',"hash":"', digest.encode("ascii"), b'"', unhashed[at:]))
+        data = unhashed.replace(
+            _OCCURRED_AT_MEMBER,
+            b',"hash":"%b"%b' % (digest.encode("ascii"), _OCCURRED_AT_MEMBER),
+            1,
+        )
         envelope = _trusted_envelope(
             {
                 "event_id": event_id,
