@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
 from uuid import uuid5
 
 import orjson
@@ -22,7 +23,14 @@ from schemas import (
 )
 from schemas.canonical import dumps
 from schemas.commands import _COMMAND
-from schemas.envelope import EVENT_ID_NAMESPACE, _fast_event_id, _pledge_made_json, stamp_encoded
+from schemas.construct import trusted_model
+from schemas.envelope import (
+    EVENT_ID_NAMESPACE,
+    _fast_event_id,
+    _pledge_made_json,
+    stamp_chain,
+    stamp_encoded,
+)
 from services.pledge.domain import _pledge_made
 from tests.unit.schemas.samples import T0, eur, sample_events
 
@@ -153,3 +161,80 @@ def test_stamp_encoded_bytes_are_the_canonical_encoding(campaign_id: str, event:
     )
     assert data == dumps(body) == encode(envelope)
     assert decode(data) == envelope
+
+
+def _campaign_events() -> list[Event]:
+    return [e for e in sample_events() if type(e).stream == "campaign"]
+
+
+def test_stamp_chain_gives_what_stamping_one_event_at_a_time_gives() -> None:
+    events = _campaign_events()
+    chained = stamp_chain(
+        events,
+        campaign_id="camp-1",
+        seq=5,
+        prev_hash="cd" * 32,
+        occurred_at=T0,
+        causation_id="cmd-1",
+        correlation_id="corr-1",
+    )
+    prev = "cd" * 32
+    for index, (event, (envelope, body, data)) in enumerate(zip(events, chained, strict=True)):
+        one = stamp_encoded(
+            event,
+            campaign_id="camp-1",
+            seq=5 + index,
+            prev_hash=prev,
+            occurred_at=T0,
+            causation_id="cmd-1",
+            correlation_id="corr-1",
+            index=index,
+        )
+        assert (envelope, body, data) == one
+        assert data == encode(envelope) == dumps(body)
+        assert envelope.prev_hash == prev
+        prev = envelope.hash
+
+
+def test_stamp_chain_normalises_the_clock_to_utc_whatever_was_stamped_before() -> None:
+    event = _campaign_events()[1]
+    stamped = [
+        stamp_chain(
+            [event],
+            campaign_id="camp-1",
+            seq=1,
+            prev_hash="0" * 64,
+            occurred_at=when,
+            causation_id="cmd-1",
+            correlation_id="corr-1",
+        )[0][2]
+        for when in (T0, T0.astimezone(timezone(timedelta(hours=2))), T0, T0.replace())
+    ]
+    assert len(set(stamped)) == 1
+    with pytest.raises(ValueError, match="timezone-aware"):
+        stamp_chain(
+            [event],
+            campaign_id="camp-1",
+            seq=1,
+            prev_hash="0" * 64,
+            occurred_at=T0.replace(tzinfo=None),
+            causation_id="cmd-1",
+            correlation_id="corr-1",
+        )
+
+
+@pytest.mark.parametrize("event", sample_events(), ids=lambda e: type(e).__name__)
+def test_a_trusted_model_equals_the_validated_one(event: Event) -> None:
+    trusted = trusted_model(type(event), dict(event.__dict__), frozenset(event.model_fields_set))
+    assert type(trusted) is type(event)
+    assert trusted == event
+    assert trusted.model_fields_set == event.model_fields_set
+    assert (
+        trusted.model_fields_set
+        is not trusted_model(
+            type(event), dict(event.__dict__), frozenset(event.model_fields_set)
+        ).model_fields_set
+    )
+    assert trusted.model_dump(mode="json") == event.model_dump(mode="json")
+    copied = trusted.model_copy(update={})
+    assert copied == event
