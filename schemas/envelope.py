@@ -142,22 +142,6 @@ class _EventId(UUID):
 _VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
-def _fast_event_id(stream: str, causation_id: str, index: int) -> tuple[UUID, str]:
-    """``event_id_for`` and its text, several times cheaper than ``uuid.uuid5`` + ``str``
-    (hot path).
-
-    Same algorithm as RFC 4122 uuid5 (SHA-1, version 5, RFC variant), set on the digest's hex
-    text; the UUID's number is only computed if asked for. Unit tests pin it to ``uuid.uuid5``.
-    """
-    hasher = _SHA1_NAMESPACE.copy()  # a copy skips OpenSSL's per-call digest fetch
-    hasher.update(f"{stream}:{causation_id}:{index}".encode())
-    hx = hasher.hexdigest()
-    text = f"{hx[:8]}-{hx[8:12]}-5{hx[13:16]}-{_VARIANT[hx[16]]}{hx[17:20]}-{hx[20:32]}"
-    event_id = _new_object(_EventId)
-    _set_event_id_text(event_id, text)
-    return event_id, text
-
-
 _new_object = object.__new__
 _set_attr = object.__setattr__
 _set_event_id_text = _EventId.__dict__["_text"].__set__
@@ -172,31 +156,10 @@ _orjson_dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS
 
 
-#: ``PledgeMade``'s fields, in the order the fast JSON form below spells them out.
+#: ``PledgeMade``'s fields, in the order stamp_chain's fast JSON form spells them out.
 _PLEDGE_MADE_FIELDS = ("amount", "backer_id", "locale", "payment_token", "pledge_id", "tier_id")
 if tuple(sorted(PledgeMade.model_fields)) != _PLEDGE_MADE_FIELDS:  # pragma: no cover
-    raise RuntimeError("PledgeMade changed: update schemas.envelope._pledge_made_json")
-
-
-def _pledge_made_json(event: Event) -> dict[str, Any]:
-    """``event.model_dump(mode="json")`` of a ``PledgeMade``, without the serializer (the
-    processor's most frequent event; a unit test pins it to ``model_dump``)."""
-    fields = event.__dict__
-    amount = fields["amount"].__dict__
-    return {
-        "amount": {"amount_minor": amount["amount_minor"], "currency": amount["currency"]},
-        "backer_id": fields["backer_id"],
-        "locale": fields["locale"],
-        "payment_token": fields["payment_token"],
-        "pledge_id": fields["pledge_id"],
-        "tier_id": fields["tier_id"],
-    }
-
-
-def _trusted_envelope(values: dict[str, Any]) -> Envelope:
-    """Build an Envelope from values this module produced, skipping validation (only for
-    values already known to be valid)."""
-    return trusted_model(Envelope, values, _ENVELOPE_FIELDS)
+    raise RuntimeError("PledgeMade changed: update its JSON form in schemas.envelope.stamp_chain")
 
 
 #: ``(occurred_at as given, in UTC, its canonical text)`` of the last :func:`stamp_chain`
@@ -253,8 +216,29 @@ def stamp_chain(
         event_stream, event_type, schema_version = meta
         if stream is not None and stream != event_stream:
             raise ValueError(f"stream: {event_type} belongs to {event_stream!r}, not {stream!r}")
-        event_id, event_id_text = _fast_event_id(event_stream, causation_id, index)
-        payload = _pledge_made_json(event) if cls is PledgeMade else event.model_dump(mode="json")
+        # event_id_for (uuid5: SHA-1, version 5, RFC variant) on the digest's hex text; the
+        # UUID's number is only parsed if asked for. Unit tests pin it to uuid.uuid5.
+        hasher = _SHA1_NAMESPACE.copy()
+        hasher.update(f"{event_stream}:{causation_id}:{index}".encode())
+        hx = hasher.hexdigest()
+        event_id_text = (
+            f"{hx[:8]}-{hx[8:12]}-5{hx[13:16]}-{_VARIANT[hx[16]]}{hx[17:20]}-{hx[20:32]}"
+        )
+        event_id = _new_object(_EventId)
+        _set_event_id_text(event_id, event_id_text)
+        if cls is PledgeMade:
+            fields = event.__dict__
+            amount = fields["amount"].__dict__
+            payload = {
+                "amount": {"amount_minor": amount["amount_minor"], "currency": amount["currency"]},
+                "backer_id": fields["backer_id"],
+                "locale": fields["locale"],
+                "payment_token": fields["payment_token"],
+                "pledge_id": fields["pledge_id"],
+                "tier_id": fields["tier_id"],
+            }
+        else:
+            payload = event.model_dump(mode="json")
         body: dict[str, Any] = {
             "campaign_id": campaign_id,
             "causation_id": causation_id,
@@ -281,7 +265,8 @@ def stamp_chain(
             b',"hash":"%b"%b' % (digest.encode("ascii"), _OCCURRED_AT_MEMBER),
             1,
         )
-        envelope = _trusted_envelope(
+        envelope = trusted_model(
+            Envelope,
             {
                 "event_id": event_id,
                 "event_type": event_type,
@@ -295,7 +280,8 @@ def stamp_chain(
                 "prev_hash": prev_hash,
                 "hash": digest,
                 "payload": event,
-            }
+            },
+            _ENVELOPE_FIELDS,
         )
         stamped.append((envelope, body, data))
         prev_hash = digest

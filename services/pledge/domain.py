@@ -382,7 +382,7 @@ def _decide_pledge(state: CampaignState, command: MakePledge, now: datetime) -> 
             return _pledge_refused(
                 command, R.TIER_SOLD_OUT, f"all {limit} of tier {tier_id!r} are taken"
             )
-    events: list[Event] = [_pledge_made(command)]
+    events: list[Event] = [_pledge_made(command, fields)]
     total = state.total_minor + minor
     if state.goal_reached_at is None and total >= state._goal_minor:
         events.append(
@@ -397,10 +397,12 @@ def _decide_pledge(state: CampaignState, command: MakePledge, now: datetime) -> 
 _PLEDGE_MADE_FIELDS = frozenset(PledgeMade.model_fields)
 
 
-def _pledge_made(command: MakePledge) -> PledgeMade:
-    """``PledgeMade`` of an accepted ``command`` without validating it again: every field comes
-    from the validated command, whose fields carry the same constraints (the hot path)."""
-    fields = command.__dict__
+def _pledge_made(command: MakePledge, fields: dict[str, Any] | None = None) -> PledgeMade:
+    """``PledgeMade`` of an accepted ``command`` (whose ``__dict__`` is ``fields``) without
+    validating it again: every field comes from the validated command, whose fields carry the
+    same constraints (the hot path)."""
+    if fields is None:
+        fields = command.__dict__
     payment_token = fields["payment_token"]
     locale = fields["locale"]
     if (payment_token is not None and type(payment_token) is not str) or (

@@ -24,13 +24,7 @@ from schemas import (
 from schemas.canonical import dumps
 from schemas.commands import _COMMAND
 from schemas.construct import trusted_model
-from schemas.envelope import (
-    EVENT_ID_NAMESPACE,
-    _fast_event_id,
-    _pledge_made_json,
-    stamp_chain,
-    stamp_encoded,
-)
+from schemas.envelope import EVENT_ID_NAMESPACE, stamp_chain, stamp_encoded
 from services.pledge.domain import _pledge_made
 from tests.unit.schemas.samples import T0, eur, sample_events
 
@@ -47,24 +41,42 @@ PLEDGE = MakePledge(
 DATA = encode_command(PLEDGE)
 
 
-@given(st.sampled_from(["campaign", "settlement", "notify"]), st.text(), st.integers(0, 10**6))
-def test_fast_event_id_is_uuid5(stream: str, causation_id: str, index: int) -> None:
-    event_id, text = _fast_event_id(stream, causation_id, index)
-    expected = uuid5(EVENT_ID_NAMESPACE, f"{stream}:{causation_id}:{index}")
-    assert event_id == expected
-    assert text == str(expected)
-    assert event_id.version == 5
-    assert hash(event_id) == hash(expected)
+@given(st.sampled_from(sample_events()), st.text(), st.integers(0, 10**6))
+def test_stamped_event_ids_are_uuid5(event: Event, causation_id: str, index: int) -> None:
+    ((envelope, body, _),) = stamp_chain(
+        [event],
+        campaign_id="camp-1",
+        seq=1,
+        prev_hash="0" * 64,
+        occurred_at=T0,
+        causation_id=causation_id,
+        correlation_id="corr-1",
+        index=index,
+    )
+    expected = uuid5(EVENT_ID_NAMESPACE, f"{type(event).stream}:{causation_id}:{index}")
+    assert envelope.event_id == expected
+    assert body["event_id"] == str(envelope.event_id) == str(expected)
+    assert envelope.event_id.version == 5
+    assert hash(envelope.event_id) == hash(expected)
 
 
 @pytest.mark.parametrize(
     "optional",
     [{}, {"tier_id": "t1", "payment_token": "tok_123", "locale": "de-CH"}],
 )
-def test_pledge_made_json_is_model_dump(optional: dict[str, str]) -> None:
+def test_stamped_pledge_made_payload_is_model_dump(optional: dict[str, str]) -> None:
     event = PledgeMade(pledge_id="p", backer_id="b", amount=eur(1), **optional)
-    assert _pledge_made_json(event) == event.model_dump(mode="json")
-    assert dumps(_pledge_made_json(event)) == dumps(event.model_dump(mode="json"))
+    ((_, body, data),) = stamp_chain(
+        [event],
+        campaign_id="camp-1",
+        seq=1,
+        prev_hash="0" * 64,
+        occurred_at=T0,
+        causation_id="cmd-1",
+        correlation_id="corr-1",
+    )
+    assert body["payload"] == event.model_dump(mode="json")
+    assert orjson.loads(data)["payload"] == event.model_dump(mode="json")
 
 
 @pytest.mark.parametrize(
