@@ -28,12 +28,13 @@ import contextlib
 import gc
 import heapq
 import logging
+import math
 import time
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -210,7 +211,10 @@ class _Outbox:
     rejections: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
-    issued: list[float] = field(default_factory=list)
+    #: ``now - issued_at`` of every decided command (a timedelta costs less than a timestamp).
+    issued: list[timedelta] = field(default_factory=list)
+    #: The clock reading the batch was decided with.
+    now: datetime | None = None
     snapshot: bool = False
 
     def add(
@@ -611,8 +615,9 @@ class Processor:
             written += len(decided)
             outcome_key = (command_type, outcome)
             outcomes[outcome_key] = outcomes.get(outcome_key, 0) + 1
-            issued.append(fields["issued_at"].timestamp())
+            issued.append(now - fields["issued_at"])
         part.events_since_snapshot += written
+        out.now = now
         out.commands.update(outcomes)
         out.events.update(event_counts)
         if sweep:
@@ -739,9 +744,10 @@ class Processor:
             m.events.labels(event_type).inc(n)
         if out.snapshot:
             m.snapshots.inc()
-        if out.issued:
-            wall = time.time()
-            _observe_all(m.decision_latency, [wall - issued for issued in out.issued])
+        if out.issued and out.now is not None:
+            # latency = wall - issued_at = (wall - now) + (now - issued_at)
+            offset = timedelta(seconds=time.time() - out.now.timestamp())
+            _observe_latencies(m.decision_latency, out.issued, offset)
 
     def _open_campaigns(self) -> int:
         return sum(
@@ -763,22 +769,29 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._processor._on_assigned(assigned)
 
 
-def _observe_all(histogram: Histogram, values: list[float]) -> None:
-    """``histogram.observe(max(0.0, v))`` for every ``v`` (sorts ``values``), in one pass:
-    counts per bucket by bisection instead of a Python-level observe per command."""
+def _observe_latencies(histogram: Histogram, deltas: list[timedelta], offset: timedelta) -> None:
+    """``histogram.observe(max(0.0, (offset + d).total_seconds()))`` for every ``d`` (sorts
+    ``deltas``), in one pass: counts per bucket by bisection instead of a Python-level observe
+    per command."""
     buckets = getattr(histogram, "_buckets", None)
     bounds = getattr(histogram, "_upper_bounds", None)
     total = getattr(histogram, "_sum", None)
     if buckets is None or bounds is None or total is None or len(buckets) != len(bounds):
-        for value in values:  # another prometheus_client layout: the public way
-            histogram.observe(max(0.0, value))
+        for delta in deltas:  # another prometheus_client layout: the public way
+            histogram.observe(max(0.0, (offset + delta).total_seconds()))
         return
-    values.sort()
+    deltas.sort()
     # Negative latencies (clock skew) count as 0.0, as the per-value observe did.
-    total.inc(sum(values[bisect_left(values, 0.0) :]))
+    positive = deltas[bisect_left(deltas, -offset) :]
+    if positive:
+        total.inc((sum(positive, timedelta()) + offset * len(positive)).total_seconds())
     done = 0
+    count = len(deltas)
     for bucket, bound in zip(buckets, bounds, strict=True):
-        end = bisect_right(values, bound)
+        if bound == math.inf:
+            end = count
+        else:
+            end = bisect_right(deltas, timedelta(seconds=bound) - offset)
         if end > done:
             bucket.inc(end - done)
             done = end
