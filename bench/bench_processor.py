@@ -132,16 +132,19 @@ async def run_processor(bootstrap: str) -> tuple[float, float, int, float]:
     assigned = time.perf_counter()
     cpu_assigned = time.process_time()
 
+    commands_metric = processor.metrics.commands
+
     def decided() -> float:
+        # Only the commands counter: collecting the whole registry (histograms, the open
+        # campaigns gauge walking every state) 100 times a second took ~3% of the worker's CPU.
         return sum(
             s.value
-            for metric in registry.collect()
-            if metric.name == "pledgeflow_processor_commands"
+            for metric in commands_metric.collect()
             for s in metric.samples
             if s.name.endswith("_total")
         )
 
-    # Polling the in-process metrics costs the worker nothing measurable (no broker calls).
+    # Polling the in-process counter costs the worker little (no broker calls).
     while decided() < N:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     done = time.perf_counter()
