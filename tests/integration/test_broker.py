@@ -121,13 +121,17 @@ async def test_two_group_members_split_the_partitions(
 async def test_created_topic_keeps_records_forever(admin: AIOKafkaAdminClient, unique: str) -> None:
     topic = f"{unique}.forever"
     await create_topic(admin, topic, partitions=3)
-    described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    configs = {
-        entry[0]: entry[1]
-        for response in described
-        for resource in response.resources
-        for entry in resource[4]
-    }
+    # Creation is acknowledged before every broker component knows the topic: under load a
+    # describe right after it answers "unknown topic" with no configs, so ask until it knows.
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        resources = [resource for response in described for resource in response.resources]
+        if resources and all(resource[0] == 0 for resource in resources):
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"no configs: {resources}"
+        await asyncio.sleep(0.1)
+    configs = {entry[0]: entry[1] for resource in resources for entry in resource[4]}
     assert configs["retention.ms"] == "-1"
     meta = await admin.describe_topics([topic])
     assert len(meta[0]["partitions"]) == 3
