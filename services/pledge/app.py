@@ -77,5 +77,13 @@ def _configure_logging(level: str) -> None:
 @processor_app.command("run")
 def run(log_level: str = typer.Option("info", help="Log level (debug, info, warning).")) -> None:
     """Run one processor worker (settings from PLEDGEFLOW_* environment variables)."""
+    from aiokafka.errors import KafkaConnectionError
+
     _configure_logging(log_level)
-    asyncio.run(run_processor(PledgeSettings()))
+    settings = PledgeSettings()
+    try:
+        asyncio.run(run_processor(settings))
+    except KafkaConnectionError as exc:
+        # One line, no traceback: its supervisor (honcho, Kubernetes) restarts it.
+        typer.echo(f"processor: Kafka at {settings.kafka_bootstrap} unreachable: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -291,3 +291,25 @@ async def test_metrics_count_commands_by_type_and_outcome(
     assert sample("pledgeflow_processor_rejections_total", reason="campaign_not_found") == 1
     assert sample("pledgeflow_processor_decision_latency_seconds_count") == 4
     assert sample("pledgeflow_processor_recovery_seconds_count") == settings.partitions
+
+
+def test_an_unreachable_broker_stops_the_worker_with_one_line_and_exit_1() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PLEDGEFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "processor", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("processor: Kafka at 127.0.0.1:1 unreachable: ")
+    )
