@@ -26,6 +26,7 @@ __all__ = [
     "TopicSpec",
     "Topics",
     "ensure_topics",
+    "unserved",
 ]
 
 DEFAULT_PARTITIONS = 6
@@ -214,6 +215,19 @@ async def ensure_topics(
         await admin.close()
 
 
+def unserved(described: Iterable[dict[str, Any]], wanted: dict[str, int]) -> list[str]:
+    """The topics of ``wanted`` (name -> partition count) that ``described`` (an admin
+    ``describe_topics`` answer) does not show with every partition led by a broker."""
+    served = {t["topic"]: t["partitions"] for t in described if t.get("error_code", 0) == 0}
+    return [
+        name
+        for name, count in wanted.items()
+        if name not in served
+        or len(served[name]) != count
+        or any(p.get("leader", -1) < 0 for p in served[name])
+    ]
+
+
 async def _wait_until_served(admin: Any, specs: list[TopicSpec], within: float) -> None:
     """Return once every partition of ``specs`` has a leader in the broker's metadata.
 
@@ -225,17 +239,7 @@ async def _wait_until_served(admin: Any, specs: list[TopicSpec], within: float) 
     deadline = loop.time() + within
     wanted = {spec.name: spec.partitions for spec in specs}
     while True:
-        served = {
-            t["topic"]: t
-            for t in await admin.describe_topics(list(wanted))
-            if t.get("error_code", 0) == 0
-        }
-        if all(
-            name in served
-            and len(served[name]["partitions"]) == count
-            and all(p.get("leader", -1) >= 0 for p in served[name]["partitions"])
-            for name, count in wanted.items()
-        ):
+        if not unserved(await admin.describe_topics(list(wanted)), wanted):
             return
         if loop.time() > deadline:
             raise TimeoutError(f"topics not served by the broker after {within}s")

@@ -7,7 +7,7 @@ import asyncio
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from schemas.topics import Topics
+from schemas.topics import Topics, unserved
 
 __all__ = ["TopicsNotReady", "wait_for_topics"]
 
@@ -47,13 +47,4 @@ async def _missing(bootstrap: str, wanted: dict[str, int]) -> list[str]:
         described = await admin.describe_topics(list(wanted))
     finally:
         await admin.close()
-    served = {
-        item["topic"]: item["partitions"] for item in described if item.get("error_code", 0) == 0
-    }
-    return [
-        name
-        for name, count in wanted.items()
-        if name not in served
-        or len(served[name]) != count
-        or any(p.get("leader", -1) < 0 for p in served[name])
-    ]
+    return unserved(described, wanted)

@@ -274,17 +274,7 @@ def decide_encoded(
         events = _decide_pledge(state, command, now)
     else:
         events = _decide_events(state, command, now, policy)
-    if not events:
-        return []
-    return stamp_chain(
-        events,
-        campaign_id=campaign_id,
-        seq=state.seq + 1,
-        prev_hash=state.last_hash,
-        occurred_at=now,
-        causation_id=causation_id,
-        correlation_id=fields["correlation_id"],
-    )
+    return _stamp_all(state, events, now, causation_id, fields["correlation_id"])
 
 
 def _stamp_all(
