@@ -68,8 +68,10 @@ class PledgeSettings(BaseSettings):
     api_idempotency_lock_seconds: int = Field(default=30, ge=1)
     #: Upper bound of ``Prefer: wait=N``.
     api_max_wait_seconds: int = Field(default=10, ge=0, le=60)
-    #: Producer linger: concurrent requests share one Kafka batch (latency vs. throughput).
-    api_linger_ms: int = Field(default=1, ge=0)
+    #: Least time between two produce requests of one API process (ms): under load the
+    #: requests of this period share one produce request; after a quiet period a command is
+    #: sent at once. Caps the produce-request rate, whose cost barely depends on its size.
+    api_produce_interval_ms: float = Field(default=4.0, ge=0, le=1000)
     #: Most items in one ``POST /v1/pledges/batch``.
     api_batch_max_items: int = Field(default=1000, ge=1)
     #: Consumer group of the read-model projector on the campaign event topics.

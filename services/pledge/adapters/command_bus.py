@@ -2,11 +2,18 @@
 
 Single sends are not awaited one by one on the wire: the commands of all requests in flight
 share record batches, and each request awaits only the acknowledgement of the batch holding its
-command. The bus fills one open record batch per partition itself and hands it to the producer
-once the previous one is acknowledged (aiokafka has one request in flight per broker), so a
-batch collects what arrives during a round trip and is sent at once - what aiokafka's ``send``
-does too, minus its per-record future, metadata object and coroutine (most of a request's Kafka
-CPU). A batch request appends its records to the same open batches.
+command. The bus fills one open record batch per partition itself (what aiokafka's ``send``
+does too, minus its per-record future, metadata object and coroutine) and one flusher hands the
+open batches of *every* partition to the producer at once, so they leave in one produce request:
+
+* once the previous hand-over is acknowledged (aiokafka has one request in flight per broker:
+  a batch handed over earlier would only wait in its queue, closed to new records), and
+* at least ``flush_interval_ms`` after the previous hand-over.
+
+On a small box a produce request costs the broker and this process about as much CPU whether it
+carries one record or fifty, so the interval caps the request rate (``1000 / interval`` per
+second) and with it the CPU the API's Kafka traffic takes under load; a command that arrives
+after a quiet period is sent at once. A batch request appends its records to the same batches.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ class CommandBus:
         bootstrap: str,
         topic: str,
         *,
-        linger_ms: int = 1,
+        flush_interval_ms: float = 0.0,
         on_produce: Callable[[float], None] | None = None,
     ) -> None:
         self.topic = topic
@@ -41,7 +48,7 @@ class CommandBus:
             bootstrap_servers=bootstrap,
             acks="all",
             enable_idempotence=True,
-            linger_ms=linger_ms,
+            linger_ms=0,  # the flusher decides when batches leave
             max_batch_size=512 * 1024,
             max_request_size=4 * 1024 * 1024,
             request_timeout_ms=15_000,
@@ -53,15 +60,17 @@ class CommandBus:
         #: per partition: record batches not yet handed to the producer, with the futures
         #: their senders await (the last one is still open for appends).
         self._open: dict[int, collections.deque[_Batch]] = {}
-        self._pumps: dict[int, asyncio.Task[None]] = {}
+        self._interval = flush_interval_ms / 1000
+        self._last_flush = -1e9
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._producer.start()
         self._partitions = sorted(await self._producer.partitions_for(self.topic))
 
     async def stop(self) -> None:
-        if self._pumps:
-            await asyncio.gather(*self._pumps.values(), return_exceptions=True)
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         await self._producer.stop()
 
     async def ready(self) -> bool:
@@ -91,7 +100,7 @@ class CommandBus:
 
     def _new_batch(self, partition: int, key: bytes, value: bytes) -> _Batch:
         """Open a new record batch for ``partition`` holding this record (the last one is
-        full), and make sure a pump hands the partition's batches over."""
+        full), and make sure the flusher runs."""
         queue = self._open.get(partition)
         if queue is None:
             queue = self._open[partition] = collections.deque()
@@ -102,34 +111,41 @@ class CommandBus:
             raise ValueError("command larger than the producer's batch size")
         batch = _Batch(builder)
         queue.append(batch)
-        if partition not in self._pumps:
-            self._pumps[partition] = asyncio.get_running_loop().create_task(self._pump(partition))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
         return batch
 
-    async def _pump(self, partition: int) -> None:
-        """Hand the partition's batches to the producer in order, each once the previous one
-        has been acknowledged, until none is left."""
-        queue = self._open[partition]
+    async def _flush(self) -> None:
+        """Hand every partition's batches to the producer together, each time once the
+        previous hand-over is acknowledged and the interval has passed, until none is left."""
+        loop = asyncio.get_running_loop()
         try:
-            while queue:
-                batch = queue.popleft()
-                try:
-                    delivery = await self._send_batch(batch.builder, partition)
-                except Exception as exc:
-                    batch.fail(exc)
-                    continue
-                except BaseException:
-                    batch.fail(RuntimeError("command bus stopped"))
-                    raise
-                delivery.add_done_callback(batch.settle)
-                # The next batch keeps collecting until this one is acknowledged: the
-                # producer has one request in flight per broker, so a batch handed over
-                # earlier would only wait in the producer's queue, closed to new records.
-                await asyncio.wait((delivery,))
+            while any(self._open.values()):
+                delay = self._last_flush + self._interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self._last_flush = loop.time()
+                deliveries = []
+                for partition, queue in self._open.items():
+                    while queue:
+                        batch = queue.popleft()
+                        try:
+                            delivery = await self._send_batch(batch.builder, partition)
+                        except Exception as exc:
+                            batch.fail(exc)
+                            continue
+                        except BaseException:
+                            batch.fail(RuntimeError("command bus stopped"))
+                            raise
+                        delivery.add_done_callback(batch.settle)
+                        deliveries.append(delivery)
+                if deliveries:
+                    await asyncio.wait(deliveries)
         finally:
-            del self._pumps[partition]
-            while queue:  # left only when cancelled: nobody may wait forever
-                queue.popleft().fail(RuntimeError("command bus stopped"))
+            self._flusher = None
+            for queue in self._open.values():  # left only when cancelled: nobody waits forever
+                while queue:
+                    queue.popleft().fail(RuntimeError("command bus stopped"))
 
     def partition(self, campaign_id: str) -> int:
         """Kafka's default partitioner (murmur2 of the key), cached per campaign."""

@@ -229,7 +229,7 @@ def create_app(
         bus = CommandBus(
             settings.kafka_bootstrap,
             topics.commands,
-            linger_ms=settings.api_linger_ms,
+            flush_interval_ms=settings.api_produce_interval_ms,
             on_produce=metrics.produce_latency.labels("command").observe,
         )
         store = IngestStore(
