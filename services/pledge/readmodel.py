@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from redis.exceptions import NoScriptError
 
 from schemas.canonical import format_timestamp
 from schemas.codec import decode
@@ -410,9 +411,7 @@ class Projector:
                 return
             try:
                 results = await pipe.execute(raise_on_error=True)
-            except aioredis.ResponseError as exc:
-                if "NOSCRIPT" not in str(exc):
-                    raise
+            except NoScriptError:  # Redis lost its scripts (restart, failover): load, retry
                 await self.store.load_scripts()
                 for campaign_id, _ in calls:
                     self._cache.pop(campaign_id, None)

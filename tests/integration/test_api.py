@@ -367,6 +367,36 @@ async def test_a_retry_returns_the_identical_response_and_makes_one_pledge(
     assert sorted(e.payload.pledge_id for e in made) == sorted(pledge_ids)
 
 
+async def test_a_response_is_kept_for_replay_after_redis_lost_its_scripts(
+    api: httpx.AsyncClient, redis_client: Any
+) -> None:
+    """The response is stored after the answer is sent; when Redis forgot the script (as
+    after a restart) it is loaded and the store retried, so a retry still gets a replay. The
+    projector reloads its script too and goes on projecting decisions."""
+    campaign_id = await launched(api)
+    url = f"/v1/campaigns/{campaign_id}/pledges"
+    body = pledge_body(None, tier_id=None)
+    key = new_id("k")
+    await redis_client.script_flush()
+    first = await api.post(url, json=body, headers=write_headers(key))
+    assert first.status_code == 202, first.text
+
+    async def replayed() -> httpx.Response | None:
+        again = await api.post(url, json=body, headers=write_headers(key))
+        return None if again.status_code == 409 else again  # 409: not stored yet
+
+    again = await eventually(replayed, within=5)
+    assert again.status_code == 202
+    assert again.content == first.content
+    assert again.headers["idempotent-replayed"] == "true"
+
+    async def decided() -> Any:
+        status = (await api.get(first.json()["status_url"], headers=write_headers(key))).json()
+        return status if status["status"] != "pending" else None
+
+    assert (await eventually(decided))["status"] == "accepted"
+
+
 async def test_a_retry_after_prefer_wait_replays_the_decision(api: httpx.AsyncClient) -> None:
     campaign_id = await launched(api)
     key = new_id("k")

@@ -9,18 +9,24 @@ One EVALSHA per write request (pipelined with the other requests in flight) does
    time (so a crashed request frees it); pending with the same fingerprint -> in progress (409);
    finished with the same fingerprint -> the stored response; another fingerprint -> mismatch.
 
-After Kafka acknowledged the command, :meth:`IngestStore.complete` stores the response for the
+After Kafka acknowledged the command, :meth:`IngestStore.complete` queues the response for the
 idempotency TTL (and, for pledges, a *pending* pledge row the projector later overwrites).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from services.pledge.adapters.redis_pipeline import AutoPipeline, LuaScript
 from services.pledge.adapters.redis_readmodel import Keys
+
+log = logging.getLogger("pledgeflow.api")
 
 __all__ = ["COMPLETE_SCRIPT", "GATE_SCRIPT", "GateResult", "IngestStore"]
 
@@ -115,6 +121,7 @@ class IngestStore:
         self._burst = str(burst)
         self._lock_ms = str(lock_seconds * 1000)
         self._ttl = ttl_seconds
+        self._retries: set[asyncio.Task[Any]] = set()
 
     async def load_scripts(self) -> None:
         await GATE_SCRIPT.load(self.pipeline.client)
@@ -156,7 +163,7 @@ class IngestStore:
             return GateResult("ok", foreign=tuple(int(i) - 1 for i in reply[1:]))
         return GateResult(outcome)
 
-    async def complete(
+    def complete(
         self,
         *,
         tenant_id: str,
@@ -166,14 +173,45 @@ class IngestStore:
         body: bytes,
         pending_pledges: Sequence[tuple[str, bytes]] = (),
     ) -> None:
-        """Store the response for replays; write *pending* rows of pledges not yet decided."""
+        """Store the response for replays; write *pending* rows of pledges not yet decided.
+
+        Queued, not awaited: the command is already in Kafka, so the answer need not wait for
+        another Redis round trip. The script is queued on the pipeline's one connection before
+        the answer is written, so a retry this process reads later is gated after it (Redis
+        runs a connection's commands in order). A failure is logged: the reservation then
+        expires after the lock time and a retry re-sends the same command, which the
+        processor ignores.
+        """
         stored = b"D" + fingerprint.encode() + b"%03d" % status + body
         keys = [self.keys.idempotency(tenant_id, idempotency_key)]
         args: list[Any] = [stored, self._ttl]
         for key, doc in pending_pledges:
             keys.append(key)
             args.append(doc)
-        await self.pipeline.evalsha(COMPLETE_SCRIPT, keys, args)
+        try:
+            reply = self.pipeline.execute("EVALSHA", COMPLETE_SCRIPT.sha, len(keys), *keys, *args)
+        except Exception as exc:  # e.g. no running pipeline connection can be queued on
+            log.warning("response not stored for idempotency: %r", exc)
+            return
+        reply.add_done_callback(lambda done: self._completed(done, keys, args))
+
+    def _completed(self, done: asyncio.Future[Any], keys: list[str], args: list[Any]) -> None:
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if isinstance(exc, NoScriptError):  # Redis lost its scripts (restart): load, retry
+            task = asyncio.get_running_loop().create_task(
+                self.pipeline.evalsha(COMPLETE_SCRIPT, keys, args)
+            )
+            self._retries.add(task)
+            task.add_done_callback(self._retried)
+        elif exc is not None:
+            log.warning("response not stored for idempotency: %r", exc)
+
+    def _retried(self, task: asyncio.Task[Any]) -> None:
+        self._retries.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("response not stored for idempotency: %r", task.exception())
 
     async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
         """Free a reservation whose command could not be sent (the client may retry at once)."""

@@ -431,7 +431,7 @@ class Ingest:
         headers: Mapping[str, str] | None = None,
         pending: list[tuple[str, bytes]] | None = None,
     ) -> Response:
-        await self._store_response(write, status, payload, pending)
+        self._store_response(write, status, payload, pending)
         return Response(
             payload,
             status_code=status,
@@ -439,27 +439,23 @@ class Ingest:
             headers=dict(headers or {}),
         )
 
-    async def _store_response(
+    def _store_response(
         self,
         write: _Write,
         status: int,
         payload: bytes,
         pending: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Keep the response for replays (and write the pending pledge rows)."""
-        try:
-            await self.store.complete(
-                tenant_id=write.principal.tenant_id,
-                idempotency_key=write.idempotency_key,
-                fingerprint=write.fingerprint,
-                status=status,
-                body=payload,
-                pending_pledges=pending or (),
-            )
-        except Exception as exc:
-            # The command is in Kafka: answer anyway. The reservation expires after the lock
-            # time, and a retry then re-sends the same command, which the processor ignores.
-            log.warning("response not stored for idempotency: %r", exc)
+        """Keep the response for replays (and write the pending pledge rows): queued before
+        the answer leaves, not awaited (see :meth:`IngestStore.complete`)."""
+        self.store.complete(
+            tenant_id=write.principal.tenant_id,
+            idempotency_key=write.idempotency_key,
+            fingerprint=write.fingerprint,
+            status=status,
+            body=payload,
+            pending_pledges=pending or (),
+        )
 
     async def _decide(
         self,
@@ -613,7 +609,7 @@ class Ingest:
                 "tenant_id": tenant_id,
             }
         )
-        await self._store_response(
+        self._store_response(
             write, status, payload, [(self.readmodel.keys.pledge(campaign_id, pledge_id), pending)]
         )
         return RawResponse(status, payload, _raw_headers(status, payload, extra))
