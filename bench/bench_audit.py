@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from eventsourcing.domain import Aggregate, event
 
-from bench.harness import Stopwatch, Target, kafka_bootstrap, write_result
+from bench.harness import Stopwatch, Target, delete_topics, kafka_bootstrap, write_result
 from services.audit.archive import ArchiveWriter, Manifest, read_lines
 from services.audit.sources import audit_archive, audit_kafka, partition_for
 
@@ -287,21 +287,6 @@ async def drain(bootstrap: str, topics: list[str], n: int) -> float:
     finally:
         await stop_consumer(consumer)
     return seen / sw.seconds
-
-
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    """Every topic ``ensure_topics`` made under ``prefix`` (commands, snapshots and
-    dead-letter topics too): a broker carrying many topics restarts slowly."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        mine = [topic for topic in await admin.list_topics() if topic.startswith(prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
 
 
 def main() -> None:

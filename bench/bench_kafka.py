@@ -14,7 +14,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.harness import Stopwatch, Target, kafka_bootstrap, write_result
+from bench.harness import Stopwatch, Target, delete_topics, kafka_bootstrap, write_result
 
 N = 200_000
 N_AWAITED = 5_000
@@ -83,30 +83,34 @@ async def main() -> None:
     )
     await admin.close()
 
-    awaited = await produce(bootstrap, f"{prefix}.awaited", N_AWAITED, awaited=True)
-    batched = await produce(bootstrap, f"{prefix}.raw", N, awaited=False)
-    print(f"producer: batched {batched:,.0f} msgs/s, awaited {awaited:,.0f} msgs/s")
-    write_result(
-        "kafka_producer",
-        "aiokafka producer throughput (acks=all, idempotent, batched)",
-        "msgs/s",
-        batched,
-        baseline=("send_and_wait per record", awaited),
-        target=Target(ratio=5.0),
-        extra={"records": N, "payload_bytes": len(PAYLOAD)},
-    )
-    one_by_one = await consume(bootstrap, f"{prefix}.raw", N, batched=False)
-    many = await consume(bootstrap, f"{prefix}.raw", N, batched=True)
-    print(f"consumer: getmany {many:,.0f} msgs/s, async-for {one_by_one:,.0f} msgs/s")
-    write_result(
-        "kafka_consumer",
-        "aiokafka consumer throughput (getmany, from earliest)",
-        "msgs/s",
-        many,
-        baseline=("async for, one record at a time", one_by_one),
-        target=Target(ratio=1.0),
-        extra={"records": N},
-    )
+    try:
+        awaited = await produce(bootstrap, f"{prefix}.awaited", N_AWAITED, awaited=True)
+        batched = await produce(bootstrap, f"{prefix}.raw", N, awaited=False)
+        print(f"producer: batched {batched:,.0f} msgs/s, awaited {awaited:,.0f} msgs/s")
+        write_result(
+            "kafka_producer",
+            "aiokafka producer throughput (acks=all, idempotent, batched)",
+            "msgs/s",
+            batched,
+            baseline=("send_and_wait per record", awaited),
+            target=Target(ratio=5.0),
+            extra={"records": N, "payload_bytes": len(PAYLOAD)},
+        )
+        one_by_one = await consume(bootstrap, f"{prefix}.raw", N, batched=False)
+        many = await consume(bootstrap, f"{prefix}.raw", N, batched=True)
+        print(f"consumer: getmany {many:,.0f} msgs/s, async-for {one_by_one:,.0f} msgs/s")
+        write_result(
+            "kafka_consumer",
+            "aiokafka consumer throughput (getmany, from earliest)",
+            "msgs/s",
+            many,
+            baseline=("async for, one record at a time", one_by_one),
+            target=Target(ratio=1.0),
+            extra={"records": N},
+        )
+
+    finally:
+        await delete_topics(bootstrap, prefix)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from bench.harness import Target, kafka_bootstrap, write_result
+from bench.harness import Target, delete_topics, kafka_bootstrap, write_result
 
 N = int(os.environ.get("BENCH_PROCESSOR_N", "100000"))
 N_NAIVE = int(os.environ.get("BENCH_PROCESSOR_N_NAIVE", "20000"))
@@ -106,7 +106,7 @@ async def count_events(bootstrap: str, topics: list[str]) -> int:
         await consumer.stop()
 
 
-async def run_processor(bootstrap: str) -> tuple[float, float, int, float]:
+async def run_processor(bootstrap: str, prefix: str) -> tuple[float, float, int, float]:
     """commands/s of the processor (after assignment), total incl. startup, events written,
     and the worker's CPU microseconds per command (after assignment)."""
     from schemas.topics import Topics, ensure_topics
@@ -114,7 +114,6 @@ async def run_processor(bootstrap: str) -> tuple[float, float, int, float]:
     from services.pledge.metrics import ProcessorMetrics
     from services.pledge.processor import Processor
 
-    prefix = f"bench-{uuid.uuid4().hex[:8]}."
     settings = PledgeSettings(
         kafka_bootstrap=bootstrap,
         topic_prefix=prefix,
@@ -162,11 +161,10 @@ async def run_processor(bootstrap: str) -> tuple[float, float, int, float]:
     return N / (done - assigned), N / (done - started), int(events), cpu_us
 
 
-async def run_naive(bootstrap: str) -> float:
+async def run_naive(bootstrap: str, prefix: str) -> float:
     """commands/s of the naive faust agent (subprocess), first event to last."""
     from schemas.topics import Topics, ensure_topics
 
-    prefix = f"bench-{uuid.uuid4().hex[:8]}."
     topics = Topics(prefix=prefix, partitions=PARTITIONS)
     await ensure_topics(bootstrap, topics)
     await preload(bootstrap, topics.commands, commands(N_NAIVE, "n"))
@@ -255,9 +253,13 @@ def naive_app() -> Any:
 
 async def main() -> None:
     bootstrap = kafka_bootstrap()
-    naive = await run_naive(bootstrap)
-    print(f"naive faust agent: {naive:,.0f} commands/s ({N_NAIVE:,} commands)")
-    rate, total_rate, events, cpu_us = await run_processor(bootstrap)
+    run = f"bench-{uuid.uuid4().hex[:8]}"
+    try:
+        naive = await run_naive(bootstrap, f"{run}-naive.")
+        print(f"naive faust agent: {naive:,.0f} commands/s ({N_NAIVE:,} commands)")
+        rate, total_rate, events, cpu_us = await run_processor(bootstrap, f"{run}-real.")
+    finally:
+        await delete_topics(bootstrap, run)
     print(
         f"processor: {rate:,.0f} commands/s after assignment, {total_rate:,.0f} including "
         f"startup ({N:,} commands, {events:,} events), {cpu_us:.1f} us CPU per command"

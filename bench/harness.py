@@ -66,6 +66,21 @@ class Target:
     lower_is_better: bool = False
 
 
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Every topic a bench made under ``prefix`` (and faust's, named after an app id that
+    starts with it): a broker carrying the topics of every earlier run restarts slowly."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        mine = [topic for topic in await admin.list_topics() if topic.startswith(prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
 def write_result(
     name: str,
     metric: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -9,6 +10,7 @@ import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from tests.support.api import CREATED_PREFIXES
 from tests.support.infra import LocalBroker, ensure_redis, kafka_bootstrap, redis_url, unique_name
 
 
@@ -20,6 +22,24 @@ def broker() -> Iterator[LocalBroker]:
     yield b
     # A test that stopped the broker must not leave the rest of the session without one.
     b.ensure_running()
+    asyncio.run(delete_topics(b.bootstrap, CREATED_PREFIXES))
+
+
+async def delete_topics(bootstrap: str, prefixes: set[str]) -> None:
+    """Topics of the session's module-wide stacks: a broker carrying every topic of every
+    earlier run restarts slowly (the per-test ``unique`` fixture cleans up its own)."""
+    if not prefixes:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        mine = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
+        if mine:
+            await admin.delete_topics(mine)
+    except KafkaError as exc:
+        print(f"cleanup of the session's topics skipped: {exc!r}")
+    finally:
+        await admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -42,8 +42,14 @@ def api_settings(bootstrap: str, redis_url: str, prefix: str, **overrides: Any) 
     return PledgeSettings(**values)
 
 
+#: Prefixes of the topics made by :func:`create_topics`: the session deletes them at its end.
+CREATED_PREFIXES: set[str] = set()
+
+
 async def create_topics(settings: PledgeSettings) -> Topics:
     topics = Topics(prefix=settings.topic_prefix, partitions=settings.partitions)
+    if settings.topic_prefix:
+        CREATED_PREFIXES.add(settings.topic_prefix)
     await ensure_topics(settings.kafka_bootstrap, topics)
     return topics
 
