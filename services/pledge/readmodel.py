@@ -40,6 +40,7 @@ from schemas.events import (
     RejectionReason,
 )
 from schemas.topics import Topics
+from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
 from services.pledge.adapters.redis_readmodel import (
     APPLY_SCRIPT,
     CampaignRow,
@@ -246,6 +247,8 @@ class Projector:
         self._applied_by_type: dict[str, Any] = {}
         self._lag_at = -1e9
         self.lag_every = lag_every_seconds
+        #: an apply failed (Redis unreachable): the next step retries every held campaign
+        self._stalled = False
 
     async def start(self) -> None:
         await self.store.load_scripts()
@@ -278,10 +281,23 @@ class Projector:
             await self._dlq.stop()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Project until ``stop`` is set (or forever)."""
+        """Project until ``stop`` is set (or forever).
+
+        Redis out of reach (restarting, failing over) pauses the projector instead of ending
+        it: offsets are committed only below what was applied, and the campaigns whose events
+        wait in memory are applied again once Redis answers.
+        """
         stop = stop or asyncio.Event()
+        backoff = 0.1
         while not stop.is_set():
-            await self.step(timeout_ms=200)
+            try:
+                await self.step(timeout_ms=200)
+                backoff = 0.1
+            except REDIS_UNAVAILABLE as exc:
+                log.warning("Redis unavailable (%r); retrying in %.1f s", exc, backoff)
+                self._stalled = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def run_until_caught_up(self, idle_ms: int = 1000) -> None:
         """Project until every partition is read up to where it ended when this started."""
@@ -309,13 +325,6 @@ class Projector:
         """One poll: hold, apply what became consecutive, commit; returns records read."""
         consumer = self._require()
         batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
-        if consumer.assignment():
-            self.ready.set()
-            now = time.monotonic()
-            if now - self._beat > 10:
-                # Liveness for `make run` and probes: this projector owns partitions.
-                self._beat = now
-                await self.client.set(f"{self.keys.ns}projector:alive", self.group, ex=30)
         last: dict[TopicPartition, int] = {}
         touched: set[str] = set()
         count = 0
@@ -333,11 +342,22 @@ class Projector:
                 held = self._held.setdefault(envelope.campaign_id, _Held())
                 held.events[envelope.seq] = (envelope, tp, record.offset)
                 touched.add(envelope.campaign_id)
+        if self._stalled:  # an earlier apply failed: retry every campaign still held
+            touched.update(self._held)
         if touched:
             await self._apply(touched)
+        self._stalled = False
         if last:
             await self._commit(last)
         self.metrics.held_campaigns.set(len(self._held))
+        if consumer.assignment():
+            self.ready.set()
+            now = time.monotonic()
+            if now - self._beat > 10:
+                # Liveness for `make run` and probes: this projector owns partitions. Written
+                # after the records are held, so that a Redis error here loses none of them.
+                self._beat = now
+                await self.client.set(f"{self.keys.ns}projector:alive", self.group, ex=30)
         if time.monotonic() - self._lag_at >= self.lag_every:
             await self._observe_lag(consumer)
         return count
@@ -411,6 +431,12 @@ class Projector:
                 return
             try:
                 results = await pipe.execute(raise_on_error=True)
+            except REDIS_UNAVAILABLE:
+                # The summaries were advanced in memory for events Redis may not have: forget
+                # them, so that the retry reloads what Redis really holds.
+                for campaign_id, _ in calls:
+                    self._cache.pop(campaign_id, None)
+                raise
             except NoScriptError:  # Redis lost its scripts (restart, failover): load, retry
                 await self.store.load_scripts()
                 for campaign_id, _ in calls:

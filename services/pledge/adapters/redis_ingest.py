@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from services.pledge.adapters.redis_pipeline import AutoPipeline, LuaScript
 from services.pledge.adapters.redis_readmodel import Keys
 
@@ -119,6 +117,7 @@ class IngestStore:
         self.keys = keys
         self._rate = repr(float(rate_per_second))
         self._burst = str(burst)
+        self._lock_s = lock_seconds
         self._lock_ms = str(lock_seconds * 1000)
         self._ttl = ttl_seconds
         self._retries: set[asyncio.Task[Any]] = set()
@@ -178,9 +177,9 @@ class IngestStore:
         Queued, not awaited: the command is already in Kafka, so the answer need not wait for
         another Redis round trip. The script is queued on the pipeline's one connection before
         the answer is written, so a retry this process reads later is gated after it (Redis
-        runs a connection's commands in order). A failure is logged: the reservation then
-        expires after the lock time and a retry re-sends the same command, which the
-        processor ignores.
+        runs a connection's commands in order). A failed store is tried again with back-off
+        until the lock time has passed; after that the reservation has expired, and a retry
+        re-sends the same command, which the processor ignores.
         """
         stored = b"D" + fingerprint.encode() + b"%03d" % status + body
         keys = [self.keys.idempotency(tenant_id, idempotency_key)]
@@ -196,22 +195,28 @@ class IngestStore:
         reply.add_done_callback(lambda done: self._completed(done, keys, args))
 
     def _completed(self, done: asyncio.Future[Any], keys: list[str], args: list[Any]) -> None:
-        if done.cancelled():
+        if done.cancelled() or done.exception() is None:
             return
-        exc = done.exception()
-        if isinstance(exc, NoScriptError):  # Redis lost its scripts (restart): load, retry
-            task = asyncio.get_running_loop().create_task(
-                self.pipeline.evalsha(COMPLETE_SCRIPT, keys, args)
-            )
-            self._retries.add(task)
-            task.add_done_callback(self._retried)
-        elif exc is not None:
-            log.warning("response not stored for idempotency: %r", exc)
+        # Redis lost the script (restart) or was out of reach: store it again shortly, so that
+        # retries get the replay rather than "in progress" until the reservation expires.
+        task = asyncio.get_running_loop().create_task(self._store_again(keys, args))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
-    def _retried(self, task: asyncio.Task[Any]) -> None:
-        self._retries.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("response not stored for idempotency: %r", task.exception())
+    async def _store_again(self, keys: list[str], args: list[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._lock_s  # the reservation is gone by then anyway
+        delay = 0.1
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.pipeline.evalsha(COMPLETE_SCRIPT, keys, args)
+                return
+            except Exception as exc:
+                if loop.time() + delay > give_up:
+                    log.warning("response not stored for idempotency: %r", exc)
+                    return
+            delay = min(delay * 2, 2.0)
 
     async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
         """Free a reservation whose command could not be sent (the client may retry at once)."""

@@ -24,10 +24,20 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["AutoPipeline", "LuaScript"]
+__all__ = ["REDIS_UNAVAILABLE", "AutoPipeline", "LuaScript"]
+
+#: Redis errors that mean "not reachable right now": no connection, a timeout, a restarted
+#: server still loading its data (``BusyLoadingError`` is a ``ConnectionError``), a replica
+#: made read-only by a failover. The API answers them 503 with ``Retry-After`` (never 500);
+#: the projector waits and retries.
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+)
 
 
 class LuaScript:

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.topics import Topics
 from services.pledge.adapters.command_bus import CommandBus
 from services.pledge.adapters.redis_ingest import IngestStore
-from services.pledge.adapters.redis_pipeline import AutoPipeline
+from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE, AutoPipeline
 from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
 from services.pledge.api.auth import ApiKeys
 from services.pledge.api.fastpath import FastWrites
@@ -60,6 +60,7 @@ from services.pledge.api.problems import (
     ProblemError,
     problem_body,
     problem_response,
+    redis_unavailable,
 )
 from services.pledge.config import PledgeSettings
 from services.pledge.metrics_api import ApiMetrics, api_metrics
@@ -313,6 +314,10 @@ def create_app(
         )
         return problem_response(body, getattr(exc, "headers", None))
 
+    async def on_redis(request: Request, exc: Exception) -> Response:
+        log.warning("Redis unavailable on %s %s: %r", request.method, request.url.path, exc)
+        return redis_unavailable(request.url.path)
+
     async def on_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem_response(problem_body("internal-error", instance=request.url.path))
@@ -320,6 +325,8 @@ def create_app(
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    for redis_error in REDIS_UNAVAILABLE:
+        app.add_exception_handler(redis_error, on_redis)
     app.add_exception_handler(Exception, on_error)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 

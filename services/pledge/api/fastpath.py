@@ -26,9 +26,15 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
 from services.pledge.api.ingest import Ingest
 from services.pledge.api.models import ID_PATTERN
-from services.pledge.api.problems import ProblemError, problem_body, problem_response
+from services.pledge.api.problems import (
+    ProblemError,
+    problem_body,
+    problem_response,
+    redis_unavailable,
+)
 from services.pledge.metrics_api import ApiMetrics
 
 __all__ = ["BATCH_ROUTE", "PLEDGE_ROUTE", "FastWrites"]
@@ -112,6 +118,9 @@ class FastWrites:
                 response = await ingest.batch(_Request(scope, receive), path=path)
         except ProblemError as exc:
             response = problem_response(exc.body(path), exc.headers)
+        except REDIS_UNAVAILABLE as exc:
+            log.warning("Redis unavailable on POST %s: %r", path, exc)
+            response = redis_unavailable(path)
         except Exception:
             log.exception("unexpected error on POST %s", path)
             response = problem_response(problem_body("internal-error", instance=path))

@@ -21,6 +21,7 @@ __all__ = [
     "field_errors",
     "problem_body",
     "problem_response",
+    "redis_unavailable",
     "refusal",
     "validation_problem",
 ]
@@ -148,3 +149,9 @@ def validation_problem(
 def refusal(reason: str, detail: str) -> ProblemError:
     """409 for a command the processor refused, with its stable reason code."""
     return ProblemError("refused", detail or reason, reason=reason)
+
+
+def redis_unavailable(instance: str | None = None) -> Response:
+    """The 503 of a request that could not reach Redis (nothing was reserved or sent)."""
+    body = problem_body("unavailable", detail="Redis is unavailable; retry", instance=instance)
+    return problem_response(body, {"Retry-After": "1"})

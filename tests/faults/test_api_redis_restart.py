@@ -1,0 +1,178 @@
+"""SIGKILL and restart Redis under retrying load: 503s while it is down, nothing lost or doubled.
+
+Redis runs as a private ``redis-server`` with an fsync-always AOF (production keeps Redis on
+AOF too), so a restart loses no acknowledged write. The API, the processor and the projector
+run in-process on the shared broker. While clients send pledges and retry each with the same
+Idempotency-Key until they get their 202, Redis is killed and restarted twice. The API must
+answer 503 problem documents meanwhile (never a 500); afterwards every key's pledge is made
+exactly once, retries replay the first 202, and the projector, which lived through the
+outages, shows the pledges accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.faults.test_api_sigkill import pledges_made
+from tests.support.api import (
+    api_client,
+    api_settings,
+    create_topics,
+    free_port,
+    launch_body,
+    pledge_body,
+    processor,
+    projector,
+    write_headers,
+)
+from tests.support.infra import unique_name
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+KEYS = 1500
+CLIENTS = 16
+OUTAGES = 2
+PROBLEM = "application/problem+json"
+
+
+class PrivateRedis:
+    """A ``redis-server`` of the test's own: SIGKILL and restart on the same port and data."""
+
+    def __init__(self, data: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data = data
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        import redis
+
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
+                assert time.monotonic() < deadline, "private redis not ready in 30 s"
+                time.sleep(0.05)
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+async def test_redis_restarts_under_retrying_load_answer_503_and_lose_nothing(
+    broker: Any, tmp_path: Path
+) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    print(f"seed={seed}")
+    redis_server = PrivateRedis(tmp_path)
+    redis_server.start()
+    settings = api_settings(broker.bootstrap, redis_server.url, unique_name("rr"))
+    await create_topics(settings)
+    first: dict[str, httpx.Response] = {}
+    outcomes: Counter[str] = Counter()
+    keys = [f"k-{i}" for i in range(KEYS)]
+    try:
+        async with processor(settings), projector(settings), api_client(settings) as api:
+            campaign_id = f"c-{unique_name()}"
+            launched = await api.post(
+                "/v1/campaigns",
+                json=launch_body(campaign_id),
+                headers=write_headers("launch", Prefer="wait=10"),
+            )
+            assert launched.status_code == 201, launched.text
+            url = f"/v1/campaigns/{campaign_id}/pledges"
+            body = pledge_body(None, tier_id=None)
+
+            async def until_accepted(key: str) -> None:
+                while True:
+                    response = await api.post(url, json=body, headers=write_headers(key))
+                    if response.status_code == 202:
+                        first[key] = response
+                        return
+                    # Redis down: 503 with Retry-After; 409 if the key is still held.
+                    assert response.status_code in (409, 503), response.text
+                    assert response.headers["content-type"] == PROBLEM
+                    assert "retry-after" in response.headers
+                    outcomes[str(response.status_code)] += 1
+                    await asyncio.sleep(0.05)
+
+            async def client_loop(share: list[str]) -> None:
+                for key in share:
+                    await until_accepted(key)
+
+            load = asyncio.gather(*(client_loop(keys[i::CLIENTS]) for i in range(CLIENTS)))
+            outages_under_load = 0
+            try:
+                for _ in range(OUTAGES):
+                    await asyncio.sleep(rng.uniform(0.3, 1.0))
+                    if len(first) < KEYS:
+                        outages_under_load += 1
+                    redis_server.kill()
+                    await asyncio.sleep(rng.uniform(0.5, 1.5))
+                    redis_server.start()
+                await asyncio.wait_for(load, 120)
+            finally:
+                if not load.done():
+                    load.cancel()
+            print(f"outages under load: {outages_under_load}, answers: {dict(outcomes)}")
+            assert outages_under_load == OUTAGES
+            assert outcomes["503"] > 0
+
+            accepted = {response.json()["pledge_id"] for response in first.values()}
+            assert len(accepted) == KEYS
+            deadline = time.monotonic() + 60
+            while len(set(made := await pledges_made(settings, campaign_id))) < KEYS:
+                assert time.monotonic() < deadline, "not every accepted pledge was made"
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)  # a second copy, if any, would have been decided by now
+            made = await pledges_made(settings, campaign_id)
+            assert [p for p, n in Counter(made).items() if n > 1] == []
+            assert set(made) == accepted
+
+            sample = rng.sample(keys, 50)
+            for key in sample:
+                again = await api.post(url, json=body, headers=write_headers(key))
+                assert again.status_code == 202, again.text
+                assert again.content == first[key].content
+
+            async def not_projected() -> list[Any]:
+                late = []
+                for key in sample:
+                    status_url = first[key].json()["status_url"]
+                    status = await api.get(status_url, headers=write_headers(key))
+                    if status.status_code != 200 or status.json()["status"] != "accepted":
+                        late.append((key, status.status_code, status.text))
+                return late
+
+            deadline = time.monotonic() + 30
+            while late := await not_projected():
+                assert time.monotonic() < deadline, f"the projector did not catch up: {late[:3]}"
+                await asyncio.sleep(0.5)
+    finally:
+        redis_server.stop()
