@@ -16,33 +16,29 @@ import random
 import signal
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.faults.test_api_sigkill import pledges_made
 from tests.support.api import (
     api_client,
     api_settings,
     create_topics,
     free_port,
     launch_body,
-    pledge_body,
     processor,
     projector,
     write_headers,
 )
 from tests.support.infra import unique_name
+from tests.support.load import RetryingLoad, assert_made_exactly_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 KEYS = 1500
 CLIENTS = 16
 OUTAGES = 2
-PROBLEM = "application/problem+json"
 
 
 class PrivateRedis:
@@ -94,8 +90,6 @@ async def test_redis_restarts_under_retrying_load_answer_503_and_lose_nothing(
     redis_server.start()
     settings = api_settings(broker.bootstrap, redis_server.url, unique_name("rr"))
     await create_topics(settings)
-    first: dict[str, httpx.Response] = {}
-    outcomes: Counter[str] = Counter()
     keys = [f"k-{i}" for i in range(KEYS)]
     try:
         async with processor(settings), projector(settings), api_client(settings) as api:
@@ -106,65 +100,28 @@ async def test_redis_restarts_under_retrying_load_answer_503_and_lose_nothing(
                 headers=write_headers("launch", Prefer="wait=10"),
             )
             assert launched.status_code == 201, launched.text
-            url = f"/v1/campaigns/{campaign_id}/pledges"
-            body = pledge_body(None, tier_id=None)
-
-            async def until_accepted(key: str) -> None:
-                while True:
-                    response = await api.post(url, json=body, headers=write_headers(key))
-                    if response.status_code == 202:
-                        first[key] = response
-                        return
-                    # Redis down: 503 with Retry-After; 409 if the key is still held.
-                    assert response.status_code in (409, 503), response.text
-                    assert response.headers["content-type"] == PROBLEM
-                    assert "retry-after" in response.headers
-                    outcomes[str(response.status_code)] += 1
-                    await asyncio.sleep(0.05)
-
-            async def client_loop(share: list[str]) -> None:
-                for key in share:
-                    await until_accepted(key)
-
-            load = asyncio.gather(*(client_loop(keys[i::CLIENTS]) for i in range(CLIENTS)))
+            load = RetryingLoad(api, f"/v1/campaigns/{campaign_id}/pledges", keys, CLIENTS)
+            load.start()
             outages_under_load = 0
-            try:
-                for _ in range(OUTAGES):
-                    await asyncio.sleep(rng.uniform(0.3, 1.0))
-                    if len(first) < KEYS:
-                        outages_under_load += 1
-                    redis_server.kill()
-                    await asyncio.sleep(rng.uniform(0.5, 1.5))
-                    redis_server.start()
-                await asyncio.wait_for(load, 120)
-            finally:
-                if not load.done():
-                    load.cancel()
-            print(f"outages under load: {outages_under_load}, answers: {dict(outcomes)}")
+            for _ in range(OUTAGES):
+                await asyncio.sleep(rng.uniform(0.3, 1.0))
+                outages_under_load += not load.done
+                redis_server.kill()
+                await asyncio.sleep(rng.uniform(0.5, 1.5))
+                redis_server.start()
+            await load.finish(within=120)
+            print(f"outages under load: {outages_under_load}, answers: {dict(load.outcomes)}")
             assert outages_under_load == OUTAGES
-            assert outcomes["503"] > 0
+            assert load.outcomes["503"] > 0
 
-            accepted = {response.json()["pledge_id"] for response in first.values()}
-            assert len(accepted) == KEYS
-            deadline = time.monotonic() + 60
-            while len(set(made := await pledges_made(settings, campaign_id))) < KEYS:
-                assert time.monotonic() < deadline, "not every accepted pledge was made"
-                await asyncio.sleep(0.5)
-            await asyncio.sleep(1.0)  # a second copy, if any, would have been decided by now
-            made = await pledges_made(settings, campaign_id)
-            assert [p for p, n in Counter(made).items() if n > 1] == []
-            assert set(made) == accepted
-
+            await assert_made_exactly_once(settings, campaign_id, load)
             sample = rng.sample(keys, 50)
-            for key in sample:
-                again = await api.post(url, json=body, headers=write_headers(key))
-                assert again.status_code == 202, again.text
-                assert again.content == first[key].content
+            await load.assert_replays(sample)
 
             async def not_projected() -> list[Any]:
                 late = []
                 for key in sample:
-                    status_url = first[key].json()["status_url"]
+                    status_url = load.first[key].json()["status_url"]
                     status = await api.get(status_url, headers=write_headers(key))
                     if status.status_code != 200 or status.json()["status"] != "accepted":
                         late.append((key, status.status_code, status.text))

@@ -17,28 +17,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from schemas import decode
 from services.pledge.config import PledgeSettings
 from tests.support.api import (
-    AUTH_A,
     api_settings,
     create_topics,
     free_port,
     launch_body,
-    pledge_body,
     processor,
     projector,
     write_headers,
 )
 from tests.support.infra import REPO, redis_url, unique_name
+from tests.support.load import RetryingLoad, assert_made_exactly_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -109,29 +105,6 @@ class ApiServer:
         return (self.log_dir / f"api-{self.starts}.log").read_text(errors="replace")[-4000:]
 
 
-async def pledges_made(settings: PledgeSettings, campaign_id: str) -> list[str]:
-    """The pledge ids of every committed ``PledgeMade`` of the campaign, repeats included."""
-    consumer = AIOKafkaConsumer(
-        f"{settings.topic_prefix}PledgeMade",
-        bootstrap_servers=settings.kafka_bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        found: list[str] = []
-        while batch := await consumer.getmany(timeout_ms=1000):
-            for records in batch.values():
-                for record in records:
-                    event = decode(record.value)
-                    if event.campaign_id == campaign_id:
-                        found.append(event.payload.pledge_id)
-        return found
-    finally:
-        await consumer.stop()
-
-
 async def test_sigkill_of_the_api_under_retrying_load_makes_each_pledge_exactly_once(
     broker: Any, redis_server: str, tmp_path: Path
 ) -> None:
@@ -142,8 +115,6 @@ async def test_sigkill_of_the_api_under_retrying_load_makes_each_pledge_exactly_
     await create_topics(settings)
     api = ApiServer(settings, tmp_path)
     keys = [f"k-{i}" for i in range(KEYS)]
-    first: dict[str, httpx.Response] = {}
-    outcomes: Counter[str] = Counter()
     async with (
         processor(settings),
         projector(settings),
@@ -158,67 +129,21 @@ async def test_sigkill_of_the_api_under_retrying_load_makes_each_pledge_exactly_
             headers=write_headers("launch", Prefer="wait=10"),
         )
         assert launched.status_code == 201, launched.text
-        url = f"{api.url}/v1/campaigns/{campaign_id}/pledges"
-        body = pledge_body(None, tier_id=None)
-
-        async def until_accepted(key: str) -> None:
-            while True:
-                try:
-                    response = await client.post(url, json=body, headers=write_headers(key))
-                except httpx.TransportError:
-                    outcomes["connection dropped"] += 1
-                    await asyncio.sleep(0.05)
-                    continue
-                if response.status_code == 202:
-                    first[key] = response
-                    return
-                # Killed mid-request (503: a dependency failed; 409: the key is still held).
-                assert response.status_code in (409, 503), response.text
-                outcomes[str(response.status_code)] += 1
-                await asyncio.sleep(0.1)
-
-        async def client_loop(share: list[str]) -> None:
-            for key in share:
-                await until_accepted(key)
-
-        load = asyncio.gather(*(client_loop(keys[i::CLIENTS]) for i in range(CLIENTS)))
+        load = RetryingLoad(client, f"{api.url}/v1/campaigns/{campaign_id}/pledges", keys, CLIENTS)
+        load.start()
         kills_under_load = 0
-        try:
-            for _ in range(KILLS):
-                await asyncio.sleep(rng.uniform(0.3, 1.5))
-                if len(first) < KEYS:
-                    kills_under_load += 1
-                api.kill()
-                api.start()
-                await api.ready(client)
-            await asyncio.wait_for(load, 120)
-        finally:
-            if not load.done():
-                load.cancel()
-        print(f"kills under load: {kills_under_load}, retries: {dict(outcomes)}")
+        for _ in range(KILLS):
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            kills_under_load += not load.done
+            api.kill()
+            api.start()
+            await api.ready(client)
+        await load.finish(within=120)
+        print(f"kills under load: {kills_under_load}, retries: {dict(load.outcomes)}")
         assert kills_under_load >= 2  # the faults struck while pledges were in flight
-        assert outcomes["connection dropped"] > 0
+        assert load.outcomes["connection dropped"] > 0
 
-        accepted = {response.json()["pledge_id"] for response in first.values()}
-        assert len(accepted) == KEYS
-
-        async def all_made() -> list[str] | None:
-            made = await pledges_made(settings, campaign_id)
-            return made if len(set(made)) >= KEYS else None
-
-        deadline = time.monotonic() + 60
-        while (made := await all_made()) is None:
-            assert time.monotonic() < deadline, "not every accepted pledge was made"
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(1.0)  # a second copy, if any, would have been decided by now
-        made = await pledges_made(settings, campaign_id)
-        print(f"made {len(made)} ({len(set(made))} distinct), accepted {len(accepted)}")
-        assert [p for p, n in Counter(made).items() if n > 1] == []
-        assert set(made) == accepted
-
+        await assert_made_exactly_once(settings, campaign_id, load)
         # A retry of any key replays its first answer, whichever process stored it.
-        for key in rng.sample(keys, 100):
-            again = await client.post(url, json=body, headers={**AUTH_A, "Idempotency-Key": key})
-            assert again.status_code == 202, again.text
-            assert again.content == first[key].content
+        await load.assert_replays(rng.sample(keys, 100))
         api.stop()
