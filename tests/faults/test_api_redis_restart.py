@@ -4,9 +4,9 @@ Redis runs as a private ``redis-server`` with an fsync-always AOF (production ke
 AOF too), so a restart loses no acknowledged write. The API, the processor and the projector
 run in-process on the shared broker. While clients send pledges and retry each with the same
 Idempotency-Key until they get their 202, Redis is killed and restarted twice. The API must
-answer 503 problem documents meanwhile (never a 500); afterwards every key's pledge is made
-exactly once, retries replay the first 202, and the projector, which lived through the
-outages, shows the pledges accepted.
+answer 503 problem documents meanwhile (never a 500), to pledges, batches and reads alike;
+afterwards every key's pledge is made exactly once, retries replay the first 202, and the
+projector, which lived through the outages, shows the pledges accepted.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 
 from tests.support.api import (
+    AUTH_A,
     api_client,
     api_settings,
     create_topics,
     free_port,
     launch_body,
+    pledge_body,
     processor,
     projector,
     write_headers,
@@ -107,7 +109,20 @@ async def test_redis_restarts_under_retrying_load_answer_503_and_lose_nothing(
                 await asyncio.sleep(rng.uniform(0.3, 1.0))
                 outages_under_load += not load.done
                 redis_server.kill()
-                await asyncio.sleep(rng.uniform(0.5, 1.5))
+                await asyncio.sleep(0.2)
+                # Reads and batches meet the outage too: 503 problem documents as well.
+                for response in (
+                    await api.get(f"/v1/campaigns/{campaign_id}", headers=AUTH_A),
+                    await api.post(
+                        "/v1/pledges/batch",
+                        json={"pledges": [{**pledge_body(None), "campaign_id": campaign_id}]},
+                        headers=write_headers(unique_name()),
+                    ),
+                ):
+                    assert response.status_code == 503, response.text
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert response.headers["retry-after"] == "1"
+                await asyncio.sleep(rng.uniform(0.3, 1.3))
                 redis_server.start()
             await load.finish(within=120)
             print(f"outages under load: {outages_under_load}, answers: {dict(load.outcomes)}")
