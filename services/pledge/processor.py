@@ -50,7 +50,12 @@ from services.pledge.adapters.kafka_log import (
     read_to_end,
     transactional_producer,
 )
-from services.pledge.adapters.snapshots import load_snapshot, snapshot_records
+from services.pledge.adapters.snapshots import (
+    MAX_SNAPSHOT_BYTES,
+    load_snapshot,
+    snapshot_limit,
+    snapshot_records,
+)
 from services.pledge.config import PledgeSettings
 from services.pledge.domain import (
     CampaignState,
@@ -271,6 +276,8 @@ class Processor:
         #: Bumped by every rebuild of a partition: records polled before it are stale.
         self._epochs: dict[int, int] = {}
         self._partition_count = settings.partitions
+        #: Biggest campaign snapshot the snapshot topic takes (read from it at start).
+        self._snapshot_max = MAX_SNAPSHOT_BYTES
         self.metrics.track_open_campaigns(self._open_campaigns)
 
     # --- public surface ----------------------------------------------------------------------
@@ -293,6 +300,7 @@ class Processor:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
         )
+        self._snapshot_max = await snapshot_limit(s.kafka_bootstrap, self.topics.snapshots)
         await consumer.start()
         self._consumer = consumer
         consumer.subscribe([self._commands_topic], listener=_Rebalance(self))
@@ -674,7 +682,7 @@ class Processor:
         """Queue a snapshot round of the campaigns changed so far (state before this batch,
         i.e. exactly the committed log up to ``event_offsets``)."""
         states = [part.states[cid] for cid in sorted(part.dirty) if cid in part.states]
-        records = snapshot_records(states, part.event_offsets, part.number)
+        records = snapshot_records(states, part.event_offsets, part.number, self._snapshot_max)
         if records is None:
             log.warning("partition %s: a campaign snapshot is too big; round skipped", part.number)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas import Envelope, verify_chain
 from schemas.topics import Topics
-from services.pledge.adapters.snapshots import load_snapshot
+from services.pledge.adapters.snapshots import encode_campaign, load_snapshot
 from services.pledge.config import PledgeSettings
 from services.pledge.metrics import ProcessorMetrics
 from services.pledge.processor import BeforeCommit, Processor, recover_partition
@@ -168,6 +169,29 @@ async def test_snapshot_then_replay_gives_the_state_of_a_full_replay(
         await produce_commands(bootstrap, topics.commands, [pledge("c0", "late")])
         events = await wait_for_events(bootstrap, topics, count(127))
     assert_gapless(events)
+
+
+async def test_a_campaign_snapshot_over_a_mebibyte_is_written_and_recovered_from(
+    bootstrap: str, unique: str
+) -> None:
+    """A campaign of 24,000 pledges (API-style uuid pledge ids) snapshots to ~1.1 MiB, over
+    the broker's default message limit: the snapshot topic takes it, and recovery starts
+    from it instead of replaying the campaign's whole log."""
+    settings = processor_settings(bootstrap, unique, partitions=1, snapshot_every_events=22_000)
+    topics = await create_topics(settings)
+    pledges = 24_000
+    commands: list[Any] = [launch("c-big", goal_minor=10**9)]
+    commands += [pledge("c-big", f"p-{uuid.uuid4()}") for _ in range(pledges)]
+    async with running(settings):
+        await produce_commands(bootstrap, topics.commands, commands)
+        events = await wait_for_events(bootstrap, topics, count(pledges + 1), within=120)
+    snapshot = await load_snapshot(bootstrap, topics.snapshots, 0)
+    assert snapshot is not None and "c-big" in snapshot.states
+    assert len(encode_campaign(snapshot.states["c-big"], snapshot.offsets)) > 1024 * 1024
+    with_snapshot = await recover_partition(bootstrap, topics, 0)
+    assert with_snapshot.from_snapshot
+    assert with_snapshot.replayed < pledges - 20_000
+    assert with_snapshot.states == replay_all(events)
 
 
 async def test_poison_messages_go_to_the_dead_letter_topic_and_processing_goes_on(

@@ -12,6 +12,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import murmur2
 
+from schemas.topics import SNAPSHOT_MAX_MESSAGE_BYTES
+
 __all__ = [
     "DeadLetter",
     "dead_letter",
@@ -41,7 +43,8 @@ def transactional_producer(
         acks="all",
         linger_ms=0,
         max_batch_size=_MAX_BATCH_BYTES,
-        max_request_size=4 * 1024 * 1024,
+        # A snapshot record may be as big as the snapshot topic allows.
+        max_request_size=SNAPSHOT_MAX_MESSAGE_BYTES + 1024 * 1024,
         transaction_timeout_ms=transaction_timeout_ms,
     )
 

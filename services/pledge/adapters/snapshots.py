@@ -11,6 +11,8 @@ Compaction keeps the latest record per key; an aborted round leaves nothing behi
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,14 +31,20 @@ __all__ = [
     "encode_campaign",
     "encode_manifest",
     "load_snapshot",
+    "snapshot_limit",
     "snapshot_records",
 ]
 
+log = logging.getLogger("pledgeflow.processor")
+
 MANIFEST_KEY = b"__manifest__"
 FORMAT_VERSION = 1
-#: Biggest compressed campaign snapshot written (under the broker's default 1 MiB message);
-#: a round with a bigger one is skipped, and recovery replays a little more instead.
+#: Biggest compressed campaign snapshot written when the snapshot topic's own limit is not
+#: known (under the broker's default 1 MiB message). A round with a bigger one is skipped, and
+#: recovery replays more instead.
 MAX_SNAPSHOT_BYTES = 900 * 1024
+#: Room left for the record and batch headers under the topic's ``max.message.bytes``.
+_RECORD_OVERHEAD = 64 * 1024
 
 
 @dataclass
@@ -92,14 +100,55 @@ async def load_snapshot(bootstrap: str, topic: str, partition: int) -> Partition
     return snapshot
 
 
+async def snapshot_limit(bootstrap: str, topic: str) -> int:
+    """The biggest campaign snapshot ``topic`` takes: its ``max.message.bytes`` less the
+    headers. A topic created before the registry raised that limit keeps the broker's 1 MiB
+    until its config is changed, and a too-big record would fail the whole transaction, so
+    the limit is read from the topic rather than assumed (:data:`MAX_SNAPSHOT_BYTES` when it
+    cannot be read)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+        for _attempt in range(20):  # a topic just created may not be described yet
+            for response in await admin.describe_configs([resource]):
+                for code, _message, _type, _name, entries in response.resources:
+                    for name, value, *_ in entries if code == 0 else ():
+                        if name == "max.message.bytes":
+                            return max(MAX_SNAPSHOT_BYTES, int(value) - _RECORD_OVERHEAD)
+            await asyncio.sleep(0.25)
+        log.warning(
+            "max.message.bytes of %s not described: snapshots up to %d bytes",
+            topic,
+            MAX_SNAPSHOT_BYTES,
+        )
+    except Exception as exc:
+        log.warning(
+            "max.message.bytes of %s unknown (%r): snapshots up to %d bytes",
+            topic,
+            exc,
+            MAX_SNAPSHOT_BYTES,
+        )
+    finally:
+        await admin.close()
+    return MAX_SNAPSHOT_BYTES
+
+
 def snapshot_records(
-    states: Iterable[CampaignState], offsets: Mapping[str, int], partition: int
+    states: Iterable[CampaignState],
+    offsets: Mapping[str, int],
+    partition: int,
+    max_bytes: int = MAX_SNAPSHOT_BYTES,
 ) -> list[tuple[bytes, bytes]] | None:
-    """``(key, value)`` records of one round, manifest last; None if a campaign is too big."""
+    """``(key, value)`` records of one round, manifest last; None if a campaign's snapshot
+    is over ``max_bytes``."""
     records: list[tuple[bytes, bytes]] = []
     for state in states:
         value = encode_campaign(state, offsets)
-        if len(value) > MAX_SNAPSHOT_BYTES:
+        if len(value) > max_bytes:
             return None
         records.append((state.campaign_id.encode(), value))
     records.append((MANIFEST_KEY, encode_manifest(partition, offsets, len(records))))
