@@ -34,7 +34,7 @@ from tests.support.api import (
     write_headers,
 )
 from tests.support.infra import unique_name
-from tests.support.load import RetryingLoad, assert_made_exactly_once
+from tests.support.load import RetryingLoad, assert_made_exactly_once, assert_projected
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -133,18 +133,6 @@ async def test_redis_restarts_under_retrying_load_answer_503_and_lose_nothing(
             sample = rng.sample(keys, 50)
             await load.assert_replays(sample)
 
-            async def not_projected() -> list[Any]:
-                late = []
-                for key in sample:
-                    status_url = load.first[key].json()["status_url"]
-                    status = await api.get(status_url, headers=write_headers(key))
-                    if status.status_code != 200 or status.json()["status"] != "accepted":
-                        late.append((key, status.status_code, status.text))
-                return late
-
-            deadline = time.monotonic() + 30
-            while late := await not_projected():
-                assert time.monotonic() < deadline, f"the projector did not catch up: {late[:3]}"
-                await asyncio.sleep(0.5)
+            await assert_projected(load, sample, within=30)
     finally:
         redis_server.stop()

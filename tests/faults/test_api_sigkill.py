@@ -13,9 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,8 +30,9 @@ from tests.support.api import (
     projector,
     write_headers,
 )
-from tests.support.infra import REPO, redis_url, unique_name
+from tests.support.infra import redis_url, unique_name
 from tests.support.load import RetryingLoad, assert_made_exactly_once
+from tests.support.worker import ServiceProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -43,13 +41,13 @@ CLIENTS = 16
 KILLS = 6
 
 
-class ApiServer:
-    """``pledgeflow api run`` in a subprocess, killable and restartable on the same port."""
+class ApiServer(ServiceProcess):
+    """``pledgeflow api run``, restarted on the same port."""
 
     def __init__(self, settings: PledgeSettings, log_dir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
+        env = {
             **os.environ,
             "PLEDGEFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
             "PLEDGEFLOW_REDIS_URL": settings.redis_url,
@@ -61,25 +59,12 @@ class ApiServer:
             # key this long; the retry after that re-sends the same command.
             "PLEDGEFLOW_API_IDEMPOTENCY_LOCK_SECONDS": "2",
         }
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = (self.log_dir / f"api-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "api", "run"],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__(["api", "run"], env, log_dir, "api")
 
     async def ready(self, client: httpx.AsyncClient) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.logs()
+            assert self.alive(), self.logs()
             try:
                 if (await client.get(f"{self.url}/readyz", timeout=2)).status_code == 200:
                     return
@@ -87,22 +72,6 @@ class ApiServer:
                 pass
             await asyncio.sleep(0.1)
         raise AssertionError(f"API not ready in 60 s:\n{self.logs()}")
-
-    def kill(self) -> None:
-        assert self.proc is not None and self.proc.poll() is None, self.logs()
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def logs(self) -> str:
-        return (self.log_dir / f"api-{self.starts}.log").read_text(errors="replace")[-4000:]
 
 
 async def test_sigkill_of_the_api_under_retrying_load_makes_each_pledge_exactly_once(

@@ -10,9 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer
 
-from schemas import decode
 from services.pledge.config import PledgeSettings
 from tests.support.api import (
     AUTH_A,
@@ -20,6 +18,7 @@ from tests.support.api import (
     api_client,
     api_settings,
     create_topics,
+    events_of,
     eventually,
     launch_body,
     pledge_body,
@@ -65,28 +64,6 @@ async def launched(api: httpx.AsyncClient, **overrides: Any) -> str:
     )
     assert response.status_code == 201, response.text
     return campaign_id
-
-
-async def events_of(settings: PledgeSettings, event_type: str) -> list[Any]:
-    """Every committed event of one type on this module's topics."""
-    consumer = AIOKafkaConsumer(
-        f"{settings.topic_prefix}{event_type}",
-        bootstrap_servers=settings.kafka_bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        found = []
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            if not batch:
-                return found
-            for records in batch.values():
-                found.extend(decode(r.value) for r in records)
-    finally:
-        await consumer.stop()
 
 
 # --- happy paths ---------------------------------------------------------------------------

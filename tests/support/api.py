@@ -13,8 +13,10 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 import uvicorn
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
+from schemas import decode
 from schemas.topics import Topics, ensure_topics
 from services.pledge.api import create_app
 from services.pledge.config import PledgeSettings
@@ -121,6 +123,26 @@ async def processor(settings: PledgeSettings) -> AsyncIterator[Any]:
         yield proc
     finally:
         await proc.stop()
+
+
+async def events_of(settings: PledgeSettings, event_type: str) -> list[Any]:
+    """Every committed event of one type on the settings' topics."""
+    consumer = AIOKafkaConsumer(
+        f"{settings.topic_prefix}{event_type}",
+        bootstrap_servers=settings.kafka_bootstrap,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        found: list[Any] = []
+        while batch := await consumer.getmany(timeout_ms=1000):
+            for records in batch.values():
+                found.extend(decode(r.value) for r in records)
+        return found
+    finally:
+        await consumer.stop()
 
 
 def launch_body(campaign_id: str, **overrides: Any) -> dict[str, Any]:

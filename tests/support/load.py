@@ -13,11 +13,9 @@ from collections import Counter
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 
-from schemas import decode
 from services.pledge.config import PledgeSettings
-from tests.support.api import pledge_body, write_headers
+from tests.support.api import events_of, pledge_body, write_headers
 
 PROBLEM = "application/problem+json"
 
@@ -84,25 +82,8 @@ class RetryingLoad:
 
 async def pledges_made(settings: PledgeSettings, campaign_id: str) -> list[str]:
     """The pledge ids of every committed ``PledgeMade`` of the campaign, repeats included."""
-    consumer = AIOKafkaConsumer(
-        f"{settings.topic_prefix}PledgeMade",
-        bootstrap_servers=settings.kafka_bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        found: list[str] = []
-        while batch := await consumer.getmany(timeout_ms=1000):
-            for records in batch.values():
-                for record in records:
-                    event = decode(record.value)
-                    if event.campaign_id == campaign_id:
-                        found.append(event.payload.pledge_id)
-        return found
-    finally:
-        await consumer.stop()
+    made = await events_of(settings, "PledgeMade")
+    return [e.payload.pledge_id for e in made if e.campaign_id == campaign_id]
 
 
 async def assert_made_exactly_once(
@@ -120,3 +101,21 @@ async def assert_made_exactly_once(
     print(f"made {len(made)} ({len(set(made))} distinct), accepted {len(accepted)}")
     assert [p for p, n in Counter(made).items() if n > 1] == []
     assert set(made) == accepted
+
+
+async def assert_projected(load: RetryingLoad, keys: list[str], within: float) -> None:
+    """The read model shows each key's pledge accepted (the projector caught up)."""
+
+    async def late() -> list[Any]:
+        behind = []
+        for key in keys:
+            status_url = load.first[key].json()["status_url"]
+            status = await load.client.get(status_url, headers=write_headers(key))
+            if status.status_code != 200 or status.json()["status"] != "accepted":
+                behind.append((key, status.status_code, status.text))
+        return behind
+
+    deadline = time.monotonic() + within
+    while behind := await late():
+        assert time.monotonic() < deadline, f"the projector did not catch up: {behind[:3]}"
+        await asyncio.sleep(0.5)

@@ -26,31 +26,22 @@ from tests.support.infra import REPO
 from tests.support.processor import produce_commands
 
 
-class Worker:
-    """``pledgeflow processor run`` in a subprocess, restartable, killable."""
+class ServiceProcess:
+    """A ``pledgeflow`` entry point in a subprocess: restartable, killable, a log per start."""
 
-    def __init__(
-        self, settings: PledgeSettings, log_dir: Path, instance_id: str = "fault-worker"
-    ) -> None:
-        self.env = {
-            **os.environ,
-            "PLEDGEFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "PLEDGEFLOW_TOPIC_PREFIX": settings.topic_prefix,
-            "PLEDGEFLOW_PARTITIONS": str(settings.partitions),
-            "PLEDGEFLOW_PROCESSOR_BATCH_MAX": str(settings.processor_batch_max),
-            "PLEDGEFLOW_SNAPSHOT_EVERY_EVENTS": str(settings.snapshot_every_events),
-            "PLEDGEFLOW_PROCESSOR_INSTANCE_ID": instance_id,
-            "PLEDGEFLOW_PROCESSOR_SESSION_TIMEOUT_MS": "6000",
-        }
+    def __init__(self, command: list[str], env: dict[str, str], log_dir: Path, name: str) -> None:
+        self.command = command
+        self.env = env
         self.log_dir = log_dir
+        self.name = name
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> None:
         self.starts += 1
-        log = (self.log_dir / f"worker-{self.starts}.log").open("wb")
+        log = (self.log_dir / f"{self.name}-{self.starts}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "processor", "run"],
+            [sys.executable, "-m", "services.cli", *self.command],
             cwd=REPO,
             env=self.env,
             stdout=log,
@@ -75,7 +66,26 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
     def logs(self) -> str:
-        return (self.log_dir / f"worker-{self.starts}.log").read_text(errors="replace")[-4000:]
+        return (self.log_dir / f"{self.name}-{self.starts}.log").read_text(errors="replace")[-4000:]
+
+
+class Worker(ServiceProcess):
+    """``pledgeflow processor run``."""
+
+    def __init__(
+        self, settings: PledgeSettings, log_dir: Path, instance_id: str = "fault-worker"
+    ) -> None:
+        env = {
+            **os.environ,
+            "PLEDGEFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "PLEDGEFLOW_TOPIC_PREFIX": settings.topic_prefix,
+            "PLEDGEFLOW_PARTITIONS": str(settings.partitions),
+            "PLEDGEFLOW_PROCESSOR_BATCH_MAX": str(settings.processor_batch_max),
+            "PLEDGEFLOW_SNAPSHOT_EVERY_EVENTS": str(settings.snapshot_every_events),
+            "PLEDGEFLOW_PROCESSOR_INSTANCE_ID": instance_id,
+            "PLEDGEFLOW_PROCESSOR_SESSION_TIMEOUT_MS": "6000",
+        }
+        super().__init__(["processor", "run"], env, log_dir, "worker")
 
 
 class Tail:
