@@ -126,7 +126,9 @@ class CommandBus:
                     await asyncio.sleep(delay)
                 self._last_flush = loop.time()
                 deliveries = []
-                for partition, queue in self._open.items():
+                # A copy: handing over a partition's second batch waits until the producer
+                # drained its first, and meanwhile a new partition may get its queue.
+                for partition, queue in list(self._open.items()):
                     while queue:
                         batch = queue.popleft()
                         try:
