@@ -118,7 +118,7 @@ async def snapshot_limit(bootstrap: str, topic: str) -> int:
                 for code, _message, _type, _name, entries in response.resources:
                     for name, value, *_ in entries if code == 0 else ():
                         if name == "max.message.bytes":
-                            return max(MAX_SNAPSHOT_BYTES, int(value) - _RECORD_OVERHEAD)
+                            return max(0, int(value) - _RECORD_OVERHEAD)
             await asyncio.sleep(0.25)
         log.warning(
             "max.message.bytes of %s not described: snapshots up to %d bytes",
