@@ -152,6 +152,7 @@ def refusal(reason: str, detail: str) -> ProblemError:
 
 
 def redis_unavailable(instance: str | None = None) -> Response:
-    """The 503 of a request that could not reach Redis (nothing was reserved or sent)."""
+    """The 503 of a request that could not reach Redis. Retrying with the same
+    Idempotency-Key is safe: a command that did reach Kafka is never decided twice."""
     body = problem_body("unavailable", detail="Redis is unavailable; retry", instance=instance)
     return problem_response(body, {"Retry-After": "1"})
