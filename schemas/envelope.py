@@ -38,7 +38,6 @@ __all__ = [
     "stamp",
     "stamp_chain",
     "stamp_encoded",
-    "stamp_with_body",
 ]
 
 #: uuid5 namespace of event ids (uuid5(NAMESPACE_URL, "https://pledgeflow.dev/ns/events")).
@@ -317,33 +316,6 @@ def stamp_encoded(
     )[0]
 
 
-def stamp_with_body(
-    event: Event,
-    *,
-    campaign_id: str,
-    seq: int,
-    prev_hash: str,
-    occurred_at: datetime,
-    causation_id: str,
-    correlation_id: str,
-    index: int,
-    stream: Stream | None = None,
-) -> tuple[Envelope, dict[str, Any]]:
-    """:func:`stamp_encoded` without the bytes: the envelope and its canonical dict."""
-    envelope, body, _ = stamp_encoded(
-        event,
-        campaign_id=campaign_id,
-        seq=seq,
-        prev_hash=prev_hash,
-        occurred_at=occurred_at,
-        causation_id=causation_id,
-        correlation_id=correlation_id,
-        index=index,
-        stream=stream,
-    )
-    return envelope, body
-
-
 def stamp(
     event: Event,
     *,
@@ -362,7 +334,7 @@ def stamp(
     ``hash = sha256(prev_hash + canonical(envelope without hash))``. ``stream`` defaults to
     (and must equal) the event's own stream.
     """
-    envelope, _ = stamp_with_body(
+    envelope, _, _ = stamp_encoded(
         event,
         campaign_id=campaign_id,
         seq=seq,
