@@ -22,10 +22,9 @@ from tests.support.api import (
     api_client,
     api_settings,
     create_topics,
-    launch_body,
+    launched,
     processor,
     projector,
-    write_headers,
 )
 from tests.support.infra import PrivateBroker, redis_url, unique_name
 from tests.support.load import RetryingLoad, assert_made_exactly_once, assert_projected
@@ -49,13 +48,7 @@ async def test_a_broker_crash_under_retrying_load_loses_and_doubles_nothing(
         await create_topics(settings)
         keys = [f"k-{i}" for i in range(KEYS)]
         async with processor(settings), projector(settings), api_client(settings) as api:
-            campaign_id = f"c-{unique_name()}"
-            launched = await api.post(
-                "/v1/campaigns",
-                json=launch_body(campaign_id),
-                headers=write_headers("launch", Prefer="wait=10"),
-            )
-            assert launched.status_code == 201, launched.text
+            campaign_id = await launched(api)
             load = RetryingLoad(api, f"/v1/campaigns/{campaign_id}/pledges", keys, CLIENTS)
             load.start()
             await asyncio.sleep(rng.uniform(0.5, 1.5))

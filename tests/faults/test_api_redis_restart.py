@@ -27,7 +27,7 @@ from tests.support.api import (
     api_settings,
     create_topics,
     free_port,
-    launch_body,
+    launched,
     pledge_body,
     processor,
     projector,
@@ -95,13 +95,7 @@ async def test_redis_restarts_under_retrying_load_answer_503_and_lose_nothing(
     keys = [f"k-{i}" for i in range(KEYS)]
     try:
         async with processor(settings), projector(settings), api_client(settings) as api:
-            campaign_id = f"c-{unique_name()}"
-            launched = await api.post(
-                "/v1/campaigns",
-                json=launch_body(campaign_id),
-                headers=write_headers("launch", Prefer="wait=10"),
-            )
-            assert launched.status_code == 201, launched.text
+            campaign_id = await launched(api)
             load = RetryingLoad(api, f"/v1/campaigns/{campaign_id}/pledges", keys, CLIENTS)
             load.start()
             outages_under_load = 0

@@ -25,10 +25,9 @@ from tests.support.api import (
     api_settings,
     create_topics,
     free_port,
-    launch_body,
+    launched,
     processor,
     projector,
-    write_headers,
 )
 from tests.support.infra import redis_url, unique_name
 from tests.support.load import RetryingLoad, assert_made_exactly_once
@@ -91,13 +90,7 @@ async def test_sigkill_of_the_api_under_retrying_load_makes_each_pledge_exactly_
     ):
         api.start()
         await api.ready(client)
-        campaign_id = f"c-{unique_name()}"
-        launched = await client.post(
-            f"{api.url}/v1/campaigns",
-            json=launch_body(campaign_id),
-            headers=write_headers("launch", Prefer="wait=10"),
-        )
-        assert launched.status_code == 201, launched.text
+        campaign_id = await launched(client, base=api.url)
         load = RetryingLoad(client, f"{api.url}/v1/campaigns/{campaign_id}/pledges", keys, CLIENTS)
         load.start()
         kills_under_load = 0

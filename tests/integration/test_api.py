@@ -21,6 +21,8 @@ from tests.support.api import (
     events_of,
     eventually,
     launch_body,
+    launched,
+    new_id,
     pledge_body,
     processor,
     projector,
@@ -48,22 +50,6 @@ async def stack(
 @pytest.fixture
 def api(stack: tuple[PledgeSettings, httpx.AsyncClient]) -> httpx.AsyncClient:
     return stack[1]
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-async def launched(api: httpx.AsyncClient, **overrides: Any) -> str:
-    """A campaign of tenant A, open and projected."""
-    campaign_id = new_id("c")
-    response = await api.post(
-        "/v1/campaigns",
-        json=launch_body(campaign_id, **overrides),
-        headers=write_headers(new_id("k"), Prefer="wait=10"),
-    )
-    assert response.status_code == 201, response.text
-    return campaign_id
 
 
 # --- happy paths ---------------------------------------------------------------------------

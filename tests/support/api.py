@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -143,6 +144,22 @@ async def events_of(settings: PledgeSettings, event_type: str) -> list[Any]:
         return found
     finally:
         await consumer.stop()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def launched(api: httpx.AsyncClient, base: str = "", **overrides: Any) -> str:
+    """A campaign of tenant A, launched through the API at ``base``, open and projected."""
+    campaign_id = new_id("c")
+    response = await api.post(
+        f"{base}/v1/campaigns",
+        json=launch_body(campaign_id, **overrides),
+        headers=write_headers(new_id("k"), Prefer="wait=10"),
+    )
+    assert response.status_code == 201, response.text
+    return campaign_id
 
 
 def launch_body(campaign_id: str, **overrides: Any) -> dict[str, Any]:

@@ -84,21 +84,14 @@ class PrivateBroker:
         )
 
     def start(self) -> None:
-        subprocess.run(
-            [str(KAFKA_DIR / "kafka-up.sh")],
-            check=True,
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-        )
+        self._run("kafka-up.sh")
 
     def stop(self) -> None:
+        self._run("kafka-down.sh")
+
+    def _run(self, script: str) -> None:
         subprocess.run(
-            [str(KAFKA_DIR / "kafka-down.sh")],
-            check=True,
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
+            [str(KAFKA_DIR / script)], check=True, cwd=REPO, env=self.env, capture_output=True
         )
 
     def crash(self) -> None:
