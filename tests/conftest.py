@@ -26,8 +26,8 @@ def broker() -> Iterator[LocalBroker]:
 
 
 async def delete_topics(bootstrap: str, prefixes: set[str]) -> None:
-    """Topics of the session's module-wide stacks: a broker carrying every topic of every
-    earlier run restarts slowly (the per-test ``unique`` fixture cleans up its own)."""
+    """The topics under ``prefixes``: a broker carrying every topic of every earlier run
+    restarts slowly (the restart and SIGKILL tests restart it or its clients)."""
     if not prefixes:
         return
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -36,8 +36,8 @@ async def delete_topics(bootstrap: str, prefixes: set[str]) -> None:
         mine = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
         if mine:
             await admin.delete_topics(mine)
-    except KafkaError as exc:
-        print(f"cleanup of the session's topics skipped: {exc!r}")
+    except KafkaError as exc:  # cleanup only: a broker a test left stopped is restarted later
+        print(f"cleanup of {sorted(prefixes)} topics skipped: {exc!r}")
     finally:
         await admin.close()
 
@@ -62,23 +62,11 @@ async def redis_client(redis_server: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def unique(bootstrap: str) -> AsyncIterator[str]:
-    """A fresh name prefix so tests never see each other's topics, groups or keys.
-
-    The test's topics are deleted afterwards: a broker carrying every topic of every earlier
-    test restarts slowly (the restart and SIGKILL tests restart it or its clients).
-    """
+    """A fresh name prefix so tests never see each other's topics, groups or keys; the
+    test's topics are deleted afterwards."""
     prefix = unique_name()
     yield prefix
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        await admin.start()
-        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    except KafkaError as exc:  # cleanup only: a broker a test left stopped is restarted later
-        print(f"cleanup of {prefix}* topics skipped: {exc!r}")
-    finally:
-        await admin.close()
+    await delete_topics(bootstrap, {prefix})
 
 
 @pytest.fixture
