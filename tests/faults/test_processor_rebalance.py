@@ -1,0 +1,256 @@
+"""Three processor workers in one group under load: rebalances and a zombie lose and double nothing.
+
+Workers are the real entry point (``pledgeflow processor run``) with static membership
+(``PLEDGEFLOW_PROCESSOR_INSTANCE_ID``) and a 6 s session timeout, on 6 partitions. A seeded
+stream of commands is produced to ``pledge-commands`` throughout, while, in order:
+
+1. two workers start, a third is added mid-load (partitions move to it);
+2. one is stopped with SIGTERM and restarted within the session timeout: being a static member
+   it gets the same partitions back, without the others giving theirs up;
+3. one is SIGKILLed mid-transaction and stays dead until the group gives its partitions away,
+   then restarts and rejoins;
+4. a zombie: one is frozen (SIGSTOP) until the others own its partitions and have decided on
+   them, then resumed (SIGCONT) with its open transaction and its in-memory state: the new
+   owners' transactional producers (one stable id per partition) fenced it, so it must write
+   nothing that survives, and it rejoins the group.
+
+Afterwards: one decision per command, gapless seq and intact chains per campaign, no campaign
+with two writers' events interleaved, every worker alive, and ``pledgeflow audit verify
+--from-kafka --against-readmodel`` clean against a read model rebuilt from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from schemas import encode_command, message_key
+from schemas.topics import Topics, ensure_topics
+from tests.support.fleet import (
+    Fleet,
+    StallWatch,
+    audit_verify,
+    run_cli,
+    service_env,
+    wait_group,
+)
+from tests.support.invariants import checked_log
+from tests.support.processor import launch, pledge
+from tests.support.worker import drained
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+
+PARTITIONS = 6
+CAMPAIGNS = 24
+SESSION_MS = 6000
+#: Commands per slice and seconds between slices of the steady load (~600 commands/s).
+SLICE = 120
+EVERY = 0.2
+
+
+class Load:
+    """A seeded stream of pledges over ``campaigns`` produced until stopped."""
+
+    def __init__(self, bootstrap: str, topic: str, campaigns: list[str], rng: random.Random):
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.campaigns = campaigns
+        self.rng = rng
+        self.sent: list[str] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await self.producer.start()
+        launches = [launch(c, goal_minor=400_000) for c in self.campaigns]
+        await self._send(launches)
+        self._task = asyncio.create_task(self._run())
+
+    async def _send(self, commands: list[Any]) -> None:
+        futures = [
+            await self.producer.send(self.topic, encode_command(c), key=message_key(c.campaign_id))
+            for c in commands
+        ]
+        await asyncio.gather(*futures)
+        self.sent.extend(c.command_id for c in commands)
+
+    async def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            chunk = []
+            for _ in range(SLICE):
+                # A wrong currency now and then: a refusal is a decision too.
+                currency = "USD" if self.rng.random() < 0.01 else "EUR"
+                campaign = self.rng.choice(self.campaigns)
+                chunk.append(pledge(campaign, f"p{n}", currency=currency))
+                n += 1
+            await self._send(chunk)
+            await asyncio.sleep(EVERY)
+
+    async def stop(self) -> None:
+        """Stop producing (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        await self.producer.stop()
+
+
+async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
+    bootstrap: str, redis_server: str, unique: str, tmp_path: Path
+) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    print(f"seed={seed}")
+    prefix = f"{unique}."
+    topics = Topics(prefix=prefix, partitions=PARTITIONS)
+    await ensure_topics(bootstrap, topics)
+    group = f"{prefix}pledge-processor"
+    env = service_env(
+        kafka_bootstrap=bootstrap,
+        redis_url=redis_server,
+        topic_prefix=prefix,
+        partitions=PARTITIONS,
+        processor_session_timeout_ms=SESSION_MS,
+        processor_batch_max=500,
+        processor_poll_ms=50,
+        snapshot_every_events=3000,
+    )
+    fleet = Fleet(
+        ["processor", "run"], env, tmp_path, instance_env="PLEDGEFLOW_PROCESSOR_INSTANCE_ID"
+    )
+    load = Load(bootstrap, topics.commands, [f"camp-{i:02d}" for i in range(CAMPAIGNS)], rng)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    watch = StallWatch(bootstrap, group, [topics.commands], PARTITIONS)
+    figures: dict[str, float] = {}
+    try:
+        fleet.add("w1")
+        fleet.add("w2")
+        await load.start()
+        await wait_group(admin, group, lambda v: v.stable_with({"w1", "w2"}, PARTITIONS),
+                         within=60, fleet=fleet, what="w1+w2")  # fmt: skip
+        await watch.start()
+        await asyncio.sleep(rng.uniform(1.0, 2.5))
+
+        # 1. A worker is added mid-load: partitions move to it.
+        fleet.add("w3")
+        t = time.monotonic()
+        view, figures["join_s"] = await wait_group(
+            admin, group, lambda v: v.stable_with({"w1", "w2", "w3"}, PARTITIONS),
+            within=60, fleet=fleet, what="w3 joined",
+        )  # fmt: skip
+        assert view.owners["w3"], view
+        await asyncio.sleep(rng.uniform(1.0, 2.5))
+        figures["join_stall_s"] = watch.longest_after(t, time.monotonic())
+
+        # 2. SIGTERM, and a restart within the session timeout keeps the assignment.
+        before = view.owners
+        fleet.members["w1"].terminate()
+        await asyncio.sleep(rng.uniform(0.2, 1.0))
+        t = time.monotonic()
+        fleet.members["w1"].start()
+        await asyncio.sleep(SESSION_MS / 1000 + 1)  # past the session timeout of the old w1
+        view, _ = await wait_group(admin, group, lambda v: v.stable_with(3, PARTITIONS),
+                                   within=60, fleet=fleet, what="w1 back")  # fmt: skip
+        assert view.owners == before, f"static restart moved partitions: {before} -> {view}"
+        figures["static_restart_stall_s"] = watch.longest_after(t - 1, time.monotonic())
+
+        # 3. SIGKILL mid-transaction; the group gives its partitions away after the timeout.
+        killed = fleet.members["w2"]
+        killed.kill()
+        t = time.monotonic()
+        view, figures["kill_reassign_s"] = await wait_group(
+            admin, group, lambda v: v.stable_with({"w1", "w3"}, PARTITIONS),
+            within=60, fleet=fleet, what="w2's partitions moved",
+        )  # fmt: skip
+        await asyncio.sleep(1.0)
+        figures["kill_stall_s"] = watch.longest_after(t - 1, time.monotonic())
+        killed.start()
+        view, _ = await wait_group(admin, group, lambda v: v.stable_with(3, PARTITIONS),
+                                   within=60, fleet=fleet, what="w2 rejoined")  # fmt: skip
+        await asyncio.sleep(rng.uniform(1.0, 2.0))
+
+        # 4. The zombie: frozen until the others own its partitions and decided on them.
+        zombie = fleet.members["w3"]
+        zombie_partitions = view.owners["w3"]
+        zombie.pause()
+        t = time.monotonic()
+        try:
+            view, figures["zombie_reassign_s"] = await wait_group(
+                admin, group, lambda v: v.stable_with({"w1", "w2"}, PARTITIONS),
+                within=60, what="the zombie's partitions moved",
+            )  # fmt: skip
+            await _advance(bootstrap, group, topics.commands, zombie_partitions, within=30)
+        finally:
+            zombie.resume()
+        figures["zombie_stall_s"] = watch.longest_after(t - 1, time.monotonic())
+        await wait_group(admin, group, lambda v: v.stable_with(3, PARTITIONS),
+                         within=60, fleet=fleet, what="the zombie rejoined")  # fmt: skip
+        await asyncio.sleep(rng.uniform(1.0, 2.0))
+
+        await load.stop()
+        t = time.monotonic()
+        while not await drained(bootstrap, group, topics.commands, PARTITIONS):
+            fleet.assert_alive()
+            assert time.monotonic() - t < 60, "not drained"
+            await asyncio.sleep(0.5)
+        fleet.assert_alive()
+        zombie_log = zombie.logs()
+    finally:
+        await watch.stop()
+        fleet.stop_all()
+        await admin.close()
+        await load.stop()
+
+    print(f"commands={len(load.sent)} figures={figures} stalls={sorted(watch.stalls)[:20]}")
+    print("zombie fenced lines:", zombie_log.count("fenced"))
+    await checked_log(bootstrap, topics, load.sent)
+
+    # The read model rebuilt from the committed log agrees with the audit's replay of it.
+    client = aioredis.Redis.from_url(redis_server)
+    try:
+        run_cli(["readmodel", "rebuild"], env)
+        code, output = await audit_verify(bootstrap, prefix, redis_server)
+        assert code == 0, output[-3000:]
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def _advance(
+    bootstrap: str, group: str, topic: str, partitions: frozenset[int], within: float
+) -> None:
+    """Wait until the group's committed offset of each of ``partitions`` moved (new owners
+    decided on them, so they fenced the old writer and wrote past it)."""
+    from aiokafka import TopicPartition
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        start = await admin.list_consumer_group_offsets(group)
+        first = {tp: start[tp].offset if tp in start else -1 for tp in tps}
+        deadline = time.monotonic() + within
+        while True:
+            now = await admin.list_consumer_group_offsets(group)
+            if all(tp in now and now[tp].offset > first[tp] for tp in tps):
+                return
+            assert time.monotonic() < deadline, f"{sorted(partitions)} did not advance"
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
