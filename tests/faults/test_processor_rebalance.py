@@ -25,25 +25,22 @@ import asyncio
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas import encode_command, message_key
 from schemas.topics import Topics, ensure_topics
+from tests.support.command_stream import CommandStream
 from tests.support.fleet import (
     Fleet,
     StallWatch,
     audit_verify,
     run_cli,
     service_env,
+    wait_advanced,
     wait_group,
 )
-from tests.support.invariants import checked_log
-from tests.support.processor import launch, pledge
+from tests.support.invariants import checked_log, wipe_namespace
 from tests.support.worker import drained
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -51,61 +48,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300
 PARTITIONS = 6
 CAMPAIGNS = 24
 SESSION_MS = 6000
-#: Commands per slice and seconds between slices of the steady load (~600 commands/s).
-SLICE = 120
-EVERY = 0.2
-
-
-class Load:
-    """A seeded stream of pledges over ``campaigns`` produced until stopped."""
-
-    def __init__(self, bootstrap: str, topic: str, campaigns: list[str], rng: random.Random):
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.campaigns = campaigns
-        self.rng = rng
-        self.sent: list[str] = []
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
-        )
-        await self.producer.start()
-        launches = [launch(c, goal_minor=400_000) for c in self.campaigns]
-        await self._send(launches)
-        self._task = asyncio.create_task(self._run())
-
-    async def _send(self, commands: list[Any]) -> None:
-        futures = [
-            await self.producer.send(self.topic, encode_command(c), key=message_key(c.campaign_id))
-            for c in commands
-        ]
-        await asyncio.gather(*futures)
-        self.sent.extend(c.command_id for c in commands)
-
-    async def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            chunk = []
-            for _ in range(SLICE):
-                # A wrong currency now and then: a refusal is a decision too.
-                currency = "USD" if self.rng.random() < 0.01 else "EUR"
-                campaign = self.rng.choice(self.campaigns)
-                chunk.append(pledge(campaign, f"p{n}", currency=currency))
-                n += 1
-            await self._send(chunk)
-            await asyncio.sleep(EVERY)
-
-    async def stop(self) -> None:
-        """Stop producing (idempotent)."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-        await self.producer.stop()
 
 
 async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
@@ -131,7 +73,9 @@ async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
     fleet = Fleet(
         ["processor", "run"], env, tmp_path, instance_env="PLEDGEFLOW_PROCESSOR_INSTANCE_ID"
     )
-    load = Load(bootstrap, topics.commands, [f"camp-{i:02d}" for i in range(CAMPAIGNS)], rng)
+    load = CommandStream(
+        bootstrap, topics.commands, [f"camp-{i:02d}" for i in range(CAMPAIGNS)], rng
+    )
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     watch = StallWatch(bootstrap, group, [topics.commands], PARTITIONS)
@@ -193,7 +137,7 @@ async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
                 admin, group, lambda v: v.stable_with({"w1", "w2"}, PARTITIONS),
                 within=60, what="the zombie's partitions moved",
             )  # fmt: skip
-            await _advance(bootstrap, group, topics.commands, zombie_partitions, within=30)
+            await wait_advanced(bootstrap, group, [topics.commands], zombie_partitions, within=30)
         finally:
             zombie.resume()
         figures["zombie_stall_s"] = watch.longest_after(t - 1, time.monotonic())
@@ -220,37 +164,9 @@ async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
     await checked_log(bootstrap, topics, load.sent)
 
     # The read model rebuilt from the committed log agrees with the audit's replay of it.
-    client = aioredis.Redis.from_url(redis_server)
     try:
         run_cli(["readmodel", "rebuild"], env)
         code, output = await audit_verify(bootstrap, prefix, redis_server)
         assert code == 0, output[-3000:]
     finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-
-
-async def _advance(
-    bootstrap: str, group: str, topic: str, partitions: frozenset[int], within: float
-) -> None:
-    """Wait until the group's committed offset of each of ``partitions`` moved (new owners
-    decided on them, so they fenced the old writer and wrote past it)."""
-    from aiokafka import TopicPartition
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        start = await admin.list_consumer_group_offsets(group)
-        first = {tp: start[tp].offset if tp in start else -1 for tp in tps}
-        deadline = time.monotonic() + within
-        while True:
-            now = await admin.list_consumer_group_offsets(group)
-            if all(tp in now and now[tp].offset > first[tp] for tp in tps):
-                return
-            assert time.monotonic() < deadline, f"{sorted(partitions)} did not advance"
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
+        await wipe_namespace(redis_server, prefix)

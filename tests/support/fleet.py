@@ -193,11 +193,22 @@ async def wait_group(
 class StallWatch:
     """Samples a group's committed offsets and the topics' ends every ``every`` seconds and
     keeps, per partition number, the longest time its committed offset stood still while
-    records were waiting past it: how long the partition was unavailable."""
+    records were waiting past it: how long the partition was unavailable.
+
+    On topics written in transactions (``transactional``) the end offset counts the commit
+    marker, which no consumer reads or commits past: a gap of one is idle there."""
 
     def __init__(
-        self, bootstrap: str, group: str, topics: list[str], partitions: int, every: float = 0.2
+        self,
+        bootstrap: str,
+        group: str,
+        topics: list[str],
+        partitions: int,
+        *,
+        transactional: bool = False,
+        every: float = 0.2,
     ) -> None:
+        self.slack = 1 if transactional else 0
         self.bootstrap = bootstrap
         self.group = group
         self.tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
@@ -230,7 +241,7 @@ class StallWatch:
             now = time.monotonic()
             for tp in self.tps:
                 offset = committed[tp].offset if tp in committed else 0
-                waiting = offset < ends[tp]
+                waiting = offset + self.slack < ends[tp]
                 moved = offset != self._last.get(tp)
                 self._last[tp] = offset
                 if waiting and not moved:
@@ -265,6 +276,39 @@ class StallWatch:
         if self._task is not None:
             await self._consumer.stop()
             await self._admin.close()
+
+
+async def wait_advanced(
+    bootstrap: str, group: str, topics: list[str], partitions: Iterable[int], within: float
+) -> None:
+    """Wait until the group's committed offset moved on each of ``partitions`` of ``topics``
+    that has records waiting (their new owners took them over and made progress on them)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    await admin.start()
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in partitions]
+        start = await admin.list_consumer_group_offsets(group)
+        first = {tp: start[tp].offset if tp in start else 0 for tp in tps}
+        deadline = time.monotonic() + within
+        while True:
+            now = await admin.list_consumer_group_offsets(group)
+            ends = await consumer.end_offsets(tps)
+            stuck = [
+                tp
+                for tp in tps
+                if (now[tp].offset if tp in now else 0) <= first[tp] < ends[tp]
+            ]
+            if not stuck:
+                return
+            assert time.monotonic() < deadline, "no progress on " + ", ".join(
+                f"{tp.topic}[{tp.partition}] committed {first[tp]} end {ends[tp]}" for tp in stuck
+            )
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
+        await admin.close()
 
 
 async def audit_verify(bootstrap: str, prefix: str, redis_url: str) -> tuple[int, str]:
