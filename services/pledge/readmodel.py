@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 from redis.exceptions import NoScriptError
 
 from schemas.canonical import format_timestamp
@@ -49,6 +50,7 @@ from services.pledge.adapters.redis_readmodel import (
 )
 from services.pledge.config import PledgeSettings
 from services.pledge.metrics_readmodel import ReadModelMetrics, readmodel_metrics
+from services.streams.assignor import CoPartitionedAssignor
 
 __all__ = ["Projector", "initial_summary", "project", "readmodel_cli", "rebuild"]
 
@@ -203,15 +205,22 @@ class _Cached:
     tenant: str | None
 
 
-class _SeekToBeginning(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Flags a rebalance, so that the next step forgets what another member may have changed
+    meanwhile (see :meth:`Projector._forget`; not here: this runs beside a step's Redis
+    calls). Seeks to the beginning when replaying."""
+
+    def __init__(self, projector: Projector, consumer: AIOKafkaConsumer, replay: bool) -> None:
+        self.projector = projector
         self.consumer = consumer
+        self.replay = replay
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        return None
+        self.projector._rebalanced = True
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        if assigned:
+        self.projector._rebalanced = True
+        if assigned and self.replay:
             await self.consumer.seek_to_beginning(*assigned)
 
 
@@ -249,6 +258,8 @@ class Projector:
         self.lag_every = lag_every_seconds
         #: an apply failed (Redis unreachable): the next step retries every held campaign
         self._stalled = False
+        #: partitions moved since the last poll: forget the cache and the held events
+        self._rebalanced = False
 
     async def start(self) -> None:
         await self.store.load_scripts()
@@ -265,8 +276,11 @@ class Projector:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            # Partition p of every event topic to one member: a campaign's events (spread over
+            # the topics) all reach it, or held-back events wait on another member forever.
+            partition_assignment_strategy=(CoPartitionedAssignor,),
         )
-        listener = _SeekToBeginning(self._consumer) if self.from_beginning else None
+        listener = _Rebalance(self, self._consumer, self.from_beginning)
         self._consumer.subscribe(self.topics.for_stream("campaign"), listener=listener)
         await self._consumer.start()
         self._dlq = AIOKafkaProducer(
@@ -316,6 +330,13 @@ class Projector:
                 log.warning("caught up with %d campaigns still held back", len(self._held))
                 return
 
+    def _forget(self) -> None:
+        """Drop the cached summaries (their seq is the compare-and-set base, and another member
+        may have moved them) and the held events (offsets are committed below them, so they
+        are read again from the partition's committed offset)."""
+        self._cache.clear()
+        self._held.clear()
+
     def _require(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             raise RuntimeError("Projector.start() first")
@@ -325,6 +346,9 @@ class Projector:
         """One poll: hold, apply what became consecutive, commit; returns records read."""
         consumer = self._require()
         batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
+        if self._rebalanced:
+            self._rebalanced = False
+            self._forget()
         last: dict[TopicPartition, int] = {}
         touched: set[str] = set()
         count = 0
@@ -475,7 +499,14 @@ class Projector:
             for _envelope, tp, offset in held.events.values():
                 if tp in offsets and offset < offsets[tp]:
                     offsets[tp] = offset
-        await self._require().commit(offsets)
+        try:
+            await self._require().commit(offsets)
+        except CommitFailedError:
+            # The group moved these partitions while we were away (a long pause): their new
+            # owner reads them again from the last commit; what we applied meanwhile was
+            # compare-and-set on seq, so a redelivery is a no-op. Rejoin on the next poll.
+            log.warning("offset commit refused after a rebalance; dropping what was held")
+            self._forget()
 
     async def _dead_letter(
         self, value: bytes | None, key: bytes | None, error: str, tp: TopicPartition, offset: int
