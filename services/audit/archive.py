@@ -109,6 +109,12 @@ class Manifest:
     #: every chain in seq order across runs.
     chain_heads: dict[str, int] = field(default_factory=dict)
     exports: list[dict[str, Any]] = field(default_factory=list)
+    #: ``--tenant``: the archive holds only this tenant's campaigns (all their streams).
+    tenant: str | None = None
+    #: That tenant's campaigns seen so far (later exports admit their events).
+    tenant_campaigns: list[str] = field(default_factory=list)
+    #: ``{"file": "checkpoints.jsonl", "sha256": ..., "count": n}`` once checkpoints exist.
+    checkpoints: dict[str, Any] | None = None
 
     @property
     def events(self) -> int:
@@ -135,12 +141,15 @@ class Manifest:
             "topic_prefix": self.topic_prefix,
             "topics": self.topics,
             "campaign": self.campaign,
+            "tenant": self.tenant,
+            "tenant_campaigns": self.tenant_campaigns,
             "partitions": self.partitions,
             "counts": self.counts(),
             "segments": [s.as_dict() for s in self.segments],
             "next_offsets": self.next_offsets,
             "chain_heads": self.chain_heads,
             "exports": self.exports,
+            "checkpoints": self.checkpoints,
         }
 
     def save(self, folder: Path) -> None:
@@ -173,6 +182,9 @@ class Manifest:
                 next_offsets=data.get("next_offsets", {}),
                 chain_heads=data.get("chain_heads", {}),
                 exports=list(data.get("exports", [])),
+                tenant=data.get("tenant"),
+                tenant_campaigns=list(data.get("tenant_campaigns", [])),
+                checkpoints=data.get("checkpoints"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArchiveError(f"{path}: malformed segment entry ({exc})") from None
