@@ -37,6 +37,7 @@ __all__ = [
     "SegmentInfo",
     "read_index",
     "read_lines",
+    "sidecar_findings",
 ]
 
 FORMAT = "pledgeflow-audit-archive"
@@ -362,3 +363,22 @@ def read_index(path: Path) -> list[tuple[str, int, str]]:
             topic, offset, event_id = line.decode().split("\t")
             rows.append((topic, int(offset), event_id))
     return rows
+
+
+def sidecar_findings(folder: Path) -> list[str]:
+    """The manifest's SHA-256s of the files beside the segments (indexes, checkpoints) that do
+    not match; the segments themselves are hashed while they are audited."""
+    manifest = Manifest.load(folder)
+    listed = [(s.index_name, s.index_sha256) for s in manifest.segments]
+    if manifest.checkpoints is not None:
+        listed.append((str(manifest.checkpoints.get("file")), manifest.checkpoints.get("sha256")))
+    problems = []
+    for name, expected in listed:
+        try:
+            digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        except OSError:
+            problems.append(f"{name}: missing (listed in the manifest)")
+            continue
+        if digest != expected:
+            problems.append(f"{name}: SHA-256 differs from the manifest's")
+    return problems

@@ -197,6 +197,10 @@ async def run_checkpointer(
     try:
         tps = await _assign_all(consumer, list(topics.event_topics().values()))
         await _read_until(consumer, tps, await consumer.end_offsets(tps), tracker.feed)
+        log.info(
+            "caught up: %d chains of %d tenants; following the log",
+            len(tracker.heads), len(set(tracker.tenants.values())),
+        )  # fmt: skip
         due = loop.time()  # a first checkpoint of every tenant right after catching up
         while not stop.is_set():
             urgent: dict[str, str] = {}
@@ -204,7 +208,8 @@ async def run_checkpointer(
             for records in batch.values():
                 for record in records:
                     trigger = tracker.feed(record.value or b"")
-                    if trigger is not None:
+                    # One checkpoint per tenant per batch; a settlement outranks a close.
+                    if trigger is not None and urgent.get(trigger[0]) != "campaign_settled":
                         urgent[trigger[0]] = trigger[1]
             made: list[Checkpoint] = []
             now = clock()

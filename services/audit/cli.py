@@ -299,6 +299,10 @@ def verify(
     run = _run_source(
         from_dir, from_kafka, bootstrap, topic_prefix, topics, campaign, workers, False, not json
     )
+    if from_dir is not None:
+        from services.audit.archive import sidecar_findings
+
+        run.archive_findings.extend(sidecar_findings(from_dir))
     signed_heads = None
     if checkpoints is not None and public_keys is not None and from_dir is not None:
         from services.audit.checkpoints import (

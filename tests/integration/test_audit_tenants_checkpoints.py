@@ -16,10 +16,16 @@ from pathlib import Path
 import orjson
 import pytest
 
+from schemas.codec import encode
 from schemas.topics import Topics
 from services.audit.archive import MANIFEST, Manifest
 from services.audit.checkpointer import fetch_checkpoints
-from services.audit.checkpoints import CHECKPOINTS_FILE, read_checkpoints
+from services.audit.checkpoints import (
+    CHECKPOINTS_FILE,
+    Checkpoint,
+    load_public_keys,
+    read_checkpoints,
+)
 from tests.integration.test_audit import produce, run, segment_lines, verify_json
 from tests.support.history import generate_history, restamp_chain
 
@@ -155,31 +161,56 @@ async def test_a_rewritten_history_passes_verify_but_fails_against_a_signed_chec
     assert missing.exit_code == 2 and "--public-key" in missing.stderr
 
 
-async def test_the_checkpointer_signs_when_a_campaign_closes_and_settles(
+async def signed_by(
+    bootstrap: str, topic: str, reason: str, head: tuple[str, str, int, str]
+) -> list[Checkpoint]:
+    """Checkpoints of ``reason`` that sign ``head``, polled for up to 30 s."""
+    for _ in range(60):
+        found, bad = await fetch_checkpoints(bootstrap, topic)
+        assert bad == 0
+        matching = [c for c in found if c.reason == reason and head in c.chains]
+        if matching:
+            return matching
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no {reason} checkpoint of {head} in {found}")
+
+
+async def test_the_checkpointer_signs_when_a_campaign_closes_and_when_it_settles(
     bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
     prefix = f"{unique}."
-    private, _ = await keygen(tmp_path, "platform")
+    private, public = await keygen(tmp_path, "platform")
     await produce(bootstrap, prefix, [])  # the topics
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "audit", "checkpoint", "run", "--key", str(private),
-        "--interval", "2", "--bootstrap", bootstrap, "--topic-prefix", prefix,
+        "--interval", "3600", "--bootstrap", bootstrap, "--topic-prefix", prefix,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        await asyncio.sleep(3)  # caught up with the empty log
-        history = generate_history(campaigns=2, seed=4)
-        await produce(bootstrap, prefix, history.lines)
-        heads = {(e.campaign_id, e.stream): (e.seq, e.hash) for e in history.envelopes}
+        assert process.stderr is not None
+        while b"caught up" not in (line := await asyncio.wait_for(process.stderr.readline(), 60)):
+            assert line, "the checkpointer exited"
+        # The interval is an hour: only a close or a settlement makes a checkpoint now.
+        history = generate_history(campaigns=1, seed=4)
+        campaign = [e for e in history.envelopes if e.stream == "campaign"]
+        settlement = [e for e in history.envelopes if e.stream == "settlement"]
+        assert campaign[-1].event_type == "CampaignClosed"
+        assert settlement[-1].event_type == "CampaignSettled"
         topic = Topics(prefix=prefix).checkpoints
-        for _ in range(60):
-            found, bad = await fetch_checkpoints(bootstrap, topic)
-            final = [c for c in found if {(a, b): (s, h) for a, b, s, h in c.chains} == heads]
-            if final:
-                break
-            await asyncio.sleep(0.5)
-        assert bad == 0 and final, found
-        assert {"campaign_closed", "campaign_settled"} <= {c.reason for c in found}
+        keys = load_public_keys([public])
+
+        await produce(bootstrap, prefix, [encode(e) for e in campaign])
+        closed = campaign[-1]
+        head = (closed.campaign_id, "campaign", closed.seq, closed.hash)
+        [on_close] = await signed_by(bootstrap, topic, "campaign_closed", head)
+        assert on_close.verify(keys) is None and on_close.tenant_id == "tenant-1"
+
+        await produce(bootstrap, prefix, [encode(e) for e in settlement])
+        settled = settlement[-1]
+        head = (settled.campaign_id, "settlement", settled.seq, settled.hash)
+        [on_settle] = await signed_by(bootstrap, topic, "campaign_settled", head)
+        assert on_settle.verify(keys) is None
+        assert (closed.campaign_id, "campaign", closed.seq, closed.hash) in on_settle.chains
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 20)
