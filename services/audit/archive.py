@@ -371,7 +371,8 @@ def sidecar_findings(folder: Path) -> list[str]:
     manifest = Manifest.load(folder)
     listed = [(s.index_name, s.index_sha256) for s in manifest.segments]
     if manifest.checkpoints is not None:
-        listed.append((str(manifest.checkpoints.get("file")), manifest.checkpoints.get("sha256")))
+        info = manifest.checkpoints
+        listed.append((str(info.get("file")), str(info.get("sha256"))))
     problems = []
     for name, expected in listed:
         try:
