@@ -41,6 +41,7 @@ __all__ = [
     "key_id",
     "load_private_key",
     "load_public_keys",
+    "load_signed",
     "read_checkpoints",
     "sign_checkpoint",
     "write_checkpoints",
@@ -403,3 +404,12 @@ def check_archive(
         checkpoints, keys, stored, last, tenant=manifest.tenant, campaign=manifest.campaign,
         streams=stream_topics_covered(manifest.topics, manifest.topic_prefix),
     )  # fmt: skip
+
+
+def load_signed(
+    paths: Iterable[Path], key_paths: Iterable[Path]
+) -> tuple[list[Checkpoint], dict[str, Ed25519PublicKey]]:
+    """The checkpoints of every file and the public keys by id (what :func:`check_archive`
+    takes); :class:`CheckpointError` names the unreadable file or line."""
+    keys = load_public_keys(key_paths)
+    return [c for path in paths for c in read_checkpoints(path)], keys

@@ -296,6 +296,14 @@ def verify(
         _usage("--checkpoints/--public-key: give both")
     if checkpoints is not None and from_dir is None:
         _usage("--checkpoints: needs --from (an archive)")
+    signed = None
+    if checkpoints is not None and public_keys is not None:
+        from services.audit.checkpoints import CheckpointError, check_archive, load_signed
+
+        try:
+            signed = load_signed(checkpoints, public_keys)
+        except CheckpointError as exc:
+            _usage(f"--checkpoints/--public-key: {exc}")
     run = _run_source(
         from_dir, from_kafka, bootstrap, topic_prefix, topics, campaign, workers, False, not json
     )
@@ -304,20 +312,8 @@ def verify(
 
         run.archive_findings.extend(sidecar_findings(from_dir))
     signed_heads = None
-    if checkpoints is not None and public_keys is not None and from_dir is not None:
-        from services.audit.checkpoints import (
-            CheckpointError,
-            check_archive,
-            load_public_keys,
-            read_checkpoints,
-        )
-
-        try:
-            keys = load_public_keys(public_keys)
-            found = [c for path in checkpoints for c in read_checkpoints(path)]
-        except CheckpointError as exc:
-            _usage(f"--checkpoints/--public-key: {exc}")
-        problems, signed_heads = check_archive(from_dir, found, keys)
+    if signed is not None and from_dir is not None:
+        problems, signed_heads = check_archive(from_dir, *signed)
         run.archive_findings.extend(problems)
     if against_readmodel:
         from services.audit.readmodel_check import ReadModelUnavailable, compare_readmodel
