@@ -200,8 +200,11 @@ async def export_archive(
                 for record in records:
                     if key_filter is not None and record.key != key_filter:
                         continue
+                    if gate is None:
+                        accept(tp.partition, record.value or b"", tp.topic, record.offset)
+                        continue
                     item = (tp.partition, record.value or b"", tp.topic, record.offset)
-                    for admitted in [item] if gate is None else gate.admit(item[1], item):
+                    for admitted in gate.admit(item[1], item):
                         accept(*admitted)
                 done += len(records)
             if progress is not None:
