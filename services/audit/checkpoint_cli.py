@@ -120,19 +120,24 @@ def run(
 ) -> None:
     """The checkpointer process: follow the log, sign at an interval and on close/settle."""
     from services.audit.checkpointer import run_checkpointer
+    from services.audit.metrics import checkpointer_metrics
+    from services.pledge.metrics import serve_metrics
 
     settings, server, topics, private = _setup(bootstrap, topic_prefix, key)
     every = settings.checkpoint_interval_seconds if interval is None else interval
     if every <= 0:
         _usage("--interval: must be > 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve_metrics(settings.metrics_port)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await run_checkpointer(server, topics, private, interval=every, stop=stop)
+        await run_checkpointer(
+            server, topics, private, interval=every, stop=stop, metrics=checkpointer_metrics()
+        )
 
     try:
         asyncio.run(main())

@@ -30,6 +30,7 @@ from services.audit.checkpoints import (
     sign_checkpoint,
     write_checkpoints,
 )
+from services.audit.metrics import CheckpointerMetrics
 from services.audit.sources import KafkaSourceError, reading_consumer, stop_consumer
 
 __all__ = [
@@ -182,6 +183,7 @@ async def run_checkpointer(
     stop: asyncio.Event,
     clock: Clock = _utcnow,
     on_publish: Callable[[list[Checkpoint]], None] | None = None,
+    metrics: CheckpointerMetrics | None = None,
 ) -> None:
     """Follow the event topics until ``stop`` is set, publishing checkpoints as they fall due.
 
@@ -205,6 +207,9 @@ async def run_checkpointer(
         while not stop.is_set():
             urgent: dict[str, str] = {}
             batch = await consumer.getmany(*tps, timeout_ms=500, max_records=20_000)
+            if metrics is not None:
+                metrics.events.inc(sum(len(records) for records in batch.values()))
+                metrics.chains.set(len(tracker.heads))
             for records in batch.values():
                 for record in records:
                     trigger = tracker.feed(record.value or b"")
@@ -223,6 +228,10 @@ async def run_checkpointer(
             if made:
                 await publish(bootstrap, topics.checkpoints, made)
                 log.info("published %d checkpoint(s)", len(made))
+                if metrics is not None:
+                    for checkpoint in made:
+                        metrics.published.labels(reason=checkpoint.reason).inc()
+                    metrics.last_published.set_to_current_time()
                 if on_publish is not None:
                     on_publish(made)
     finally:

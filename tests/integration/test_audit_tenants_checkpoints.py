@@ -214,3 +214,45 @@ async def test_the_checkpointer_signs_when_a_campaign_closes_and_when_it_settles
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 20)
+
+
+async def test_the_checkpointer_signs_every_tenant_after_catching_up_then_at_its_interval(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    prefix = f"{unique}."
+    private, public = await keygen(tmp_path, "platform")
+    a = generate_history(campaigns=1, seed=6, prefix="a-", tenant="tenant-a")
+    b = generate_history(campaigns=1, seed=7, prefix="b-", tenant="tenant-b")
+    await produce(bootstrap, prefix, [*a.lines, *b.lines])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "audit", "checkpoint", "run", "--key", str(private),
+        "--interval", "1", "--bootstrap", bootstrap, "--topic-prefix", prefix,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        topic = Topics(prefix=prefix).checkpoints
+        last = a.envelopes[-1]
+        [of_a] = await signed_by(
+            bootstrap, topic, "interval", (last.campaign_id, last.stream, last.seq, last.hash)
+        )
+        assert of_a.tenant_id == "tenant-a" and of_a.verify(load_public_keys([public])) is None
+        assert {c for c, *_ in of_a.chains} == set(a.states)
+        last = b.envelopes[-1]
+        await signed_by(
+            bootstrap, topic, "interval", (last.campaign_id, last.stream, last.seq, last.hash)
+        )
+        # Nothing moved since: the interval signs only tenants whose heads moved.
+        await asyncio.sleep(2.5)
+        found, _ = await fetch_checkpoints(bootstrap, topic)
+        assert sorted(c.tenant_id for c in found) == ["tenant-a", "tenant-b"]
+        # A new campaign's events without a close or settlement: only the interval signs them.
+        produced = generate_history(campaigns=1, seed=8, prefix="a2-", tenant="tenant-a")
+        opened = [e for e in produced.of("a2-0000") if e.event_type != "CampaignClosed"]
+        await produce(bootstrap, prefix, [encode(e) for e in opened])
+        head = (opened[-1].campaign_id, "campaign", opened[-1].seq, opened[-1].hash)
+        [later] = await signed_by(bootstrap, topic, "interval", head)
+        assert later.tenant_id == "tenant-a"
+        assert {c for c, *_ in later.chains} == {*a.states, "a2-0000"}
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 20)
