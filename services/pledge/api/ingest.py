@@ -114,15 +114,7 @@ class Ingest:
                 body.payment_token,
                 body.locale,
             )
-        write = begin_write(
-            headers,
-            principal,
-            scope["method"],
-            scope["path"],
-            raw,
-            PLEDGE_ROUTE,
-            self.max_wait_seconds,
-        )
+        write = begin_write(scope, headers, principal, raw, PLEDGE_ROUTE, self.max_wait_seconds)
         pipeline = self.pipeline
         gate = await pipeline.gate(write, [campaign_id])
         if gate.outcome == "replay":
@@ -171,15 +163,7 @@ class Ingest:
             body = LaunchRequest.model_validate_json(raw)
         except ValidationError as exc:
             raise validation_problem(exc) from None
-        write = begin_write(
-            headers,
-            principal,
-            scope["method"],
-            scope["path"],
-            raw,
-            LAUNCH_ROUTE,
-            self.max_wait_seconds,
-        )
+        write = begin_write(scope, headers, principal, raw, LAUNCH_ROUTE, self.max_wait_seconds)
         campaign_id = body.campaign_id or f"c-{write.command_id}"
         fields = body.model_dump(exclude={"campaign_id"})
         if fields["fee_schedule"] is None:
@@ -223,15 +207,7 @@ class Ingest:
             body = CancelRequest.model_validate_json(raw) if raw.strip() else CancelRequest()
         except ValidationError as exc:
             raise validation_problem(exc) from None
-        write = begin_write(
-            headers,
-            principal,
-            scope["method"],
-            scope["path"],
-            raw,
-            CANCEL_ROUTE,
-            self.max_wait_seconds,
-        )
+        write = begin_write(scope, headers, principal, raw, CANCEL_ROUTE, self.max_wait_seconds)
         pipeline = self.pipeline
         gate = await pipeline.gate(write, [campaign_id])
         if gate.outcome == "replay":
@@ -262,15 +238,7 @@ class Ingest:
             body = CloseRequest.model_validate_json(raw)
         except ValidationError as exc:
             raise validation_problem(exc) from None
-        write = begin_write(
-            headers,
-            principal,
-            scope["method"],
-            scope["path"],
-            raw,
-            CLOSE_ROUTE,
-            self.max_wait_seconds,
-        )
+        write = begin_write(scope, headers, principal, raw, CLOSE_ROUTE, self.max_wait_seconds)
         pipeline = self.pipeline
         gate = await pipeline.gate(write, [campaign_id])
         if gate.outcome == "replay":
@@ -312,15 +280,7 @@ class Ingest:
         principal = self.authenticate(headers)
         raw = await read_body(headers, receive, self.max_body_bytes)
         items = batch_items(raw, self.batch_max_items)
-        write = begin_write(
-            headers,
-            principal,
-            scope["method"],
-            scope["path"],
-            raw,
-            BATCH_ROUTE,
-            self.max_wait_seconds,
-        )
+        write = begin_write(scope, headers, principal, raw, BATCH_ROUTE, self.max_wait_seconds)
         #: per item: its result (JSON text), or None while it is to be sent
         results: list[str | None] = [None] * len(items)
         valid, invalid = check_items(items, results)

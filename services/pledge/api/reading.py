@@ -124,17 +124,17 @@ class Write:
 
 
 def begin_write(
+    scope: Scope,
     headers: HeaderMap,
     principal: Principal,
-    method: str,
-    path: str,
     body: bytes,
     route: str,
     max_wait: int,
 ) -> Write:
-    """Idempotency key, request fingerprint, command id, correlation id, ``Prefer: wait``."""
+    """Idempotency key, request fingerprint (method, path and body), command id, correlation
+    id, ``Prefer: wait``."""
     key = idempotency_key(header(headers, b"idempotency-key"))
-    request_line = b"%s %s\n" % (method.encode(), path.encode())
+    request_line = b"%s %s\n" % (scope["method"].encode(), scope["path"].encode())
     fingerprint = hashlib.sha256(request_line + body).hexdigest()
     command_id = command_id_for(principal.tenant_id, key)
     correlation = header(headers, b"x-correlation-id") or command_id
