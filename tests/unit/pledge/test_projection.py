@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import orjson
 
-from schemas.events import PledgeMade, PledgeRejected
+from schemas.events import PledgeCancelled, PledgeMade, PledgeRejected
 from services.pledge.adapters.redis_readmodel import Keys
 from services.pledge.projection import (
     accepted_pledge_row,
+    cancellation,
     pending_pledge_row,
     pledge_row,
+    refusal_note,
     rejected_pledge_row,
 )
 from services.pledge.readmodel import initial_summary, project
-from tests.unit.pledge.conftest import CAMPAIGN, TENANT, Campaign, launch, pledge
+from tests.unit.pledge.conftest import CAMPAIGN, TENANT, Campaign, cancel, launch, pledge
 
 MEMBERS = [
     "pledge_id",
@@ -106,3 +108,21 @@ def test_every_row_has_the_same_members_in_the_same_order() -> None:
         tenant_id=None,
     )
     assert list(row) == MEMBERS
+
+
+def test_the_projectors_cancellation_and_refusal_note_are_built_as_here() -> None:
+    campaign = Campaign().given(launch(), pledge("p-1", 2500), cancel("p-1"), cancel("p-9"))
+    cancelled = next(e for e in campaign.log if isinstance(e.payload, PledgeCancelled))
+    refused = next(e for e in campaign.log if isinstance(e.payload, PledgeRejected))
+    assert isinstance(cancelled.payload, PledgeCancelled)
+    assert isinstance(refused.payload, PledgeRejected)
+    rows = projected_rows(campaign)
+    keys = Keys("t.")
+    assert rows[keys.pledge(CAMPAIGN, "p-1")] == (
+        "cancel",
+        orjson.dumps(cancellation(cancelled.seq, cancelled.payload.reason)),
+    )
+    assert rows[keys.pledge(CAMPAIGN, "p-9")] == (
+        "note",
+        orjson.dumps(refusal_note(refused.payload, refused.seq)),
+    )
