@@ -23,7 +23,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from schemas.topics import Topics
 from services.pledge.adapters.command_bus import CommandBus
 from services.pledge.adapters.redis_decisions import RedisDecisions
 from services.pledge.adapters.redis_ingest import IngestStore
@@ -363,7 +362,7 @@ def _tune_gc() -> None:
 @asynccontextmanager
 async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterator[IngestPorts]:
     """The Kafka and Redis adapters, started, for the app's lifetime."""
-    topics = Topics(prefix=settings.topic_prefix, partitions=settings.partitions)
+    topics = settings.topics()
     rm_keys = Keys(settings.topic_prefix)
     client = aioredis.Redis.from_url(settings.redis_url, max_connections=64)
     pipeline = AutoPipeline(client)

@@ -1,28 +1,23 @@
 """Settings of the API process (env prefix ``PLEDGEFLOW_``; the same variable names as before).
 
-Built once at the entry point and passed down. ``create_app`` also accepts the service-wide
-``PledgeSettings`` (tests and older callers build that) and keeps the fields it needs.
+Extends the stream processes' :class:`~services.streams.config.StreamSettings` (Kafka, Redis,
+topic prefix, partitions). Built once at the entry point and passed down. ``create_app`` also
+accepts the service-wide ``PledgeSettings`` (tests and older callers build that) and keeps the
+fields it needs.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.streams.config import StreamSettings
 
 __all__ = ["ApiSettings", "api_settings"]
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(StreamSettings):
     """What the ingest API process needs to know about its surroundings."""
 
-    model_config = SettingsConfigDict(env_prefix="PLEDGEFLOW_", extra="ignore")
-
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    #: Prepended to every topic name and Redis namespace (tests use a unique one each).
-    topic_prefix: str = ""
-    #: Partition count shared by every campaign-keyed topic (co-partitioning).
-    partitions: int = Field(default=6, ge=1)
     #: ``tenant:key`` pairs, comma separated; keys are hashed (SHA-256) when loaded.
     api_keys: str = ""
     api_host: str = "127.0.0.1"

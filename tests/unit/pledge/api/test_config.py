@@ -6,11 +6,15 @@ import pytest
 
 from services.pledge.api.config import ApiSettings, api_settings
 from services.pledge.config import PledgeSettings
+from services.streams.config import StreamSettings
 
 
 def test_every_api_setting_keeps_its_name_and_default_of_the_service_wide_settings() -> None:
     pledge_fields = PledgeSettings.model_fields
-    for name, info in ApiSettings.model_fields.items():
+    own = ApiSettings.model_fields.keys() - StreamSettings.model_fields.keys()
+    assert own and all(name.startswith("api_") for name in own)
+    for name in own | {"kafka_bootstrap", "redis_url", "topic_prefix", "partitions"}:
+        info = ApiSettings.model_fields[name]
         assert name in pledge_fields, name
         assert info.default == pledge_fields[name].default, name
         assert info.metadata == pledge_fields[name].metadata, name
