@@ -368,3 +368,46 @@ async def test_prefer_wait_answers_202_when_no_decision_came_in_time(api: Api) -
     assert response.status_code == 202
     assert response.headers["preference-applied"] == "wait=1"
     assert orjson.loads(response.content)["status"] == "pending"
+
+
+# --- readiness ------------------------------------------------------------------------------------
+
+
+async def test_ready_only_while_the_log_and_the_store_answer(api: Api) -> None:
+    assert (await api.client.get("/readyz")).status_code == 200
+    api.fakes.readmodel.down = True
+    down = await api.client.get("/readyz")
+    assert down.status_code == 503
+    assert down.json()["detail"] == "not reachable: redis"
+    api.fakes.readmodel.down = False
+    api.fakes.bus.failure = ConnectionError("broker unreachable")
+    assert (await api.client.get("/readyz")).json()["detail"] == "not reachable: kafka"
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "route"),
+    [
+        ("launch", "/v1/campaigns"),  # served by FastAPI's route
+        ("pledge", "/v1/campaigns/{campaign_id}/pledges"),  # served by the ASGI front
+        ("batch", "/v1/pledges/batch"),  # served by the ASGI front
+    ],
+)
+async def test_requests_and_replays_are_counted_by_route_template(
+    api: Api, endpoint: str, route: str
+) -> None:
+    await post(api, endpoint, "k-1")
+    await post(api, endpoint, "k-1")
+    api.fakes.readmodel.down = True
+    await post(api, endpoint, "k-2")
+
+    def value(name: str, **labels: str) -> float | None:
+        return api.registry.get_sample_value(name, labels)
+
+    requests = "pledgeflow_api_requests_total"
+    assert value(requests, route=route, method="POST", status="202") == 2
+    assert value(requests, route=route, method="POST", status="503") == 1
+    assert value("pledgeflow_api_idempotent_replays_total", route=route) == 1
+    assert value("pledgeflow_api_request_duration_seconds_count", route=route, method="POST") == 3
