@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
@@ -88,8 +89,8 @@ class Fleet:
     instance_env: str | None = None
     members: dict[str, Member] = field(default_factory=dict)
 
-    def add(self, name: str) -> Member:
-        env = dict(self.env)
+    def add(self, name: str, extra_env: dict[str, str] | None = None) -> Member:
+        env = {**self.env, **(extra_env or {})}
         if self.instance_env is not None:
             env[self.instance_env] = name
         member = Member(self.command, env, self.log_dir, name)
@@ -106,6 +107,17 @@ class Fleet:
     def assert_alive(self) -> None:
         for name, member in self.members.items():
             assert member.down or member.alive(), f"{name} died\n{member.logs()}"
+
+
+async def metric(port: int, name: str) -> float:
+    """The value of the unlabelled sample ``name`` a worker serves on ``/metrics``."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    response.raise_for_status()
+    for line in response.text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not served on port {port}")
 
 
 def service_env(**settings: str | int) -> dict[str, str]:
@@ -296,9 +308,7 @@ async def wait_advanced(
             now = await admin.list_consumer_group_offsets(group)
             ends = await consumer.end_offsets(tps)
             stuck = [
-                tp
-                for tp in tps
-                if (now[tp].offset if tp in now else 0) <= first[tp] < ends[tp]
+                tp for tp in tps if (now[tp].offset if tp in now else 0) <= first[tp] < ends[tp]
             ]
             if not stuck:
                 return
