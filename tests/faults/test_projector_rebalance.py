@@ -145,6 +145,7 @@ async def test_two_projectors_survive_rebalances_a_kill_and_a_zombie(
         alive()
         code, output = await audit_verify(bootstrap, prefix, redis_server)
         print(f"commands={len(load.sent)} events={len(events)} figures={figures}")
+        print(f"stalls={sorted(watch.stalls)}")
         assert code == 0, output[-3000:]
     finally:
         await watch.stop()

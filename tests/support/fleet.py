@@ -144,13 +144,16 @@ class GroupView:
         return None
 
     def stable_with(self, members: Iterable[str] | int, partitions: int) -> bool:
-        """Stable, exactly these members (or this many), and every partition owned."""
+        """Stable, exactly these members (or this many), each owning some of the partitions,
+        and every partition owned."""
         if self.state != "Stable":
             return False
         if isinstance(members, int):
             if len(self.owners) != members:
                 return False
         elif set(self.owners) != set(members):
+            return False
+        if not all(self.owners.values()):
             return False
         owned = set().union(*self.owners.values()) if self.owners else set()
         return owned == set(range(partitions))
