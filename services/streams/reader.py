@@ -119,7 +119,8 @@ class OrderedStreamReader:
         self._orderers: dict[int, SeqOrderer[StreamEvent]] = {}
         #: Runs released but not yet handled successfully (handed again first).
         self._unhandled: list[Run] = []
-        #: ``tp -> offset after the last record read`` since assignment.
+        #: ``tp -> position`` (after the last record read and any transaction marker after
+        #: it) of the partitions read since assignment.
         self._read: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
@@ -189,7 +190,19 @@ class OrderedStreamReader:
             count = sum(len(records) for records in batches.values())
             if count:
                 self._records_counter.inc(count)
-                await self._order(batches)
+                try:
+                    await self._order(batches)
+                except BaseException:
+                    # Nothing of this poll was ordered (dead letters and seeding come before
+                    # any push): read it again next time rather than lose it.
+                    for tp, records in batches.items():
+                        if records and tp in consumer.assignment():
+                            consumer.seek(tp, records[0].offset)
+                    raise
+            for tp in consumer.assignment():
+                # The position passes transaction markers too: committing it leaves no lag.
+                if tp in batches or tp in self._read:
+                    self._read[tp] = await consumer.position(tp)
             if self._unhandled:
                 await self._hand(self._unhandled)
             await self._commit(consumer)
@@ -241,7 +254,6 @@ class OrderedStreamReader:
         streams = self._streams
         for tp, records in batches.items():
             for record in records:
-                self._read[tp] = record.offset + 1
                 verdict = judge_event(record, topic_of=topic_of, max_bytes=max_bytes)
                 if isinstance(verdict, Rejected):
                     rejects.append((record, verdict))
