@@ -20,8 +20,9 @@ __all__ = ["Gap", "Pushed", "SeqOrderer", "StreamKey"]
 
 T = TypeVar("T")
 
-#: ``(campaign_id, stream)``: one hash chain, one seq sequence.
-StreamKey = tuple[str, str]
+#: ``(campaign_id, stream)``: one hash chain, one seq sequence (bytes for callers that key
+#: chains by raw bytes, such as the auditor's hot loop).
+StreamKey = tuple[str, str] | tuple[bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ class SeqOrderer(Generic[T]):
     the number of held items whenever it changes (a metric hook).
     """
 
-    __slots__ = ("_count", "_held", "_last", "_on_held", "limit")
+    __slots__ = ("_held", "_last", "_on_held", "held", "limit")
 
     def __init__(
         self, *, limit: int = 100_000, on_held: Callable[[int], None] | None = None
@@ -66,7 +67,8 @@ class SeqOrderer(Generic[T]):
             raise ValueError(f"limit must be >= 1, got {limit}")
         self._last: dict[StreamKey, int] = {}
         self._held: dict[StreamKey, dict[int, T]] = {}
-        self._count = 0
+        #: Items waiting for a predecessor (all keys); an attribute, read on hot paths.
+        self.held = 0
         self.limit = limit
         self._on_held = on_held
 
@@ -91,10 +93,10 @@ class SeqOrderer(Generic[T]):
         held = self._held.get(key)
         if not held:
             return []
-        before = self._count
+        before = self.held
         for seq in [s for s in held if s <= last_seq]:
             del held[seq]
-            self._count -= 1
+            self.held -= 1
         run = self._drain(key, held, last_seq)
         self._changed(before)
         return run
@@ -113,52 +115,74 @@ class SeqOrderer(Generic[T]):
         if seq <= last:
             return Pushed.STALE, []
         if seq > last + 1:
-            held = self._held.get(key)
-            if held is None:
-                held = self._held[key] = {}
-            elif seq in held:
-                return Pushed.DUPLICATE, []
-            held[seq] = item
-            self._count += 1
-            if self._on_held is not None:
-                self._on_held(self._count)
-            return Pushed.HELD, []
+            return self.hold(key, seq, item), []
         held = self._held.get(key)
         if not held:
             self._last[key] = seq
             return Pushed.RELEASED, [item]
-        before = self._count
+        before = self.held
         run = [item]
         run.extend(self._drain(key, held, seq))
         self._changed(before)
         return Pushed.RELEASED, run
+
+    def hold(self, key: StreamKey, seq: int, item: T) -> Pushed:
+        """Keep ``item`` for later without looking at the last applied seq (for a caller that
+        tracks chain heads itself and drains with :meth:`pop`): HELD, or DUPLICATE if that
+        seq is already held (the first copy is kept)."""
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = {}
+        elif seq in held:
+            return Pushed.DUPLICATE
+        held[seq] = item
+        self.held += 1
+        if self._on_held is not None:
+            self._on_held(self.held)
+        return Pushed.HELD
+
+    def pop(self, key: StreamKey, seq: int) -> T | None:
+        """Remove and return the item held for ``key`` at ``seq`` (None if there is none)."""
+        held = self._held.get(key)
+        if not held or seq not in held:
+            return None
+        item = held.pop(seq)
+        if not held:
+            del self._held[key]
+        self.held -= 1
+        if self._on_held is not None:
+            self._on_held(self.held)
+        return item
+
+    def is_holding(self, key: StreamKey) -> bool:
+        """Whether anything is held for ``key``."""
+        return key in self._held
+
+    def applied(self) -> dict[StreamKey, int]:
+        """``key -> last applied seq`` of every key known."""
+        return dict(self._last)
 
     def _drain(self, key: StreamKey, held: dict[int, T], seq: int) -> list[T]:
         run: list[T] = []
         while (seq + 1) in held:
             seq += 1
             run.append(held.pop(seq))
-            self._count -= 1
+            self.held -= 1
         self._last[key] = seq
         if not held:
             del self._held[key]
         return run
 
     def _changed(self, before: int) -> None:
-        if self._on_held is not None and self._count != before:
-            self._on_held(self._count)
+        if self._on_held is not None and self.held != before:
+            self._on_held(self.held)
 
     # --- what waits ----------------------------------------------------------------------
 
     @property
-    def held(self) -> int:
-        """Items waiting for a predecessor (all keys)."""
-        return self._count
-
-    @property
     def full(self) -> bool:
         """At least ``limit`` items are held: stop fetching until some are released."""
-        return self._count >= self.limit
+        return self.held >= self.limit
 
     def held_keys(self) -> list[StreamKey]:
         """Keys with at least one item waiting."""
@@ -188,25 +212,25 @@ class SeqOrderer(Generic[T]):
         if not held:
             del self._held[key]
         self._last[key] = seq
-        self._count -= 1
+        self.held -= 1
         if self._on_held is not None:
-            self._on_held(self._count)
+            self._on_held(self.held)
         return seq, item
 
     def forget(self, keep: Callable[[StreamKey], bool]) -> None:
         """Drop every key (applied seq and held items) for which ``keep`` is false (e.g. the
         campaigns of a revoked partition)."""
-        before = self._count
+        before = self.held
         for key in [k for k in self._last if not keep(k)]:
             del self._last[key]
         for key in [k for k in self._held if not keep(k)]:
-            self._count -= len(self._held.pop(key))
+            self.held -= len(self._held.pop(key))
         self._changed(before)
 
     def clear(self) -> None:
         """Forget everything."""
-        before = self._count
+        before = self.held
         self._last.clear()
         self._held.clear()
-        self._count = 0
+        self.held = 0
         self._changed(before)

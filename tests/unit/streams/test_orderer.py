@@ -122,3 +122,14 @@ def test_any_arrival_order_comes_out_in_seq_order_per_key(seed: int) -> None:
     for key in (A, B):
         assert [seq for k, seq in out if k == key] == list(range(1, 30))
     assert orderer.held == 0
+
+
+def test_hold_and_pop_serve_a_caller_that_tracks_heads_itself() -> None:
+    orderer: SeqOrderer[str] = SeqOrderer()
+    assert orderer.hold(A, 5, "a5") is Pushed.HELD
+    assert orderer.hold(A, 5, "a5 again") is Pushed.DUPLICATE
+    assert orderer.is_holding(A)
+    assert orderer.pop(A, 4) is None
+    assert orderer.pop(A, 5) == "a5"
+    assert not orderer.is_holding(A)
+    assert orderer.held == 0
