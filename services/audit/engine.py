@@ -163,7 +163,7 @@ class PartitionAuditor:
         self.rule_counts: Counter[str] = Counter()
         self.unknown_types: Counter[str] = Counter()
         #: Held-back events (the stream runtime's hold-back; heads are tracked above).
-        self._pending: SeqOrderer[_Held] = SeqOrderer(limit=1 << 62)
+        self._pending: SeqOrderer[tuple[bytes, bytes], _Held] = SeqOrderer(limit=1 << 62)
 
     # --- hot loop --------------------------------------------------------------------------
 

@@ -128,7 +128,7 @@ async def export_archive(
     writer = ArchiveWriter(folder, manifest, segment_events=segment_events)
     heads = manifest.chain_heads
     # The runtime's hold-back, seeded with the chain heads the archive already holds.
-    orderer: SeqOrderer[_Line] = SeqOrderer(limit=1 << 62)
+    orderer: SeqOrderer[StreamKey, _Line] = SeqOrderer(limit=1 << 62)
     for chain_key, seq in heads.items():
         orderer.seed(_stream_key(chain_key), seq)
     gaps = 0

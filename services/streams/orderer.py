@@ -11,7 +11,7 @@ chain heads) so that redeliveries below it are recognised as stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, TypeVar
@@ -20,16 +20,18 @@ __all__ = ["Gap", "Pushed", "SeqOrderer", "StreamKey"]
 
 T = TypeVar("T")
 
-#: ``(campaign_id, stream)``: one hash chain, one seq sequence (bytes for callers that key
-#: chains by raw bytes, such as the auditor's hot loop).
-StreamKey = tuple[str, str] | tuple[bytes, bytes]
+K = TypeVar("K", bound=Hashable)
+
+#: ``(campaign_id, stream)``: one hash chain, one seq sequence (the usual key; the auditor's
+#: hot loop keys chains by raw bytes instead).
+StreamKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
-class Gap:
+class Gap(Generic[K]):
     """A key whose next expected seq never arrived while later ones did."""
 
-    key: StreamKey
+    key: K
     #: The seq the key waits for (its last applied + 1).
     expected: int
     #: The lowest seq held for it.
@@ -50,7 +52,7 @@ class Pushed(Enum):
     DUPLICATE = "duplicate"
 
 
-class SeqOrderer(Generic[T]):
+class SeqOrderer(Generic[K, T]):
     """Per (campaign, stream) hold-back: the run of items that became consecutive.
 
     ``limit`` bounds the items held (all keys together): :attr:`full` says when it is reached
@@ -65,8 +67,8 @@ class SeqOrderer(Generic[T]):
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        self._last: dict[StreamKey, int] = {}
-        self._held: dict[StreamKey, dict[int, T]] = {}
+        self._last: dict[K, int] = {}
+        self._held: dict[K, dict[int, T]] = {}
         #: Items waiting for a predecessor (all keys); an attribute, read on hot paths.
         self.held = 0
         self.limit = limit
@@ -74,19 +76,19 @@ class SeqOrderer(Generic[T]):
 
     # --- state ---------------------------------------------------------------------------
 
-    def last(self, key: StreamKey) -> int:
+    def last(self, key: K) -> int:
         """The last applied seq of ``key`` (0 when nothing was)."""
         return self._last.get(key, 0)
 
-    def expected(self, key: StreamKey) -> int:
+    def expected(self, key: K) -> int:
         """The seq ``key`` needs next."""
         return self._last.get(key, 0) + 1
 
-    def knows(self, key: StreamKey) -> bool:
+    def knows(self, key: K) -> bool:
         """Whether ``key`` was seeded or pushed since it was last forgotten."""
         return key in self._last or key in self._held
 
-    def seed(self, key: StreamKey, last_seq: int) -> list[T]:
+    def seed(self, key: K, last_seq: int) -> list[T]:
         """Set ``key``'s last applied seq (from a snapshot or stored state); returns the held
         items this makes consecutive (held items at or below it are dropped as stale)."""
         self._last[key] = last_seq
@@ -101,14 +103,14 @@ class SeqOrderer(Generic[T]):
         self._changed(before)
         return run
 
-    def advance(self, key: StreamKey, last_seq: int) -> None:
+    def advance(self, key: K, last_seq: int) -> None:
         """Record that ``key`` was applied up to ``last_seq`` by someone else (no release)."""
         if last_seq > self._last.get(key, 0):
             self.seed(key, last_seq)
 
     # --- pushing -------------------------------------------------------------------------
 
-    def push(self, key: StreamKey, seq: int, item: T) -> tuple[Pushed, list[T]]:
+    def push(self, key: K, seq: int, item: T) -> tuple[Pushed, list[T]]:
         """Offer ``item`` (seq ``seq`` of ``key``); returns what happened and the run of items
         (``item`` first, then held successors) that became consecutive, in seq order."""
         last = self._last.get(key, 0)
@@ -126,7 +128,7 @@ class SeqOrderer(Generic[T]):
         self._changed(before)
         return Pushed.RELEASED, run
 
-    def hold(self, key: StreamKey, seq: int, item: T) -> Pushed:
+    def hold(self, key: K, seq: int, item: T) -> Pushed:
         """Keep ``item`` for later without looking at the last applied seq (for a caller that
         tracks chain heads itself and drains with :meth:`pop`): HELD, or DUPLICATE if that
         seq is already held (the first copy is kept)."""
@@ -141,7 +143,7 @@ class SeqOrderer(Generic[T]):
             self._on_held(self.held)
         return Pushed.HELD
 
-    def pop(self, key: StreamKey, seq: int) -> T | None:
+    def pop(self, key: K, seq: int) -> T | None:
         """Remove and return the item held for ``key`` at ``seq`` (None if there is none)."""
         held = self._held.get(key)
         if not held or seq not in held:
@@ -154,15 +156,15 @@ class SeqOrderer(Generic[T]):
             self._on_held(self.held)
         return item
 
-    def is_holding(self, key: StreamKey) -> bool:
+    def is_holding(self, key: K) -> bool:
         """Whether anything is held for ``key``."""
         return key in self._held
 
-    def applied(self) -> dict[StreamKey, int]:
+    def applied(self) -> dict[K, int]:
         """``key -> last applied seq`` of every key known."""
         return dict(self._last)
 
-    def _drain(self, key: StreamKey, held: dict[int, T], seq: int) -> list[T]:
+    def _drain(self, key: K, held: dict[int, T], seq: int) -> list[T]:
         run: list[T] = []
         while (seq + 1) in held:
             seq += 1
@@ -184,24 +186,24 @@ class SeqOrderer(Generic[T]):
         """At least ``limit`` items are held: stop fetching until some are released."""
         return self.held >= self.limit
 
-    def held_keys(self) -> list[StreamKey]:
+    def held_keys(self) -> list[K]:
         """Keys with at least one item waiting."""
         return list(self._held)
 
-    def held_items(self) -> Iterator[tuple[StreamKey, int, T]]:
+    def held_items(self) -> Iterator[tuple[K, int, T]]:
         """Every waiting ``(key, seq, item)``, keys in arrival order, seqs ascending."""
         for key, held in self._held.items():
             for seq in sorted(held):
                 yield key, seq, held[seq]
 
-    def gaps(self) -> list[Gap]:
+    def gaps(self) -> list[Gap[K]]:
         """Every key still waiting, with the seq it waits for."""
         return [
             Gap(key, self._last.get(key, 0) + 1, min(held), len(held))
             for key, held in self._held.items()
         ]
 
-    def take_lowest(self, key: StreamKey) -> tuple[int, T] | None:
+    def take_lowest(self, key: K) -> tuple[int, T] | None:
         """Give up waiting on ``key``: remove and return its lowest held item and move its
         last applied seq there (used at the end of a finite read to flush a real gap)."""
         held = self._held.get(key)
@@ -217,7 +219,7 @@ class SeqOrderer(Generic[T]):
             self._on_held(self.held)
         return seq, item
 
-    def forget(self, keep: Callable[[StreamKey], bool]) -> None:
+    def forget(self, keep: Callable[[K], bool]) -> None:
         """Drop every key (applied seq and held items) for which ``keep`` is false (e.g. the
         campaigns of a revoked partition)."""
         before = self.held

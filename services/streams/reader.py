@@ -116,7 +116,7 @@ class OrderedStreamReader:
         self.metrics = metrics or stream_metrics()
         self._held_gauge = self.metrics.held.labels(group_id)
         self._records_counter = self.metrics.records.labels(group_id)
-        self._orderers: dict[int, SeqOrderer[StreamEvent]] = {}
+        self._orderers: dict[int, SeqOrderer[StreamKey, StreamEvent]] = {}
         #: Runs released but not yet handled successfully (handed again first).
         self._unhandled: list[Run] = []
         #: ``tp -> position`` (after the last record read and any transaction marker after
@@ -293,7 +293,7 @@ class OrderedStreamReader:
         self._unhandled = []
         self.handled += sum(len(run) for run in runs)
 
-    def _orderer(self, partition: int) -> SeqOrderer[StreamEvent]:
+    def _orderer(self, partition: int) -> SeqOrderer[StreamKey, StreamEvent]:
         orderer = self._orderers.get(partition)
         if orderer is None:
             orderer = self._orderers[partition] = SeqOrderer(

@@ -12,7 +12,7 @@ from schemas.envelope import Envelope
 from schemas.topics import Topics
 from services.pledge.adapters.snapshots import load_snapshot
 from services.pledge.domain import CampaignState, evolve
-from services.streams import SeqOrderer, replay_partition
+from services.streams import SeqOrderer, StreamKey, replay_partition
 
 __all__ = ["RecoveredPartition", "RecoveryError", "recover_partition"]
 
@@ -47,7 +47,7 @@ async def recover_partition(
     """
     snapshot = await load_snapshot(bootstrap, topics.snapshots, partition) if use_snapshot else None
     states: dict[str, CampaignState] = dict(snapshot.states) if snapshot else {}
-    orderer: SeqOrderer[Envelope] = SeqOrderer(limit=1 << 62)
+    orderer: SeqOrderer[StreamKey, Envelope] = SeqOrderer(limit=1 << 62)
     for campaign_id, state in states.items():
         orderer.seed((campaign_id, "campaign"), state.seq)  # covered by the snapshot
     dirty: set[str] = set()
