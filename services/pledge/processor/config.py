@@ -37,5 +37,7 @@ class ProcessorSettings(StreamSettings):
     #: default 700 runs a collection every few commands. The processor also freezes what a
     #: rebuild loaded (``gc.freeze``) so that full collections don't rescan it.
     processor_gc_gen0_threshold: int = Field(default=50_000, ge=0)
+    #: Largest command decided; a bigger one is dead-lettered unread (``oversized``).
+    processor_max_command_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Create the registry's missing topics when the processor starts (idempotent).
     processor_ensure_topics: bool = True

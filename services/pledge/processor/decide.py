@@ -31,13 +31,22 @@ log = logging.getLogger("services.pledge.processor")
 class Decider:
     """Decides polled commands for the partitions of one worker (settings fixed at start)."""
 
-    def __init__(self, topics: Topics, policy: Policy, *, snapshot_every: int) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        policy: Policy,
+        *,
+        snapshot_every: int,
+        max_command_bytes: int = 1024 * 1024,
+    ) -> None:
         self._policy = policy
         self._event_topics = topics.event_topics()
         self._dlq = topics.dead_letter(COMMANDS_TOPIC)
         self._partition_count = topics.partitions
         self.snapshots_topic = topics.snapshots
         self.snapshot_every = snapshot_every
+        #: Bigger commands are dead-lettered unread (``oversized``).
+        self.max_command_bytes = max_command_bytes
         #: Biggest campaign snapshot the snapshot topic takes (the worker reads it at start).
         self.snapshot_max = MAX_SNAPSHOT_BYTES
 
@@ -61,6 +70,7 @@ class Decider:
         policy = self._policy
         event_topics = self._event_topics
         outbox = out.records
+        max_bytes = self.max_command_bytes
         # Plain dicts, added to the outbox's Counters at the end (a Counter's += is slower).
         outcomes: dict[tuple[str, str], int] = {}
         event_counts: dict[str, int] = {}
@@ -75,8 +85,11 @@ class Decider:
                 self._dead_letter(out, record, "evolve_failed", "a previous decision broke evolve")
                 continue
             value = record.value
+            if value is None or len(value) > max_bytes:
+                self._dead_letter(out, record, *_unreadable(value, max_bytes))
+                continue
             try:
-                command = decode_command(value if value is not None else b"")
+                command = decode_command(value)
             except DecodeError as exc:
                 self._dead_letter(out, record, "undecodable", str(exc))
                 continue
@@ -203,3 +216,10 @@ class Decider:
         out.add(self._dlq, key, value, headers)
         out.dead_letters[cause] += 1
         out.commands[("unknown", "dead_lettered")] += 1
+
+
+def _unreadable(value: bytes | None, max_bytes: int) -> tuple[str, str]:
+    """Cause and detail of a command not even parsed: no value, or too big."""
+    if value is None:
+        return "undecodable", "no value (a tombstone)"
+    return "oversized", f"{len(value)} bytes, the limit is {max_bytes}"

@@ -8,14 +8,19 @@ processors in one process never collide.
 from __future__ import annotations
 
 import math
+import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ProcessorMetrics", "observe_latencies", "processor_metrics"]
+if TYPE_CHECKING:
+    from services.pledge.processor.partition import Outbox
+
+__all__ = ["ProcessorMetrics", "observe_latencies", "processor_metrics", "record_commit"]
 
 # Decision latency spans a poll, a transaction and a commit: milliseconds to seconds.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -145,3 +150,25 @@ def observe_latencies(histogram: Histogram, deltas: list[timedelta], offset: tim
         if end > done:
             bucket.inc(end - done)
             done = end
+
+
+def record_commit(m: ProcessorMetrics, out: Outbox) -> None:
+    """Count what a committed transaction wrote (nothing is counted for an aborted one)."""
+    m.transactions.labels("committed").inc()
+    decided = sum(out.commands.values())
+    if decided:
+        m.batch_size.observe(decided)
+    for (command_type, outcome), n in out.commands.items():
+        m.commands.labels(command_type, outcome).inc(n)
+    for reason, n in out.rejections.items():
+        m.rejections.labels(reason).inc(n)
+    for cause, n in out.dead_letters.items():
+        m.dead_letters.labels(cause).inc(n)
+    for event_type, n in out.events.items():
+        m.events.labels(event_type).inc(n)
+    if out.snapshot:
+        m.snapshots.inc()
+    if out.issued and out.now is not None:
+        # latency = wall - issued_at = (wall - now) + (now - issued_at)
+        offset = timedelta(seconds=time.time() - out.now.timestamp())
+        observe_latencies(m.decision_latency, out.issued, offset)

@@ -27,7 +27,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -39,11 +39,7 @@ from services.pledge.adapters.snapshots import snapshot_limit
 from services.pledge.domain import CampaignState, Policy
 from services.pledge.processor.config import ProcessorSettings
 from services.pledge.processor.decide import Decider
-from services.pledge.processor.metrics import (
-    ProcessorMetrics,
-    observe_latencies,
-    processor_metrics,
-)
+from services.pledge.processor.metrics import ProcessorMetrics, processor_metrics, record_commit
 from services.pledge.processor.partition import Outbox, OwnedPartition, PoisonCommand
 from services.pledge.processor.recovery import recover_partition
 from services.streams import BeforeCommit, PartitionWriter
@@ -88,7 +84,10 @@ class Processor:
         self._before_commit = before_commit
         self._commands_topic = self.topics.commands
         self._decider = Decider(
-            self.topics, self._policy, snapshot_every=settings.snapshot_every_events
+            self.topics,
+            self._policy,
+            snapshot_every=settings.snapshot_every_events,
+            max_command_bytes=settings.processor_max_command_bytes,
         )
         self._parts: dict[int, OwnedPartition] = {}
         #: Partitions assigned to us whose recovery failed (retried by the loop).
@@ -345,7 +344,7 @@ class Processor:
                 raise error
             assert out is not None
             await self._write(part, out)
-            self._committed(out)
+            record_commit(self.metrics, out)
         except ProducerFenced:
             # A newer owner of this partition exists: it rebuilt from the log, we stand down.
             log.warning("partition %s: fenced by a newer writer; dropping it", part.number)
@@ -379,27 +378,6 @@ class Processor:
         for topic, end in ends.items():
             if end > part.event_offsets.get(topic, 0):
                 part.event_offsets[topic] = end
-
-    def _committed(self, out: Outbox) -> None:
-        m = self.metrics
-        m.transactions.labels("committed").inc()
-        decided = sum(out.commands.values())
-        if decided:
-            m.batch_size.observe(decided)
-        for (command_type, outcome), n in out.commands.items():
-            m.commands.labels(command_type, outcome).inc(n)
-        for reason, n in out.rejections.items():
-            m.rejections.labels(reason).inc(n)
-        for cause, n in out.dead_letters.items():
-            m.dead_letters.labels(cause).inc(n)
-        for event_type, n in out.events.items():
-            m.events.labels(event_type).inc(n)
-        if out.snapshot:
-            m.snapshots.inc()
-        if out.issued and out.now is not None:
-            # latency = wall - issued_at = (wall - now) + (now - issued_at)
-            offset = timedelta(seconds=time.time() - out.now.timestamp())
-            observe_latencies(m.decision_latency, out.issued, offset)
 
     def _open_campaigns(self) -> int:
         return sum(
