@@ -160,6 +160,19 @@ class SeqOrderer(Generic[K, T]):
         """Whether anything is held for ``key``."""
         return key in self._held
 
+    @property
+    def known(self) -> int:
+        """Keys whose last applied seq is remembered."""
+        return len(self._last)
+
+    def forget_idle(self) -> int:
+        """Forget the last applied seq of every key with nothing held (bounding memory for a
+        caller that can seed a key again); returns how many were forgotten."""
+        idle = [key for key in self._last if key not in self._held]
+        for key in idle:
+            del self._last[key]
+        return len(idle)
+
     def applied(self) -> dict[K, int]:
         """``key -> last applied seq`` of every key known."""
         return dict(self._last)

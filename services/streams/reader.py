@@ -73,6 +73,9 @@ class OrderedStreamReader:
     ``topic_of`` is ``event_type -> topic`` (``Topics.event_topics()``), for the wrong-topic
     check. ``streams`` limits the streams handed over (others are read and skipped).
     ``from_beginning`` re-reads every assigned partition from its start (rebuilds).
+    ``hold_limit`` bounds the events held per partition: past it, the topic-partitions whose
+    events wait are paused (their predecessors, on other topics, keep coming) until half of
+    them are released.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class OrderedStreamReader:
         max_event_bytes: int = 1024 * 1024,
         hold_limit: int = 100_000,
         max_records: int = 5000,
+        max_known_keys: int = 200_000,
         lag_every_seconds: float = 1.0,
         metrics: StreamMetrics | None = None,
     ) -> None:
@@ -112,6 +116,9 @@ class OrderedStreamReader:
         self.max_event_bytes = max_event_bytes
         self.hold_limit = hold_limit
         self.max_records = max_records
+        #: With a seeder, a partition's orderer forgets idle keys past this many (a forgotten
+        #: key is seeded again when it comes back); without one it remembers every key.
+        self.max_known_keys = max_known_keys
         self.lag_every = lag_every_seconds
         self.metrics = metrics or stream_metrics()
         self._held_gauge = self.metrics.held.labels(group_id)
@@ -287,6 +294,10 @@ class OrderedStreamReader:
                 else:
                     known.extend(run)
         self._unhandled = list(runs.values())
+        if self._seed is not None:
+            for orderer in self._orderers.values():
+                if orderer.known > self.max_known_keys:
+                    orderer.forget_idle()
 
     async def _hand(self, runs: list[Run]) -> None:
         await self._handler(runs)

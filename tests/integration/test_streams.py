@@ -262,3 +262,32 @@ async def test_a_rebuilt_chain_head_continues_the_chain(bootstrap: str, topics: 
     await writer.close()
     assert second[0][0].seq == 2
     assert second[0][0].prev_hash == first[0][0].hash
+
+
+async def test_a_full_hold_back_pauses_the_waiting_topic_until_the_predecessor_comes(
+    bootstrap: str, topics: Topics
+) -> None:
+    """hold_limit=2: three pledges before their launch fill it; the PledgeMade partition is
+    paused, the launch (another topic) still arrives, and everything comes out in order."""
+    events = campaign_events("c-full", 4)
+    p = partition_of("c-full")
+    key = message_key("c-full")
+    writer = PartitionWriter(bootstrap, f"{topics.prefix}w", p)
+    await writer.start()
+    await writer.write(by_topic(topics, key, events[1:4]))  # seq 2, 3, 4
+    got = Collector()
+    r = reader(bootstrap, topics, got, hold_limit=2)
+    await r.start()
+    try:
+        await until(lambda: r.held == 3, r)
+        await r.step(timeout_ms=100)
+        made = TopicPartition(topics.for_event("PledgeMade"), p)
+        assert r._require().paused() == {made}
+        await writer.write(by_topic(topics, key, events[4:] + events[:1]))  # seq 5, then 1
+        await until(lambda: len(got.seqs("c-full")) == 5, r)
+        assert got.seqs("c-full") == [1, 2, 3, 4, 5]
+        await r.step(timeout_ms=100)
+        assert r._require().paused() == set()
+    finally:
+        await writer.close()
+        await r.stop()

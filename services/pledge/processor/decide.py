@@ -108,7 +108,12 @@ class Decider:
             try:
                 decided = decide_encoded(state, command, now, policy)
             except Exception as exc:  # a domain bug must not stop the partition
-                log.exception("decide failed on %s offset %s", record.topic, offset)
+                log.exception(
+                    "decide failed on %s offset %s",
+                    record.topic,
+                    offset,
+                    extra={"correlation_id": fields.get("correlation_id")},
+                )
                 self._dead_letter(out, record, "decide_failed", repr(exc))
                 continue
             command_type: str = fields["command_type"]

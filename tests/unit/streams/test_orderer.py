@@ -133,3 +133,13 @@ def test_hold_and_pop_serve_a_caller_that_tracks_heads_itself() -> None:
     assert orderer.pop(A, 5) == "a5"
     assert not orderer.is_holding(A)
     assert orderer.held == 0
+
+
+def test_forget_idle_keeps_keys_with_held_items() -> None:
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
+    orderer.push(A, 1, "a1")
+    orderer.push(B, 3, "b3")
+    assert orderer.known == 1
+    assert orderer.forget_idle() == 1
+    assert not orderer.knows(A)
+    assert orderer.knows(B) and orderer.held == 1
