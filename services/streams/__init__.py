@@ -54,6 +54,7 @@ from services.streams.config import StreamSettings
 from services.streams.dead_letters import (
     Cause,
     DeadLetter,
+    DeadLetterSender,
     Rejected,
     dead_letter,
     judge_event,
@@ -88,6 +89,7 @@ __all__ = [
     "ChainHeads",
     "CoPartitionedAssignor",
     "DeadLetter",
+    "DeadLetterSender",
     "Gap",
     "JsonFormatter",
     "OrderedStreamReader",

@@ -19,6 +19,10 @@ hands a service each campaign's events in ``seq`` order.
 * Lag (last stable offset minus committed offset) per group/topic/partition, held events and
   dead letters are metrics; ``on_assigned``/``on_revoked`` let a service rebuild or drop
   per-partition state.
+
+One module (over 400 lines) because one invariant spans all of it: an offset is committed
+only when every record below it was dead-lettered or handed over successfully, which ties
+reading, judging, ordering, handing, committing and rebalancing to the same few fields.
 """
 
 from __future__ import annotations
@@ -31,13 +35,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
 from schemas.envelope import Envelope
 from services.streams import transactional_marks
 from services.streams.assignor import CoPartitionedAssignor
-from services.streams.dead_letters import Rejected, dead_letter, judge_event
+from services.streams.dead_letters import DeadLetterSender, Rejected, judge_event
 from services.streams.metrics import StreamMetrics, stream_metrics
 from services.streams.orderer import SeqOrderer, StreamKey
 
@@ -132,8 +136,9 @@ class OrderedStreamReader:
         self._committed: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
         self._consumer: AIOKafkaConsumer | None = None
-        self._dlq: AIOKafkaProducer | None = None
+        self._dlq: DeadLetterSender | None = None
         self._lag_at = -1e9
+        self._lag: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
         #: Set once the reader owns partitions and has finished a step.
         self.ready = asyncio.Event()
@@ -145,9 +150,7 @@ class OrderedStreamReader:
 
     async def start(self) -> None:
         """Create the dead-letter producer and join the group (partitions come with polls)."""
-        self._dlq = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
-        )
+        self._dlq = DeadLetterSender(self.bootstrap, self.dead_letter_topic)
         await self._dlq.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -355,22 +358,8 @@ class OrderedStreamReader:
         self, rejects: list[tuple[ConsumerRecord[bytes, bytes], Rejected]]
     ) -> None:
         assert self._dlq is not None
-        sends = []
-        for record, rejected in rejects:
-            log.error(
-                "dead-lettering %s:%d@%d (%s): %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                rejected.cause,
-                rejected.detail,
-            )
-            key, value, headers = dead_letter(record, rejected.cause, rejected.detail)
-            sends.append(
-                await self._dlq.send(self.dead_letter_topic, value, key=key, headers=headers)
-            )
         # Awaited before any commit: a committed offset never skips an undelivered letter.
-        await asyncio.gather(*sends)
+        await self._dlq.send(rejects)
         for _record, rejected in rejects:
             self.metrics.dead_letters.labels(self.group_id, rejected.cause).inc()
             self.dead_lettered += 1
@@ -405,7 +394,10 @@ class OrderedStreamReader:
             self._committed.update(changed)
 
     async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Last stable offset minus committed offset (the position before a first commit)
+        of every assigned partition fetched from, into the lag gauge and :meth:`lag`."""
         self._lag_at = time.monotonic()
+        lag: dict[TopicPartition, int] = {}
         for tp in consumer.assignment():
             stable = consumer.last_stable_offset(tp)
             if stable is None:  # nothing fetched from it yet
@@ -413,22 +405,13 @@ class OrderedStreamReader:
             committed = self._committed.get(tp)
             if committed is None:
                 committed = await consumer.position(tp)
-            self.metrics.lag.labels(self.group_id, tp.topic, str(tp.partition)).set(
-                max(0, stable - committed)
-            )
+            lag[tp] = max(0, stable - committed)
+            self.metrics.lag.labels(self.group_id, tp.topic, str(tp.partition)).set(lag[tp])
+        self._lag = lag
 
     def lag(self) -> dict[TopicPartition, int]:
-        """Last stable offset minus committed offset of every assigned partition fetched."""
-        consumer = self._consumer
-        out: dict[TopicPartition, int] = {}
-        if consumer is None:
-            return out
-        for tp in consumer.assignment():
-            stable = consumer.last_stable_offset(tp)
-            committed = self._committed.get(tp)
-            if stable is not None and committed is not None:
-                out[tp] = max(0, stable - committed)
-        return out
+        """The lag per partition as last observed (every ``lag_every_seconds``)."""
+        return dict(self._lag)
 
     # --- rebalancing ---------------------------------------------------------------------
 
@@ -452,6 +435,7 @@ class OrderedStreamReader:
             self._read.pop(tp, None)
             self._committed.pop(tp, None)
             self._paused.discard(tp)
+            self._lag.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(self.group_id, tp.topic, str(tp.partition))
         for number in numbers:
