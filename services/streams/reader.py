@@ -101,6 +101,7 @@ class OrderedStreamReader:
         hold_limit: int = 100_000,
         max_records: int = 5000,
         max_known_keys: int = 200_000,
+        commit: bool = True,
         lag_every_seconds: float = 1.0,
         metrics: StreamMetrics | None = None,
     ) -> None:
@@ -123,6 +124,9 @@ class OrderedStreamReader:
         #: With a seeder, a partition's orderer forgets idle keys past this many (a forgotten
         #: key is seeded again when it comes back); without one it remembers every key.
         self.max_known_keys = max_known_keys
+        #: False when the handler commits offsets inside its own transaction
+        #: (``PartitionWriter.write(..., consumed=reader.consumed_offsets(p))``).
+        self.commit = commit
         self.lag_every = lag_every_seconds
         self.metrics = metrics or stream_metrics()
         self._held_gauge = self.metrics.held.labels(group_id)
@@ -366,6 +370,19 @@ class OrderedStreamReader:
             if self._on_dead_letter is not None:
                 self._on_dead_letter(rejected.cause)
 
+    def consumed_offsets(self, partition: int) -> dict[TopicPartition, int]:
+        """For a handler that writes transactionally (``commit=False``): the offsets of
+        ``partition`` to commit inside its transaction, assuming the runs it is handling now
+        commit with it (what was read, lowered to the first event still held)."""
+        offsets = {tp: o for tp, o in self._read.items() if tp.partition == partition}
+        orderer = self._orderers.get(partition)
+        if orderer is not None:
+            for _key, _seq, event in orderer.held_items():
+                tp = TopicPartition(event.topic, partition)
+                if event.offset < offsets.get(tp, event.offset + 1):
+                    offsets[tp] = event.offset
+        return offsets
+
     def committable(self) -> dict[TopicPartition, int]:
         """Offsets safe to commit: what was read, lowered to the first event still held (or
         not handled yet) of each partition."""
@@ -383,6 +400,8 @@ class OrderedStreamReader:
         return offsets
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        if not self.commit:
+            return  # the handler commits in its transactions
         assigned = consumer.assignment()
         changed = {
             tp: offset
