@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.streams.metrics import registered
 
 if TYPE_CHECKING:
     from services.pledge.processor.partition import Outbox
@@ -113,15 +115,9 @@ class ProcessorMetrics:
         self.campaigns_open.set_function(lambda: float(count()))
 
 
-_DEFAULT: ProcessorMetrics | None = None
-
-
 def processor_metrics() -> ProcessorMetrics:
     """The processor's metrics in the process-wide default registry (created once)."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = ProcessorMetrics.create(REGISTRY)
-    return _DEFAULT
+    return registered(ProcessorMetrics.create, None)
 
 
 def observe_latencies(histogram: Histogram, deltas: list[timedelta], offset: timedelta) -> None:
