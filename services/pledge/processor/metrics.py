@@ -17,12 +17,32 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from schemas.events import RejectionReason
 from services.streams.metrics import registered
 
 if TYPE_CHECKING:
     from services.pledge.processor.partition import Outbox
 
-__all__ = ["ProcessorMetrics", "observe_latencies", "processor_metrics", "record_commit"]
+__all__ = [
+    "DEAD_LETTER_CAUSES",
+    "TRANSACTION_RESULTS",
+    "ProcessorMetrics",
+    "observe_latencies",
+    "processor_metrics",
+    "record_commit",
+]
+
+#: Every ``cause`` the processor dead-letters with and every transaction ``result``. Their
+#: children are created at 0 on start, so ``increase()`` sees the first one after a restart.
+DEAD_LETTER_CAUSES = (
+    "undecodable",
+    "oversized",
+    "evolve_failed",
+    "decide_failed",
+    "wrong_key",
+    "wrong_partition",
+)
+TRANSACTION_RESULTS = ("committed", "aborted")
 
 # Decision latency spans a poll, a transaction and a commit: milliseconds to seconds.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -48,7 +68,7 @@ class ProcessorMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ProcessorMetrics:
         """Register the processor's metrics in ``registry``."""
-        return cls(
+        metrics = cls(
             commands=Counter(
                 "pledgeflow_processor_commands",
                 "Commands decided, by command type and outcome "
@@ -109,6 +129,13 @@ class ProcessorMetrics:
                 registry=registry,
             ),
         )
+        for cause in DEAD_LETTER_CAUSES:
+            metrics.dead_letters.labels(cause)
+        for result in TRANSACTION_RESULTS:
+            metrics.transactions.labels(result)
+        for reason in RejectionReason:
+            metrics.rejections.labels(reason.value)
+        return metrics
 
     def track_open_campaigns(self, count: Callable[[], int]) -> None:
         """Compute the open-campaign gauge at scrape time (no per-batch bookkeeping)."""

@@ -5,9 +5,9 @@ and the Lua apply), ``metrics``, ``config``, and ``app`` (composition root and
 ``pledgeflow readmodel run|rebuild``).
 """
 
+from services.pledge.projection import initial_summary, project
 from services.pledge.projector.app import readmodel_cli, rebuild
 from services.pledge.projector.config import ProjectorSettings
-from services.pledge.projector.projection import initial_summary, project
 from services.pledge.projector.projector import Projector
 
 __all__ = [

@@ -27,9 +27,9 @@ from services.pledge.adapters.redis_readmodel import (
     Keys,
     ReadModelStore,
 )
+from services.pledge.projection import dump, initial_summary, project
 from services.pledge.projector.config import ProjectorSettings
 from services.pledge.projector.metrics import ReadModelMetrics, readmodel_metrics
-from services.pledge.projector.projection import dump, initial_summary, project
 from services.streams import OrderedStreamReader, Run, StreamKey, StreamMetrics
 
 __all__ = ["Projector"]

@@ -1,13 +1,20 @@
-"""The read model's projection: one pure function from an event to the rows it changes.
+"""The read model's projection: every row shape, and the event -> rows function (pure: no
+I/O, no clock).
 
-The campaign summary it maintains is exactly the ``GET /v1/campaigns/{id}`` body; pledge rows
-and command decisions are returned as ``(key, op, value)`` for the projector's Lua script.
-Every row shape of the read model is built here (the API's pending row included).
+A pledge row (``rm:p:<campaign>:<pledge>`` ``doc``) is written twice in its life: *pending* by
+the API once its command is in Kafka (so a status URL answers at once), then *accepted* or
+*rejected* by the projector when the processor has decided. Both writers build it here, so
+the ``GET /v1/campaigns/{campaign_id}/pledges/{pledge_id}`` body has one shape whoever wrote
+it. Member order is part of the stored bytes: keep it.
+
+:func:`project` applies one event to a campaign summary (exactly the
+``GET /v1/campaigns/{id}`` body) and returns the pledge and decision changes as
+``(key, op, value)`` for the projector's Lua script (``services/pledge/projector``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -22,9 +29,125 @@ from schemas.events import (
     PledgeRejected,
     RejectionReason,
 )
-from services.pledge.adapters.redis_readmodel import Keys
 
-__all__ = ["dump", "initial_summary", "project"]
+if TYPE_CHECKING:
+    from services.pledge.adapters.redis_readmodel import Keys
+
+__all__ = [
+    "accepted_pledge_row",
+    "cancellation",
+    "dump",
+    "initial_summary",
+    "pending_pledge_row",
+    "pledge_row",
+    "project",
+    "refusal_note",
+    "rejected_pledge_row",
+]
+
+
+def pledge_row(
+    *,
+    pledge_id: str,
+    campaign_id: str,
+    status: str,
+    backer_id: str,
+    amount_minor: int,
+    currency: str,
+    tier_id: str | None,
+    seq: int | None,
+    reason: str | None,
+    detail: str | None,
+    tenant_id: str | None,
+) -> dict[str, Any]:
+    """A pledge row's document (``tenant_id`` is stored, never shown)."""
+    return {
+        "pledge_id": pledge_id,
+        "campaign_id": campaign_id,
+        "status": status,
+        "backer_id": backer_id,
+        "amount": {"amount_minor": amount_minor, "currency": currency},
+        "tier_id": tier_id,
+        "seq": seq,
+        "reason": reason,
+        "detail": detail,
+        "tenant_id": tenant_id,
+    }
+
+
+def pending_pledge_row(
+    *,
+    pledge_id: str,
+    campaign_id: str,
+    backer_id: str,
+    amount_minor: int,
+    currency: str,
+    tier_id: str | None,
+    tenant_id: str,
+) -> dict[str, Any]:
+    """The row the API writes once the ``MakePledge`` is in Kafka (not decided yet)."""
+    return pledge_row(
+        pledge_id=pledge_id,
+        campaign_id=campaign_id,
+        status="pending",
+        backer_id=backer_id,
+        amount_minor=amount_minor,
+        currency=currency,
+        tier_id=tier_id,
+        seq=None,
+        reason=None,
+        detail=None,
+        tenant_id=tenant_id,
+    )
+
+
+def accepted_pledge_row(
+    payload: PledgeMade, campaign_id: str, seq: int, tenant_id: str | None
+) -> dict[str, Any]:
+    """The row of a pledge the processor accepted (its ``PledgeMade`` is at ``seq``)."""
+    return pledge_row(
+        pledge_id=payload.pledge_id,
+        campaign_id=campaign_id,
+        status="accepted",
+        backer_id=payload.backer_id,
+        amount_minor=payload.amount.amount_minor,
+        currency=payload.amount.currency,
+        tier_id=payload.tier_id,
+        seq=seq,
+        reason=None,
+        detail=None,
+        tenant_id=tenant_id,
+    )
+
+
+def rejected_pledge_row(
+    payload: PledgeRejected, campaign_id: str, seq: int, tenant_id: str | None
+) -> dict[str, Any]:
+    """The row of a pledge the processor refused (the tier is not shown: it was not taken)."""
+    return pledge_row(
+        pledge_id=payload.pledge_id,
+        campaign_id=campaign_id,
+        status="rejected",
+        backer_id=payload.backer_id,
+        amount_minor=payload.amount.amount_minor,
+        currency=payload.amount.currency,
+        tier_id=None,
+        seq=seq,
+        reason=str(payload.reason),
+        detail=payload.detail,
+        tenant_id=tenant_id,
+    )
+
+
+def refusal_note(payload: PledgeRejected, seq: int) -> dict[str, Any]:
+    """A refused operation on an existing pledge (a late cancellation), kept beside its row."""
+    return {"reason": str(payload.reason), "detail": payload.detail, "seq": seq}
+
+
+def cancellation(seq: int, reason: str) -> dict[str, Any]:
+    """The cancellation stored beside a cancelled pledge's row."""
+    return {"seq": seq, "reason": reason}
+
 
 #: Refusals of a *cancellation*: the pledge keeps its status, the refusal is noted beside it.
 _CANCEL_REFUSALS = frozenset(
@@ -94,18 +217,7 @@ def project(
                 summary["total"]["amount_minor"] += payload.amount.amount_minor
                 summary["pledge_count"] += 1
                 _tier_taken(summary, payload.tier_id, 1)
-            doc = {
-                "pledge_id": payload.pledge_id,
-                "campaign_id": campaign_id,
-                "status": "accepted",
-                "backer_id": payload.backer_id,
-                "amount": payload.amount.model_dump(),
-                "tier_id": payload.tier_id,
-                "seq": seq,
-                "reason": None,
-                "detail": None,
-                "tenant_id": tenant,
-            }
+            doc = accepted_pledge_row(payload, campaign_id, seq, tenant)
             ops.append((keys.pledge(campaign_id, payload.pledge_id), "set:accepted", dump(doc)))
         case PledgeRejected():
             decision.update(outcome="refused", reason=str(payload.reason), detail=payload.detail)
@@ -113,28 +225,16 @@ def project(
             if payload.pledge_id != envelope.causation_id:
                 key = keys.pledge(campaign_id, payload.pledge_id)
                 if payload.reason in _CANCEL_REFUSALS:
-                    note = {"reason": str(payload.reason), "detail": payload.detail, "seq": seq}
-                    ops.append((key, "note", dump(note)))
+                    ops.append((key, "note", dump(refusal_note(payload, seq))))
                 else:
-                    doc = {
-                        "pledge_id": payload.pledge_id,
-                        "campaign_id": campaign_id,
-                        "status": "rejected",
-                        "backer_id": payload.backer_id,
-                        "amount": payload.amount.model_dump(),
-                        "tier_id": None,
-                        "seq": seq,
-                        "reason": str(payload.reason),
-                        "detail": payload.detail,
-                        "tenant_id": tenant,
-                    }
+                    doc = rejected_pledge_row(payload, campaign_id, seq, tenant)
                     ops.append((key, "refuse", dump(doc)))
         case PledgeCancelled():
             if "total" in summary:
                 summary["total"]["amount_minor"] -= payload.amount.amount_minor
                 summary["pledge_count"] -= 1
                 _tier_taken(summary, payload.tier_id, -1)
-            cancel = {"seq": seq, "reason": payload.reason}
+            cancel = cancellation(seq, payload.reason)
             ops.append((keys.pledge(campaign_id, payload.pledge_id), "cancel", dump(cancel)))
         case GoalReached():
             if summary.get("goal_reached_at") is None and "total" in summary:
