@@ -5,12 +5,13 @@ Workers are the real entry point (``pledgeflow processor run``) with static memb
 stream of commands is produced to ``pledge-commands`` throughout, while, in order:
 
 1. two workers start, a third is added mid-load (partitions move to it);
-2. one (not the group's leader) is stopped with SIGTERM and restarted within the session
-   timeout: being a static member it gets the same partitions back and the group does not
-   rebalance (the others rebuild nothing, by their ``pledgeflow_processor_recovery_seconds``);
+2. the third (not the group's leader; 15 s session timeout, as its graceful stop drains first)
+   is stopped with SIGTERM and restarted within its session timeout: being a static member it
+   gets the same partitions back and the group does not rebalance (the others rebuild nothing,
+   by their ``pledgeflow_processor_recovery_seconds``);
 3. one is SIGKILLed mid-transaction and stays dead until the group gives its partitions away,
    then restarts and rejoins;
-4. a zombie: one is frozen (SIGSTOP) until the others own its partitions and have decided on
+4. a zombie: the leader is frozen (SIGSTOP) until the others own its partitions and have decided on
    them, then resumed (SIGCONT) with its open transaction and its in-memory state: the new
    owners' transactional producers (one stable id per partition) fenced it, so it must write
    nothing that survives, and it rejoins the group.
@@ -51,6 +52,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300
 PARTITIONS = 6
 CAMPAIGNS = 24
 SESSION_MS = 6000
+#: Session timeout of the worker stopped gracefully and restarted (it drains first).
+RESTART_SESSION_MS = 15_000
 
 
 async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
@@ -85,8 +88,14 @@ async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
     figures: dict[str, float] = {}
     ports = {name: free_port() for name in ("w1", "w2", "w3")}
 
-    def add(name: str) -> None:
-        fleet.add(name, {"PLEDGEFLOW_METRICS_PORT": str(ports[name])})
+    def add(name: str, session_ms: int = SESSION_MS) -> None:
+        fleet.add(
+            name,
+            {
+                "PLEDGEFLOW_METRICS_PORT": str(ports[name]),
+                "PLEDGEFLOW_PROCESSOR_SESSION_TIMEOUT_MS": str(session_ms),
+            },
+        )
 
     async def rebuilds(name: str) -> float:
         """Partitions ``name`` rebuilt so far (each follows an assignment)."""
@@ -104,8 +113,9 @@ async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
         await watch.start()
         await asyncio.sleep(rng.uniform(1.0, 2.5))
 
-        # 1. A worker is added mid-load: partitions move to it.
-        add("w3")
+        # 1. A worker is added mid-load: partitions move to it. Its session timeout is longer
+        # (each member has its own): its graceful stop in step 2 may take seconds to drain.
+        add("w3", RESTART_SESSION_MS)
         t = time.monotonic()
         view, figures["join_s"] = await wait_group(
             admin, group, lambda v: v.stable_with({"w1", "w2", "w3"}, PARTITIONS),
@@ -120,41 +130,45 @@ async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
         # (likely the leader) was seen to rebalance, with the same assignment (see
         # docs/operations.md).
         before = view.owners
-        others = {name: await rebuilds(name) for name in ("w1", "w3")}
-        fleet.members["w2"].terminate()
-        await asyncio.sleep(rng.uniform(0.2, 1.0))
+        others = {name: await rebuilds(name) for name in ("w1", "w2")}
         t = time.monotonic()
-        fleet.members["w2"].start()
-        await asyncio.sleep(SESSION_MS / 1000 + 1)  # past the session timeout of the old w2
+        fleet.members["w3"].terminate()
+        figures["graceful_stop_s"] = time.monotonic() - t
+        await asyncio.sleep(rng.uniform(0.2, 1.0))
+        fleet.members["w3"].start()
+        assert time.monotonic() - t < RESTART_SESSION_MS / 1000 - 3, "too slow to test"
+        # Past the session timeout of the old w3: had it not been replaced, it expires now.
+        await asyncio.sleep(max(0.0, t + RESTART_SESSION_MS / 1000 + 1 - time.monotonic()))
         view, _ = await wait_group(admin, group, lambda v: v.stable_with(3, PARTITIONS),
-                                   within=60, fleet=fleet, what="w2 back")  # fmt: skip
+                                   within=60, fleet=fleet, what="w3 back")  # fmt: skip
         assert view.owners == before, f"static restart moved partitions: {before} -> {view}"
         assert {name: await rebuilds(name) for name in others} == others, "a rebalance"
         figures["static_restart_stall_s"] = watch.longest_after(t - 1, time.monotonic())
 
         # 3. SIGKILL mid-transaction; the group gives its partitions away after the timeout.
-        killed = fleet.members["w3"]
+        killed = fleet.members["w2"]
         killed.kill()
         t = time.monotonic()
         view, figures["kill_reassign_s"] = await wait_group(
-            admin, group, lambda v: v.stable_with({"w1", "w2"}, PARTITIONS),
-            within=60, fleet=fleet, what="w3's partitions moved",
+            admin, group, lambda v: v.stable_with({"w1", "w3"}, PARTITIONS),
+            within=60, fleet=fleet, what="w2's partitions moved",
         )  # fmt: skip
         await asyncio.sleep(1.0)
         figures["kill_stall_s"] = watch.longest_after(t - 1, time.monotonic())
         killed.start()
         view, _ = await wait_group(admin, group, lambda v: v.stable_with(3, PARTITIONS),
-                                   within=60, fleet=fleet, what="w3 rejoined")  # fmt: skip
+                                   within=60, fleet=fleet, what="w2 rejoined")  # fmt: skip
         await asyncio.sleep(rng.uniform(1.0, 2.0))
 
-        # 4. The zombie: frozen until the others own its partitions and decided on them.
-        zombie = fleet.members["w2"]
-        zombie_partitions = view.owners["w2"]
+        # 4. The zombie (the group's leader): frozen until the others own its partitions and
+        # decided on them.
+        zombie = fleet.members["w1"]
+        zombie_partitions = view.owners["w1"]
         zombie.pause()
         t = time.monotonic()
         try:
             view, figures["zombie_reassign_s"] = await wait_group(
-                admin, group, lambda v: v.stable_with({"w1", "w3"}, PARTITIONS),
+                admin, group, lambda v: v.stable_with({"w2", "w3"}, PARTITIONS),
                 within=60, what="the zombie's partitions moved",
             )  # fmt: skip
             await wait_advanced(bootstrap, group, [topics.commands], zombie_partitions, within=30)
