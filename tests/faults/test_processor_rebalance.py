@@ -188,8 +188,8 @@ async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
         fleet.assert_alive()
         zombie_log = zombie.logs()
     finally:
+        fleet.stop_all()  # first: nothing below may leave workers running
         await watch.stop()
-        fleet.stop_all()
         await admin.close()
         await load.stop()
 

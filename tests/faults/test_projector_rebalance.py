@@ -148,9 +148,9 @@ async def test_two_projectors_survive_rebalances_a_kill_and_a_zombie(
         print(f"stalls={sorted(watch.stalls)}")
         assert code == 0, output[-3000:]
     finally:
-        await watch.stop()
-        projectors.stop_all()
+        projectors.stop_all()  # first: nothing below may leave workers running
         processor.stop_all()
+        await watch.stop()
         await admin.close()
         await load.stop()
         await wipe_namespace(redis_server, prefix)
