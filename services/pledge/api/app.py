@@ -150,7 +150,7 @@ def create_app(
     # --- errors: one mapping (responses.error_response) for routes and the ASGI front ---------
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        return error_response(exc, request.method, request.url.path)
+        return error_response(exc, request.method, request.url.path, request_metrics)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

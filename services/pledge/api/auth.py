@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from schemas.tenancy import TENANT_PATTERN, valid_tenant
 from services.pledge.api.problems import ProblemError
 
 __all__ = ["ApiKeys", "Principal"]
@@ -36,6 +37,10 @@ class ApiKeys:
             tenant, sep, key = entry.partition(":")
             if not sep or not tenant.strip() or not key.strip():
                 raise ValueError(f"PLEDGEFLOW_API_KEYS entry {index + 1}: expected tenant:key")
+            if not valid_tenant(tenant.strip()):
+                raise ValueError(
+                    f"PLEDGEFLOW_API_KEYS entry {index + 1}: tenant must match {TENANT_PATTERN}"
+                )
             digests[_digest(key.strip())] = tenant.strip()
         return cls(digests)
 

@@ -35,7 +35,8 @@ class GateResult:
     stored: bytes = b""
     #: ``rate_limited``: milliseconds until a token is available.
     retry_after_ms: int = 0
-    #: ``ok`` with ``many``: 0-based positions of the campaigns owned by another tenant.
+    #: ``ok`` with ``many``: 0-based positions of the campaigns that do not exist for the
+    #: caller's tenant (never launched, or another tenant's: the same answer).
     foreign: tuple[int, ...] = ()
 
 
@@ -72,9 +73,18 @@ class IngestGate(Protocol):
         fingerprint: str,
         campaign_ids: list[str],
         many: bool = False,
+        cost: int = 1,
+        launch: bool = False,
     ) -> GateResult:
-        """Rate limit + ownership + reservation. ``many``: a campaign of another tenant is
-        reported in ``foreign`` instead of refusing the request (``not_found``)."""
+        """Rate limit (``cost`` tokens) + existence + reservation. Every campaign must exist
+        for ``tenant_id`` (projected as its own, or its launch accepted) or the answer is
+        ``not_found``; ``many``: missing campaigns are reported in ``foreign`` instead;
+        ``launch``: nothing needs to exist, and the campaigns are marked as launched."""
+        ...
+
+    async def charge(self, *, key_hash: str, cost: int = 1) -> int:
+        """Take ``cost`` tokens of the key's bucket (a read, or a request refused before the
+        gate): 0, or the milliseconds until they are available."""
         ...
 
     def complete(
