@@ -75,4 +75,4 @@ def test_redis_needs_a_password_from_a_secret_and_never_evicts(
         for item in spec["containers"]:
             urls = [e for e in item.get("env", []) if e["name"] == "PLEDGEFLOW_REDIS_URL"]
             for url in urls:
-                assert url["value"].startswith("redis://:$(PLEDGEFLOW_REDIS_PASSWORD)@"), name
+                assert url["value"].startswith("redis://:$(REDIS_PASSWORD)@"), name
