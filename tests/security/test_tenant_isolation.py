@@ -5,7 +5,9 @@ launches, the existence oracle; and two tenants using the same ids end to end.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +20,8 @@ from services.pledge.config import PledgeSettings
 from tests.support.api import (
     AUTH_A,
     AUTH_B,
+    KEY_A,
+    KEY_B,
     api_client,
     api_settings,
     create_topics,
@@ -232,3 +236,34 @@ async def test_two_tenants_use_the_same_ids_independently_end_to_end(
         assert process.returncode == 0, err.decode()
         report = orjson.loads(out)
         assert report["ok"] and report["campaigns"] == 1
+
+
+async def test_no_log_problem_or_metric_contains_a_payment_token_or_an_api_key(
+    api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = f"tok_secret_{uuid.uuid4().hex}"
+    campaign_id = new_id("c")
+    answers = [await launch(api, campaign_id, AUTH_A)]
+    answers.append(await pledge(api, campaign_id, "p1", AUTH_A, payment_token=token))
+    answers.append(await pledge(api, campaign_id, "p2", AUTH_A, payment_token=token * 20))
+    answers.append(
+        await pledge(api, campaign_id, "p3", AUTH_A, payment_token=token, amount_minor=-1)
+    )
+    answers.append(await pledge(api, new_id("absent"), "p4", AUTH_A, payment_token=token))
+    answers.append(
+        await api.post(
+            f"/v1/campaigns/{campaign_id}/pledges",
+            content=b'{"payment_token": "' + token.encode() + b'", ',
+            headers=write_headers(new_id("k"), Prefer="wait=2"),
+        )
+    )
+    answers.append(
+        await api.get(f"/v1/campaigns/{campaign_id}", headers={"Authorization": f"Bearer {KEY_A}x"})
+    )
+    answers.append(await api.get(f"/v1/campaigns/{campaign_id}/pledges/p1", headers=AUTH_A))
+    assert [a.status_code for a in answers] == [201, 201, 422, 422, 404, 422, 401, 200]
+    metrics = (await api.get("/metrics")).text
+    texts = [caplog.text, metrics] + [a.text + str(a.headers) for a in answers]
+    for secret in (token, KEY_A, KEY_B):
+        assert not [t for t in texts if secret in t], secret
