@@ -60,6 +60,7 @@ from services.pledge.api.openapi import (
     problem_content,
     request_body,
 )
+from services.pledge.api.ops_port import ops_port_of
 from services.pledge.api.ports import IngestPorts
 from services.pledge.api.problems import ProblemError, problem_body, problem_response
 from services.pledge.api.responses import MetricsMiddleware, RequestMetrics, error_response
@@ -112,7 +113,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_ports() as opened:
+        async with open_ports() as opened, ops_port_of(config, metrics_registry, opened):
             state["ingest"] = Ingest(
                 keys=keys,
                 ports=opened,
@@ -306,6 +307,8 @@ def create_app(
         responses={200: {"description": "ready"}, 503: problem_content("not ready")},
     )
     async def readyz() -> Response:
+        if config.metrics_port:  # served on the ops port only (ops_port.py)
+            raise ProblemError("not-found", "no such resource")
         service = state.get("ingest")
         if service is None:
             raise ProblemError("unavailable", "starting up")
@@ -325,6 +328,8 @@ def create_app(
         responses={200: TEXT},
     )
     async def prometheus() -> Response:
+        if config.metrics_port:  # served on the ops port only (ops_port.py)
+            raise ProblemError("not-found", "no such resource")
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
