@@ -36,6 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	deploy/check/dependency-audit.sh
 
 # Generated deployment files current; both k8s overlays build and validate offline (built-in
 # kinds against the Kubernetes API schemas of PyPI kubernetes-validate, strict; KEDA and
