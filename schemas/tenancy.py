@@ -19,6 +19,7 @@ __all__ = [
     "SEPARATOR",
     "TENANT_PATTERN",
     "local_id",
+    "pledge_key",
     "qualify",
     "split",
     "tenant_of",
@@ -47,6 +48,12 @@ def split(qualified: str) -> tuple[str, str]:
     id."""
     tenant, sep, campaign = qualified.partition(SEPARATOR)
     return (tenant, campaign) if sep else ("", qualified)
+
+
+def pledge_key(campaign_id: str, pledge_id: str) -> str:
+    """A pledge's identity ``<tenant>/<campaign>/<pledge>`` from its qualified campaign id
+    (the key of its payment token, see ``services.pledge.adapters.payment_tokens``)."""
+    return f"{campaign_id}{SEPARATOR}{pledge_id}"
 
 
 def tenant_of(qualified: str) -> str:

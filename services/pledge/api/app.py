@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.pledge.adapters.command_bus import CommandBus
+from services.pledge.adapters.payment_tokens import KafkaPaymentTokens
 from services.pledge.adapters.redis_decisions import RedisDecisions
 from services.pledge.adapters.redis_ingest import IngestStore
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE, AutoPipeline
@@ -385,16 +386,20 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         lock_seconds=settings.api_idempotency_lock_seconds,
         ttl_seconds=settings.api_idempotency_ttl_seconds,
     )
+    tokens = KafkaPaymentTokens(settings.kafka_bootstrap, topics.payment_tokens)
     await store.load_scripts()
     await bus.start()
+    await tokens.start()
     try:
         yield IngestPorts(
             bus=bus,
             gate=store,
             decisions=RedisDecisions(pipeline, rm_keys),
             reads=ReadModelStore(client, rm_keys),
+            tokens=tokens,
         )
     finally:
+        await tokens.stop()
         await bus.stop()
         await pipeline.aclose()
         await client.aclose()

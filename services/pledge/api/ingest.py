@@ -26,7 +26,7 @@ from schemas.commands import (
 )
 from schemas.money import FeeSchedule
 from schemas.pledge_fields import PledgeFields, plain_pledge
-from schemas.tenancy import qualify
+from schemas.tenancy import pledge_key, qualify
 from services.pledge.api.auth import ApiKeys, Principal
 from services.pledge.api.batch import (
     batch_items,
@@ -78,8 +78,14 @@ class Ingest:
         self.reads: ReadModelReader = ports.reads
         self.metrics = metrics
         self.pipeline = WritePipeline(
-            bus=ports.bus, gate=ports.gate, decisions=ports.decisions, metrics=metrics
+            bus=ports.bus,
+            gate=ports.gate,
+            decisions=ports.decisions,
+            metrics=metrics,
+            tokens=ports.tokens,
         )
+        #: Payment tokens go to their erasable store, never into commands and events.
+        self.tokens_out = ports.tokens is not None
         self.max_body_bytes = max_body_bytes
         self.max_wait_seconds = max_wait_seconds
         self.batch_max_items = batch_max_items
@@ -127,10 +133,11 @@ class Ingest:
         template = MakePledgeTemplate(
             tenant_id=tenant_id, correlation_id=write.correlation_id, issued_at=issued_at()
         )
+        if self.tokens_out and fields[6] is not None:
+            await pipeline.put_tokens(write, [(pledge_key(qualified, pledge_id), fields[6])])
+        command_fields = _qualified(fields, tenant_id, self.tokens_out)
         await pipeline.send(
-            write,
-            qualified,
-            template.command(_qualified(fields, tenant_id), write.command_id, pledge_id),
+            write, qualified, template.command(command_fields, write.command_id, pledge_id)
         )
         extra: list[tuple[bytes, bytes]]
         if write.wait <= 0:  # the usual answer, written as orjson would
@@ -329,12 +336,16 @@ class Ingest:
             principal.tenant_id, write.idempotency_key, [index for index, _ in valid]
         )
         commands: list[tuple[str, bytes]] = []
+        tokens: list[tuple[str, str]] = []
         for (index, fields), command_id in zip(valid, command_ids, strict=True):
             campaign_id = fields[0]
             pledge_id = fields[4] or f"p-{command_id}"
-            qualified_fields = _qualified(fields, tenant_id)
+            qualified_fields = _qualified(fields, tenant_id, self.tokens_out)
+            if self.tokens_out and fields[6] is not None:
+                tokens.append((pledge_key(qualified_fields[0], pledge_id), fields[6]))
             commands.append((qualified_fields[0], command(qualified_fields, command_id, pledge_id)))
             results[index] = pending_result(index, campaign_id, pledge_id)
+        await pipeline.put_tokens(write, tokens)
         if commands:
             await pipeline.send_all(write, commands)
         counts = self.metrics.batch_items
@@ -390,8 +401,9 @@ class Ingest:
         return Response(orjson.dumps(view), media_type=JSON)
 
 
-def _qualified(fields: PledgeFields, tenant_id: str) -> PledgeFields:
-    """``fields`` with the campaign id qualified by the tenant."""
+def _qualified(fields: PledgeFields, tenant_id: str, token_out: bool) -> PledgeFields:
+    """``fields`` of a command: the campaign id qualified by the tenant, and without the
+    payment token when it travels on its own store (``token_out``)."""
     campaign_id, backer_id, amount, currency, pledge_id, tier_id, token, locale = fields
     return (
         qualify(tenant_id, campaign_id),
@@ -400,7 +412,7 @@ def _qualified(fields: PledgeFields, tenant_id: str) -> PledgeFields:
         currency,
         pledge_id,
         tier_id,
-        token,
+        None if token_out else token,
         locale,
     )
 

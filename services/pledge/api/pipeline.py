@@ -33,6 +33,7 @@ from services.pledge.api.ports import (
     DecisionReader,
     GateResult,
     IngestGate,
+    PaymentTokenStore,
     PendingPledge,
 )
 from services.pledge.api.problems import ProblemError, refusal
@@ -59,7 +60,9 @@ class WritePipeline:
         gate: IngestGate,
         decisions: DecisionReader,
         metrics: ApiMetrics,
+        tokens: PaymentTokenStore | None = None,
     ) -> None:
+        self.tokens = tokens
         self.bus = bus
         self.ingest_gate = gate
         self.decisions = decisions
@@ -136,6 +139,22 @@ class WritePipeline:
         except ProblemError:
             await self.charge(principal, route)
             raise
+
+    async def put_tokens(self, write: Write, tokens: Sequence[tuple[str, str]]) -> None:
+        """Store payment tokens (before their commands are sent); failure -> reservation
+        released, 503 (a retry re-sends both: the token is overwritten, the command ignored)."""
+        if not tokens or self.tokens is None:
+            return
+        try:
+            await self.tokens.put(tokens)
+        except Exception as exc:
+            log.warning("payment tokens not stored: %r", exc)
+            await self.release(write)
+            raise ProblemError(
+                "unavailable",
+                "the payment token store is unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
 
     async def send(self, write: Write, campaign_id: str, value: bytes) -> None:
         """Append one command; unreachable log -> reservation released, 503."""

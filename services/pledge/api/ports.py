@@ -20,6 +20,7 @@ __all__ = [
     "GateResult",
     "IngestGate",
     "IngestPorts",
+    "PaymentTokenStore",
     "PendingPledge",
     "ReadModelReader",
 ]
@@ -57,6 +58,15 @@ class CommandLog(Protocol):
 
     async def ready(self) -> bool:
         """True when the log answers."""
+        ...
+
+
+class PaymentTokenStore(Protocol):
+    """Where a pledge's payment token goes instead of the immutable log: an erasable store
+    keyed by the pledge (``<tenant>/<campaign>/<pledge>``), read by settlement."""
+
+    async def put(self, tokens: Sequence[tuple[str, str]]) -> None:
+        """Store ``(pledge key, token)`` pairs durably; raises if any is not stored."""
         ...
 
 
@@ -134,3 +144,5 @@ class IngestPorts:
     gate: IngestGate
     decisions: DecisionReader
     reads: ReadModelReader
+    #: None: tokens travel inside the commands and events (before issue 12; tests only).
+    tokens: PaymentTokenStore | None = None

@@ -21,7 +21,7 @@ def test_every_topic_shares_one_partition_count_and_the_campaign_key() -> None:
     topics = Topics(partitions=9)
     assert {spec.partitions for spec in topics} == {9}
     # Signed checkpoints are per tenant (services.audit.checkpoints), not per campaign.
-    assert {spec.key for spec in topics if spec.kind != "checkpoint"} == {"campaign_id"}
+    assert {spec.key for spec in topics if spec.kind not in ("checkpoint", "secret")} == {"campaign_id"}
 
 
 def test_default_partition_count_is_six() -> None:

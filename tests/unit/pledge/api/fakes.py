@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaConnectionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.pledge.adapters.redis_readmodel import CampaignRow, PledgeRow
@@ -192,11 +193,25 @@ class FakeIngestGate:
 
 
 @dataclass
+class FakePaymentTokens:
+    """The erasable token store: ``pledge key -> token``."""
+
+    tokens: dict[str, str] = field(default_factory=dict)
+    down: bool = False
+
+    async def put(self, tokens: Sequence[tuple[str, str]]) -> None:
+        if self.down:
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
+        self.tokens.update(tokens)
+
+
+@dataclass
 class FakePorts:
     """One set of fakes sharing one "Redis"; :meth:`opened` is ``create_app``'s ``ports``."""
 
     readmodel: FakeReadModel = field(default_factory=FakeReadModel)
     bus: FakeCommandLog = field(default_factory=FakeCommandLog)
+    tokens: FakePaymentTokens = field(default_factory=FakePaymentTokens)
     gate: FakeIngestGate = field(init=False)
 
     def __post_init__(self) -> None:
@@ -205,5 +220,9 @@ class FakePorts:
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[IngestPorts]:
         yield IngestPorts(
-            bus=self.bus, gate=self.gate, decisions=self.readmodel, reads=self.readmodel
+            bus=self.bus,
+            gate=self.gate,
+            decisions=self.readmodel,
+            reads=self.readmodel,
+            tokens=self.tokens,
         )

@@ -114,7 +114,9 @@ async def test_pledge_appends_make_pledge_and_writes_the_pending_row(api: Api) -
     command = decode_command(value)
     assert key == QA and command.campaign_id == QA and isinstance(command, MakePledge)
     assert (command.pledge_id, command.backer_id, command.tier_id) == ("p-1", "b-1", "t1")
-    assert command.amount.amount_minor == 2500 and command.payment_token == "tok_visa"
+    assert command.amount.amount_minor == 2500 and command.payment_token is None
+    # The token travels on its erasable store, keyed by the pledge, never in the command.
+    assert api.fakes.tokens.tokens == {"tenant-a/c-1/p-1": "tok_visa"}
     view = await api.client.get(status_url, headers=AUTH_A)
     assert view.status_code == 200
     assert view.json() == {
@@ -333,6 +335,21 @@ async def test_log_down_is_a_503_and_frees_the_key_for_a_retry(api: Api, endpoin
     api.fakes.bus.failure = None
     assert (await post(api, endpoint, "k-1")).status_code == 202
     assert len(api.fakes.bus.sent) >= 1
+
+
+@pytest.mark.parametrize("endpoint", ["pledge", "batch"])
+async def test_token_store_down_is_a_503_sends_nothing_and_frees_the_key(
+    api: Api, endpoint: str
+) -> None:
+    api.fakes.tokens.down = True
+    response = await post(api, endpoint, "k-1")
+    assert response.status_code == 503
+    assert problem_type(response) == "unavailable"
+    assert api.fakes.bus.sent == []
+    api.fakes.tokens.down = False
+    assert (await post(api, endpoint, "k-1")).status_code == 202
+    assert list(api.fakes.tokens.tokens.values()) == ["tok_visa"]
+    assert all(decode_command(value).payment_token is None for _, value in api.fakes.bus.sent)
 
 
 # --- Prefer: wait (through the decision reader) ---------------------------------------------------
