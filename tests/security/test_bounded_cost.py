@@ -208,3 +208,21 @@ async def test_redis_out_of_memory_answers_503_and_is_counted(broker: Any, full_
         assert "retry-after" in response.headers
         metrics = (await api.get("/metrics")).text
         assert "pledgeflow_api_redis_out_of_memory_total 1.0" in metrics
+
+
+async def test_requests_with_a_wrong_key_are_rate_limited_per_address(
+    broker: Any, redis_server: str
+) -> None:
+    settings = api_settings(
+        kafka_bootstrap(),
+        redis_url(),
+        unique_name("ra"),
+        api_rate_per_second=0.01,
+        api_rate_burst=3,
+    )
+    await create_topics(settings)
+    async with api_client(settings) as api:
+        wrong = {"Authorization": "Bearer guess-0123456789"}
+        codes = [(await api.get("/v1/campaigns/c-1", headers=wrong)).status_code for _ in range(5)]
+        assert codes == [401, 401, 401, 429, 429]
+        assert (await api.get("/v1/campaigns/c-1", headers=AUTH_A)).status_code == 404

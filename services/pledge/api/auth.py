@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from schemas.tenancy import TENANT_PATTERN, valid_tenant
 from services.pledge.api.problems import ProblemError
 
-__all__ = ["ApiKeys", "Principal"]
+__all__ = ["ApiKeys", "Principal", "anonymous_bucket"]
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="pledgeflow"'}
 
@@ -69,3 +69,9 @@ class ApiKeys:
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def anonymous_bucket(address: str) -> str:
+    """The rate-limit bucket of requests without a valid key, per client address (a digest,
+    like a key's: bucket names never hold an address in clear)."""
+    return "anon" + _digest(address)

@@ -27,7 +27,7 @@ from schemas.commands import (
 from schemas.money import FeeSchedule
 from schemas.pledge_fields import PledgeFields, plain_pledge
 from schemas.tenancy import pledge_key, qualify
-from services.pledge.api.auth import ApiKeys, Principal
+from services.pledge.api.auth import ApiKeys, Principal, anonymous_bucket
 from services.pledge.api.batch import (
     batch_items,
     check_items,
@@ -90,8 +90,16 @@ class Ingest:
         self.max_wait_seconds = max_wait_seconds
         self.batch_max_items = batch_max_items
 
-    def authenticate(self, headers: HeaderMap) -> Principal:
-        return self.keys.authenticate(header(headers, b"authorization"))
+    async def authenticate(self, scope: Scope, headers: HeaderMap) -> Principal:
+        """The caller, or 401; a refused caller pays a token of its address's bucket (429
+        once empty), so guessing keys is rate-limited like everything else."""
+        try:
+            return self.keys.authenticate(header(headers, b"authorization"))
+        except ProblemError:
+            client = scope.get("client")
+            address = client[0] if client else "unknown"
+            await self.pipeline.charge_key(anonymous_bucket(address), "unauthenticated")
+            raise
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -103,7 +111,7 @@ class Ingest:
         carries its header list ready-made. ``campaign_id`` has been checked by the router.
         """
         headers = header_map(scope)
-        principal = self.authenticate(headers)
+        principal = await self.authenticate(scope, headers)
         pipeline = self.pipeline
         tenant_id = principal.tenant_id
         qualified = qualify(tenant_id, campaign_id)
@@ -169,7 +177,7 @@ class Ingest:
     async def launch(self, scope: Scope, receive: Receive) -> Response:
         """``POST /v1/campaigns``."""
         headers = header_map(scope)
-        principal = self.authenticate(headers)
+        principal = await self.authenticate(scope, headers)
         pipeline = self.pipeline
         async with pipeline.refusals_charged(principal, LAUNCH_ROUTE):
             raw = await read_body(headers, receive, self.max_body_bytes)
@@ -215,7 +223,7 @@ class Ingest:
     ) -> Response:
         """``POST /v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel`` (body optional)."""
         headers = header_map(scope)
-        principal = self.authenticate(headers)
+        principal = await self.authenticate(scope, headers)
         pipeline = self.pipeline
         qualified = qualify(principal.tenant_id, campaign_id)
         async with pipeline.refusals_charged(principal, CANCEL_ROUTE):
@@ -248,7 +256,7 @@ class Ingest:
     async def close(self, scope: Scope, receive: Receive, campaign_id: str) -> Response:
         """``POST /v1/campaigns/{campaign_id}/close``."""
         headers = header_map(scope)
-        principal = self.authenticate(headers)
+        principal = await self.authenticate(scope, headers)
         pipeline = self.pipeline
         qualified = qualify(principal.tenant_id, campaign_id)
         async with pipeline.refusals_charged(principal, CLOSE_ROUTE):
@@ -295,7 +303,7 @@ class Ingest:
         validated, owned-checked and sent on its own (one command each, so never
         half-applied) and answered in ``results``."""
         headers = header_map(scope)
-        principal = self.authenticate(headers)
+        principal = await self.authenticate(scope, headers)
         pipeline = self.pipeline
         tenant_id = principal.tenant_id
         async with pipeline.refusals_charged(principal, BATCH_ROUTE):
@@ -363,7 +371,7 @@ class Ingest:
     async def get_campaign(self, scope: Scope, campaign_id: str) -> Response:
         """``GET /v1/campaigns/{campaign_id}``: the tenant's own campaign, read under its
         qualified id, and only shown when the stored document says it is that campaign."""
-        principal = self.authenticate(header_map(scope))
+        principal = await self.authenticate(scope, header_map(scope))
         await self.pipeline.charge(principal, "/v1/campaigns/{campaign_id}")
         qualified = qualify(principal.tenant_id, campaign_id)
         row = await self.reads.campaign(qualified)
@@ -379,7 +387,7 @@ class Ingest:
 
     async def get_pledge(self, scope: Scope, campaign_id: str, pledge_id: str) -> Response:
         """``GET /v1/campaigns/{campaign_id}/pledges/{pledge_id}``."""
-        principal = self.authenticate(header_map(scope))
+        principal = await self.authenticate(scope, header_map(scope))
         await self.pipeline.charge(principal, "/v1/campaigns/{campaign_id}/pledges/{pledge_id}")
         qualified = qualify(principal.tenant_id, campaign_id)
         row = await self.reads.pledge(qualified, pledge_id)

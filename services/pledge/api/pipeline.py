@@ -126,7 +126,11 @@ class WritePipeline:
     async def charge(self, principal: Principal, route: str, cost: int = 1) -> None:
         """Take the tokens of a read or of a request refused before the gate; 429 when the
         bucket is empty (so neither is free: a refused request costs what a write does)."""
-        wait_ms = await self.ingest_gate.charge(key_hash=principal.key_hash, cost=cost)
+        await self.charge_key(principal.key_hash, route, cost)
+
+    async def charge_key(self, key_hash: str, route: str, cost: int = 1) -> None:
+        """:meth:`charge` of any bucket (e.g. an address's, for unauthenticated requests)."""
+        wait_ms = await self.ingest_gate.charge(key_hash=key_hash, cost=cost)
         if wait_ms:
             raise self.rate_limited(route, wait_ms)
 
