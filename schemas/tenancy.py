@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import re
 
+from schemas.pledge_fields import PledgeFields
+
 __all__ = [
     "SEPARATOR",
     "TENANT_PATTERN",
     "local_id",
     "pledge_key",
+    "qualified_fields",
     "qualify",
     "split",
     "tenant_of",
@@ -64,3 +67,19 @@ def tenant_of(qualified: str) -> str:
 def local_id(qualified: str) -> str:
     """The campaign id as its tenant knows it."""
     return split(qualified)[1]
+
+
+def qualified_fields(fields: PledgeFields, tenant_id: str, token_out: bool) -> PledgeFields:
+    """A checked pledge's fields as its command carries them: the campaign id qualified by
+    the tenant, and no payment token when it travels on its own store (``token_out``)."""
+    campaign_id, backer_id, amount, currency, pledge_id, tier_id, token, locale = fields
+    return (
+        qualify(tenant_id, campaign_id),
+        backer_id,
+        amount,
+        currency,
+        pledge_id,
+        tier_id,
+        None if token_out else token,
+        locale,
+    )

@@ -25,8 +25,7 @@ from schemas.commands import (
     encode_command,
 )
 from schemas.money import FeeSchedule
-from schemas.pledge_fields import PledgeFields, plain_pledge
-from schemas.tenancy import pledge_key, qualify
+from schemas.tenancy import pledge_key, qualified_fields, qualify
 from services.pledge.api.auth import ApiKeys, Principal, anonymous_bucket
 from services.pledge.api.batch import (
     batch_items,
@@ -40,7 +39,14 @@ from services.pledge.api.models import CancelRequest, CloseRequest, LaunchReques
 from services.pledge.api.pipeline import WritePipeline
 from services.pledge.api.ports import IngestPorts, ReadModelReader
 from services.pledge.api.problems import ProblemError, validation_problem
-from services.pledge.api.reading import HeaderMap, begin_write, header, header_map, read_body
+from services.pledge.api.reading import (
+    HeaderMap,
+    begin_write,
+    header,
+    header_map,
+    plain_pledge_body,
+    read_body,
+)
 from services.pledge.api.responses import (
     JSON,
     RawResponse,
@@ -117,7 +123,7 @@ class Ingest:
         qualified = qualify(tenant_id, campaign_id)
         async with pipeline.refusals_charged(principal, PLEDGE_ROUTE):
             raw = await read_body(headers, receive, self.max_body_bytes)
-            fields = _plain_pledge(raw, campaign_id)
+            fields = plain_pledge_body(raw, campaign_id)
             if fields is None:
                 try:
                     body = PledgeRequest.model_validate_json(raw)
@@ -143,7 +149,7 @@ class Ingest:
         )
         if self.tokens_out and fields[6] is not None:
             await pipeline.put_tokens(write, [(pledge_key(qualified, pledge_id), fields[6])])
-        command_fields = _qualified(fields, tenant_id, self.tokens_out)
+        command_fields = qualified_fields(fields, tenant_id, self.tokens_out)
         await pipeline.send(
             write, qualified, template.command(command_fields, write.command_id, pledge_id)
         )
@@ -348,10 +354,10 @@ class Ingest:
         for (index, fields), command_id in zip(valid, command_ids, strict=True):
             campaign_id = fields[0]
             pledge_id = fields[4] or f"p-{command_id}"
-            qualified_fields = _qualified(fields, tenant_id, self.tokens_out)
+            sent = qualified_fields(fields, tenant_id, self.tokens_out)
             if self.tokens_out and fields[6] is not None:
-                tokens.append((pledge_key(qualified_fields[0], pledge_id), fields[6]))
-            commands.append((qualified_fields[0], command(qualified_fields, command_id, pledge_id)))
+                tokens.append((pledge_key(sent[0], pledge_id), fields[6]))
+            commands.append((sent[0], command(sent, command_id, pledge_id)))
             results[index] = pending_result(index, campaign_id, pledge_id)
         await pipeline.put_tokens(write, tokens)
         if commands:
@@ -407,31 +413,3 @@ class Ingest:
         if row.cancel is not None:
             view["seq"], view["reason"] = row.cancel["seq"], row.cancel["reason"]
         return Response(orjson.dumps(view), media_type=JSON)
-
-
-def _qualified(fields: PledgeFields, tenant_id: str, token_out: bool) -> PledgeFields:
-    """``fields`` of a command: the campaign id qualified by the tenant, and without the
-    payment token when it travels on its own store (``token_out``)."""
-    campaign_id, backer_id, amount, currency, pledge_id, tier_id, token, locale = fields
-    return (
-        qualify(tenant_id, campaign_id),
-        backer_id,
-        amount,
-        currency,
-        pledge_id,
-        tier_id,
-        None if token_out else token,
-        locale,
-    )
-
-
-def _plain_pledge(raw: bytes, campaign_id: str) -> PledgeFields | None:
-    """:func:`plain_pledge` of a single pledge body (None: let pydantic judge it)."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if type(doc) is not dict or "campaign_id" in doc:
-        return None
-    doc["campaign_id"] = campaign_id
-    return plain_pledge(doc)

@@ -21,9 +21,11 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
 
+from schemas.pledge_fields import PledgeFields, plain_pledge
 from services.pledge.api.auth import Principal
 from services.pledge.api.command_ids import command_id_for
 from services.pledge.api.problems import ProblemError
@@ -36,6 +38,7 @@ __all__ = [
     "header_map",
     "idempotency_key",
     "parse_prefer_wait",
+    "plain_pledge_body",
     "read_body",
 ]
 
@@ -94,6 +97,19 @@ async def read_body(headers: HeaderMap, receive: Receive, max_bytes: int) -> byt
             chunks.append(chunk)
         elif message["type"] == "http.disconnect":
             raise ClientDisconnect()
+
+
+def plain_pledge_body(raw: bytes, campaign_id: str) -> PledgeFields | None:
+    """:func:`~schemas.pledge_fields.plain_pledge` of a single pledge body (the campaign from
+    the path); None: let pydantic judge it."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or "campaign_id" in doc:
+        return None
+    doc["campaign_id"] = campaign_id
+    return plain_pledge(doc)
 
 
 def parse_prefer_wait(value: str | None, max_wait: int) -> int:
