@@ -91,13 +91,20 @@ _WEBHOOK_OMITTED = frozenset({"payment_token"})
 
 @dataclass(frozen=True, slots=True)
 class WebhookEndpoint:
-    """A platform's registered receiver; ``event_types`` it subscribed to, ``secret`` whsec_…"""
+    """A platform's registered receiver; ``event_types`` it subscribed to, ``secret`` whsec_…;
+    ``previous_secret`` still signs (beside the new one) for a while after a rotation."""
 
     endpoint_id: str
     tenant_id: str
     url: str
     event_types: frozenset[str]
     secret: str
+    previous_secret: str | None = None
+
+    @property
+    def signing_secrets(self) -> tuple[str, ...]:
+        """The secrets every delivery is signed with (two during a rotation)."""
+        return (self.secret,) if not self.previous_secret else (self.secret, self.previous_secret)
 
 
 @dataclass(slots=True)
