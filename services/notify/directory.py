@@ -35,7 +35,7 @@ def contact_key(tenant_id: str, kind: RecipientKind, person_id: str) -> str:
     return f"{tenant_id}/{kind}/{person_id}"
 
 
-def parse_endpoint(value: bytes) -> WebhookEndpoint:
+def parse_endpoint(value: bytes | str) -> WebhookEndpoint:
     """An endpoint record's value (see :func:`endpoint_value`); ValueError if malformed."""
     try:
         raw: dict[str, Any] = orjson.loads(value)
@@ -65,7 +65,7 @@ def endpoint_value(endpoint: WebhookEndpoint) -> bytes:
     )
 
 
-def parse_contact(value: bytes) -> Contact:
+def parse_contact(value: bytes | str) -> Contact:
     """A contact record's value ``{"email", "locale"}``; ValueError if malformed."""
     try:
         raw: dict[str, Any] = orjson.loads(value)
