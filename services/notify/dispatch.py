@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -71,6 +71,7 @@ class Dispatcher:
         metrics: NotifyMetrics,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        owned: Callable[[], Iterable[int]] | None = None,
     ) -> None:
         self.queue = queue
         self.directory = directory
@@ -83,6 +84,8 @@ class Dispatcher:
         self.metrics = metrics
         self.clock = clock
         self.rng = rng or random.Random()
+        #: The partitions whose notifications this worker delivers (those it owns).
+        self.owned = owned or (lambda: range(settings.partitions))
         self.breaker = CircuitBreaker(
             threshold=settings.notify_breaker_threshold,
             cooldown=settings.notify_breaker_cooldown_seconds,
@@ -100,15 +103,15 @@ class Dispatcher:
         now_ms = int(now * 1000)
         lease_ms = int(self.settings.notify_lease_seconds * 1000)
         started = 0
-        for nid, lane in await self.queue.due(now_ms, _BATCH):
+        for nid, lane, part in await self.queue.due(now_ms, _BATCH, list(self.owned())):
             if self._inflight.get(lane, 0) >= self._capacity(lane):
-                await self.queue.push_back(nid, now_ms + _BUSY_PUSH_BACK_MS)
+                await self.queue.push_back(nid, part, now_ms + _BUSY_PUSH_BACK_MS)
                 continue
             if not self.breaker.allows(lane, now):
                 reopen_ms = int(self.breaker.reopens_at(lane) * 1000)
-                await self.queue.push_back(nid, max(reopen_ms, now_ms + _BUSY_PUSH_BACK_MS))
+                await self.queue.push_back(nid, part, max(reopen_ms, now_ms + _BUSY_PUSH_BACK_MS))
                 continue
-            item = await self.queue.claim(nid, now_ms, lease_ms)
+            item = await self.queue.claim(nid, part, now_ms, lease_ms)
             if item is None:
                 self.breaker.cancel_probe(lane)
                 continue
@@ -125,7 +128,7 @@ class Dispatcher:
         while not stop.is_set():
             try:
                 started = await self.pump()
-                self.metrics.pending.set(await self.queue.pending())
+                self.metrics.pending.set(await self.queue.pending(list(self.owned())))
             except Exception:  # a Redis hiccup must not end the worker; the next pump retries
                 log.exception("notify dispatcher: pump failed")
                 started = 0
@@ -191,7 +194,7 @@ class Dispatcher:
         if isinstance(outcome, _Skip):
             failed = NotificationFailed(**common, reason=outcome.reason, will_retry=False)
             await self.recorder.record(n.campaign_id, [failed], n.notification_id)
-            await self.queue.finish(n.notification_id, "skipped")
+            await self.queue.finish(item, "skipped")
             self.metrics.skipped.labels(outcome.reason).inc()
             self.metrics.deliveries.labels(n.channel, "skipped").inc()
             return
@@ -199,7 +202,7 @@ class Dispatcher:
             self.breaker.success(item.lane)
             sent = NotificationSent(**common)
             await self.recorder.record(n.campaign_id, [sent], n.notification_id)
-            await self.queue.finish(n.notification_id, "sent")
+            await self.queue.finish(item, "sent")
             self.metrics.deliveries.labels(n.channel, "sent").inc()
             self.metrics.latency.labels(n.channel).observe(
                 max(0.0, now - n.occurred_at.timestamp())
@@ -219,16 +222,14 @@ class Dispatcher:
         await self.recorder.record(n.campaign_id, [failed], n.notification_id)
         if final:
             await self.dead_letters.put(n, outcome.reason, outcome.detail, attempt)
-            await self.queue.finish(n.notification_id, "dead")
+            await self.queue.finish(item, "dead")
             self.metrics.deliveries.labels(n.channel, "dead").inc()
             self.metrics.dead_letters.labels(n.channel).inc()
             return
         delay = backoff_seconds(
             attempt, s.notify_retry_initial_seconds, s.notify_retry_max_seconds, self.rng
         )
-        await self.queue.retry_at(
-            n.notification_id, int((now + delay) * 1000), attempt, int(now * 1000)
-        )
+        await self.queue.retry_at(item, int((now + delay) * 1000), attempt, int(now * 1000))
         self.metrics.deliveries.labels(n.channel, "failed").inc()
 
 

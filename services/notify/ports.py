@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -38,6 +39,7 @@ class Queued:
 
     notification: Notification
     lane: str
+    partition: int
     attempts: int
     first_attempt_ms: int | None
 
@@ -48,26 +50,31 @@ class DeliveryQueue(Protocol):
     async def enqueue(self, notification: Notification, now_ms: int) -> bool:
         """Add unless this id was ever enqueued (redelivered event); True if added."""
 
-    async def due(self, now_ms: int, limit: int) -> list[tuple[str, str]]:
-        """Up to ``limit`` ``(notification_id, lane)`` due at ``now_ms``, earliest first."""
+    async def due(
+        self, now_ms: int, limit: int, partitions: Iterable[int]
+    ) -> list[tuple[str, str, int]]:
+        """Up to ``limit`` per partition of ``(notification_id, lane, partition)`` due at
+        ``now_ms`` in the given (owned) partitions, earliest first."""
 
-    async def push_back(self, notification_id: str, due_ms: int) -> None:
+    async def push_back(self, notification_id: str, partition: int, due_ms: int) -> None:
         """Make a due item due later without counting an attempt (busy or open lane)."""
 
-    async def claim(self, notification_id: str, now_ms: int, lease_ms: int) -> Queued | None:
+    async def claim(
+        self, notification_id: str, partition: int, now_ms: int, lease_ms: int
+    ) -> Queued | None:
         """Lease a due item until ``now_ms + lease_ms``; None if not due or already final."""
 
-    async def retry_at(self, notification_id: str, due_ms: int, attempts: int, now_ms: int) -> None:
+    async def retry_at(self, item: Queued, due_ms: int, attempts: int, now_ms: int) -> None:
         """Record a failed attempt and when to try again."""
 
-    async def finish(self, notification_id: str, state: Final) -> None:
+    async def finish(self, item: Queued, state: Final) -> None:
         """Leave the queue for good (the id stays known so it is never enqueued again)."""
 
     async def redrive(self, notification: Notification, now_ms: int) -> None:
         """Queue again from attempt 0, whatever its state (the redrive command)."""
 
-    async def pending(self) -> int:
-        """How many notifications wait (retries pending included)."""
+    async def pending(self, partitions: Iterable[int]) -> int:
+        """How many notifications wait in ``partitions`` (retries pending included)."""
 
 
 class Directory(Protocol):

@@ -16,6 +16,7 @@ from schemas.topics import Topics
 from services.notify.adapters.kafka_dlq import read_dead_letters
 from services.notify.adapters.redis_queue import RedisDeliveryQueue
 from services.notify.config import NotifySettings
+from services.notify.partitioning import partition_function
 
 __all__ = ["RedriveReport", "redrive"]
 
@@ -34,7 +35,9 @@ async def redrive(settings: NotifySettings) -> RedriveReport:
         "notify"
     )
     client = aioredis.Redis.from_url(settings.redis_url)
-    queue = RedisDeliveryQueue(client, prefix=settings.topic_prefix)
+    queue = RedisDeliveryQueue(
+        client, prefix=settings.topic_prefix, partition_of=partition_function(settings.partitions)
+    )
     requeued = unreadable = 0
     try:
         async for notification, _letter in read_dead_letters(

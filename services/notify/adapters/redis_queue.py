@@ -1,8 +1,10 @@
 """The Redis adapter of the delivery queue: a due-time sorted set plus one hash per notification.
 
-Keys (under the deployment's prefix): ``notify:due`` (ZSET id -> due ms) and
-``notify:n:<id>`` (HASH: ``data`` = the stored notification, ``lane``, ``attempts``,
-``first_ms``, ``state`` pending|sent|dead|skipped). A claim moves the due time forward by the
+Keys (under the deployment's prefix): ``notify:due:<p>`` (ZSET id -> due ms, one per
+partition *p* of the campaign's key, so only the worker owning *p* delivers, and records on,
+the campaign's notify stream) and ``notify:n:<id>`` (HASH: ``data`` = the stored
+notification, ``lane``, ``part``, ``attempts``, ``first_ms``, ``state``
+pending|sent|dead|skipped). A claim moves the due time forward by the
 lease instead of removing the item, so a worker killed mid-send leaves it due again when the
 lease ends (the source of the "at most one repeat per crash" in docs/notify.md). Finished
 items keep their hash for ``keep_seconds`` so a redelivered event does not enqueue them again.
@@ -10,6 +12,7 @@ items keep their hash for ``keep_seconds`` so a redelivered event does not enque
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -22,7 +25,7 @@ __all__ = ["RedisDeliveryQueue"]
 
 _ENQUEUE = """
 if redis.call('HSETNX', KEYS[2], 'data', ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], 'lane', ARGV[2], 'attempts', 0, 'state', 'pending')
+redis.call('HSET', KEYS[2], 'lane', ARGV[2], 'attempts', 0, 'state', 'pending', 'part', ARGV[5])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
 return 1
 """
@@ -43,44 +46,66 @@ class RedisDeliveryQueue:
     """See the module docstring; ``prefix`` namespaces the keys (one per test or deployment)."""
 
     def __init__(
-        self, client: aioredis.Redis, *, prefix: str = "", keep_seconds: int = 30 * 86400
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "",
+        partition_of: Callable[[str], int] = lambda _campaign: 0,
+        keep_seconds: int = 30 * 86400,
     ) -> None:
         self._r = client
-        self._due = f"{prefix}notify:due"
+        self._due_prefix = f"{prefix}notify:due:"
         self._item = f"{prefix}notify:n:"
+        self.partition_of = partition_of
         self._keep = keep_seconds
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
 
+    def _due(self, partition: int) -> str:
+        return f"{self._due_prefix}{partition}"
+
     async def enqueue(self, notification: Notification, now_ms: int) -> bool:
         nid = notification.notification_id
+        part = self.partition_of(notification.campaign_id)
         added = await self._enqueue(
-            keys=[self._due, self._item + nid],
-            args=[encode_notification(notification), lane_of(notification), now_ms, nid],
+            keys=[self._due(part), self._item + nid],
+            args=[encode_notification(notification), lane_of(notification), now_ms, nid, part],
         )
         return bool(added)
 
-    async def due(self, now_ms: int, limit: int) -> list[tuple[str, str]]:
-        ids = [
-            i.decode() if isinstance(i, bytes) else str(i)
-            for i in await self._r.zrangebyscore(self._due, "-inf", now_ms, start=0, num=limit)
-        ]
-        if not ids:
+    async def due(
+        self, now_ms: int, limit: int, partitions: Iterable[int]
+    ) -> list[tuple[str, str, int]]:
+        found: list[tuple[str, int]] = []
+        for part in partitions:
+            found.extend(
+                (_text(i), part)
+                for i in await self._r.zrangebyscore(
+                    self._due(part), "-inf", now_ms, start=0, num=limit
+                )
+            )
+        if not found:
             return []
         async with self._r.pipeline(transaction=False) as pipe:
-            for nid in ids:
+            for nid, _ in found:
                 pipe.hget(self._item + nid, "lane")
             lanes = await pipe.execute()
-        return [(nid, _text(lane)) for nid, lane in zip(ids, lanes, strict=True) if lane]
+        return [
+            (nid, _text(lane), part)
+            for (nid, part), lane in zip(found, lanes, strict=True)
+            if lane is not None
+        ]
 
-    async def push_back(self, notification_id: str, due_ms: int) -> None:
-        await self._r.zadd(self._due, {notification_id: due_ms}, xx=True)
+    async def push_back(self, notification_id: str, partition: int, due_ms: int) -> None:
+        await self._r.zadd(self._due(partition), {notification_id: due_ms}, xx=True)
 
-    async def claim(self, notification_id: str, now_ms: int, lease_ms: int) -> Queued | None:
+    async def claim(
+        self, notification_id: str, partition: int, now_ms: int, lease_ms: int
+    ) -> Queued | None:
         row = cast(
             "list[Any] | None",
             await self._claim(
-                keys=[self._due, self._item + notification_id],
+                keys=[self._due(partition), self._item + notification_id],
                 args=[notification_id, now_ms, lease_ms],
             ),
         )
@@ -90,29 +115,31 @@ class RedisDeliveryQueue:
         return Queued(
             decode_notification(data),
             _text(lane),
+            partition,
             int(attempts or 0),
             int(first_ms) if first_ms else None,
         )
 
-    async def retry_at(self, notification_id: str, due_ms: int, attempts: int, now_ms: int) -> None:
-        key = self._item + notification_id
+    async def retry_at(self, item: Queued, due_ms: int, attempts: int, now_ms: int) -> None:
+        key = self._item + item.notification.notification_id
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(key, "attempts", attempts)
             pipe.hsetnx(key, "first_ms", now_ms)
-            pipe.zadd(self._due, {notification_id: due_ms})
+            pipe.zadd(self._due(item.partition), {item.notification.notification_id: due_ms})
             await pipe.execute()
 
-    async def finish(self, notification_id: str, state: Final) -> None:
-        key = self._item + notification_id
+    async def finish(self, item: Queued, state: Final) -> None:
+        key = self._item + item.notification.notification_id
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(key, "state", state)
-            pipe.zrem(self._due, notification_id)
+            pipe.zrem(self._due(item.partition), item.notification.notification_id)
             pipe.expire(key, self._keep)
             await pipe.execute()
 
     async def redrive(self, notification: Notification, now_ms: int) -> None:
         nid = notification.notification_id
         key = self._item + nid
+        part = self.partition_of(notification.campaign_id)
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(
@@ -120,15 +147,19 @@ class RedisDeliveryQueue:
                 mapping={
                     "data": encode_notification(notification),
                     "lane": lane_of(notification),
+                    "part": part,
                     "attempts": 0,
                     "state": "pending",
                 },
             )
-            pipe.zadd(self._due, {nid: now_ms})
+            pipe.zadd(self._due(part), {nid: now_ms})
             await pipe.execute()
 
-    async def pending(self) -> int:
-        return int(await self._r.zcard(self._due))
+    async def pending(self, partitions: Iterable[int]) -> int:
+        total = 0
+        for part in partitions:
+            total += int(await self._r.zcard(self._due(part)))
+        return total
 
     async def state(self, notification_id: str) -> str | None:
         """The item's state (pending, sent, dead, skipped) or None if unknown."""
