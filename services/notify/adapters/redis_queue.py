@@ -64,6 +64,15 @@ class RedisDeliveryQueue:
     def _due(self, partition: int) -> str:
         return f"{self._due_prefix}{partition}"
 
+    def due_key(self, partition: int) -> str:
+        """The Redis key of partition ``partition``'s due set (for atomic writers beside it)."""
+        return self._due(partition)
+
+    @property
+    def item_prefix(self) -> str:
+        """The Redis key prefix of the notifications' hashes."""
+        return self._item
+
     async def enqueue(self, notification: Notification, now_ms: int) -> bool:
         nid = notification.notification_id
         part = self.partition_of(notification.campaign_id)
