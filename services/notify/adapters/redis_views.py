@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from schemas.envelope import Envelope
 from schemas.money import Money
+from services.notify.adapters.redis_queue import RedisDeliveryQueue
 from services.notify.domain import CampaignView, Notification, PledgeLine
 from services.notify.records import encode_notification, lane_of
 
