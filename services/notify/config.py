@@ -20,6 +20,8 @@ class NotifySettings(BaseSettings):
     partitions: int = Field(default=6, ge=1)
     #: Consumer group (faust app id) of the notify worker.
     notify_group: str = "notify"
+    #: faust's data directory (it keeps nothing there with the memory store, but creates it).
+    notify_data_dir: str = ".local/notify-data"
     #: Port of the worker's Prometheus /metrics endpoint (0 = don't serve).
     metrics_port: int = Field(default=0, ge=0)
 

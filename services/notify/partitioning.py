@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from services.pledge.adapters.kafka_log import key_partition
+from services.streams.kafka_log import key_partition
 
 __all__ = ["partition_function"]
 
