@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
-from schemas.topics import Topics
+from schemas.topics import Topics, ensure_topics
 from services.notify.adapters.http_webhook import HttpWebhookSender
 from services.notify.adapters.kafka_dlq import KafkaDeadLetters
 from services.notify.adapters.kafka_recorder import NotifyStreamRecorder
@@ -92,7 +92,12 @@ class _Parts:
         self.topics = Topics(prefix=s.topic_prefix, partitions=s.partitions)
         self.partition_of = partition_function(s.partitions)
         self.metrics = NotifyMetrics.create(registry)
-        self.redis = aioredis.Redis.from_url(s.redis_url)
+        # A bounded pool that waits for a free connection rather than failing under load.
+        self.redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                s.redis_url, max_connections=64, timeout=30
+            )
+        )
         self.queue = RedisDeliveryQueue(
             self.redis, prefix=s.topic_prefix, partition_of=self.partition_of
         )
@@ -127,6 +132,7 @@ class _Parts:
 
     async def start(self) -> Dispatcher:
         s = self.settings
+        await ensure_topics(s.kafka_bootstrap, self.topics)  # idempotent; registry-wide
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True
         )
@@ -183,6 +189,8 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         broker_commit_interval=0.5,
+        broker_session_timeout=s.notify_session_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, s.notify_session_timeout_seconds / 3),
     )
     parts = app.notify = _Parts(s, registry or REGISTRY)
     names = parts.topics.for_stream("campaign") + parts.topics.for_stream("settlement")
@@ -200,6 +208,9 @@ def create_app(
         dispatcher = await parts.start()
         feed = asyncio.create_task(parts.feed.run(parts.stop))
         try:
+            # Deliveries look endpoints and contacts up: not before the directory is complete
+            # (else a queued notification would look unregistered and be skipped).
+            await parts.feed.ready.wait()
             await dispatcher.run(parts.stop)
         finally:
             await feed

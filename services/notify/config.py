@@ -22,6 +22,8 @@ class NotifySettings(BaseSettings):
     notify_group: str = "notify"
     #: faust's data directory (it keeps nothing there with the memory store, but creates it).
     notify_data_dir: str = ".local/notify-data"
+    #: Consumer group session timeout of the worker (how soon a dead worker's partitions move).
+    notify_session_timeout_seconds: float = Field(default=10.0, gt=0)
     #: Port of the worker's Prometheus /metrics endpoint (0 = don't serve).
     metrics_port: int = Field(default=0, ge=0)
 

@@ -143,17 +143,20 @@ class Dispatcher:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def _attempt(self, item: Queued) -> None:
+        # The lane's slot is held until the outcome is recorded: a send not yet recorded is
+        # still "in flight" (a crash then repeats it), and settling must not pile up.
         try:
-            outcome = await self._send(item.notification)
-        except Exception as exc:  # an adapter bug is a failed attempt, never a dead worker
-            log.exception("notify: delivery of %s raised", item.notification.notification_id)
-            outcome = PostOutcome(False, "internal_error", repr(exc)[:500])
+            try:
+                outcome = await self._send(item.notification)
+            except Exception as exc:  # an adapter bug is a failed attempt, not a dead worker
+                log.exception("notify: delivery of %s raised", item.notification.notification_id)
+                outcome = PostOutcome(False, "internal_error", repr(exc)[:500])
+            try:
+                await self._settle(item, outcome)
+            except Exception:  # the lease runs out and the notification is tried again
+                log.exception("notify: recording %s failed", item.notification.notification_id)
         finally:
             self._inflight[item.lane] -= 1
-        try:
-            await self._settle(item, outcome)
-        except Exception:  # the lease runs out and the notification is tried again
-            log.exception("notify: recording %s failed", item.notification.notification_id)
 
     async def _send(self, n: Notification) -> PostOutcome | _Skip:
         if n.channel == "webhook":

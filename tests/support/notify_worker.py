@@ -112,7 +112,9 @@ class CampaignLog:
         self.heads = ChainHeads()
         self.count = 0
 
-    async def write(self, campaign_id: str, events: list[Event], *, abort: bool = False) -> None:
+    async def write(
+        self, campaign_id: str, events: list[Event], *, abort: bool = False
+    ) -> list[Envelope]:
         """One transaction holding ``events``; ``abort`` aborts it after the records are sent."""
         partition = key_partition(campaign_id.encode(), self.topics.partitions)
 
@@ -140,9 +142,11 @@ class CampaignLog:
             )
         try:
             await writer.write(records)
+            return [envelope for envelope, _, _ in stamped]
         except RuntimeError:
             if not abort:
                 raise
+            return []
             # as a writer would: the chain goes on from before the aborted tail
             self.heads.forget(lambda key: key[0] != campaign_id)
         finally:
