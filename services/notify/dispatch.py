@@ -12,7 +12,6 @@ docs/notify.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -91,6 +90,7 @@ class Dispatcher:
             cooldown=settings.notify_breaker_cooldown_seconds,
         )
         self._inflight: dict[str, int] = {}
+        self._freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _capacity(self, lane: str) -> int:
@@ -102,16 +102,24 @@ class Dispatcher:
         now = self.clock()
         now_ms = int(now * 1000)
         lease_ms = int(self.settings.notify_lease_seconds * 1000)
-        started = 0
+        later: dict[int, dict[str, int]] = {}
+        chosen: list[tuple[str, str, int]] = []
+        taken: dict[str, int] = {}
         for nid, lane, part in await self.queue.due(now_ms, _BATCH, list(self.owned())):
-            if self._inflight.get(lane, 0) >= self._capacity(lane):
-                await self.queue.push_back(nid, part, now_ms + _BUSY_PUSH_BACK_MS)
-                continue
-            if not self.breaker.allows(lane, now):
+            used = self._inflight.get(lane, 0) + taken.get(lane, 0)
+            if used >= self._capacity(lane):
+                later.setdefault(part, {})[nid] = now_ms + _BUSY_PUSH_BACK_MS
+            elif not self.breaker.allows(lane, now):
                 reopen_ms = int(self.breaker.reopens_at(lane) * 1000)
-                await self.queue.push_back(nid, part, max(reopen_ms, now_ms + _BUSY_PUSH_BACK_MS))
-                continue
-            item = await self.queue.claim(nid, part, now_ms, lease_ms)
+                later.setdefault(part, {})[nid] = max(reopen_ms, now_ms + _BUSY_PUSH_BACK_MS)
+            else:
+                taken[lane] = taken.get(lane, 0) + 1
+                chosen.append((nid, lane, part))
+        claims = await asyncio.gather(
+            *(self.queue.claim(nid, part, now_ms, lease_ms) for nid, _, part in chosen)
+        )
+        started = 0
+        for (_, lane, _), item in zip(chosen, claims, strict=True):
             if item is None:
                 self.breaker.cancel_probe(lane)
                 continue
@@ -120,21 +128,32 @@ class Dispatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             started += 1
+        for part, due in later.items():
+            await self.queue.push_back(part, due)
         self.metrics.open_circuits.set(self.breaker.open_count(now))
         return started
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pump until ``stop`` is set, then wait for the deliveries in flight."""
-        while not stop.is_set():
-            try:
-                started = await self.pump()
-                self.metrics.pending.set(await self.queue.pending(list(self.owned())))
-            except Exception:  # a Redis hiccup must not end the worker; the next pump retries
-                log.exception("notify dispatcher: pump failed")
-                started = 0
-            if not started:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.notify_poll_seconds)
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                self._freed.clear()
+                try:
+                    await self.pump()
+                except Exception:  # a Redis hiccup must not end the worker: pump again
+                    log.exception("notify dispatcher: pump failed")
+                # Pump again when a slot frees (or after the poll interval, for new or retried
+                # notifications): not in a busy loop that rescans a backlog it cannot start.
+                freed = asyncio.create_task(self._freed.wait())
+                await asyncio.wait(
+                    {freed, stopping},
+                    timeout=self.settings.notify_poll_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                freed.cancel()
+        finally:
+            stopping.cancel()
         await self.drain()
 
     async def drain(self) -> None:
@@ -157,6 +176,7 @@ class Dispatcher:
                 log.exception("notify: recording %s failed", item.notification.notification_id)
         finally:
             self._inflight[item.lane] -= 1
+            self._freed.set()
 
     async def _send(self, n: Notification) -> PostOutcome | _Skip:
         if n.channel == "webhook":

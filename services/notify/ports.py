@@ -56,8 +56,9 @@ class DeliveryQueue(Protocol):
         """Up to ``limit`` per partition of ``(notification_id, lane, partition)`` due at
         ``now_ms`` in the given (owned) partitions, earliest first."""
 
-    async def push_back(self, notification_id: str, partition: int, due_ms: int) -> None:
-        """Make a due item due later without counting an attempt (busy or open lane)."""
+    async def push_back(self, partition: int, due: dict[str, int]) -> None:
+        """Make due items (id -> new due ms) due later without counting an attempt (busy or
+        open lane)."""
 
     async def claim(
         self, notification_id: str, partition: int, now_ms: int, lease_ms: int

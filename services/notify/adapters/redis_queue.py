@@ -30,6 +30,22 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
 return 1
 """
 
+_DUE = """
+local out = {}
+for k = 1, #KEYS do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+  for _, id in ipairs(ids) do
+    local lane = redis.call('HGET', ARGV[3] .. id, 'lane')
+    if lane then
+      out[#out + 1] = id
+      out[#out + 1] = lane
+      out[#out + 1] = ARGV[3 + k]
+    end
+  end
+end
+return out
+"""
+
 _CLAIM = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return nil end
@@ -60,6 +76,7 @@ class RedisDeliveryQueue:
         self._keep = keep_seconds
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
+        self._due_script = client.register_script(_DUE)
 
     def _due(self, partition: int) -> str:
         return f"{self._due_prefix}{partition}"
@@ -85,28 +102,19 @@ class RedisDeliveryQueue:
     async def due(
         self, now_ms: int, limit: int, partitions: Iterable[int]
     ) -> list[tuple[str, str, int]]:
-        found: list[tuple[str, int]] = []
-        for part in partitions:
-            found.extend(
-                (_text(i), part)
-                for i in await self._r.zrangebyscore(
-                    self._due(part), "-inf", now_ms, start=0, num=limit
-                )
-            )
-        if not found:
+        parts = list(partitions)
+        if not parts:
             return []
-        async with self._r.pipeline(transaction=False) as pipe:
-            for nid, _ in found:
-                pipe.hget(self._item + nid, "lane")
-            lanes = await pipe.execute()
+        flat = await self._due_script(
+            keys=[self._due(p) for p in parts], args=[now_ms, limit, self._item, *parts]
+        )
         return [
-            (nid, _text(lane), part)
-            for (nid, part), lane in zip(found, lanes, strict=True)
-            if lane is not None
+            (_text(flat[i]), _text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)
         ]
 
-    async def push_back(self, notification_id: str, partition: int, due_ms: int) -> None:
-        await self._r.zadd(self._due(partition), {notification_id: due_ms}, xx=True)
+    async def push_back(self, partition: int, due: dict[str, int]) -> None:
+        if due:
+            await self._r.zadd(self._due(partition), dict(due), xx=True)
 
     async def claim(
         self, notification_id: str, partition: int, now_ms: int, lease_ms: int
