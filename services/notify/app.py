@@ -185,7 +185,6 @@ def create_app(
         autodiscover=False,
         topic_partitions=s.partitions,
         topic_replication_factor=1,
-        topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         broker_commit_interval=0.5,

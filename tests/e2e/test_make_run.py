@@ -82,6 +82,9 @@ def test_make_run_serves_pledges_stops_on_ctrl_c_and_keeps_data(
         "PLEDGEFLOW_API_PORT": str(port),
         "PLEDGEFLOW_PROCESSOR_METRICS_PORT": str(free_port()),
         "PLEDGEFLOW_PROJECTOR_METRICS_PORT": str(free_port()),
+        "PLEDGEFLOW_NOTIFY_METRICS_PORT": str(free_port()),
+        "PLEDGEFLOW_MAILPIT_SMTP_PORT": str(free_port()),
+        "PLEDGEFLOW_MAILPIT_UI_PORT": str(free_port()),
         "PLEDGEFLOW_API_KEYS": f"platform-e2e:{KEY}",
     }
     log = tmp_path / "run.log"
