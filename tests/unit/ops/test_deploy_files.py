@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 from schemas.topics import Topics
-from services.ops.cli import app as deploy_cli
-from services.ops.manifests import kafka_topics, prometheus_rule, render, resource_name
 from services.notify.config import NotifySettings
 from services.notify.metrics import NotifyMetrics
+from services.ops.cli import app as deploy_cli
+from services.ops.manifests import kafka_topics, prometheus_rule, render, resource_name
 from services.pledge.config import PledgeSettings
 from services.pledge.metrics import ProcessorMetrics
 from services.pledge.metrics_api import ApiMetrics
@@ -166,11 +166,14 @@ def test_prometheus_rule_carries_the_rule_file_unchanged() -> None:
 
 
 def test_manifests_only_set_settings_that_exist() -> None:
-    fields = {
-        f"PLEDGEFLOW_{name.upper()}"
-        for settings in (PledgeSettings, NotifySettings)
-        for name in settings.model_fields
-    }
+    from services.audit.config import AuditSettings  # the checkpointer's settings
+
+    settings = [
+        *PledgeSettings.model_fields,
+        *AuditSettings.model_fields,
+        *NotifySettings.model_fields,
+    ]
+    fields = {f"PLEDGEFLOW_{name.upper()}" for name in settings}
     text = "\n".join(path.read_text() for path in BASE.glob("*.yaml"))
     text += (REPO / "deploy" / "k8s" / "overlays" / "dev" / "kustomization.yaml").read_text()
     used = set(re.findall(r"PLEDGEFLOW_[A-Z0-9_]+", text))
