@@ -7,14 +7,17 @@ the app's RFC 9457 problems (``ProblemError``; request validation is the app's h
 
 # No ``from __future__ import annotations``: FastAPI must see the route signatures' types,
 # which refer to dependencies defined inside ``notify_router``.
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Header, Response
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings
 
 from schemas.topics import Topics
 from services.notify.adapters.registration_store import KafkaRegistrationLog, RedisEndpointView
@@ -22,10 +25,12 @@ from services.notify.config import NotifySettings
 from services.notify.domain import WebhookEndpoint
 from services.notify.registrations import InvalidRegistration, Registrations
 from services.pledge.api.auth import ApiKeys
+from services.pledge.api.openapi import COMMON, problem_content
 from services.pledge.api.problems import ProblemError
-from services.pledge.config import PledgeSettings
 
 __all__ = ["notify_router"]
+
+T = TypeVar("T")
 
 
 class EndpointIn(BaseModel):
@@ -77,45 +82,80 @@ def _out(endpoint: WebhookEndpoint) -> dict[str, Any]:
     }
 
 
-def notify_router(settings: PledgeSettings | NotifySettings, keys: ApiKeys) -> APIRouter:
-    """The routes, bound to one deployment's topics and Redis (see the module docstring)."""
+def notify_router(settings: BaseSettings, keys: ApiKeys) -> APIRouter:
+    """The routes, bound to one deployment's topics and Redis (see the module docstring).
+    ``settings`` is any of the services' settings (the notify fields are read from it or the
+    environment). Kafka and Redis are connected on the first request, so an app that never
+    serves these routes (unit tests with in-memory ports) never connects."""
     notify = NotifySettings.model_validate(settings.model_dump())
     topics = Topics(prefix=notify.topic_prefix, partitions=notify.partitions)
-    state: dict[str, Registrations] = {}
+    state: dict[str, Any] = {}
+    opening = asyncio.Lock()
+
+    async def open_service() -> Registrations:
+        async with opening:
+            if "svc" not in state:
+                client = aioredis.Redis.from_url(notify.redis_url)
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=notify.kafka_bootstrap,
+                    acks="all",
+                    enable_idempotence=True,
+                    request_timeout_ms=10_000,
+                )
+                try:
+                    await producer.start()
+                except Exception:
+                    await client.aclose()
+                    raise
+                state.update(client=client, producer=producer)
+                state["svc"] = Registrations(
+                    KafkaRegistrationLog(producer),
+                    RedisEndpointView(client, prefix=notify.topic_prefix),
+                    topics,
+                    allow_private=notify.notify_allow_private_urls,
+                )
+            svc: Registrations = state["svc"]
+            return svc
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(notify.redis_url)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=notify.kafka_bootstrap, acks="all", enable_idempotence=True
-        )
-        await producer.start()
-        state["svc"] = Registrations(
-            KafkaRegistrationLog(producer),
-            RedisEndpointView(client, prefix=notify.topic_prefix),
-            topics,
-            allow_private=notify.notify_allow_private_urls,
-        )
         try:
             yield
         finally:
-            state.pop("svc", None)
-            await producer.stop()
-            await client.aclose()
+            if "producer" in state:
+                await state["producer"].stop()
+                await state["client"].aclose()
+            state.clear()
 
-    router = APIRouter(prefix="/v1", tags=["notifications"], lifespan=lifespan)
+    router = APIRouter(
+        prefix="/v1",
+        tags=["notifications"],
+        lifespan=lifespan,
+        responses={
+            **{k: v for k, v in COMMON.items() if k != 429},
+            400: problem_content("The body is not valid JSON."),
+            404: problem_content("No such webhook endpoint for this tenant."),
+        },
+    )
 
     def tenant(authorization: Annotated[str | None, Header()] = None) -> str:
         return keys.authenticate(authorization).tenant_id
 
-    def service() -> Registrations:
-        svc = state.get("svc")
-        if svc is None:
-            raise ProblemError("unavailable", "starting up")
-        return svc
+    async def service() -> Registrations:
+        try:
+            return await open_service()
+        except (KafkaError, OSError) as exc:
+            raise ProblemError("unavailable", f"Kafka unreachable: {exc}") from None
 
     Tenant = Annotated[str, Depends(tenant)]
     Service = Annotated[Registrations, Depends(service)]
+
+    async def recorded(call: Awaitable[T]) -> T:
+        """A registration call; Kafka unreachable (or a missing topic) is a 503, not a 500."""
+        try:
+            return await call
+        except KafkaError as exc:
+            raise ProblemError("unavailable", f"Kafka unreachable: {exc}") from None
 
     def invalid(exc: InvalidRegistration) -> ProblemError:
         return ProblemError(
@@ -128,25 +168,25 @@ def notify_router(settings: PledgeSettings | NotifySettings, keys: ApiKeys) -> A
     async def create_endpoint(body: EndpointIn, tenant_id: Tenant, svc: Service) -> Any:
         """Register a webhook endpoint; the signing secret is in this answer only."""
         try:
-            endpoint = await svc.create_endpoint(tenant_id, body.url, body.event_types)
+            endpoint = await recorded(svc.create_endpoint(tenant_id, body.url, body.event_types))
         except InvalidRegistration as exc:
             raise invalid(exc) from None
         return {**_out(endpoint), "secret": endpoint.secret}
 
     @router.get("/webhook-endpoints", response_model=dict[str, list[EndpointOut]])
     async def list_endpoints(tenant_id: Tenant, svc: Service) -> Any:
-        return {"items": [_out(e) for e in await svc.list_endpoints(tenant_id)]}
+        return {"items": [_out(e) for e in await recorded(svc.list_endpoints(tenant_id))]}
 
     @router.get("/webhook-endpoints/{endpoint_id}", response_model=EndpointOut)
     async def get_endpoint(endpoint_id: str, tenant_id: Tenant, svc: Service) -> Any:
-        endpoint = await svc.get_endpoint(tenant_id, endpoint_id)
+        endpoint = await recorded(svc.get_endpoint(tenant_id, endpoint_id))
         if endpoint is None:
             raise ProblemError("not-found", f"no webhook endpoint {endpoint_id!r}")
         return _out(endpoint)
 
     @router.delete("/webhook-endpoints/{endpoint_id}", status_code=204)
     async def delete_endpoint(endpoint_id: str, tenant_id: Tenant, svc: Service) -> Response:
-        if not await svc.delete_endpoint(tenant_id, endpoint_id):
+        if not await recorded(svc.delete_endpoint(tenant_id, endpoint_id)):
             raise ProblemError("not-found", f"no webhook endpoint {endpoint_id!r}")
         return Response(status_code=204)
 
@@ -154,7 +194,7 @@ def notify_router(settings: PledgeSettings | NotifySettings, keys: ApiKeys) -> A
     async def rotate_secret(endpoint_id: str, tenant_id: Tenant, svc: Service) -> Any:
         """A new secret; deliveries are signed with the new and the previous one until the
         next rotation, so a receiver can switch without losing a message."""
-        rotated = await svc.rotate_secret(tenant_id, endpoint_id)
+        rotated = await recorded(svc.rotate_secret(tenant_id, endpoint_id))
         if rotated is None:
             raise ProblemError("not-found", f"no webhook endpoint {endpoint_id!r}")
         return {"id": rotated.endpoint_id, "secret": rotated.secret}
@@ -164,14 +204,16 @@ def notify_router(settings: PledgeSettings | NotifySettings, keys: ApiKeys) -> A
             person_id: str, body: ContactIn, tenant_id: Tenant, svc: Service
         ) -> Any:
             try:
-                contact = await svc.put_contact(tenant_id, kind, person_id, body.email, body.locale)
+                contact = await recorded(
+                    svc.put_contact(tenant_id, kind, person_id, body.email, body.locale)
+                )
             except InvalidRegistration as exc:
                 raise invalid(exc) from None
             return {"id": person_id, "email": contact.email, "locale": contact.locale}
 
         async def erase_contact(person_id: str, tenant_id: Tenant, svc: Service) -> Response:
             try:
-                await svc.erase_contact(tenant_id, kind, person_id)
+                await recorded(svc.erase_contact(tenant_id, kind, person_id))
             except InvalidRegistration as exc:
                 raise invalid(exc) from None
             return Response(status_code=204)

@@ -10,15 +10,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
-from fastapi import FastAPI, Request, Response
 
-from schemas.topics import Topics, ensure_topics
-from services.notify.api_routes import notify_router
+from schemas.topics import Topics
 from services.notify.directory import Directory
 from services.notify.ports import ERASED
-from services.pledge.api.auth import ApiKeys
-from services.pledge.api.problems import ProblemError, problem_response
-from tests.support.api import AUTH_A, AUTH_B, KEY_A, KEY_B, api_settings
+from tests.support.api import AUTH_A, AUTH_B, api_client, api_settings, create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -27,24 +23,11 @@ pytestmark = pytest.mark.integration
 async def client(
     bootstrap: str, redis_server: str, unique: str
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Topics]]:
+    """The ingest API app (which includes the notify router) in-process."""
     settings = api_settings(bootstrap, redis_server, unique, partitions=1)
-    topics = Topics(prefix=settings.topic_prefix, partitions=1)
-    await ensure_topics(
-        bootstrap, [topics.get(topics.notify_endpoints), topics.get(topics.notify_contacts)]
-    )
-    keys = ApiKeys.parse(f"tenant-a:{KEY_A},tenant-b:{KEY_B}")
-    app = FastAPI()
-
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProblemError)
-        return problem_response(exc.body(request.url.path), exc.headers)
-
-    app.add_exception_handler(ProblemError, on_problem)
-    app.include_router(notify_router(settings, keys))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
-            yield http, topics
+    topics = await create_topics(settings)
+    async with api_client(settings) as http:
+        yield http, topics
     redis = aioredis.Redis.from_url(redis_server)
     keys_left = [k async for k in redis.scan_iter(match=f"{settings.topic_prefix}notify:*")]
     if keys_left:
@@ -131,6 +114,11 @@ async def test_endpoint_registration_refuses_internal_urls_and_unknown_types(
             assert answer.json()["errors"][0]["field"] == field
         unauthenticated = await http.post("/v1/webhook-endpoints", json=cases[0][0])
         assert unauthenticated.status_code == 401
+        shapeless = await http.post("/v1/webhook-endpoints", json={"url": 5}, headers=AUTH_A)
+        assert shapeless.status_code == 422
+        assert shapeless.headers["content-type"] == "application/problem+json"
+        fields = {e["field"] for e in shapeless.json()["errors"]}
+        assert fields == {"body.url", "body.event_types"}
 
 
 async def test_contacts_are_recorded_and_erased_with_a_tombstone(
