@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from schemas.events import NotificationFailed, NotificationSent
 from schemas.topics import Topics, ensure_topics
+from services.audit.sources import audit_kafka
 from services.notify.config import NotifySettings
 from services.notify.redrive import redrive
 from tests.support.api import eventually
@@ -25,7 +26,7 @@ from tests.support.notify_worker import (
     worker_env,
 )
 from tests.support.webhook_receiver import running_receiver
-from tests.unit.notify.events import goal, launch, pledge
+from tests.unit.notify.events import capture_failed, goal, launch, pledge
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +66,8 @@ async def test_goal_reached_end_to_end_through_the_worker(
             campaign,
             [pledge("p1", "b1", 6000, locale="fr"), pledge("p2", "b2", 3000, locale="en")],
         )
+        # a settlement event written before the pledge it is about: it waits for it
+        await log.write(campaign, [capture_failed("p3", "b3", 1000)])
         await log.write(campaign, [pledge("p3", "b3", 1000, locale="en"), goal(10_000, 3)])
         # a transaction that aborts: its events must never be notified
         await log.write(ghost, [launch(), pledge("px", "x1", 20_000), goal(20_000, 1)], abort=True)
@@ -82,7 +85,7 @@ async def test_goal_reached_end_to_end_through_the_worker(
                 return (
                     len(receiver.delivered("a-ok")) == 1
                     and len(receiver.delivered("a-flaky")) == 1
-                    and len(goal_mails) == 7  # 3 receipts + 3 backers + the creator
+                    and len(goal_mails) == 8  # 3 receipts, 3 goal, the creator, payment failed
                     and len([r for r in receiver.received if r.name == "a-dead"]) == 4
                 )
 
@@ -115,7 +118,20 @@ async def test_goal_reached_end_to_end_through_the_worker(
                 "Votre contribution à Mon album",
             ]
             assert subjects["b2"] == ["Mon album reached its goal", "Your pledge to Mon album"]
-            assert subjects["b3"] == ["Mon album reached its goal", "Your pledge to Mon album"]
+            assert subjects["b3"] == [
+                "Action needed: your payment for Mon album failed",
+                "Mon album reached its goal",
+                "Your pledge to Mon album",
+            ]
+            [failed_mail] = [
+                m for m in mailpit.messages_to(mail["b3"]) if m["Subject"].startswith("Action")
+            ]
+            [receipt] = [
+                m for m in mailpit.messages_to(mail["b3"]) if m["Subject"].startswith("Your")
+            ]
+            # shown after the receipt although written before the pledge: held until ready
+            assert failed_mail["Created"] >= receipt["Created"]
+            assert "March 8, 2026" in mailpit.message(failed_mail["ID"])["Text"]
             assert subjects["creator"] == ["Votre campagne Mon album a atteint son objectif"]
             assert mailpit.messages_to(mail["x1"]) == []  # the aborted transaction's backer
 
@@ -146,8 +162,13 @@ async def test_goal_reached_end_to_end_through_the_worker(
         sent_ids = [
             e.payload.notification_id for e in recorded if isinstance(e.payload, NotificationSent)
         ]
-        assert len(sent_ids) == len(set(sent_ids)) == 1 + 1 + 7 + 1  # a-ok, a-flaky, mails, a-dead
+        assert len(sent_ids) == len(set(sent_ids)) == 1 + 1 + 8 + 1  # a-ok, a-flaky, mails, a-dead
         assert {e.campaign_id for e in recorded} == {campaign}
+        audit = await asyncio.to_thread(
+            audit_kafka, bootstrap, topics.for_stream("notify"), workers=1
+        )
+        assert audit.events == len(recorded)
+        assert [f for f in audit.findings if f.stream == "notify"] == []
     client = aioredis.Redis.from_url(redis_server)
     keys = [k async for k in client.scan_iter(match=f"{unique}notify:*")]
     if keys:
