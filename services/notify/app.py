@@ -122,7 +122,9 @@ class _Parts:
             self.partition_of,
         )
         self.poster = HttpWebhookSender(
-            allow_private=s.notify_allow_private_urls, timeout=s.notify_webhook_timeout_seconds
+            allow_private=s.notify_allow_private_urls,
+            timeout=s.notify_webhook_timeout_seconds,
+            connections_per_endpoint=s.notify_endpoint_concurrency,
         )
         self.producer: AIOKafkaProducer | None = None
         self.dispatcher: Dispatcher | None = None

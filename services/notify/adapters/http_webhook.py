@@ -35,18 +35,36 @@ class WebhookPoster(Protocol):
 
 
 class HttpWebhookSender:
-    """httpx with one connection pool per process; ``timeout`` bounds each attempt."""
+    """httpx, one small connection pool per endpoint URL; ``timeout`` bounds each attempt.
 
-    def __init__(self, *, allow_private: bool, timeout: float = 10.0) -> None:
+    One pool per endpoint rather than one big one: httpcore scans every pooled connection for
+    each request, so a shared pool's cost grows with the number of endpoints; and a slow
+    endpoint then holds only its own connections, never a neighbour's on the same host.
+    """
+
+    def __init__(
+        self, *, allow_private: bool, timeout: float = 10.0, connections_per_endpoint: int = 8
+    ) -> None:
         self.allow_private = allow_private
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        self._timeout = httpx.Timeout(timeout)
+        self._limits = httpx.Limits(
+            max_connections=connections_per_endpoint,
+            max_keepalive_connections=connections_per_endpoint,
         )
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def _client(self, url: str) -> httpx.AsyncClient:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = httpx.AsyncClient(
+                follow_redirects=False, timeout=self._timeout, limits=self._limits
+            )
+        return client
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> PostOutcome:
         try:
@@ -59,7 +77,7 @@ class HttpWebhookSender:
         host_header = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
-            answer = await self._client.post(
+            answer = await self._client(url).post(
                 pinned,
                 content=body,
                 headers={**headers, "host": host_header, "user-agent": "Pledgeflow-Webhooks/1"},
