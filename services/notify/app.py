@@ -202,7 +202,12 @@ def create_app(
         await parts.started.wait()
         await parts.feed.ready.wait()
         async for event in stream.noack().events():
-            await parts.service.on_record(event.message.value, event.ack)
+            try:
+                await parts.service.on_record(event.message.value, event.ack)
+            except Exception as exc:  # a bug: stop the worker (its events are redelivered)
+                log.exception("notify: applying a record failed; stopping the worker")
+                await app.crash(exc)
+                raise
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_parts() -> None:

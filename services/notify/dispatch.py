@@ -91,6 +91,8 @@ class Dispatcher:
         )
         self._inflight: dict[str, int] = {}
         self._freed = asyncio.Event()
+        #: E-mail lanes of persons with a message in flight (their next one waits).
+        self._persons: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _capacity(self, lane: str) -> int:
@@ -102,34 +104,47 @@ class Dispatcher:
         now = self.clock()
         now_ms = int(now * 1000)
         lease_ms = int(self.settings.notify_lease_seconds * 1000)
-        later: dict[int, dict[str, int]] = {}
+        later: dict[int, dict[str, float]] = {}
         chosen: list[tuple[str, str, int]] = []
         taken: dict[str, int] = {}
-        for nid, lane, part in await self.queue.due(now_ms, _BATCH, list(self.owned())):
+        candidates = await self.queue.due(now_ms, _BATCH, list(self.owned()))
+        # Items that must wait move by one shift for all, so they keep their order (a
+        # person's messages, a lane's backlog): the oldest becomes due in _BUSY_PUSH_BACK_MS.
+        oldest = min((due for *_, due in candidates), default=now_ms)
+        shift = now_ms + _BUSY_PUSH_BACK_MS - oldest
+        for nid, full_lane, part, due in candidates:
+            # "email|<person>": the relay's lane, and a person whose mails go one at a time
+            lane, _, person = full_lane.partition("|")
             used = self._inflight.get(lane, 0) + taken.get(lane, 0)
+            if person and full_lane in self._persons:
+                continue  # stays due, in place, behind the person's message in flight
             if used >= self._capacity(lane):
-                later.setdefault(part, {})[nid] = now_ms + _BUSY_PUSH_BACK_MS
+                later.setdefault(part, {})[nid] = due + shift
             elif not self.breaker.allows(lane, now):
-                reopen_ms = int(self.breaker.reopens_at(lane) * 1000)
-                later.setdefault(part, {})[nid] = max(reopen_ms, now_ms + _BUSY_PUSH_BACK_MS)
+                reopen_ms = self.breaker.reopens_at(lane) * 1000
+                later.setdefault(part, {})[nid] = due + max(shift, reopen_ms - oldest)
             else:
                 taken[lane] = taken.get(lane, 0) + 1
-                chosen.append((nid, lane, part))
+                if person:
+                    self._persons.add(full_lane)
+                chosen.append((nid, full_lane, part))
         claims = await asyncio.gather(
             *(self.queue.claim(nid, part, now_ms, lease_ms) for nid, _, part in chosen)
         )
         started = 0
-        for (_, lane, _), item in zip(chosen, claims, strict=True):
+        for (_, full_lane, _), item in zip(chosen, claims, strict=True):
+            lane = full_lane.partition("|")[0]
             if item is None:
                 self.breaker.cancel_probe(lane)
+                self._persons.discard(full_lane)
                 continue
             self._inflight[lane] = self._inflight.get(lane, 0) + 1
             task = asyncio.create_task(self._attempt(item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             started += 1
-        for part, due in later.items():
-            await self.queue.push_back(part, due)
+        for part, moved in later.items():
+            await self.queue.push_back(part, moved)
         self.metrics.open_circuits.set(self.breaker.open_count(now))
         return started
 
@@ -175,7 +190,8 @@ class Dispatcher:
             except Exception:  # the lease runs out and the notification is tried again
                 log.exception("notify: recording %s failed", item.notification.notification_id)
         finally:
-            self._inflight[item.lane] -= 1
+            self._inflight[item.lane.partition("|")[0]] -= 1
+            self._persons.discard(item.lane)
             self._freed.set()
 
     async def _send(self, n: Notification) -> PostOutcome | _Skip:
@@ -222,7 +238,7 @@ class Dispatcher:
             self.metrics.deliveries.labels(n.channel, "skipped").inc()
             return
         if outcome.ok:
-            self.breaker.success(item.lane)
+            self.breaker.success(item.lane.partition("|")[0])
             sent = NotificationSent(**common)
             await self.recorder.record(n.campaign_id, [sent], n.notification_id)
             await self.queue.finish(item, "sent")
@@ -231,7 +247,7 @@ class Dispatcher:
                 max(0.0, now - n.occurred_at.timestamp())
             )
             return
-        self.breaker.failure(item.lane, now)
+        self.breaker.failure(item.lane.partition("|")[0], now)
         s = self.settings
         first_ms = item.first_attempt_ms or int(now * 1000)
         final = (

@@ -52,11 +52,11 @@ class DeliveryQueue(Protocol):
 
     async def due(
         self, now_ms: int, limit: int, partitions: Iterable[int]
-    ) -> list[tuple[str, str, int]]:
-        """Up to ``limit`` per partition of ``(notification_id, lane, partition)`` due at
-        ``now_ms`` in the given (owned) partitions, earliest first."""
+    ) -> list[tuple[str, str, int, float]]:
+        """Up to ``limit`` per partition of ``(notification_id, lane, partition, due_ms)`` due
+        at ``now_ms`` in the given (owned) partitions, earliest first."""
 
-    async def push_back(self, partition: int, due: dict[str, int]) -> None:
+    async def push_back(self, partition: int, due: dict[str, float]) -> None:
         """Make due items (id -> new due ms) due later without counting an attempt (busy or
         open lane)."""
 

@@ -21,8 +21,14 @@ __all__ = ["decode_notification", "encode_notification", "lane_of"]
 
 
 def lane_of(notification: Notification) -> str:
-    """The delivery lane: one per webhook endpoint, one shared by all e-mail (the SMTP relay)."""
-    return f"webhook:{notification.recipient}" if notification.channel == "webhook" else "email"
+    """The delivery lane: ``webhook:<endpoint>`` per endpoint; for e-mail
+    ``email|<tenant>/<kind>/<person>``, whose part before ``|`` (the SMTP relay) shares the
+    concurrency limit and circuit breaker and whose whole names the person, whose messages
+    are sent one at a time, in order."""
+    n = notification
+    if n.channel == "webhook":
+        return f"webhook:{n.recipient}"
+    return f"email|{n.tenant_id}/{n.recipient_kind}/{n.recipient}"
 
 
 def _tag(value: Any) -> Any:

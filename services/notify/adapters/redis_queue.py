@@ -33,13 +33,16 @@ return 1
 _DUE = """
 local out = {}
 for k = 1, #KEYS do
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-  for _, id in ipairs(ids) do
+  local found = redis.call(
+    'ZRANGEBYSCORE', KEYS[k], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+  for j = 1, #found, 2 do
+    local id = found[j]
     local lane = redis.call('HGET', ARGV[3] .. id, 'lane')
     if lane then
       out[#out + 1] = id
       out[#out + 1] = lane
       out[#out + 1] = ARGV[3 + k]
+      out[#out + 1] = found[j + 1]
     end
   end
 end
@@ -101,7 +104,7 @@ class RedisDeliveryQueue:
 
     async def due(
         self, now_ms: int, limit: int, partitions: Iterable[int]
-    ) -> list[tuple[str, str, int]]:
+    ) -> list[tuple[str, str, int, float]]:
         parts = list(partitions)
         if not parts:
             return []
@@ -109,10 +112,11 @@ class RedisDeliveryQueue:
             keys=[self._due(p) for p in parts], args=[now_ms, limit, self._item, *parts]
         )
         return [
-            (_text(flat[i]), _text(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)
+            (_text(flat[i]), _text(flat[i + 1]), int(flat[i + 2]), float(flat[i + 3]))
+            for i in range(0, len(flat), 4)
         ]
 
-    async def push_back(self, partition: int, due: dict[str, int]) -> None:
+    async def push_back(self, partition: int, due: dict[str, float]) -> None:
         if due:
             await self._r.zadd(self._due(partition), dict(due), xx=True)
 

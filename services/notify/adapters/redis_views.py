@@ -29,15 +29,20 @@ local last = tonumber(redis.call('HGET', KEYS[1], 'last:' .. ARGV[1]) or '0')
 if tonumber(ARGV[2]) <= last then return 0 end
 local n = tonumber(ARGV[9])
 local i = 10
+-- due times strictly increase in the partition (by 1 us), so notifications are taken in the
+-- order their events were applied even within one millisecond
+local score = math.max(tonumber(ARGV[3]), tonumber(redis.call('GET', KEYS[4]) or '0') + 0.001)
 for _ = 1, n do
   local nid, data, lane = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   i = i + 3
   local item = ARGV[4] .. nid
   if redis.call('HSETNX', item, 'data', data) == 1 then
     redis.call('HSET', item, 'lane', lane, 'attempts', 0, 'state', 'pending', 'part', ARGV[5])
-    redis.call('ZADD', KEYS[3], ARGV[3], nid)
+    redis.call('ZADD', KEYS[3], string.format('%.3f', score), nid)
+    score = score + 0.001
   end
 end
+redis.call('SET', KEYS[4], string.format('%.3f', score))
 redis.call('HSET', KEYS[1], 'header', ARGV[6], 'last:' .. ARGV[1], ARGV[2])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], ARGV[7], ARGV[8]) end
 return 1
@@ -61,11 +66,12 @@ class RedisCampaignViews:
             f"{p}notify:v:{campaign_id}",
             f"{p}notify:p:{campaign_id}",
             self._queue.due_key(partition),
+            self._queue.due_key(partition) + ":last",
         ]
 
     async def load(self, campaign_id: str) -> tuple[CampaignView, dict[str, int]]:
         """The campaign's view and the last applied seq of each stream (0 when new)."""
-        head_key, pledges_key, _ = self._keys(campaign_id, 0)
+        head_key, pledges_key, *_ = self._keys(campaign_id, 0)
         head = {_text(k): v for k, v in (await self._r.hgetall(head_key)).items()}
         view = CampaignView(campaign_id)
         if "header" in head:

@@ -28,7 +28,7 @@ from tests.support.notify_worker import (
 from tests.support.webhook_receiver import running_receiver
 from tests.unit.notify.events import capture_failed, goal, launch, pledge
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 async def test_goal_reached_end_to_end_through_the_worker(
@@ -90,7 +90,7 @@ async def test_goal_reached_end_to_end_through_the_worker(
                 )
 
             try:
-                await eventually(settled, within=60, every=0.5)
+                await eventually(settled, within=120, every=0.5)
             except AssertionError:
                 seen = [(r.name, r.status, r.body and r.body["type"]) for r in receiver.received]
                 counts = {w: len(mailpit.messages_to(a)) for w, a in mail.items()}
