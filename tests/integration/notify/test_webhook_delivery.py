@@ -253,3 +253,19 @@ async def test_the_receiver_rejects_a_modified_body_and_an_old_timestamp() -> No
         ]
         assert answers == [200, 400, 400]
         assert [x.verified for x in receiver.received] == [True, False, False]
+
+
+def test_redrive_cli_names_a_missing_dead_letter_topic_in_one_line(
+    bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.notify.cli import app as notify_cli
+
+    monkeypatch.setenv("PLEDGEFLOW_KAFKA_BOOTSTRAP", bootstrap)
+    monkeypatch.setenv("PLEDGEFLOW_TOPIC_PREFIX", f"{unique}-absent.")
+    result = CliRunner().invoke(notify_cli, ["redrive"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"notify redrive: topic '{unique}-absent.notify.dlq' does not exist"
+    ]
