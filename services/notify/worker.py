@@ -29,7 +29,7 @@ from services.notify.adapters.redis_views import RedisCampaignViews
 from services.notify.directory import Directory, parse_endpoint
 from services.notify.domain import CampaignView, decide, evolve, ready
 from services.notify.registrations import EndpointView
-from services.streams import Pushed, SeqOrderer
+from services.streams import Pushed, SeqOrderer, StreamKey
 
 __all__ = ["NotifyService", "RegistrationFeed"]
 
@@ -59,7 +59,7 @@ class NotifyService:
         self.directory = directory
         self.partition_of = partition_of
         self.on_bad_record = on_bad_record
-        self.orderer: SeqOrderer[_Pending] = SeqOrderer()
+        self.orderer: SeqOrderer[StreamKey, _Pending] = SeqOrderer()
         self._views: dict[str, CampaignView] = {}
         self._settlement: dict[str, deque[_Pending]] = {}
 
