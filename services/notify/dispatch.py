@@ -39,6 +39,8 @@ log = logging.getLogger("pledgeflow.notify.dispatch")
 #: How long a due item of a saturated lane waits before it is looked at again.
 _BUSY_PUSH_BACK_MS = 100
 _BATCH = 256
+#: How long the dispatcher lets slots free up together before it pumps again.
+_COALESCE_SECONDS = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,8 @@ class Dispatcher:
         )
         self._inflight: dict[str, int] = {}
         self._freed = asyncio.Event()
+        #: Moving average of one send's duration per lane (seconds).
+        self._duration: dict[str, float] = {}
         #: E-mail lanes of persons with a message in flight (their next one waits).
         self._persons: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -119,7 +123,11 @@ class Dispatcher:
             if person and full_lane in self._persons:
                 continue  # stays due, in place, behind the person's message in flight
             if used >= self._capacity(lane):
-                later.setdefault(part, {})[nid] = due + shift
+                # a full lane frees a slot about every (send duration / slots): a slow
+                # endpoint's backlog is not rescanned every pump
+                per_slot_ms = self._duration.get(lane, 0.0) * 1000 / self._capacity(lane)
+                wait_ms = max(0.0, per_slot_ms - _BUSY_PUSH_BACK_MS)
+                later.setdefault(part, {})[nid] = due + shift + wait_ms
             elif not self.breaker.allows(lane, now):
                 reopen_ms = self.breaker.reopens_at(lane) * 1000
                 later.setdefault(part, {})[nid] = due + max(shift, reopen_ms - oldest)
@@ -167,6 +175,10 @@ class Dispatcher:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 freed.cancel()
+                if freed.done() and not freed.cancelled():
+                    # let the other deliveries finishing now free their slots too: one pump
+                    # (one scan of the due set) for all of them
+                    await asyncio.sleep(_COALESCE_SECONDS)
         finally:
             stopping.cancel()
         await self.drain()
@@ -180,11 +192,15 @@ class Dispatcher:
         # The lane's slot is held until the outcome is recorded: a send not yet recorded is
         # still "in flight" (a crash then repeats it), and settling must not pile up.
         try:
+            lane = item.lane.partition("|")[0]
+            started = time.monotonic()
             try:
                 outcome = await self._send(item.notification)
             except Exception as exc:  # an adapter bug is a failed attempt, not a dead worker
                 log.exception("notify: delivery of %s raised", item.notification.notification_id)
                 outcome = PostOutcome(False, "internal_error", repr(exc)[:500])
+            took = time.monotonic() - started
+            self._duration[lane] = 0.8 * self._duration.get(lane, took) + 0.2 * took
             try:
                 await self._settle(item, outcome)
             except Exception:  # the lease runs out and the notification is tried again
