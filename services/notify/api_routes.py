@@ -165,10 +165,20 @@ def notify_router(settings: BaseSettings, keys: ApiKeys) -> APIRouter:
         )
 
     @router.post("/webhook-endpoints", status_code=201, response_model=EndpointCreated)
-    async def create_endpoint(body: EndpointIn, tenant_id: Tenant, svc: Service) -> Any:
-        """Register a webhook endpoint; the signing secret is in this answer only."""
+    async def create_endpoint(
+        body: EndpointIn,
+        tenant_id: Tenant,
+        svc: Service,
+        idempotency_key: Annotated[
+            str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+        ] = None,
+    ) -> Any:
+        """Register a webhook endpoint; the signing secret is in this answer only. With an
+        ``Idempotency-Key`` a retried request answers the endpoint it created."""
         try:
-            endpoint = await recorded(svc.create_endpoint(tenant_id, body.url, body.event_types))
+            endpoint = await recorded(
+                svc.create_endpoint(tenant_id, body.url, body.event_types, idempotency_key)
+            )
         except InvalidRegistration as exc:
             raise invalid(exc) from None
         return {**_out(endpoint), "secret": endpoint.secret}

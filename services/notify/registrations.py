@@ -9,6 +9,7 @@ Contact details never go into events. Used by the API's router (``api_routes.py`
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from collections.abc import Sequence
@@ -68,13 +69,31 @@ class Registrations:
         self.allow_private = allow_private
 
     async def create_endpoint(
-        self, tenant_id: str, url: str, event_types: Sequence[str]
+        self,
+        tenant_id: str,
+        url: str,
+        event_types: Sequence[str],
+        idempotency_key: str | None = None,
     ) -> WebhookEndpoint:
-        """Register an endpoint; the returned one carries the secret (shown this once)."""
+        """Register an endpoint; the returned one carries the secret (shown this once). With an
+        ``idempotency_key`` the id derives from (tenant, key), so a retried request gets the
+        endpoint it already created (the same one, same secret) instead of a second one; the
+        same key with another URL or event types is refused."""
         types = _event_types(event_types)
+        endpoint_id = f"ep_{secrets.token_hex(12)}"
+        if idempotency_key is not None:
+            digest = hashlib.sha256(f"{tenant_id}\x00{idempotency_key}".encode()).hexdigest()
+            endpoint_id = f"ep_{digest[:24]}"
+            existing = await self.view.get(tenant_id, endpoint_id)
+            if existing is not None:
+                if existing.url != url or existing.event_types != types:
+                    raise InvalidRegistration(
+                        "Idempotency-Key", "already used for a different endpoint"
+                    )
+                return existing
         await self._check_url(url)
         endpoint = WebhookEndpoint(
-            endpoint_id=f"ep_{secrets.token_hex(12)}",
+            endpoint_id=endpoint_id,
             tenant_id=tenant_id,
             url=url,
             event_types=types,

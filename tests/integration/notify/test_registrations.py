@@ -149,3 +149,28 @@ async def test_contacts_are_recorded_and_erased_with_a_tombstone(
         assert directory.contact("tenant-a", "backer", "b-1") is ERASED
         assert directory.contact("tenant-a", "creator", "u-9").email == "u9@example.org"  # type: ignore[union-attr]
         assert directory.contact("tenant-b", "creator", "u-9") is None
+
+
+async def test_a_retried_registration_with_an_idempotency_key_gets_the_same_endpoint(
+    bootstrap: str, redis_server: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLEDGEFLOW_NOTIFY_ALLOW_PRIVATE_URLS", "true")
+    async with client(bootstrap, redis_server, unique) as (http, _):
+        body = {"url": "http://127.0.0.1:9/hook", "event_types": ["GoalReached"]}
+        headers = {**AUTH_A, "Idempotency-Key": "reg-1"}
+        first = await http.post("/v1/webhook-endpoints", json=body, headers=headers)
+        again = await http.post("/v1/webhook-endpoints", json=body, headers=headers)
+        assert first.status_code == again.status_code == 201
+        assert first.json() == again.json()
+        other = await http.post(
+            "/v1/webhook-endpoints", json={**body, "url": "http://127.0.0.1:9/x"}, headers=headers
+        )
+        assert other.status_code == 422
+        assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+        listed = (await http.get("/v1/webhook-endpoints", headers=AUTH_A)).json()["items"]
+        assert [e["id"] for e in listed] == [first.json()["id"]]
+        # the same key from another tenant is another endpoint
+        theirs = await http.post(
+            "/v1/webhook-endpoints", json=body, headers={**AUTH_B, "Idempotency-Key": "reg-1"}
+        )
+        assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
