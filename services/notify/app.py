@@ -43,7 +43,7 @@ from services.notify.mail import MailRenderer
 from services.notify.metrics import NotifyMetrics
 from services.notify.partitioning import partition_function
 from services.notify.worker import NotifyService, RegistrationFeed
-from services.streams import CoPartitionedAssignor
+from services.streams import CoPartitionedAssignor, DeadLetter
 
 __all__ = ["NotifyFaustApp", "create_app", "main"]
 
@@ -106,6 +106,8 @@ class _Parts:
             views=RedisCampaignViews(self.redis, self.queue, prefix=s.topic_prefix),
             directory=self.directory,
             partition_of=self.partition_of,
+            topic_of=self.topics.event_topics(),
+            reject=self._reject,
             on_bad_record=lambda cause: self.metrics.skipped.labels(cause).inc(),
         )
         self.feed = RegistrationFeed(
@@ -131,6 +133,15 @@ class _Parts:
         self.owned: set[int] = set()
         self.stop = asyncio.Event()
         self.started = asyncio.Event()
+
+    async def _reject(self, letter: DeadLetter) -> None:
+        """A record that cannot be applied goes to notify.dlq as it is (runtime format)."""
+        await self.started.wait()
+        assert self.producer is not None
+        key, value, headers = letter
+        await self.producer.send_and_wait(
+            self.topics.dead_letter("notify"), value=value, key=key, headers=headers
+        )
 
     async def start(self) -> Dispatcher:
         s = self.settings
@@ -203,7 +214,7 @@ def create_app(
         await parts.feed.ready.wait()
         async for event in stream.noack().events():
             try:
-                await parts.service.on_record(event.message.value, event.ack)
+                await parts.service.on_record(event.message, event.ack)
             except Exception as exc:  # a bug: stop the worker (its events are redelivered)
                 log.exception("notify: applying a record failed; stopping the worker")
                 await app.crash(exc)

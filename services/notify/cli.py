@@ -39,4 +39,7 @@ def redrive() -> None:
     except Exception as exc:  # an unreachable broker surfaces as a KafkaError
         typer.echo(f"notify redrive: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"requeued {report.requeued} dead letter(s); {report.unreadable} unreadable")
+    typer.echo(
+        f"requeued {report.requeued} dead letter(s); {report.unreadable} not redrivable "
+        "(records the worker could not apply: see their dlq.cause header)"
+    )

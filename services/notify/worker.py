@@ -17,19 +17,27 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas import DecodeError, decode
 from schemas.envelope import Envelope
 from schemas.events import CampaignLaunched
 from services.notify.adapters.redis_views import RedisCampaignViews
 from services.notify.directory import Directory, parse_endpoint
 from services.notify.domain import CampaignView, decide, evolve, ready
 from services.notify.registrations import EndpointView
-from services.streams import Pushed, SeqOrderer, StreamKey
+from services.streams import (
+    DeadLetter,
+    Pushed,
+    Rejected,
+    SeqOrderer,
+    StreamKey,
+    dead_letter,
+    judge_event,
+)
 
 __all__ = ["NotifyService", "RegistrationFeed"]
 
@@ -53,25 +61,34 @@ class NotifyService:
         views: RedisCampaignViews,
         directory: Directory,
         partition_of: Callable[[str], int],
+        topic_of: dict[str, str],
+        reject: Callable[[DeadLetter], Awaitable[None]],
+        max_event_bytes: int = 1024 * 1024,
         on_bad_record: Callable[[str], None] = lambda _cause: None,
     ) -> None:
         self.views = views
         self.directory = directory
         self.partition_of = partition_of
+        self.topic_of = topic_of
+        self.reject = reject
+        self.max_event_bytes = max_event_bytes
         self.on_bad_record = on_bad_record
         self.orderer: SeqOrderer[StreamKey, _Pending] = SeqOrderer()
         self._views: dict[str, CampaignView] = {}
         self._settlement: dict[str, deque[_Pending]] = {}
 
-    async def on_record(self, value: bytes | None, ack: Ack) -> None:
-        """Handle one record; ``ack`` is called once its event is applied (or it is skipped)."""
-        try:
-            envelope = decode(value or b"")
-        except DecodeError as exc:
-            log.warning("notify: unreadable record skipped: %s", exc)
-            self.on_bad_record("undecodable")
+    async def on_record(self, record: Any, ack: Ack) -> None:
+        """Handle one record (anything with ``topic``, ``partition``, ``offset``, ``key``,
+        ``value``: faust's message); ``ack`` is called once its event is applied, or once a
+        record that cannot be applied went to the dead-letter topic."""
+        verdict = judge_event(record, topic_of=self.topic_of, max_bytes=self.max_event_bytes)
+        if isinstance(verdict, Rejected):
+            log.warning("notify: record dead-lettered (%s): %s", verdict.cause, verdict.detail)
+            await self.reject(dead_letter(record, verdict.cause, verdict.detail))
+            self.on_bad_record(str(verdict.cause))
             ack()
             return
+        envelope = verdict
         if envelope.stream not in ("campaign", "settlement"):
             ack()
             return

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.events import NotificationFailed, NotificationSent
 from schemas.topics import Topics, ensure_topics
@@ -71,6 +73,12 @@ async def test_goal_reached_end_to_end_through_the_worker(
         await log.write(campaign, [pledge("p3", "b3", 1000, locale="en"), goal(10_000, 3)])
         # a transaction that aborts: its events must never be notified
         await log.write(ghost, [launch(), pledge("px", "x1", 20_000), goal(20_000, 1)], abort=True)
+
+        # a record no writer should have written: dead-lettered, the worker goes on
+        junk = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await junk.start()
+        await junk.send_and_wait(topics.for_event("PledgeMade"), b"not json", key=campaign.encode())
+        await junk.stop()
 
         env = worker_env(
             bootstrap, redis_server, unique, mailpit.smtp_port, notify_data_dir=tmp_path / "faust"
@@ -153,9 +161,13 @@ async def test_goal_reached_end_to_end_through_the_worker(
 
             await eventually(dead_lettered, within=30, every=0.5)
             receiver.down.discard("a-dead")
-            assert (await redrive(settings)).requeued == 1
+            report = await redrive(settings)
+            assert (report.requeued, report.unreadable) == (1, 1)  # the junk record stays
             await eventually(lambda: _true(bool(receiver.delivered("a-dead"))), within=30)
 
+        letters = await read_all(bootstrap, topics.dead_letter("notify"))
+        junk_letters = [r for r in letters if dict(r.headers).get("dlq.cause") == b"malformed"]
+        assert [r.value for r in junk_letters] == [b"not json"]
         recorded = await notify_stream(bootstrap, topics)
         chain = sorted(e.seq for e in recorded if e.campaign_id == campaign)
         assert chain == list(range(1, len(chain) + 1))  # one gapless chain per campaign
@@ -179,3 +191,18 @@ async def test_goal_reached_end_to_end_through_the_worker(
 async def _true(value: bool) -> bool:
     await asyncio.sleep(0)
     return value
+
+
+async def read_all(bootstrap: str, topic: str) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        found: list[Any] = []
+        while batch := await consumer.getmany(timeout_ms=1500):
+            for records in batch.values():
+                found.extend(records)
+        return found
+    finally:
+        await consumer.stop()
