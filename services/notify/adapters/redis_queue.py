@@ -49,6 +49,12 @@ end
 return out
 """
 
+_FINISH = """
+redis.call('HSET', KEYS[2], 'state', ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+"""
+
 _CLAIM = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return nil end
@@ -80,6 +86,7 @@ class RedisDeliveryQueue:
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
         self._due_script = client.register_script(_DUE)
+        self._finish = client.register_script(_FINISH)
 
     def _due(self, partition: int) -> str:
         return f"{self._due_prefix}{partition}"
@@ -150,12 +157,10 @@ class RedisDeliveryQueue:
             await pipe.execute()
 
     async def finish(self, item: Queued, state: Final) -> None:
-        key = self._item + item.notification.notification_id
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "state", state)
-            pipe.zrem(self._due(item.partition), item.notification.notification_id)
-            pipe.expire(key, self._keep)
-            await pipe.execute()
+        nid = item.notification.notification_id
+        await self._finish(
+            keys=[self._due(item.partition), self._item + nid], args=[nid, state, self._keep]
+        )
 
     async def redrive(self, notification: Notification, now_ms: int) -> None:
         nid = notification.notification_id
