@@ -19,6 +19,8 @@ Representation choices:
   the worker holds an event back until it is ready.
 * **No personal data.** Contact details (e-mail, locale) are not in events: the domain names
   the recipient by id; the sender looks the address up when it sends.
+
+One module (a little over 400 lines): who is told what, for every event, reads as one table.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.envelope import Envelope
 from schemas.events import CampaignLaunched
+from services.notify.adapters.kafka_topics import topic_partitions
 from services.notify.adapters.redis_views import RedisCampaignViews
 from services.notify.directory import Directory, parse_endpoint
 from services.notify.domain import CampaignView, decide, evolve, ready
@@ -196,7 +197,7 @@ class RegistrationFeed:
         try:
             tps = []
             for topic in (self.endpoints_topic, self.contacts_topic):
-                for p in await _partitions(consumer, topic):
+                for p in await topic_partitions(self.bootstrap, topic):
                     tps.append(TopicPartition(topic, p))
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
@@ -230,13 +231,3 @@ class RegistrationFeed:
                 self.directory.apply_contact(text, value)
         except ValueError as exc:
             log.warning("notify: registration record %r skipped: %s", text, exc)
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-    for _ in range(50):
-        cluster = await consumer._client.fetch_all_metadata()
-        found = cluster.partitions_for_topic(topic)
-        if found:
-            return sorted(found)
-        await asyncio.sleep(0.1)
-    raise LookupError(f"topic {topic!r} does not exist")

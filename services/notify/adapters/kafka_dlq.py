@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from services.notify.adapters.kafka_topics import topic_partitions
 from services.notify.domain import Notification
 from services.notify.records import decode_notification, encode_notification
 
@@ -57,11 +58,8 @@ async def read_dead_letters(
     )
     await consumer.start()
     try:
-        # The consumer has no metadata of a topic it is not assigned yet: fetch it.
-        cluster = await consumer._client.fetch_all_metadata()
-        if topic not in cluster.topics():
-            raise LookupError(f"topic {topic!r} does not exist")
-        partitions = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
+        numbers = await topic_partitions(bootstrap, topic)
+        partitions = [TopicPartition(topic, p) for p in numbers]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         for tp in partitions:
