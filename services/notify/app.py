@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the worker (faust's command line: ``worker -l info``)."""
     settings = NotifySettings()
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     app = create_app(settings)
     sys.argv = [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
     app.main()

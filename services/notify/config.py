@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.streams.config import StreamSettings
 
 __all__ = ["NotifySettings"]
 
 
-class NotifySettings(BaseSettings):
-    """Everything the notify worker needs to know about its surroundings."""
+class NotifySettings(StreamSettings):
+    """Everything the notify worker needs beyond the shared stream settings (Kafka, Redis,
+    topic prefix, which also prefixes notify's Redis keys, and the metrics address)."""
 
-    model_config = SettingsConfigDict(env_prefix="PLEDGEFLOW_", extra="ignore")
-
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    #: Prepended to every topic name and Redis key (tests use a unique prefix).
-    topic_prefix: str = ""
-    partitions: int = Field(default=6, ge=1)
     #: Consumer group (faust app id) of the notify worker.
     notify_group: str = "notify"
     #: faust's data directory (it keeps nothing there with the memory store, but creates it).
     notify_data_dir: str = ".local/notify-data"
     #: Consumer group session timeout of the worker (how soon a dead worker's partitions move).
     notify_session_timeout_seconds: float = Field(default=10.0, gt=0)
-    #: Port of the worker's Prometheus /metrics endpoint (0 = don't serve).
-    metrics_port: int = Field(default=0, ge=0)
 
     # --- webhooks ---------------------------------------------------------------------------
     #: Let webhook URLs resolve to loopback/private/link-local addresses. On for `make run`

@@ -47,6 +47,7 @@ from schemas.events import (
     PledgeReleased,
 )
 from schemas.money import Money
+from schemas.tenancy import local_id
 
 __all__ = [
     "NOTIFICATION_ID_NAMESPACE",
@@ -219,7 +220,8 @@ def webhook_payload(envelope: Envelope) -> dict[str, Any]:
         "timestamp": format_timestamp(envelope.occurred_at),
         "data": {
             "event_id": str(envelope.event_id),
-            "campaign_id": envelope.campaign_id,
+            # The platform's own id: the tenant qualifier is internal (schemas.tenancy).
+            "campaign_id": local_id(envelope.campaign_id),
             "stream": envelope.stream,
             "seq": envelope.seq,
             "schema_version": envelope.schema_version,
@@ -286,7 +288,11 @@ def _owed(
     if channel == "webhook":
         params = webhook_payload(envelope)
     else:
-        params = {"campaign_title": view.title, "campaign_id": view.campaign_id, **params}
+        params = {
+            "campaign_title": view.title,
+            "campaign_id": local_id(view.campaign_id),
+            **params,
+        }
     return Notification(
         notification_id=notification_id(envelope.event_id, kind, recipient, channel),
         cause_event_id=envelope.event_id,

@@ -187,3 +187,17 @@ def test_a_released_authorization_is_a_webhook_only_and_ends_the_pledge() -> Non
     assert [n for n in decide(view, rel, ENDPOINTS) if n.channel == "email"] == []
     evolve(view, rel)
     assert not view.pledges["p2"].active
+
+
+def test_webhooks_and_emails_name_the_campaign_as_its_tenant_knows_it() -> None:
+    # Inside the system a campaign id is tenant-qualified (schemas.tenancy); a platform and
+    # its backers only ever see their own id.
+    s = Stream("tenant-a/c-1")
+    envs = [s(launch()), s(pledge("p1", "b1", 12_000, locale="en")), s(goal(12_000, 1))]
+    _, owed = run(envs)
+    hooks = [n for n in owed[2] if n.channel == "webhook"]
+    mails = [n for n in owed[2] if n.channel == "email"]
+    assert hooks and mails
+    assert {n.params["data"]["campaign_id"] for n in hooks} == {"c-1"}
+    assert {n.params["campaign_id"] for n in mails} == {"c-1"}
+    assert {n.campaign_id for n in hooks + mails} == {"tenant-a/c-1"}  # recorded internally
