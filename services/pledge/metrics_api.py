@@ -30,6 +30,7 @@ class ApiMetrics:
     produce_latency: Histogram
     prefer_wait: Counter
     batch_items: Counter
+    unsent: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ApiMetrics:
@@ -77,6 +78,13 @@ class ApiMetrics:
                 "pledgeflow_api_batch_items",
                 "Items of POST /v1/pledges/batch, by result (pending, invalid, not_found).",
                 ["result"],
+                registry=registry,
+            ),
+            unsent=Counter(
+                "pledgeflow_api_commands_unacknowledged",
+                "Writes answered 503 because the broker did not acknowledge their command in "
+                "time (or refused it); the Idempotency-Key stays reserved for a retry.",
+                ["route"],
                 registry=registry,
             ),
         )

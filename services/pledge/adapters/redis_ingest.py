@@ -7,7 +7,9 @@ One EVALSHA per write request (pipelined with the other requests in flight) does
    belongs to another tenant answers 404 - nothing is reserved);
 3. the Idempotency-Key: absent -> reserved with a *pending* marker that expires after the lock
    time (so a crashed request frees it); pending with the same fingerprint -> in progress (409);
-   finished with the same fingerprint -> the stored response; another fingerprint -> mismatch.
+   finished with the same fingerprint -> the stored response; another fingerprint -> mismatch;
+   *retryable* (the broker did not acknowledge the first attempt's command) with the same
+   fingerprint -> reserved again, so the retry re-sends the same command at once.
 
 After Kafka acknowledged the command, :meth:`IngestStore.complete` queues the response for the
 idempotency TTL (and, for pledges, a *pending* pledge row the projector later overwrites).
@@ -60,8 +62,9 @@ if ARGV[6] == 'one' and #foreign > 0 then return {'not_found'} end
 local cur = redis.call('GET', KEYS[2])
 if cur then
   if string.sub(cur, 2, 65) ~= ARGV[3] then return {'mismatch'} end
-  if string.sub(cur, 1, 1) == 'D' then return {'replay', string.sub(cur, 66)} end
-  return {'in_progress'}
+  local state = string.sub(cur, 1, 1)
+  if state == 'D' then return {'replay', string.sub(cur, 66)} end
+  if state == 'P' then return {'in_progress'} end
 end
 redis.call('SET', KEYS[2], 'P' .. ARGV[3], 'PX', ARGV[4])
 local out = {'ok'}
@@ -212,9 +215,10 @@ class IngestStore:
         except Exception:
             return False
 
-    async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
-        """Free a reservation whose command could not be sent (the client may retry at once)."""
+    async def unsent(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
+        """Mark a reservation whose command was not acknowledged retryable (``R``) for the
+        idempotency TTL: the same request may re-send its command, another body is refused."""
         key = self.keys.idempotency(tenant_id, idempotency_key)
         current = await self.pipeline.execute("GET", key)
         if current == b"P" + fingerprint.encode():
-            await self.pipeline.execute("DEL", key)
+            await self.pipeline.execute("SET", key, b"R" + fingerprint.encode(), "EX", self._ttl)

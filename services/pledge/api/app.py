@@ -144,7 +144,7 @@ def create_app(
     def ingest() -> Ingest:
         service = state.get("ingest")
         if service is None:
-            raise ProblemError("unavailable", "starting up")
+            raise ProblemError("unavailable", "starting up", headers={"Retry-After": "1"})
         return service
 
     # --- errors: one mapping (responses.error_response) for routes and the ASGI front ---------
@@ -308,13 +308,15 @@ def create_app(
     async def readyz() -> Response:
         service = state.get("ingest")
         if service is None:
-            raise ProblemError("unavailable", "starting up")
+            raise ProblemError("unavailable", "starting up", headers={"Retry-After": "1"})
         kafka_ok, redis_ok = await asyncio.gather(
             service.ports.bus.ready(), service.ports.gate.ready()
         )
         if not (kafka_ok and redis_ok):
             down = [name for name, ok in (("kafka", kafka_ok), ("redis", redis_ok)) if not ok]
-            raise ProblemError("unavailable", "not reachable: " + ", ".join(down))
+            raise ProblemError(
+                "unavailable", "not reachable: " + ", ".join(down), headers={"Retry-After": "1"}
+            )
         return Response(b'{"kafka":"ok","redis":"ok"}', media_type="application/json")
 
     @app.get(
@@ -371,6 +373,7 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         topics.commands,
         flush_interval_ms=settings.api_produce_interval_ms,
         on_produce=metrics.produce_latency.labels("command").observe,
+        send_timeout_s=settings.api_send_timeout_seconds,
     )
     store = IngestStore(
         pipeline,

@@ -3,10 +3,11 @@
 They keep the real adapters' rules, so a handler behaves against them as against Kafka and
 Redis: the gate is a token bucket per API key, then campaign ownership (from the read model's
 campaign rows), then the Idempotency-Key (pending / done with the stored response / another
-fingerprint), all in one step as the Lua script does; completing stores the response and
-writes pending pledge rows that a decided row is not overwritten by. ``down`` makes the fake
-Redis unreachable (redis-py's ``ConnectionError``), ``failure`` makes the log refuse appends,
-``hold`` keeps appends waiting (a request in flight).
+fingerprint / retryable after an unacknowledged append), all in one step as the Lua script
+does; completing stores the response and writes pending pledge rows that a decided row is
+not overwritten by. ``down`` makes the fake Redis unreachable (redis-py's
+``ConnectionError``), ``failure`` makes the log refuse appends, ``hold`` keeps appends waiting
+(a request in flight).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class FakeIngestGate:
         self.burst = burst
         #: key hash -> (tokens, at)
         self.buckets: dict[str, tuple[float, float]] = {}
-        #: (tenant, key) -> ("P" | "D", fingerprint, stored response)
+        #: (tenant, key) -> ("P" | "R" | "D", fingerprint, stored response)
         self.keys: dict[tuple[str, str], tuple[str, str, bytes]] = {}
 
     async def gate(
@@ -138,7 +139,9 @@ class FakeIngestGate:
                 return GateResult("mismatch")
             if state == "D":
                 return GateResult("replay", stored=stored)
-            return GateResult("in_progress")
+            if state == "P":
+                return GateResult("in_progress")
+            # "R": the command was not acknowledged; the retry sends it again
         self.keys[(tenant_id, idempotency_key)] = ("P", fingerprint, b"")
         return GateResult("ok", foreign=foreign)
 
@@ -159,10 +162,10 @@ class FakeIngestGate:
                     status="pending", doc=orjson.loads(doc), refusal=None
                 )
 
-    async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
+    async def unsent(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
         self.readmodel._reach()
         if self.keys.get((tenant_id, idempotency_key)) == ("P", fingerprint, b""):
-            del self.keys[(tenant_id, idempotency_key)]
+            self.keys[(tenant_id, idempotency_key)] = ("R", fingerprint, b"")
 
     async def ready(self) -> bool:
         return not self.readmodel.down

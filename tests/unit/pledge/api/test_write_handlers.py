@@ -317,7 +317,9 @@ async def test_redis_down_on_a_read_is_a_503_problem(api: Api) -> None:
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-async def test_log_down_is_a_503_and_frees_the_key_for_a_retry(api: Api, endpoint: str) -> None:
+async def test_log_down_is_a_503_and_a_retry_of_the_same_request_resends_at_once(
+    api: Api, endpoint: str
+) -> None:
     api.fakes.bus.failure = ConnectionError("broker unreachable")
     response = await post(api, endpoint, "k-1")
     assert response.status_code == 503
@@ -326,6 +328,19 @@ async def test_log_down_is_a_503_and_frees_the_key_for_a_retry(api: Api, endpoin
     api.fakes.bus.failure = None
     assert (await post(api, endpoint, "k-1")).status_code == 202
     assert len(api.fakes.bus.sent) >= 1
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+async def test_a_key_whose_command_was_not_acknowledged_still_refuses_another_body(
+    api: Api, endpoint: str
+) -> None:
+    api.fakes.bus.failure = TimeoutError("the broker did not acknowledge the command in time")
+    assert (await post(api, endpoint, "k-1")).status_code == 503
+    api.fakes.bus.failure = None
+    other = await post(api, endpoint, "k-1", other=True)
+    assert other.status_code == 422
+    assert problem_type(other) == "idempotency-key-reused"
+    assert api.fakes.bus.sent == []
 
 
 # --- Prefer: wait (through the decision reader) ---------------------------------------------------
@@ -379,6 +394,7 @@ async def test_ready_only_while_the_log_and_the_store_answer(api: Api) -> None:
     down = await api.client.get("/readyz")
     assert down.status_code == 503
     assert down.json()["detail"] == "not reachable: redis"
+    assert down.headers["retry-after"] == "1"
     api.fakes.readmodel.down = False
     api.fakes.bus.failure = ConnectionError("broker unreachable")
     assert (await api.client.get("/readyz")).json()["detail"] == "not reachable: kafka"
