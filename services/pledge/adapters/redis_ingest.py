@@ -75,13 +75,16 @@ return out
 
 
 # KEYS[1] idempotency key, KEYS[2..] pledge hashes; ARGV[1] stored response, ARGV[2] TTL s,
-# ARGV[3..] pending pledge documents. A pledge row the projector already wrote is left alone.
+# ARGV[3..] pending pledge documents. A pledge row the projector already wrote is left alone;
+# a pending one records when (``pending_since``, ms): the API shows it expired after a while.
 COMPLETE_SCRIPT = LuaScript(
     """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local t = redis.call('TIME')
+local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 for i = 2, #KEYS do
   if redis.call('HSETNX', KEYS[i], 'status', 'pending') == 1 then
-    redis.call('HSET', KEYS[i], 'doc', ARGV[i + 1])
+    redis.call('HSET', KEYS[i], 'doc', ARGV[i + 1], 'pending_since', now)
   end
 end
 return 1

@@ -120,6 +120,7 @@ def create_app(
                 max_body_bytes=config.api_max_body_bytes,
                 max_wait_seconds=config.api_max_wait_seconds,
                 batch_max_items=config.api_batch_max_items,
+                pending_expiry_seconds=config.api_pending_expiry_seconds,
             )
             _tune_gc()
             try:

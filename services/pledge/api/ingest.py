@@ -9,6 +9,7 @@ FastAPI for the others), so there is one path per endpoint.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import cast
 
@@ -71,6 +72,7 @@ class Ingest:
         max_body_bytes: int,
         max_wait_seconds: int,
         batch_max_items: int,
+        pending_expiry_seconds: int = 3600,
     ) -> None:
         self.keys = keys
         self.ports = ports
@@ -82,6 +84,7 @@ class Ingest:
         self.max_body_bytes = max_body_bytes
         self.max_wait_seconds = max_wait_seconds
         self.batch_max_items = batch_max_items
+        self.pending_expiry_ms = pending_expiry_seconds * 1000
 
     def authenticate(self, headers: HeaderMap) -> Principal:
         return self.keys.authenticate(header(headers, b"authorization"))
@@ -122,7 +125,10 @@ class Ingest:
         tenant_id = principal.tenant_id
         pledge_id = fields[4] or f"p-{write.command_id}"
         template = MakePledgeTemplate(
-            tenant_id=tenant_id, correlation_id=write.correlation_id, issued_at=issued_at()
+            tenant_id=tenant_id,
+            correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
+            issued_at=issued_at(),
         )
         await pipeline.send(
             write, campaign_id, template.command(fields, write.command_id, pledge_id)
@@ -173,6 +179,7 @@ class Ingest:
                 command_id=write.command_id,
                 tenant_id=principal.tenant_id,
                 correlation_id=write.correlation_id,
+                fingerprint=write.fingerprint,
                 issued_at=datetime.now(UTC),
                 campaign_id=campaign_id,
                 **fields,
@@ -216,6 +223,7 @@ class Ingest:
             command_id=write.command_id,
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
             issued_at=datetime.now(UTC),
             campaign_id=campaign_id,
             pledge_id=pledge_id,
@@ -247,6 +255,7 @@ class Ingest:
             command_id=write.command_id,
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
             issued_at=datetime.now(UTC),
             campaign_id=campaign_id,
             reason=body.reason,
@@ -303,6 +312,7 @@ class Ingest:
         template = MakePledgeTemplate(
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
             issued_at=issued_at(),
         )
         command = template.command
@@ -353,6 +363,14 @@ class Ingest:
         view = {k: v for k, v in row.doc.items() if k != "tenant_id"}
         view["status"] = row.status
         view["last_refusal"] = row.refusal
+        if (
+            row.status == "pending"
+            and row.pending_since is not None
+            and time.time() * 1000 - row.pending_since > self.pending_expiry_ms
+        ):
+            # No decision came for far longer than a decision takes: say so, not "pending".
+            view["status"] = "expired"
+            view["reason"] = "no_decision"
         if row.cancel is not None:
             view["seq"], view["reason"] = row.cancel["seq"], row.cancel["reason"]
         return Response(orjson.dumps(view), media_type=JSON)

@@ -159,7 +159,10 @@ class FakeIngestGate:
         for campaign_id, pledge_id, doc in pending_pledges:
             if (campaign_id, pledge_id) not in self.readmodel.pledges:
                 self.readmodel.pledges[(campaign_id, pledge_id)] = PledgeRow(
-                    status="pending", doc=orjson.loads(doc), refusal=None
+                    status="pending",
+                    doc=orjson.loads(doc),
+                    refusal=None,
+                    pending_since=int(time.time() * 1000),
                 )
 
     async def unsent(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:

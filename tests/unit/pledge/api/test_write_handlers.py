@@ -8,6 +8,8 @@ commands on the log (or none). The same rules against the real Kafka and Redis a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -341,6 +343,35 @@ async def test_a_key_whose_command_was_not_acknowledged_still_refuses_another_bo
     assert other.status_code == 422
     assert problem_type(other) == "idempotency-key-reused"
     assert api.fakes.bus.sent == []
+
+
+async def test_the_request_fingerprint_travels_in_every_command(api: Api) -> None:
+    for endpoint in ENDPOINTS:
+        assert (await post(api, endpoint, f"k-{endpoint}")).status_code == 202
+    fingerprints = {decode_command(value).fingerprint for _, value in api.fakes.bus.sent}
+    assert None not in fingerprints
+    assert len(fingerprints) == len(ENDPOINTS)  # one per request
+
+
+async def test_a_pledge_left_pending_past_the_expiry_shows_expired(api: Api) -> None:
+    assert (await post(api, "pledge", "k-1")).status_code == 202
+    rows = api.fakes.readmodel.pledges
+    rows[(CAMPAIGN, "p-1")] = dataclasses.replace(
+        rows[(CAMPAIGN, "p-1")], pending_since=int(time.time() * 1000) - 3601 * 1000
+    )
+    view = await api.client.get(f"/v1/campaigns/{CAMPAIGN}/pledges/p-1", headers=AUTH_A)
+    assert view.status_code == 200
+    assert (view.json()["status"], view.json()["reason"]) == ("expired", "no_decision")
+
+
+async def test_a_pledge_pending_for_less_than_the_expiry_shows_pending(api: Api) -> None:
+    assert (await post(api, "pledge", "k-1")).status_code == 202
+    rows = api.fakes.readmodel.pledges
+    rows[(CAMPAIGN, "p-1")] = dataclasses.replace(
+        rows[(CAMPAIGN, "p-1")], pending_since=int(time.time() * 1000) - 3500 * 1000
+    )
+    view = await api.client.get(f"/v1/campaigns/{CAMPAIGN}/pledges/p-1", headers=AUTH_A)
+    assert view.json()["status"] == "pending"
 
 
 # --- Prefer: wait (through the decision reader) ---------------------------------------------------
