@@ -4,8 +4,9 @@ A plain consumer (no group, nothing committed, ``read_committed``) reads each to
 from the manifest's cursor (the beginning the first time) up to the end offsets taken at the
 start. The processor writes a campaign's events of different types to different topics, so
 they may arrive out of seq order; the exporter holds an event back until its chain's
-predecessor is written (chain heads persist in the manifest across runs), so every chain is
-stored in seq order. Values are written byte for byte (they are the canonical envelope).
+predecessor is written (the stream runtime's :class:`~services.streams.SeqOrderer`, seeded
+with the chain heads the manifest persists across runs), so every chain is stored in seq
+order. Values are written byte for byte (they are the canonical envelope).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from services.audit.archive import (
     Manifest,
     SegmentInfo,
 )
+from services.audit.checkpointer import checkpoints_for_export, store_checkpoints
 from services.audit.sources import (
     KafkaSourceError,
     discover,
@@ -32,6 +34,8 @@ from services.audit.sources import (
     reading_consumer,
     stop_consumer,
 )
+from services.audit.tenants import TenantFilter
+from services.streams import Pushed, SeqOrderer, StreamKey
 
 __all__ = ["ExportOptionError", "ExportResult", "export_archive"]
 
@@ -51,6 +55,10 @@ class ExportResult:
     gaps: int = 0
     seconds: float = 0.0
     manifest: Manifest | None = None
+    #: ``--tenant``: events left out as belonging to no campaign of the tenant.
+    left_out: int = 0
+    #: Checkpoints the archive holds after this run.
+    checkpoints: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,18 +66,35 @@ class ExportResult:
             "events": self.events,
             "segments": [s.name for s in self.segments],
             "gaps": self.gaps,
+            "left_out": self.left_out,
+            "checkpoints": self.checkpoints,
             "seconds": round(self.seconds, 3),
             "archive_events": None if self.manifest is None else self.manifest.events,
         }
 
 
-def _chain(raw: Any) -> tuple[str, int] | None:
+#: ``(partition, value, topic, offset, parsed)`` of a line to write.
+_Line = tuple[int, bytes, str, int, Any]
+
+
+def _chain(raw: Any) -> tuple[StreamKey, int] | None:
     if not isinstance(raw, dict):
         return None
     cid, stream, seq = raw.get("campaign_id"), raw.get("stream"), raw.get("seq")
     if isinstance(cid, str) and isinstance(stream, str) and type(seq) is int:
-        return f"{stream} {cid}", seq
+        return (cid, stream), seq
     return None
+
+
+def _chain_key(key: StreamKey) -> str:
+    """The manifest's name of a chain: ``"<stream> <campaign id>"``."""
+    cid, stream = key
+    return f"{stream!s} {cid!s}"
+
+
+def _stream_key(chain_key: str) -> StreamKey:
+    stream, _, cid = chain_key.partition(" ")
+    return (cid, stream)
 
 
 async def export_archive(
@@ -79,6 +104,7 @@ async def export_archive(
     *,
     topic_prefix: str = "",
     campaign: str | None = None,
+    tenant: str | None = None,
     segment_events: int = DEFAULT_SEGMENT_EVENTS,
     progress: Callable[[int, int], None] | None = None,
     settle_seconds: float = 3.0,
@@ -95,10 +121,17 @@ async def export_archive(
             )
         if manifest.campaign != campaign:
             raise ExportOptionError(f"--campaign: the archive holds campaign {manifest.campaign!r}")
+        if manifest.tenant != tenant:
+            raise ExportOptionError(f"--tenant: the archive holds tenant {manifest.tenant!r}")
         if sorted(manifest.topics) != sorted(topics):
             raise ExportOptionError(f"--topics: the archive holds {sorted(manifest.topics)}")
     else:
-        manifest = Manifest(topic_prefix=topic_prefix, topics=list(topics), campaign=campaign)
+        manifest = Manifest(
+            topic_prefix=topic_prefix, topics=list(topics), campaign=campaign, tenant=tenant
+        )
+    # Checkpoints first: every one read now signed events below the end offsets taken next.
+    fetched = await checkpoints_for_export(bootstrap, manifest)
+    gate = None if tenant is None else TenantFilter(tenant, manifest.tenant_campaigns)
     count = await discover(bootstrap, topics)
     if manifest.partitions and manifest.partitions != count:
         raise KafkaSourceError(
@@ -110,7 +143,10 @@ async def export_archive(
 
     writer = ArchiveWriter(folder, manifest, segment_events=segment_events)
     heads = manifest.chain_heads
-    pending: dict[str, dict[int, tuple[int, bytes, str, int, str]]] = {}
+    # The runtime's hold-back, seeded with the chain heads the archive already holds.
+    orderer: SeqOrderer[StreamKey, _Line] = SeqOrderer(limit=1 << 62)
+    for chain_key, seq in heads.items():
+        orderer.seed(_stream_key(chain_key), seq)
     gaps = 0
 
     def write(partition: int, value: bytes, topic: str, offset: int, raw: Any) -> None:
@@ -129,24 +165,18 @@ async def export_archive(
         except orjson.JSONDecodeError:
             raw = None
         chain = _chain(raw)
+        line = (partition, value, topic, offset, raw)
         if chain is None:
-            write(partition, value, topic, offset, raw)  # the verifier names it
+            write(*line)  # the verifier names it
             return
-        key, seq = chain
-        head = heads.get(key, 0)
-        if seq > head + 1:
-            pending.setdefault(key, {})[seq] = (partition, value, topic, offset, raw)
+        pushed, run = orderer.push(chain[0], chain[1], line)
+        if pushed is Pushed.HELD:
             return
-        write(partition, value, topic, offset, raw)
-        if seq == head + 1:
-            heads[key] = seq
-            held = pending.get(key)
-            while held and seq + 1 in held:
-                seq += 1
-                write(*held.pop(seq))
-                heads[key] = seq
-            if held is not None and not held:
-                del pending[key]
+        if pushed is not Pushed.RELEASED:
+            write(*line)  # a redelivery or a second copy: kept, the verifier names it
+            return
+        for item in run:
+            write(*item)
 
     consumer = reading_consumer(bootstrap)
     await consumer.start()
@@ -166,7 +196,7 @@ async def export_archive(
         while True:
             remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
             if not remaining:
-                if not pending:
+                if not orderer.held:
                     break
                 # Held-back events wait for a predecessor on another topic: a transaction
                 # that committed while we read. Read a little further to let it arrive.
@@ -184,27 +214,39 @@ async def export_archive(
                 for record in records:
                     if key_filter is not None and record.key != key_filter:
                         continue
-                    accept(tp.partition, record.value or b"", tp.topic, record.offset)
+                    if gate is None:
+                        accept(tp.partition, record.value or b"", tp.topic, record.offset)
+                        continue
+                    item = (tp.partition, record.value or b"", tp.topic, record.offset)
+                    for admitted in gate.admit(item[1], item):
+                        accept(*admitted)
                 done += len(records)
             if progress is not None:
                 progress(done, total)
-        for key, held in sorted(pending.items()):
+        for key in sorted(orderer.held_keys()):
             # Their predecessors never arrived: keep them (the verifier names the gap).
-            for seq in sorted(held):
+            while (lowest := orderer.take_lowest(key)) is not None:
                 gaps += 1
-                write(*held[seq])
-                heads[key] = max(heads.get(key, 0), seq)
+                write(*lowest[1])
+        for key, seq in orderer.applied().items():
+            if seq:
+                heads[_chain_key(key)] = seq
         for tp in tps:
             position = await consumer.position(tp)
             manifest.next_offsets.setdefault(tp.topic, {})[str(tp.partition)] = position
     finally:
         await stop_consumer(consumer)
     segments = writer.close()
+    left_out = 0 if gate is None else gate.left_out
+    if gate is not None:
+        manifest.tenant_campaigns = gate.campaigns
     writer.record_export(topics=list(topics), partitions=partitions, gaps=gaps, bootstrap=bootstrap)
+    signed = store_checkpoints(folder, manifest, fetched)
     manifest.save(folder)
     return ExportResult(
-        folder, writer.written, segments, gaps, time.perf_counter() - started, manifest
-    )
+        folder, writer.written, segments, gaps, time.perf_counter() - started, manifest,
+        left_out=left_out, checkpoints=signed,
+    )  # fmt: skip
 
 
 async def _sleep(seconds: float) -> None:

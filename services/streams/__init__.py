@@ -13,7 +13,10 @@ Reading (``OrderedStreamReader``)
     the handler returned, only below the first event still held back. A handler that raises
     gets the same runs again on the next step. ``seed(keys)`` tells the reader the last seq
     you already applied for campaigns it meets first (your store's truth);
-    ``on_assigned``/``on_revoked(partitions)`` let you build or drop per-partition state::
+    ``on_assigned``/``on_revoked(partitions)`` let you build or drop per-partition state.
+    A service that writes its own stream passes ``commit=False`` and commits the input inside
+    its output transaction: ``writer.write(records, consumed=reader.consumed_offsets(p))``
+    (exactly once; seed from the state rebuilt from your own log)::
 
         reader = OrderedStreamReader(
             bootstrap=s.kafka_bootstrap, group_id=s.topic_prefix + "settlement",
@@ -54,6 +57,7 @@ from services.streams.config import StreamSettings
 from services.streams.dead_letters import (
     Cause,
     DeadLetter,
+    DeadLetterSender,
     Rejected,
     dead_letter,
     judge_event,
@@ -88,6 +92,7 @@ __all__ = [
     "ChainHeads",
     "CoPartitionedAssignor",
     "DeadLetter",
+    "DeadLetterSender",
     "Gap",
     "JsonFormatter",
     "OrderedStreamReader",
