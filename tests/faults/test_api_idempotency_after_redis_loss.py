@@ -16,10 +16,6 @@ the API, the processor and the projector run in-process on the shared broker.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,51 +36,10 @@ from tests.support.api import (
     projector,
     write_headers,
 )
-from tests.support.infra import REDIS_DIR, REPO, unique_name
+from tests.support.infra import ScriptRedis, unique_name
 from tests.support.load import pledges_made
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-class ScriptRedis:
-    """A Redis of the test's own, started and restarted by the local runs' redis-up.sh."""
-
-    def __init__(self, data: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.data = data
-        self.env = {
-            **os.environ,
-            "PLEDGEFLOW_REDIS_PORT": str(self.port),
-            "PLEDGEFLOW_REDIS_DATA": str(data),
-        }
-
-    def start(self) -> None:
-        subprocess.run(
-            [str(REDIS_DIR / "redis-up.sh")],
-            check=True,
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-        )
-
-    def kill(self) -> None:
-        pidfile = self.data / "redis.pid"
-        pid = int(pidfile.read_text())
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        pidfile.unlink()
-
-    def stop(self) -> None:
-        subprocess.run(
-            [str(REDIS_DIR / "redis-down.sh")], cwd=REPO, env=self.env, capture_output=True
-        )
 
 
 async def post_until_answered(api: httpx.AsyncClient, url: str, body: Any, key: str) -> Any:
@@ -100,7 +55,7 @@ async def post_until_answered(api: httpx.AsyncClient, url: str, body: Any, key: 
 async def test_a_key_reused_with_another_body_is_refused_after_redis_restarts_or_loses_it(
     broker: Any, tmp_path: Path
 ) -> None:
-    redis_server = ScriptRedis(tmp_path)
+    redis_server = ScriptRedis(tmp_path, free_port())
     redis_server.start()
     settings = api_settings(broker.bootstrap, redis_server.url, unique_name("ir"))
     await create_topics(settings)
