@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-__all__ = ["RepeatedLogFilter"]
+__all__ = ["RepeatedLogFilter", "limit_repeated_root_logs"]
 
 _MAX_KINDS = 1024
 
@@ -42,3 +42,17 @@ class RepeatedLogFilter(logging.Filter):
             # Say how many were held back, in the message itself (every formatter shows it).
             record.msg = f"{record.msg} [{last[1]} like it in the last {now - last[0]:.0f} s]"
         return True
+
+
+def limit_repeated_root_logs(every_s: float = 10.0) -> None:
+    """For a process whose root logger has no handler (the API under uvicorn: aiokafka's
+    connection errors would go to Python's last-resort handler one by one): a stderr handler
+    at WARNING, as that one, passing each repeated message once per ``every_s``. Left alone
+    when logging is configured already."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(RepeatedLogFilter(every_s=every_s))
+    root.addHandler(handler)

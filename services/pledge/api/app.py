@@ -65,6 +65,7 @@ from services.pledge.api.problems import ProblemError, problem_body, problem_res
 from services.pledge.api.responses import MetricsMiddleware, RequestMetrics, error_response
 from services.pledge.config import PledgeSettings
 from services.pledge.metrics_api import ApiMetrics, api_metrics
+from services.streams.log_limits import limit_repeated_root_logs
 
 __all__ = ["create_app"]
 
@@ -104,6 +105,7 @@ def create_app(
     tests enter ``app.router.lifespan_context(app)``); ``ports`` replaces the Kafka and Redis
     adapters (unit tests pass in-memory fakes)."""
     config = api_settings(settings)
+    limit_repeated_root_logs()
     keys = ApiKeys.parse(config.api_keys)
     metrics = api_metrics(registry)
     metrics_registry = registry or REGISTRY

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from services.streams.log_limits import RepeatedLogFilter
+import pytest
+
+from services.streams.log_limits import RepeatedLogFilter, limit_repeated_root_logs
 
 
 class Clock:
@@ -40,3 +42,16 @@ def test_different_messages_are_never_held_back() -> None:
     assert limit.filter(record("redis down"))
     assert limit.filter(record("broker down", name="pledgeflow.api"))
     assert not limit.filter(record("broker down"))
+
+
+def test_a_root_logger_without_handlers_gets_a_limited_one_and_a_configured_one_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    limit_repeated_root_logs()
+    [handler] = root.handlers
+    assert handler.level == logging.WARNING
+    assert any(isinstance(f, RepeatedLogFilter) for f in handler.filters)
+    limit_repeated_root_logs()
+    assert root.handlers == [handler]
