@@ -23,7 +23,8 @@ Reading (``OrderedStreamReader``)
             topics=topics.for_stream("campaign"), topic_of=topics.event_topics(),
             dead_letter_topic=topics.dead_letter("settlement"), handler=apply_runs,
         )
-        await reader.start(); await reader.run(stop); await reader.stop()
+        await serve(ReaderWorker(reader), metrics_host=s.metrics_host,
+                    metrics_port=s.metrics_port)  # until SIGTERM, then drain
 
 Ordering (``SeqOrderer``)
     The one hold-back: ``push(key, seq, item) -> (Pushed, run)``; ``seed``/``last``/``gaps``;
@@ -69,6 +70,7 @@ from services.streams.orderer import Gap, Pushed, SeqOrderer, StreamKey
 from services.streams.process import (
     JsonFormatter,
     ProcessServer,
+    ReaderWorker,
     Readiness,
     Worker,
     configure_logging,
@@ -100,6 +102,7 @@ __all__ = [
     "PartitionWriter",
     "ProcessServer",
     "Pushed",
+    "ReaderWorker",
     "Readiness",
     "Rejected",
     "Replayed",

@@ -19,11 +19,14 @@ from services.streams import (
     ChainHeads,
     OrderedStreamReader,
     PartitionWriter,
+    ReaderWorker,
+    Readiness,
     Run,
     SeqOrderer,
     StreamMetrics,
     key_partition,
     replay_partition,
+    serve,
 )
 from tests.support.processor import launch, pledge, read_topics
 
@@ -357,6 +360,40 @@ async def test_a_handler_commits_its_consumed_offsets_in_its_own_transaction(
         await sink.close()
         await source.close()
     assert seen == [1, 2, 3]
+
+
+async def test_a_served_reader_drains_and_commits_when_stopped(
+    bootstrap: str, topics: Topics
+) -> None:
+    """serve(ReaderWorker(reader)): runs until stopped (SIGTERM in a process), then the step
+    in flight finishes and what was handed over is committed before the group is left."""
+    p = partition_of("c-serve")
+    key = message_key("c-serve")
+    writer = PartitionWriter(bootstrap, f"{topics.prefix}w", p)
+    await writer.start()
+    await writer.write(by_topic(topics, key, campaign_events("c-serve", 1)))
+    await writer.close()
+    got = Collector()
+    r = reader(bootstrap, topics, got)
+    stop = asyncio.Event()
+    readiness = Readiness()
+    served = asyncio.create_task(serve(ReaderWorker(r, poll_ms=50), readiness=readiness, stop=stop))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while len(got.seqs("c-serve")) < 2:
+        assert loop.time() < deadline and not served.done()
+        await asyncio.sleep(0.05)
+    assert readiness.is_set()
+    stop.set()
+    await asyncio.wait_for(served, 30)
+    assert not readiness.is_set()
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=r.group_id)
+    await probe.start()
+    try:
+        launched = TopicPartition(topics.for_event("CampaignLaunched"), p)
+        assert (await probe.committed(launched) or 0) >= 1
+    finally:
+        await probe.stop()
 
 
 async def test_transactions_with_consumed_offsets_need_no_produce_retries(
