@@ -97,6 +97,8 @@ class RejectionReason(StrEnum):
     DEADLINE_IN_PAST = "deadline_in_past"
     TENANT_MISMATCH = "tenant_mismatch"
     NOT_AUTHORIZED = "not_authorized"
+    #: The command id (Idempotency-Key) was already decided for another request.
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 
 
 class Event(BaseModel):

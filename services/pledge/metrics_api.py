@@ -31,6 +31,7 @@ class ApiMetrics:
     prefer_wait: Counter
     batch_items: Counter
     redis_out_of_memory: Counter
+    unsent: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ApiMetrics:
@@ -83,6 +84,13 @@ class ApiMetrics:
             redis_out_of_memory=Counter(
                 "pledgeflow_api_redis_out_of_memory",
                 "Requests answered 503 because Redis refused a write at its maxmemory.",
+                registry=registry,
+            ),
+            unsent=Counter(
+                "pledgeflow_api_commands_unacknowledged",
+                "Writes answered 503 because the broker did not acknowledge their command in "
+                "time (or refused it); the Idempotency-Key stays reserved for a retry.",
+                ["route"],
                 registry=registry,
             ),
         )

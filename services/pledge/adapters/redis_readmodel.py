@@ -139,6 +139,8 @@ class PledgeRow:
     doc: dict[str, Any]
     refusal: dict[str, Any] | None
     cancel: dict[str, Any] | None = None
+    #: When the API wrote the row pending (ms since the epoch, Redis' clock).
+    pending_since: int | None = None
 
 
 class ReadModelStore:
@@ -180,8 +182,9 @@ class ReadModelStore:
         return rows
 
     async def pledge(self, campaign_id: str, pledge_id: str) -> PledgeRow | None:
-        status, doc, refusal, cancel = await self.client.hmget(
-            self.keys.pledge(campaign_id, pledge_id), ["status", "doc", "refusal", "cancel"]
+        status, doc, refusal, cancel, since = await self.client.hmget(
+            self.keys.pledge(campaign_id, pledge_id),
+            ["status", "doc", "refusal", "cancel", "pending_since"],
         )
         if status is None or doc is None:
             return None
@@ -190,6 +193,7 @@ class ReadModelStore:
             doc=orjson.loads(doc),
             refusal=orjson.loads(refusal) if refusal else None,
             cancel=orjson.loads(cancel) if cancel else None,
+            pending_since=int(since) if since else None,
         )
 
     async def decision(self, command_id: str) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ FastAPI for the others), so there is one path per endpoint.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import cast
 
@@ -78,6 +79,7 @@ class Ingest:
         max_body_bytes: int,
         max_wait_seconds: int,
         batch_max_items: int,
+        pending_expiry_seconds: int = 3600,
     ) -> None:
         self.keys = keys
         self.ports = ports
@@ -95,6 +97,7 @@ class Ingest:
         self.max_body_bytes = max_body_bytes
         self.max_wait_seconds = max_wait_seconds
         self.batch_max_items = batch_max_items
+        self.pending_expiry_ms = pending_expiry_seconds * 1000
 
     async def authenticate(self, scope: Scope, headers: HeaderMap) -> Principal:
         """The caller, or 401; a refused caller pays a token of its address's bucket (429
@@ -145,7 +148,10 @@ class Ingest:
             return stored_response(gate.stored)
         pledge_id = fields[4] or f"p-{write.command_id}"
         template = MakePledgeTemplate(
-            tenant_id=tenant_id, correlation_id=write.correlation_id, issued_at=issued_at()
+            tenant_id=tenant_id,
+            correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
+            issued_at=issued_at(),
         )
         if self.tokens_out and fields[6] is not None:
             await pipeline.put_tokens(write, [(pledge_key(qualified, pledge_id), fields[6])])
@@ -202,6 +208,7 @@ class Ingest:
                     command_id=write.command_id,
                     tenant_id=principal.tenant_id,
                     correlation_id=write.correlation_id,
+                    fingerprint=write.fingerprint,
                     issued_at=datetime.now(UTC),
                     campaign_id=qualified,
                     **fields,
@@ -246,6 +253,7 @@ class Ingest:
             command_id=write.command_id,
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
             issued_at=datetime.now(UTC),
             campaign_id=qualified,
             pledge_id=pledge_id,
@@ -279,6 +287,7 @@ class Ingest:
             command_id=write.command_id,
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
             issued_at=datetime.now(UTC),
             campaign_id=qualified,
             reason=body.reason,
@@ -343,6 +352,7 @@ class Ingest:
         template = MakePledgeTemplate(
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
             issued_at=issued_at(),
         )
         command = template.command
@@ -410,6 +420,14 @@ class Ingest:
         view["campaign_id"] = campaign_id
         view["status"] = row.status
         view["last_refusal"] = row.refusal
+        if (
+            row.status == "pending"
+            and row.pending_since is not None
+            and time.time() * 1000 - row.pending_since > self.pending_expiry_ms
+        ):
+            # No decision came for far longer than a decision takes: say so, not "pending".
+            view["status"] = "expired"
+            view["reason"] = "no_decision"
         if row.cancel is not None:
             view["seq"], view["reason"] = row.cancel["seq"], row.cancel["reason"]
         return Response(orjson.dumps(view), media_type=JSON)
