@@ -4,7 +4,8 @@
 # everysec), so a restarted or crashed Redis keeps Idempotency-Key records and the read model
 # (at most the last second of writes is lost; the processor's idempotency covers that).
 # Uses redis-server from PATH; as root installs Debian's package when missing.
-# Env: PLEDGEFLOW_REDIS_PORT (6379), PLEDGEFLOW_REDIS_DATA (<repo>/.local/redis).
+# Env: PLEDGEFLOW_REDIS_PORT (6379), PLEDGEFLOW_REDIS_DATA (<repo>/.local/redis),
+# PLEDGEFLOW_REDIS_MAXMEMORY (512mb).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../../.." && pwd)"
