@@ -80,12 +80,28 @@ def _pledge_status(fold: CampaignFold, entry: SettlementEntry) -> str:
 
 
 def settlement_after_close(fold: CampaignFold) -> Iterator[RuleHit]:
-    """Settlement events exist only for a campaign that has closed."""
-    if fold.first_settlement_ordinal is not None and fold.status != "closed":
+    """Settlement events exist only for a campaign that has closed - except what a live
+    campaign legitimately settles: charges (and their failures and refunds) in
+    ``charge_then_refund``, and the release of a cancelled pledge's authorization."""
+    if fold.first_settlement_ordinal is None or fold.status == "closed":
+        return
+    charges = fold.settlement_mode == "charge_then_refund"
+    for entry in fold.settlement:
+        live = (charges and entry.event_type != "PledgeReleased") or (
+            entry.event_type == "PledgeReleased" and _pledge_status(fold, entry) == "cancelled"
+        )
+        if not live:
+            yield (
+                "settlement_after_close",
+                f"settlement of a campaign that is {fold.status}",
+                entry.ordinal,
+            )
+            return
+    if fold.settled is not None:
         yield (
             "settlement_after_close",
             f"settlement of a campaign that is {fold.status}",
-            fold.first_settlement_ordinal,
+            fold.settled_ordinal,
         )
 
 
@@ -95,12 +111,15 @@ def settlement_follows_outcome(fold: CampaignFold) -> Iterator[RuleHit]:
         return
     funded = fold.outcome == "funded"
     captured: set[str] = set()
+    cancelled_charges: set[str] = set()
     for entry in fold.settlement:
         status = _pledge_status(fold, entry)
         kind = entry.event_type
         if kind == "PledgeCaptured":
             captured.add(entry.pledge_id)
-            if status != "active":
+            if status == "cancelled" and fold.settlement_mode == "charge_then_refund":
+                cancelled_charges.add(entry.pledge_id)  # charged at pledge time: refund due
+            elif status != "active":
                 yield (
                     "settlement_follows_outcome",
                     f"captures pledge {entry.pledge_id!r} that is {status} at close",
@@ -113,9 +132,12 @@ def settlement_follows_outcome(fold: CampaignFold) -> Iterator[RuleHit]:
                     entry.ordinal,
                 )
         elif kind in ("PledgeCaptureFailed", "PledgeReleased"):
-            # Releasing a cancelled pledge's authorization is legitimate in any outcome.
+            # Releasing a cancelled pledge's authorization is legitimate in any outcome, and
+            # so is a failed charge at pledge time (charge_then_refund) of a later cancelled one.
+            charged_live = fold.settlement_mode == "charge_then_refund" and status == "cancelled"
             if status == "unknown" or status == "rejected" or (
                 funded and kind == "PledgeCaptureFailed" and status != "active"
+                and not charged_live
             ):  # fmt: skip
                 yield (
                     "settlement_follows_outcome",
@@ -130,6 +152,15 @@ def settlement_follows_outcome(fold: CampaignFold) -> Iterator[RuleHit]:
                     entry.ordinal,
                 )
             captured.discard(entry.pledge_id)
+    kept = captured & cancelled_charges
+    if funded and kept:
+        first = next(e for e in fold.settlement if e.pledge_id in kept)
+        yield (
+            "settlement_follows_outcome",
+            f"{len(kept)} charge(s) of cancelled pledges never refunded, first pledge "
+            f"{first.pledge_id!r}",
+            first.ordinal,
+        )
     if not funded and captured:
         first = next(e for e in fold.settlement if e.pledge_id in captured)
         yield (
