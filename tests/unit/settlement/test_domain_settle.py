@@ -125,6 +125,11 @@ def test_a_refund_after_settlement_debits_the_creator_payable() -> None:
     assert book.state.balance("creator_payable") == 2_725 - 1_000
     assert book.state.balance("platform_revenue") == 150  # the commission stays with the platform
     assert gateway.refunded_minor["camp-1/p1"] == 1_000
+    book.decide(refund("p1", 1_500, "cmd-r2"))
+    [call] = plan(book.state, T0, POLICY)
+    book.decide(gateway.answer(call))
+    assert book.state.pledges["p1"].status == "refunded"
+    assert audit(book) == []  # two partial refunds of one capture
 
 
 def test_a_refund_before_settlement_returns_the_commission_on_it() -> None:
