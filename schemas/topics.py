@@ -21,6 +21,7 @@ __all__ = [
     "CONSUMERS",
     "DEFAULT_PARTITIONS",
     "DLQ_RETENTION_MS",
+    "SETTLEMENT_COMMANDS_TOPIC",
     "SNAPSHOTS_TOPIC",
     "SNAPSHOT_MAX_MESSAGE_BYTES",
     "TopicKind",
@@ -32,6 +33,8 @@ __all__ = [
 
 DEFAULT_PARTITIONS = 6
 COMMANDS_TOPIC = "pledge-commands"
+#: Commands for the settlement worker (refunds, payment-method fixes, revenue reports).
+SETTLEMENT_COMMANDS_TOPIC = "settlement-commands"
 SNAPSHOTS_TOPIC = "pledge-snapshots"
 #: Largest record of the snapshot topic. A campaign's snapshot is ~51 bytes per pledge after
 #: compression, so the broker's default 1 MiB stopped snapshots at ~18,000 pledges; 16 MiB
@@ -91,6 +94,7 @@ class Topics:
             for name, model in EVENT_TYPES.items()
         ]
         specs.append(self._spec(COMMANDS_TOPIC, "command", -1, "delete"))
+        specs.append(self._spec(SETTLEMENT_COMMANDS_TOPIC, "command", -1, "delete"))
         specs.append(
             self._spec(
                 SNAPSHOTS_TOPIC,
@@ -149,6 +153,11 @@ class Topics:
     def commands(self) -> str:
         """The command topic (``pledge-commands``)."""
         return self.prefix + COMMANDS_TOPIC
+
+    @property
+    def settlement_commands(self) -> str:
+        """The settlement worker's command topic (``settlement-commands``)."""
+        return self.prefix + SETTLEMENT_COMMANDS_TOPIC
 
     @property
     def snapshots(self) -> str:
