@@ -58,6 +58,7 @@ __all__ = [
     "book_mismatch",
     "decide",
     "plan",
+    "plan_pledge",
     "statement",
 ]
 
@@ -247,6 +248,20 @@ def plan(
             if call.key not in skip:
                 calls.append(call)
     return calls
+
+
+def plan_pledge(
+    state: SettlementState,
+    pledge_id: str,
+    now: datetime,
+    policy: Policy,
+    skip: Container[str] = (),
+) -> list[GatewayCall]:
+    """:func:`plan` for one pledge (the worker re-plans only the pledges that changed)."""
+    pledge = state.pledges.get(pledge_id)
+    if state.terms is None or pledge is None:
+        return []
+    return [c for c in _pledge_calls(state, pledge, policy, now) if c.key not in skip]
 
 
 def decide(state: SettlementState, given: Input, now: datetime, policy: Policy) -> list[Event]:

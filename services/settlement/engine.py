@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from schemas.envelope import Envelope
-from schemas.events import Event
+from schemas.events import CampaignClosed, CampaignSettled, Event, PledgeCaptureFailed
 from schemas.settlement_commands import RefundPledge, ReportRevenue, UpdatePaymentMethod
 from services.settlement.domain import (
     GatewayCall,
@@ -30,7 +30,7 @@ from services.settlement.domain import (
     Policy,
     Tick,
     decide,
-    plan,
+    plan_pledge,
 )
 from services.settlement.gateway import GatewayUnavailable, PaymentGateway, call_gateway
 from services.settlement.state import SettlementState, evolve
@@ -66,7 +66,14 @@ class EngineHooks:
 
 
 class SettlementEngine:
-    """Folded states of the campaigns a worker owns, and the gateway calls it has running."""
+    """Folded states of the campaigns a worker owns, and the gateway calls it has running.
+
+    Only what changed is re-planned: each campaign keeps a queue of pledges that may owe a
+    call (every pledge when the campaign itself changed, e.g. it closed; one pledge when one
+    of its events was folded or its call finished), and campaigns waiting for retries are
+    swept every ``sweep_every`` of the clock. So a big campaign costs O(1) per capture, not a
+    scan of its pledge book.
+    """
 
     def __init__(
         self,
@@ -76,6 +83,7 @@ class SettlementEngine:
         max_in_flight: int = 512,
         max_in_flight_per_campaign: int = 64,
         unavailable_backoff: timedelta = timedelta(seconds=2),
+        sweep_every: timedelta = timedelta(seconds=1),
         hooks: EngineHooks | None = None,
     ) -> None:
         if max_in_flight < 1 or max_in_flight_per_campaign < 1:
@@ -85,14 +93,20 @@ class SettlementEngine:
         self.max_in_flight = max_in_flight
         self.per_campaign = max_in_flight_per_campaign
         self.unavailable_backoff = unavailable_backoff
+        self.sweep_every = sweep_every
         self.hooks = hooks or EngineHooks()
         self.states: dict[str, SettlementState] = {}
-        #: Campaigns whose state changed since they were last planned.
-        self._dirty: set[str] = set()
-        #: Campaigns with work that time may make due (retries) or calls left unlaunched.
+        #: ``campaign -> pledges that may owe a call`` (an ordered set).
+        self._queue: dict[str, dict[str, None]] = {}
+        #: Campaigns whose every pledge must be re-planned (the campaign itself changed).
+        self._full: set[str] = set()
+        #: Campaigns with work the clock may make due (retries) until they are settled.
         self._waiting: set[str] = set()
+        #: Campaigns to try settling once they are idle.
+        self._settle_check: set[str] = set()
+        self._next_sweep: datetime | None = None
         self._in_flight: dict[str, asyncio.Task[GatewayResult]] = {}
-        self._campaign_of: dict[str, str] = {}
+        self._calls: dict[str, GatewayCall] = {}
         self._per_campaign: dict[str, int] = {}
         #: Verifications done by this process (they write no event; see domain.plan).
         self._verified: set[str] = set()
@@ -110,16 +124,28 @@ class SettlementEngine:
 
     def apply(self, envelope: Envelope) -> None:
         """Fold one envelope (campaign or settlement stream, in seq order)."""
-        evolve(self.state(envelope.campaign_id), envelope)
-        self._dirty.add(envelope.campaign_id)
+        campaign_id = envelope.campaign_id
+        evolve(self.state(campaign_id), envelope)
+        payload = envelope.payload
+        pledge_id = getattr(payload, "pledge_id", None)
+        if isinstance(payload, CampaignClosed | PledgeCaptureFailed):
+            self._waiting.add(campaign_id)
+        elif isinstance(payload, CampaignSettled):
+            self._waiting.discard(campaign_id)
+        if isinstance(pledge_id, str):
+            self._queue.setdefault(campaign_id, {})[pledge_id] = None
+        else:
+            self._full.add(campaign_id)
+        self._settle_check.add(campaign_id)
 
     def forget(self, keep: Callable[[str], bool]) -> None:
         """Drop the campaigns for which ``keep`` is false (a revoked partition); their calls
         in flight are left to finish and their answers ignored."""
         for campaign_id in [c for c in self.states if not keep(c)]:
             del self.states[campaign_id]
-            self._dirty.discard(campaign_id)
-            self._waiting.discard(campaign_id)
+            for held in (self._full, self._waiting, self._settle_check):
+                held.discard(campaign_id)
+            self._queue.pop(campaign_id, None)
 
     # --- calling the gateway -------------------------------------------------------------
 
@@ -128,45 +154,52 @@ class SettlementEngine:
         """Gateway calls running now."""
         return len(self._in_flight)
 
+    @property
+    def retries_pending(self) -> int:
+        """Pledges of waiting campaigns whose capture failed (a gauge; O(pledges))."""
+        return sum(
+            1
+            for campaign_id in self._waiting
+            for pledge in self.state(campaign_id).pledges.values()
+            if pledge.status == "failed"
+        )
+
     def launch(self, now: datetime) -> int:
-        """Start the calls the domain plans for changed or waiting campaigns, within the
-        bounds; return how many were started."""
+        """Start the calls owed by the queued pledges, within the bounds; return how many."""
+        if self._next_sweep is None or now >= self._next_sweep:
+            self._full |= self._waiting
+            self._next_sweep = now + self.sweep_every
+        for campaign_id in self._full:
+            state = self.states.get(campaign_id)
+            if state is not None:
+                self._queue.setdefault(campaign_id, {}).update(dict.fromkeys(state.pledges))
+        self._full.clear()
         started = 0
-        todo = self._dirty | self._waiting
-        self._dirty = set()
-        for campaign_id in todo:
+        skip = _Skip(self._in_flight, self._verified, self._backoff, now)
+        for campaign_id, queue in list(self._queue.items()):
             state = self.states.get(campaign_id)
             if state is None or state.terms is None:
+                del self._queue[campaign_id]
                 continue
-            skip = _Skip(self._in_flight, self._verified, self._backoff, now)
-            calls = plan(state, now, self.policy, skip=skip)
-            if not calls:
-                if not self._has_future_work(state):
-                    self._waiting.discard(campaign_id)
-                continue
-            self._waiting.add(campaign_id)
-            for call in calls:
+            while queue:
                 if len(self._in_flight) >= self.max_in_flight:
                     return started
                 if self._per_campaign.get(campaign_id, 0) >= self.per_campaign:
                     break
-                self._start(call)
-                started += 1
+                pledge_id = next(iter(queue))
+                del queue[pledge_id]
+                for call in plan_pledge(state, pledge_id, now, self.policy, skip):
+                    self._start(call)
+                    started += 1
+            if not queue:
+                del self._queue[campaign_id]
         return started
-
-    @staticmethod
-    def _has_future_work(state: SettlementState) -> bool:
-        # Retries wait for their time; an unsettled closed campaign waits for answers.
-        if state.closed is not None and state.settled is None:
-            return True
-        return any(p.status == "failed" for p in state.pledges.values())
 
     def _start(self, call: GatewayCall) -> None:
         campaign_id = call.campaign_id
         self._per_campaign[campaign_id] = self._per_campaign.get(campaign_id, 0) + 1
-        task = asyncio.ensure_future(self._call(call))
-        self._in_flight[call.key] = task
-        self._campaign_of[call.key] = campaign_id
+        self._in_flight[call.key] = asyncio.ensure_future(self._call(call))
+        self._calls[call.key] = call
 
     async def _call(self, call: GatewayCall) -> GatewayResult:
         loop = asyncio.get_running_loop()
@@ -192,41 +225,58 @@ class SettlementEngine:
         and settle the campaigns that became ready; return the decisions emitted."""
         emitted = 0
         finished = [key for key, task in self._in_flight.items() if task.done()]
-        touched: set[str] = set()
         for key in finished:
             task = self._in_flight.pop(key)
-            campaign_id = self._campaign_of.pop(key)
-            self._per_campaign[campaign_id] = self._per_campaign.get(campaign_id, 1) - 1
-            touched.add(campaign_id)
-            self._dirty.add(campaign_id)
+            call = self._calls.pop(key)
+            campaign_id = call.campaign_id
+            self._per_campaign[campaign_id] -= 1
+            self._settle_check.add(campaign_id)
             exc = task.exception()
             if exc is not None:
-                if not isinstance(exc, GatewayUnavailable):
-                    log.error("gateway call %s failed: %r", key, exc, exc_info=exc)
-                else:
+                if isinstance(exc, GatewayUnavailable):
                     log.warning("gateway unavailable for %s: %s", key, exc)
+                    if self.hooks.on_unavailable is not None:
+                        self.hooks.on_unavailable(call)
+                else:
+                    log.error("gateway call %s failed: %r", key, exc, exc_info=exc)
                 self._backoff[key] = now + self.unavailable_backoff
+                self._waiting.add(campaign_id)  # the sweep asks again after the back-off
                 continue
             self._backoff.pop(key, None)
-            result = task.result()
             state = self.states.get(campaign_id)
             if state is None:
                 continue  # the partition was revoked meanwhile
-            if result.call.kind == "authorize":
+            if call.kind == "authorize":
                 self._verified.add(key)
                 continue
+            result = task.result()
             events = decide(state, result, now, self.policy)
             if events:
                 emit(Decision(campaign_id, events, key, key))
                 emitted += 1
-        for campaign_id in touched:
+            elif not result.ok:
+                # A refused void or refund records nothing: ask again after the back-off.
+                log.warning("gateway refused %s: %s %s", key, result.code, result.detail)
+                self._backoff[key] = now + self.unavailable_backoff
+                self._waiting.add(campaign_id)
+        return emitted + self.settle_ready(now, emit)
+
+    def settle_ready(self, now: datetime, emit: Emit) -> int:
+        """Settle the idle campaigns (nothing queued or in flight) that are ready."""
+        emitted = 0
+        for campaign_id in list(self._settle_check):
+            if self._queue.get(campaign_id) or self._per_campaign.get(campaign_id, 0):
+                continue
+            self._settle_check.discard(campaign_id)
+            if campaign_id in self._full:
+                continue
             emitted += self.settle(campaign_id, now, emit)
         return emitted
 
     def settle(self, campaign_id: str, now: datetime, emit: Emit) -> int:
         """Emit ``CampaignSettled`` for the campaign if it is ready (1) or not (0)."""
         state = self.states.get(campaign_id)
-        if state is None:
+        if state is None or state.closed is None or state.settled is not None:
             return 0
         events = decide(state, Tick(), now, self.policy)
         if not events:
@@ -242,12 +292,7 @@ class SettlementEngine:
         if not events:
             return 0
         emit(Decision(command.campaign_id, events, command.command_id, command.correlation_id))
-        self._dirty.add(command.campaign_id)
         return 1
-
-    def settle_ready(self, now: datetime, emit: Emit) -> int:
-        """Settle every waiting campaign that is ready (after a batch of campaign events)."""
-        return sum(self.settle(c, now, emit) for c in list(self._waiting | self._dirty))
 
     async def aclose(self) -> None:
         """Cancel the calls in flight (their keys make them safe to make again)."""
@@ -258,7 +303,7 @@ class SettlementEngine:
             with contextlib.suppress(BaseException):
                 await task
         self._in_flight.clear()
-        self._campaign_of.clear()
+        self._calls.clear()
         self._per_campaign.clear()
 
 

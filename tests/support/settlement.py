@@ -51,6 +51,8 @@ class CampaignBook:
     heads: dict[str, tuple[int, str]] = field(default_factory=dict)
     counter: int = 0
     goal_reached: bool = False
+    total_minor: int = 0
+    active_count: int = 0
 
     def __post_init__(self) -> None:
         self.state = SettlementState(self.campaign_id)
@@ -100,15 +102,19 @@ class CampaignBook:
                 amount=self.money(amount_minor), payment_token=token,
             )
         )  # fmt: skip
-        active = [p for p in self.state.pledges.values() if not p.cancelled]
-        total = sum(p.amount_minor for p in active)
-        if not self.goal_reached and total >= self.goal_minor:
+        self.total_minor += amount_minor
+        self.active_count += 1
+        if not self.goal_reached and self.total_minor >= self.goal_minor:
             self.goal_reached = True
-            self.append(GoalReached(total=self.money(total), pledge_count=len(active)))
+            self.append(
+                GoalReached(total=self.money(self.total_minor), pledge_count=self.active_count)
+            )
         return envelope
 
     def cancel(self, pledge_id: str) -> Envelope:
         amount = self.state.pledges[pledge_id].amount_minor
+        self.total_minor -= amount
+        self.active_count -= 1
         return self.append(
             PledgeCancelled(pledge_id=pledge_id, amount=self.money(amount), reason="backer_request")
         )

@@ -7,6 +7,9 @@ records it atomically, so a key answered once is never executed again, even when
 (a zombie and its replacement) race on it. The test-token rules are
 ``services.settlement.gateway.token_answer``: the script only picks between the two answers
 Python computed (no earlier failure / an earlier failure), so the rules live in one place.
+
+Calls made in the same event-loop turn go to Redis in one pipeline (a round trip per batch,
+not per call): the worker has many captures in flight at once.
 """
 
 from __future__ import annotations
@@ -60,12 +63,36 @@ class SandboxGateway:
         prefix: str = "pledgeflow:sandbox:",
         latency_seconds: float = 0.0,
         slow_seconds: float = 2.0,
+        max_batch: int = 256,
     ) -> None:
         self._redis = client
         self._prefix = prefix
         self._latency = latency_seconds
         self._slow = slow_seconds
         self._script = client.register_script(_DECIDE)
+        self._batch = max_batch
+        self._pending: list[tuple[GatewayCall, asyncio.Future[bytes]]] = []
+        self._flusher: asyncio.Future[None] | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        max_connections: int = 64,
+        prefix: str = "pledgeflow:sandbox:",
+        latency_seconds: float = 0.0,
+        slow_seconds: float = 2.0,
+    ) -> SandboxGateway:
+        """A sandbox on its own connection pool; calls beyond ``max_connections`` wait for a
+        connection instead of failing (the worker bounds its calls in flight anyway)."""
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections)
+        return cls(
+            aioredis.Redis(connection_pool=pool),
+            prefix=prefix,
+            latency_seconds=latency_seconds,
+            slow_seconds=slow_seconds,
+        )
 
     def _pledge_key(self, campaign_id: str, pledge_id: str) -> str:
         return f"{self._prefix}pledge:{campaign_id}/{pledge_id}"
@@ -82,17 +109,11 @@ class SandboxGateway:
         delay = self._latency + (self._slow if call.payment_token == SLOW_TOKEN else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
-        first, first_ok = self._answer(call, 0)
-        retried, retried_ok = self._answer(call, 1)
-        keys = [
-            f"{self._prefix}answer:{call.key}",
-            self._pledge_key(call.campaign_id, call.pledge_id),
-        ]
-        args = [first, retried, call.kind, call.amount.amount_minor, first_ok, retried_ok]
-        try:
-            raw = await self._script(keys=keys, args=args)
-        except RedisError as exc:
-            raise GatewayUnavailable(f"sandbox gateway: {exc}") from exc
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending.append((call, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        raw = await future
         answer: dict[str, Any] = orjson.loads(raw)
         return GatewayResult(
             call=call,
@@ -101,6 +122,32 @@ class SandboxGateway:
             code=str(answer["code"]),
             detail=str(answer["detail"]),
         )
+
+    async def _flush(self) -> None:
+        """Send the calls waiting now in one pipeline (one round trip, not one per call)."""
+        await asyncio.sleep(0)  # let the calls of this loop turn join the batch
+        while self._pending:
+            batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+            pipe = self._redis.pipeline(transaction=False)
+            for call, _ in batch:
+                first, first_ok = self._answer(call, 0)
+                retried, retried_ok = self._answer(call, 1)
+                keys = [
+                    f"{self._prefix}answer:{call.key}",
+                    self._pledge_key(call.campaign_id, call.pledge_id),
+                ]
+                args = [first, retried, call.kind, call.amount.amount_minor, first_ok, retried_ok]
+                await self._script(keys=keys, args=args, client=pipe)
+            try:
+                raws = await pipe.execute()
+            except RedisError as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(GatewayUnavailable(f"sandbox gateway: {exc}"))
+                continue
+            for (_, future), raw in zip(batch, raws, strict=True):
+                if not future.done():
+                    future.set_result(raw)
 
     async def authorize(self, call: GatewayCall) -> GatewayResult:
         return await self._decide(call)
