@@ -37,17 +37,21 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# Generated deployment files current, both k8s overlays build, alert rules and the local
-# Prometheus config valid. Tools: kustomize (go install, into .local/bin) and promtool
-# (Debian's prometheus package; installed when missing and run as root).
-KUSTOMIZE := .local/bin/kustomize
+# Generated deployment files current; both k8s overlays build and validate offline (built-in
+# kinds against the Kubernetes API schemas of PyPI kubernetes-validate, strict; KEDA and
+# Prometheus-operator CRDs against npm @kubernetes-models; KEDA can reach Kafka); alert rules,
+# their promtool unit tests and the local Prometheus config valid; every JSON Schema compiles
+# in ajv strict mode. Tools install on first use: kustomize (go install, into .local/bin),
+# promtool (Debian's prometheus package, as root), the npm validators (npm ci, deploy/check).
 deploy-check: $(STAMP)
 	$(VENV)/bin/pledgeflow deploy render --check
-	test -x $(KUSTOMIZE) || GOBIN=$(abspath .local/bin) go install sigs.k8s.io/kustomize/kustomize/v5@v5.7.1
-	for overlay in dev prod; do $(KUSTOMIZE) build deploy/k8s/overlays/$$overlay > /dev/null || exit 1; done
-	command -v promtool > /dev/null || apt-get install -y -q --no-install-recommends prometheus
+	$(VENV)/bin/pledgeflow deploy validate --kustomize "$$(deploy/check/kustomize-install.sh)" \
+	  deploy/k8s/overlays/dev deploy/k8s/overlays/prod
+	deploy/local/prometheus/install.sh
 	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 	promtool check config deploy/local/prometheus.yml
+	deploy/check/ajv-compile.sh
 
 run: install
 	deploy/local/run.sh

@@ -49,6 +49,12 @@ created = asyncio.run(ensure_topics(s.kafka_bootstrap, Topics(prefix=s.topic_pre
 print(f"topics: {len(created)} created")
 PY
 
+# The checkpointer's signing key, one per clone (docs/audit.md "Signed checkpoints").
+if [ -z "${PLEDGEFLOW_CHECKPOINT_KEY_FILE:-}" ] && [ ! -s .local/checkpoint-key.pem ]; then
+  .venv/bin/pledgeflow audit checkpoint keygen --private .local/checkpoint-key.pem \
+    --public .local/checkpoint-key.pub.pem || exit 1
+fi
+
 honcho_pid=""
 cleanup() {
   if [ -n "$honcho_pid" ] && kill -0 "$honcho_pid" 2>/dev/null; then
@@ -111,13 +117,31 @@ while True:
     time.sleep(0.5)
 PY
 
+# Prometheus (Procfile: deploy/local/prometheus/serve.sh) answers /-/ready once its config and
+# rules loaded; a first run may spend a few seconds installing it. Not ready in time: a note.
+prom_port="${PLEDGEFLOW_PROMETHEUS_PORT:-9090}"
+prom_note="http://127.0.0.1:$prom_port   (alerts: /alerts, targets: /targets)"
+"$py" - "$prom_port" <<'PY' || prom_note="not answering on 127.0.0.1:$prom_port (see the log above)"
+import sys, time, urllib.request
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/-/ready", timeout=2) as r:
+            if r.status == 200:
+                sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.5)
+sys.exit(1)
+PY
+
 cat <<EOF2
 
   Pledgeflow is running.
     API docs:     http://127.0.0.1:$port/docs   (OpenAPI: /openapi.json, metrics: /metrics)
     dev API key:  $dev_key   ($key_note)
     metrics:      processor http://127.0.0.1:$PLEDGEFLOW_PROCESSOR_METRICS_PORT/metrics, projector http://127.0.0.1:$PLEDGEFLOW_PROJECTOR_METRICS_PORT/metrics
-                  (a local Prometheus: prometheus --config.file=deploy/local/prometheus.yml)
+    prometheus:   $prom_note
 
   Try:
     curl -s -X POST http://127.0.0.1:$port/v1/campaigns \\

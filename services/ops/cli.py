@@ -60,3 +60,39 @@ def wait_topics_command(
         typer.echo(f"topics: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"all {len(topics.all())} topics are served")
+
+
+@app.command("validate")
+def validate_command(
+    overlays: Annotated[list[Path], typer.Argument(help="Kustomize overlay directories.")],
+    kustomize: Annotated[Path, typer.Option(help="The kustomize binary.")] = Path(
+        ".local/bin/kustomize"
+    ),
+    kubernetes_version: Annotated[
+        str, typer.Option(help="Kubernetes release whose API schemas apply.")
+    ] = "1.33",
+) -> None:
+    """Validate the rendered overlays offline: built-in kinds (strict) and the CRD kinds
+    that have a schema in a registry; say which kinds were checked."""
+    from services.ops.overlays import validate_overlay
+
+    failed = False
+    for overlay in overlays:
+        try:
+            report = validate_overlay(kustomize, overlay, kubernetes_version)
+        except ValueError as exc:
+            typer.echo(f"{overlay}: {exc}", err=True)
+            failed = True
+            continue
+        typer.echo(f"{overlay}:")
+        typer.echo(
+            f"  Kubernetes {kubernetes_version} schemas, strict: "
+            + ", ".join(sorted(report.builtin))
+        )
+        typer.echo("  CRD schemas (npm @kubernetes-models): " + ", ".join(sorted(report.crds)))
+        if report.unchecked:
+            typer.echo("  no schema available: " + ", ".join(sorted(report.unchecked)))
+        for error in report.errors:
+            typer.echo(f"  error: {error}", err=True)
+        failed = failed or bool(report.errors)
+    raise typer.Exit(1 if failed else 0)

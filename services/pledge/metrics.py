@@ -12,7 +12,26 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ProcessorMetrics", "processor_metrics", "serve_metrics"]
+from schemas.events import RejectionReason
+
+__all__ = [
+    "DEAD_LETTER_CAUSES",
+    "TRANSACTION_RESULTS",
+    "ProcessorMetrics",
+    "processor_metrics",
+    "serve_metrics",
+]
+
+#: Every ``cause`` the processor dead-letters with and every transaction ``result``. Their
+#: children are created at 0 on start, so ``increase()`` sees the first one after a restart.
+DEAD_LETTER_CAUSES = (
+    "undecodable",
+    "evolve_failed",
+    "decide_failed",
+    "wrong_key",
+    "wrong_partition",
+)
+TRANSACTION_RESULTS = ("committed", "aborted")
 
 # Decision latency spans a poll, a transaction and a commit: milliseconds to seconds.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -38,7 +57,7 @@ class ProcessorMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ProcessorMetrics:
         """Register the processor's metrics in ``registry``."""
-        return cls(
+        metrics = cls(
             commands=Counter(
                 "pledgeflow_processor_commands",
                 "Commands decided, by command type and outcome "
@@ -99,6 +118,13 @@ class ProcessorMetrics:
                 registry=registry,
             ),
         )
+        for cause in DEAD_LETTER_CAUSES:
+            metrics.dead_letters.labels(cause)
+        for result in TRANSACTION_RESULTS:
+            metrics.transactions.labels(result)
+        for reason in RejectionReason:
+            metrics.rejections.labels(reason.value)
+        return metrics
 
     def track_open_campaigns(self, count: Callable[[], int]) -> None:
         """Compute the open-campaign gauge at scrape time (no per-batch bookkeeping)."""

@@ -34,7 +34,7 @@ class ApiMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ApiMetrics:
         """Register the API's metrics in ``registry``."""
-        return cls(
+        metrics = cls(
             requests=Counter(
                 "pledgeflow_api_requests",
                 "HTTP requests answered, by route template, method and status code.",
@@ -80,6 +80,12 @@ class ApiMetrics:
                 registry=registry,
             ),
         )
+        # Known outcomes exist from start at 0, so a first one after a restart is a rise.
+        for outcome in ("accepted", "refused", "timeout"):
+            metrics.prefer_wait.labels(outcome)
+        for result in ("pending", "invalid", "not_found"):
+            metrics.batch_items.labels(result)
+        return metrics
 
 
 _DEFAULT: ApiMetrics | None = None

@@ -44,12 +44,6 @@ from prometheus_client import Histogram
 
 from schemas import DecodeError, Envelope, decode, decode_command, encode, message_key
 from schemas.topics import COMMANDS_TOPIC, Topics
-from services.pledge.adapters.kafka_log import (
-    dead_letter,
-    key_partition,
-    read_to_end,
-    transactional_producer,
-)
 from services.pledge.adapters.snapshots import (
     MAX_SNAPSHOT_BYTES,
     load_snapshot,
@@ -65,6 +59,7 @@ from services.pledge.domain import (
     evolve,
 )
 from services.pledge.metrics import ProcessorMetrics, processor_metrics
+from services.streams import dead_letter, key_partition, read_to_end, transactional_producer
 
 __all__ = [
     "Clock",

@@ -56,6 +56,19 @@ def running_stack(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[b
                 proc.wait()
 
 
+def scraped_jobs(prometheus: str, within: float = 30.0) -> set[str]:
+    """The jobs the run's Prometheus scrapes successfully (waits for every one, or times out)."""
+    deadline = time.monotonic() + within
+    jobs: set[str] = set()
+    while time.monotonic() < deadline:
+        answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": "up == 1"}, timeout=5)
+        jobs = {series["metric"]["job"] for series in answer.json()["data"]["result"]}
+        if len(jobs) == 3:
+            break
+        time.sleep(0.5)
+    return jobs
+
+
 def pledge(client: httpx.Client, campaign: str, n: int) -> httpx.Response:
     return client.post(
         f"/v1/campaigns/{campaign}/pledges",
@@ -83,6 +96,8 @@ def test_make_run_serves_pledges_stops_on_ctrl_c_and_keeps_data(
         "PLEDGEFLOW_PROCESSOR_METRICS_PORT": str(free_port()),
         "PLEDGEFLOW_PROJECTOR_METRICS_PORT": str(free_port()),
         "PLEDGEFLOW_API_KEYS": f"platform-e2e:{KEY}",
+        "PLEDGEFLOW_PROMETHEUS_PORT": str(free_port()),
+        "PLEDGEFLOW_PROMETHEUS_DATA": str(tmp_path / "prometheus"),
     }
     log = tmp_path / "run.log"
     base = f"http://127.0.0.1:{port}"
@@ -109,6 +124,11 @@ def test_make_run_serves_pledges_stops_on_ctrl_c_and_keeps_data(
             f"http://127.0.0.1:{env['PLEDGEFLOW_PROJECTOR_METRICS_PORT']}/metrics", timeout=5
         ).text
         assert 'pledgeflow_readmodel_events_applied_total{event_type="PledgeMade"} 1.0' in projector
+        prometheus = f"http://127.0.0.1:{env['PLEDGEFLOW_PROMETHEUS_PORT']}"
+        assert f"prometheus:   {prometheus}" in log.read_text()
+        assert scraped_jobs(prometheus) == {
+            "pledgeflow-api", "pledgeflow-processor", "pledgeflow-projector",
+        }  # fmt: skip
     assert first.returncode is not None
     # Ctrl-C stopped every process it started: nothing answers on the API port any more.
     with pytest.raises(httpx.ConnectError):

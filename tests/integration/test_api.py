@@ -659,9 +659,9 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
 
 
 def test_command_ids_equal_uuid5_of_tenant_key_and_index() -> None:
-    from services.pledge.api.ingest import (
+    from services.pledge.api.command_ids import (
         COMMAND_NAMESPACE,
-        _batch_command_ids,
+        batch_command_ids,
         command_id_for,
     )
 
@@ -670,7 +670,7 @@ def test_command_ids_equal_uuid5_of_tenant_key_and_index() -> None:
         expected = [
             str(uuid.uuid5(COMMAND_NAMESPACE, f"{tenant}\n{key}\n{i}")) for i in (0, 7, 999)
         ]
-        assert _batch_command_ids(tenant, key, [0, 7, 999]) == expected
+        assert batch_command_ids(tenant, key, [0, 7, 999]) == expected
         assert [command_id_for(tenant, key, i) for i in (0, 7, 999)] == expected
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from services.pledge.adapters.redis_pipeline import AutoPipeline, LuaScript
 from services.pledge.adapters.redis_readmodel import Keys
+from services.pledge.api.ports import GateResult, PendingPledge
 
 log = logging.getLogger("pledgeflow.api")
 
@@ -86,22 +86,9 @@ return 1
 )
 
 
-@dataclass(frozen=True, slots=True)
-class GateResult:
-    """What the gate decided: ``ok`` (reserved), ``replay``, ``in_progress``, ``mismatch``,
-    ``not_found``, ``rate_limited``."""
-
-    outcome: str
-    #: ``replay``: the stored response (3-digit status + body).
-    stored: bytes = b""
-    #: ``rate_limited``: milliseconds until a token is available.
-    retry_after_ms: int = 0
-    #: ``ok`` with ``many``: 0-based positions of the campaigns owned by another tenant.
-    foreign: tuple[int, ...] = ()
-
-
 class IngestStore:
-    """Gate and completion of write requests, over an :class:`AutoPipeline`."""
+    """Gate and completion of write requests, over an :class:`AutoPipeline` (the API's
+    :class:`~services.pledge.api.ports.IngestGate`)."""
 
     def __init__(
         self,
@@ -170,7 +157,7 @@ class IngestStore:
         fingerprint: str,
         status: int,
         body: bytes,
-        pending_pledges: Sequence[tuple[str, bytes]] = (),
+        pending_pledges: Sequence[PendingPledge] = (),
     ) -> None:
         """Store the response for replays; write *pending* rows of pledges not yet decided.
 
@@ -184,8 +171,8 @@ class IngestStore:
         stored = b"D" + fingerprint.encode() + b"%03d" % status + body
         keys = [self.keys.idempotency(tenant_id, idempotency_key)]
         args: list[Any] = [stored, self._ttl]
-        for key, doc in pending_pledges:
-            keys.append(key)
+        for campaign_id, pledge_id, doc in pending_pledges:
+            keys.append(self.keys.pledge(campaign_id, pledge_id))
             args.append(doc)
         try:
             reply = self.pipeline.execute("EVALSHA", COMPLETE_SCRIPT.sha, len(keys), *keys, *args)
@@ -217,6 +204,13 @@ class IngestStore:
                     log.warning("response not stored for idempotency: %r", exc)
                     return
             delay = min(delay * 2, 2.0)
+
+    async def ready(self) -> bool:
+        """True when Redis answers a PING within 2 s."""
+        try:
+            return bool(await asyncio.wait_for(self.pipeline.client.ping(), 2.0))
+        except Exception:
+            return False
 
     async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
         """Free a reservation whose command could not be sent (the client may retry at once)."""

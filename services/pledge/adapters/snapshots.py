@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 
-from services.pledge.adapters.kafka_log import read_to_end
 from services.pledge.domain import CampaignState
+from services.streams import read_to_end
 
 __all__ = [
     "MANIFEST_KEY",

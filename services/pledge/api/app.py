@@ -1,8 +1,9 @@
-"""The FastAPI application: routes, error handlers, metrics middleware, OpenAPI, lifespan.
+"""The FastAPI application (the API process's composition root): adapters, routes, error
+handlers, metrics middleware, lifespan.
 
-Handlers take the raw :class:`~starlette.requests.Request` and validate bodies themselves with
+Handlers (``ingest.py``) take the raw ASGI scope and validate bodies themselves with
 pydantic's JSON parser (one pass, strict, field-named errors); the request schemas are still
-published in ``/openapi.json``.
+published in ``/openapi.json`` (``openapi.py``).
 """
 
 from __future__ import annotations
@@ -10,28 +11,25 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Path
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from schemas.topics import Topics
 from services.pledge.adapters.command_bus import CommandBus
+from services.pledge.adapters.redis_decisions import RedisDecisions
 from services.pledge.adapters.redis_ingest import IngestStore
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE, AutoPipeline
 from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
 from services.pledge.api.auth import ApiKeys
+from services.pledge.api.config import ApiSettings, api_settings
 from services.pledge.api.fastpath import FastWrites
 from services.pledge.api.ingest import Ingest
 from services.pledge.api.models import (
@@ -52,16 +50,19 @@ from services.pledge.api.models import (
     PledgeDecided,
     PledgeRequest,
     PledgeView,
-    Problem,
-    json_schema_of,
 )
-from services.pledge.api.problems import (
-    PROBLEM_MEDIA_TYPE,
-    ProblemError,
-    problem_body,
-    problem_response,
-    redis_unavailable,
+from services.pledge.api.openapi import (
+    COMMON,
+    TEXT,
+    WRITE,
+    build_openapi,
+    json_content,
+    problem_content,
+    request_body,
 )
+from services.pledge.api.ports import IngestPorts
+from services.pledge.api.problems import ProblemError, problem_body, problem_response
+from services.pledge.api.responses import MetricsMiddleware, RequestMetrics, error_response
 from services.pledge.config import PledgeSettings
 from services.pledge.metrics_api import ApiMetrics, api_metrics
 
@@ -71,127 +72,6 @@ log = logging.getLogger("pledgeflow.api")
 
 _CampaignId = Path(pattern=ID_PATTERN, description="Campaign id.")
 _PledgeId = Path(pattern=ID_PATTERN, description="Pledge id.")
-
-_SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
-    LaunchRequest,
-    PledgeRequest,
-    BatchRequest,
-    CancelRequest,
-    CloseRequest,
-    Problem,
-)
-
-_HEADERS = [
-    {
-        "name": "Idempotency-Key",
-        "in": "header",
-        "required": True,
-        "description": "Unique per operation (1-255 visible ASCII). A retry with the same key "
-        "and body gets the first response; another body with the same key gets 422. "
-        "Kept 24 h.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
-    },
-    {
-        "name": "Prefer",
-        "in": "header",
-        "required": False,
-        "description": "`wait=N` (N <= 10): wait up to N s for the processor's decision; "
-        "201/200 when accepted, 409 when refused, 202 when N elapsed first.",
-        "schema": {"type": "string", "pattern": "^wait=(10|[0-9])$"},
-    },
-]
-
-
-def _problem(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    }
-
-
-def _ref(model: type[BaseModel]) -> str:
-    return f"#/components/schemas/{model.__name__}"
-
-
-def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {
-            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-        },
-    }
-
-
-_TEXT = {
-    "description": "text exposition",
-    "content": {"text/plain": {"schema": {"type": "string"}}},
-}
-_COMMON: dict[int | str, dict[str, Any]] = {
-    401: _problem("Missing or unknown API key."),
-    404: _problem("No such campaign or pledge for this tenant."),
-    422: _problem("Invalid field(s), named in `errors`."),
-    429: _problem("Rate limit of the API key exceeded (see Retry-After)."),
-    500: _problem("Unexpected server error."),
-    503: _problem("Kafka or Redis unavailable; retry."),
-}
-_WRITE: dict[int | str, dict[str, Any]] = {
-    **_COMMON,
-    400: _problem("Missing or malformed Idempotency-Key."),
-    409: _problem("Refused by the processor (`reason`), or same Idempotency-Key in progress."),
-    413: _problem("Body larger than 1 MiB."),
-    415: _problem("Body is not application/json."),
-}
-
-
-def _body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
-    return {
-        "parameters": _HEADERS,
-        "requestBody": {
-            "required": required,
-            "content": {"application/json": {"schema": {"$ref": _ref(model)}}},
-        },
-    }
-
-
-class MetricsMiddleware:
-    """Counts and times every HTTP request by route template (pure ASGI: cheap)."""
-
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-        self._children: dict[tuple[str, str, int], Any] = {}
-        self._timers: dict[tuple[str, str], Any] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            method = scope["method"]
-            key = (path, method, status)
-            counter = self._children.get(key)
-            if counter is None:
-                counter = self._children[key] = self.metrics.requests.labels(
-                    path, method, str(status)
-                )
-            counter.inc()
-            timer = self._timers.get((path, method))
-            if timer is None:
-                timer = self._timers[(path, method)] = self.metrics.latency.labels(path, method)
-            timer.observe(time.perf_counter() - started)
 
 
 class _IngestApi(FastAPI):
@@ -210,58 +90,42 @@ class _IngestApi(FastAPI):
             await self.front(scope, receive, send)
 
 
+#: Opens the ports for the app's lifetime (the real adapters, or fakes in unit tests).
+PortsFactory = Callable[[], AbstractAsyncContextManager[IngestPorts]]
+
+
 def create_app(
-    settings: PledgeSettings | None = None, *, registry: CollectorRegistry | None = None
+    settings: ApiSettings | PledgeSettings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    ports: PortsFactory | None = None,
 ) -> FastAPI:
     """The ingest API. Adapters are started by the lifespan (uvicorn runs it; in-process
-    tests enter ``app.router.lifespan_context(app)``)."""
-    settings = settings or PledgeSettings()
-    keys = ApiKeys.parse(settings.api_keys)
+    tests enter ``app.router.lifespan_context(app)``); ``ports`` replaces the Kafka and Redis
+    adapters (unit tests pass in-memory fakes)."""
+    config = api_settings(settings)
+    keys = ApiKeys.parse(config.api_keys)
     metrics = api_metrics(registry)
     metrics_registry = registry or REGISTRY
-    topics = Topics(prefix=settings.topic_prefix, partitions=settings.partitions)
-    rm_keys = Keys(settings.topic_prefix)
+    open_ports = ports or (lambda: real_ports(config, metrics))
     state: dict[str, Ingest] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url, max_connections=64)
-        pipeline = AutoPipeline(client)
-        bus = CommandBus(
-            settings.kafka_bootstrap,
-            topics.commands,
-            flush_interval_ms=settings.api_produce_interval_ms,
-            on_produce=metrics.produce_latency.labels("command").observe,
-        )
-        store = IngestStore(
-            pipeline,
-            rm_keys,
-            rate_per_second=settings.api_rate_per_second,
-            burst=settings.api_rate_burst,
-            lock_seconds=settings.api_idempotency_lock_seconds,
-            ttl_seconds=settings.api_idempotency_ttl_seconds,
-        )
-        readmodel = ReadModelStore(client, rm_keys)
-        await store.load_scripts()
-        await bus.start()
-        state["ingest"] = Ingest(
-            keys=keys,
-            bus=bus,
-            store=store,
-            readmodel=readmodel,
-            metrics=metrics,
-            max_body_bytes=settings.api_max_body_bytes,
-            max_wait_seconds=settings.api_max_wait_seconds,
-            batch_max_items=settings.api_batch_max_items,
-        )
-        _tune_gc()
-        try:
-            yield
-        finally:
-            state.pop("ingest", None)
-            await bus.stop()
-            await pipeline.aclose()
-            await client.aclose()
+        async with open_ports() as opened:
+            state["ingest"] = Ingest(
+                keys=keys,
+                ports=opened,
+                metrics=metrics,
+                max_body_bytes=config.api_max_body_bytes,
+                max_wait_seconds=config.api_max_wait_seconds,
+                batch_max_items=config.api_batch_max_items,
+            )
+            _tune_gc()
+            try:
+                yield
+            finally:
+                state.pop("ingest", None)
 
     app = _IngestApi(
         title="Pledgeflow ingest API",
@@ -283,11 +147,10 @@ def create_app(
             raise ProblemError("unavailable", "starting up")
         return service
 
-    # --- errors ------------------------------------------------------------------------------
+    # --- errors: one mapping (responses.error_response) for routes and the ASGI front ---------
 
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProblemError)
-        return problem_response(exc.body(request.url.path), exc.headers)
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return error_response(exc, request.method, request.url.path)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -314,21 +177,14 @@ def create_app(
         )
         return problem_response(body, getattr(exc, "headers", None))
 
-    async def on_redis(request: Request, exc: Exception) -> Response:
-        log.warning("Redis unavailable on %s %s: %r", request.method, request.url.path, exc)
-        return redis_unavailable(request.url.path)
-
-    async def on_error(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return problem_response(problem_body("internal-error", instance=request.url.path))
-
-    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(ProblemError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     for redis_error in REDIS_UNAVAILABLE:
-        app.add_exception_handler(redis_error, on_redis)
+        app.add_exception_handler(redis_error, on_error)
     app.add_exception_handler(Exception, on_error)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    request_metrics = RequestMetrics(metrics)
+    app.add_middleware(MetricsMiddleware, metrics=request_metrics)
 
     # --- routes ------------------------------------------------------------------------------
 
@@ -338,25 +194,25 @@ def create_app(
         status_code=202,
         response_model=None,
         responses={
-            202: _json(CampaignAccepted, "Launch command durably in Kafka."),
-            201: _json(CampaignDecided, "Prefer: wait - the campaign is open."),
-            **_WRITE,
+            202: json_content(CampaignAccepted, "Launch command durably in Kafka."),
+            201: json_content(CampaignDecided, "Prefer: wait - the campaign is open."),
+            **WRITE,
         },
-        openapi_extra=_body(LaunchRequest),
+        openapi_extra=request_body(LaunchRequest),
         tags=["campaigns"],
     )
     async def launch_campaign(request: Request) -> Response:
-        return await ingest().launch(request)
+        return await ingest().launch(request.scope, request.receive)
 
     @app.get(
         "/v1/campaigns/{campaign_id}",
         summary="Campaign summary from the read model",
         response_model=None,
-        responses={200: _json(CampaignView, "The campaign."), **_COMMON},
+        responses={200: json_content(CampaignView, "The campaign."), **COMMON},
         tags=["campaigns"],
     )
     async def get_campaign(request: Request, campaign_id: str = _CampaignId) -> Response:
-        return await ingest().get_campaign(request, campaign_id)
+        return await ingest().get_campaign(request.scope, campaign_id)
 
     @app.post(
         "/v1/campaigns/{campaign_id}/pledges",
@@ -364,39 +220,39 @@ def create_app(
         status_code=202,
         response_model=None,
         responses={
-            202: _json(PledgeAccepted, "Pledge command durably in Kafka."),
-            201: _json(PledgeDecided, "Prefer: wait - the pledge was accepted."),
-            **_WRITE,
+            202: json_content(PledgeAccepted, "Pledge command durably in Kafka."),
+            201: json_content(PledgeDecided, "Prefer: wait - the pledge was accepted."),
+            **WRITE,
         },
-        openapi_extra=_body(PledgeRequest),
+        openapi_extra=request_body(PledgeRequest),
         tags=["pledges"],
     )
     async def make_pledge(request: Request, campaign_id: str = _CampaignId) -> Response:
-        return await ingest().make_pledge(request, campaign_id)
+        return await ingest().make_pledge(request.scope, request.receive, campaign_id)
 
     @app.post(
         "/v1/pledges/batch",
         summary="Make up to 1,000 pledges, answered per item",
         status_code=202,
         response_model=None,
-        responses={202: _json(BatchResponse, "Per-item results."), **_WRITE},
-        openapi_extra=_body(BatchRequest),
+        responses={202: json_content(BatchResponse, "Per-item results."), **WRITE},
+        openapi_extra=request_body(BatchRequest),
         tags=["pledges"],
     )
     async def batch_pledges(request: Request) -> Response:
-        return await ingest().batch(request)
+        return await ingest().batch(request.scope, request.receive)
 
     @app.get(
         "/v1/campaigns/{campaign_id}/pledges/{pledge_id}",
         summary="Pledge status (and why it was refused)",
         response_model=None,
-        responses={200: _json(PledgeView, "The pledge."), **_COMMON},
+        responses={200: json_content(PledgeView, "The pledge."), **COMMON},
         tags=["pledges"],
     )
     async def get_pledge(
         request: Request, campaign_id: str = _CampaignId, pledge_id: str = _PledgeId
     ) -> Response:
-        return await ingest().get_pledge(request, campaign_id, pledge_id)
+        return await ingest().get_pledge(request.scope, campaign_id, pledge_id)
 
     @app.post(
         "/v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel",
@@ -404,17 +260,17 @@ def create_app(
         status_code=202,
         response_model=None,
         responses={
-            202: _json(CancelAccepted, "Cancel command durably in Kafka."),
-            200: _json(CancelDecided, "Prefer: wait - the pledge is cancelled."),
-            **_WRITE,
+            202: json_content(CancelAccepted, "Cancel command durably in Kafka."),
+            200: json_content(CancelDecided, "Prefer: wait - the pledge is cancelled."),
+            **WRITE,
         },
-        openapi_extra=_body(CancelRequest, required=False),
+        openapi_extra=request_body(CancelRequest, required=False),
         tags=["pledges"],
     )
     async def cancel_pledge(
         request: Request, campaign_id: str = _CampaignId, pledge_id: str = _PledgeId
     ) -> Response:
-        return await ingest().cancel(request, campaign_id, pledge_id)
+        return await ingest().cancel(request.scope, request.receive, campaign_id, pledge_id)
 
     @app.post(
         "/v1/campaigns/{campaign_id}/close",
@@ -422,15 +278,15 @@ def create_app(
         status_code=202,
         response_model=None,
         responses={
-            202: _json(CloseAccepted, "Close command durably in Kafka."),
-            200: _json(CloseDecided, "Prefer: wait - the campaign is closed."),
-            **_WRITE,
+            202: json_content(CloseAccepted, "Close command durably in Kafka."),
+            200: json_content(CloseDecided, "Prefer: wait - the campaign is closed."),
+            **WRITE,
         },
-        openapi_extra=_body(CloseRequest),
+        openapi_extra=request_body(CloseRequest),
         tags=["campaigns"],
     )
     async def close_campaign(request: Request, campaign_id: str = _CampaignId) -> Response:
-        return await ingest().close(request, campaign_id)
+        return await ingest().close(request.scope, request.receive, campaign_id)
 
     @app.get(
         "/healthz",
@@ -447,13 +303,15 @@ def create_app(
         summary="Readiness: Kafka and Redis reachable",
         tags=["ops"],
         response_model=None,
-        responses={200: {"description": "ready"}, 503: _problem("not ready")},
+        responses={200: {"description": "ready"}, 503: problem_content("not ready")},
     )
     async def readyz() -> Response:
         service = state.get("ingest")
         if service is None:
             raise ProblemError("unavailable", "starting up")
-        kafka_ok, redis_ok = await asyncio.gather(service.bus.ready(), _redis_ok(service))
+        kafka_ok, redis_ok = await asyncio.gather(
+            service.ports.bus.ready(), service.ports.gate.ready()
+        )
         if not (kafka_ok and redis_ok):
             down = [name for name, ok in (("kafka", kafka_ok), ("redis", redis_ok)) if not ok]
             raise ProblemError("unavailable", "not reachable: " + ", ".join(down))
@@ -464,55 +322,19 @@ def create_app(
         summary="Prometheus metrics",
         tags=["ops"],
         response_model=None,
-        responses={200: _TEXT},
+        responses={200: TEXT},
     )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        components = schema.setdefault("components", {})
-        schemas = components.setdefault("schemas", {})
-        models: tuple[type[BaseModel], ...] = (
-            *_SCHEMA_MODELS,
-            CampaignAccepted,
-            CampaignDecided,
-            PledgeAccepted,
-            PledgeDecided,
-            CancelAccepted,
-            CancelDecided,
-            CloseAccepted,
-            CloseDecided,
-            BatchResponse,
-            CampaignView,
-            PledgeView,
-        )
-        for model in models:
-            model_schema = json_schema_of(model)
-            schemas.update(model_schema.pop("$defs", {}))
-            schemas[model.__name__] = model_schema
-        components["securitySchemes"] = {
-            "bearerAuth": {"type": "http", "scheme": "bearer", "description": "API key"}
-        }
-        for path, operations in schema["paths"].items():
-            if path.startswith("/v1/"):
-                for operation in operations.values():
-                    operation["security"] = [{"bearerAuth": []}]
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
 
     # The hot write routes are answered in front of FastAPI (see fastpath.py); their routes
     # above stay as the documentation and serve what the front passes on.
     app.front = FastWrites(
         lambda scope, receive, send: FastAPI.__call__(app, scope, receive, send),
         lambda: state.get("ingest"),
-        metrics,
+        request_metrics,
     )
     return app
 
@@ -537,8 +359,37 @@ def _tune_gc() -> None:
     gc.set_threshold(max(GC_GEN0_THRESHOLD, gc.get_threshold()[0]), gen1, gen2)
 
 
-async def _redis_ok(service: Ingest) -> bool:
+@asynccontextmanager
+async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterator[IngestPorts]:
+    """The Kafka and Redis adapters, started, for the app's lifetime."""
+    topics = settings.topics()
+    rm_keys = Keys(settings.topic_prefix)
+    client = aioredis.Redis.from_url(settings.redis_url, max_connections=64)
+    pipeline = AutoPipeline(client)
+    bus = CommandBus(
+        settings.kafka_bootstrap,
+        topics.commands,
+        flush_interval_ms=settings.api_produce_interval_ms,
+        on_produce=metrics.produce_latency.labels("command").observe,
+    )
+    store = IngestStore(
+        pipeline,
+        rm_keys,
+        rate_per_second=settings.api_rate_per_second,
+        burst=settings.api_rate_burst,
+        lock_seconds=settings.api_idempotency_lock_seconds,
+        ttl_seconds=settings.api_idempotency_ttl_seconds,
+    )
+    await store.load_scripts()
+    await bus.start()
     try:
-        return bool(await asyncio.wait_for(service.readmodel.client.ping(), 2.0))
-    except Exception:
-        return False
+        yield IngestPorts(
+            bus=bus,
+            gate=store,
+            decisions=RedisDecisions(pipeline, rm_keys),
+            reads=ReadModelStore(client, rm_keys),
+        )
+    finally:
+        await bus.stop()
+        await pipeline.aclose()
+        await client.aclose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.pledge.config import PledgeSettings
+from services.pledge.api.config import ApiSettings
 
 __all__ = ["cli"]
 
@@ -24,7 +24,7 @@ def run(
 
     from schemas.topics import Topics, ensure_topics
 
-    settings = PledgeSettings()
+    settings = ApiSettings()
     if not settings.api_keys:
         raise typer.BadParameter("PLEDGEFLOW_API_KEYS is empty: set tenant:key pairs")
     asyncio.run(

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -24,9 +23,21 @@ from pydantic import (
 )
 
 from schemas.events import CampaignKind, FundingModel, RevenueShare, SettlementMode
-from schemas.money import CURRENCY_EXPONENTS, FeeSchedule
+from schemas.money import FeeSchedule
+from schemas.pledge_fields import (
+    CURRENCIES,
+    ID_PATTERN,
+    MAX_AMOUNT_MINOR,
+    Currency,
+    Id,
+    Locale,
+    PositiveAmount,
+    Token,
+)
 
 __all__ = [
+    "CURRENCIES",
+    "ID_PATTERN",
     "MAX_AMOUNT_MINOR",
     "BatchItem",
     "BatchItemResult",
@@ -53,37 +64,10 @@ __all__ = [
     "TierView",
 ]
 
-#: Largest amount accepted (10^15 minor units): beyond any real pledge, far below 2^63.
-MAX_AMOUNT_MINOR = 10**15
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-CURRENCIES = sorted(CURRENCY_EXPONENTS)
-
-#: A client-chosen identifier: 1-128 characters of ``A-Z a-z 0-9 . _ : -``, not starting
-#: with a punctuation mark.
-Id = Annotated[StrictStr, StringConstraints(pattern=ID_PATTERN)]
-
-
-def _known_currency(code: str) -> str:
-    if code not in CURRENCY_EXPONENTS:
-        raise ValueError(
-            f"unknown currency code {code!r}: not an ISO 4217 code Pledgeflow supports"
-        )
-    return code
-
-
-Currency = Annotated[
-    StrictStr,
-    Field(json_schema_extra={"enum": CURRENCIES}, description="ISO 4217 code."),
-    AfterValidator(_known_currency),
-]
-PositiveAmount = Annotated[
-    StrictInt,
-    Field(gt=0, le=MAX_AMOUNT_MINOR, description="Integer minor units (cents), > 0."),
-]
-Token = Annotated[StrictStr, StringConstraints(min_length=1, max_length=500)]
+# The pledge fields' types and rules live in ``schemas.pledge_fields`` (one place, shared with
+# the hot routes' plain check); the bodies below compose them.
 Title = Annotated[StrictStr, StringConstraints(min_length=1, max_length=200)]
 Code = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-Locale = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,3}$")]
 
 
 class _Body(BaseModel):
@@ -156,9 +140,7 @@ class PledgeRequest(_Body):
     amount_minor: PositiveAmount
     currency: Currency
     tier_id: Id | None = None
-    payment_token: Annotated[StrictStr, StringConstraints(min_length=1, max_length=500)] | None = (
-        None
-    )
+    payment_token: Token | None = None
     locale: Locale | None = None
 
 

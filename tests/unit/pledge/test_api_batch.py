@@ -1,4 +1,5 @@
-"""The batch endpoint's plain-dict path agrees with the pydantic models and the command codec."""
+"""The hot routes' plain-dict path agrees with the pydantic models, and the command template
+with the command codec."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas.canonical import format_timestamp
-from schemas.commands import MakePledge, decode_command, encode_command
+from schemas.commands import MakePledge, MakePledgeTemplate, decode_command, encode_command
 from schemas.money import Money
-from services.pledge.api.batch import ItemEncoder, model_fields, plain_item
+from schemas.pledge_fields import plain_pledge
+from services.pledge.api.batch import model_fields, pending_result
 from services.pledge.api.models import BatchItem
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -63,11 +65,11 @@ def test_command_bytes_equal_the_encoded_make_pledge(
     overrides: dict[str, Any], tenant: str, correlation: str
 ) -> None:
     raw = orjson.loads(orjson.dumps({**ITEM, **overrides}))
-    fields = plain_item(raw)
+    fields = plain_pledge(raw)
     assert fields is not None
     model = BatchItem.model_validate(raw)
     assert fields == model_fields(model)
-    encoder = ItemEncoder(
+    encoder = MakePledgeTemplate(
         tenant_id=tenant, correlation_id=correlation, issued_at=format_timestamp(NOW)
     )
     cid = "0f1e2d3c-4b5a-5968-8776-a5b4c3d2e1f0"
@@ -77,7 +79,7 @@ def test_command_bytes_equal_the_encoded_make_pledge(
 
 
 def test_pending_text_equals_the_dumped_result() -> None:
-    text = ItemEncoder.pending(7, "c-1", "p-2")
+    text = pending_result(7, "c-1", "p-2")
     assert text.encode() == orjson.dumps(
         {
             "index": 7,
@@ -114,7 +116,7 @@ def test_pending_text_equals_the_dumped_result() -> None:
 )
 def test_what_the_plain_check_refuses_pydantic_refuses_too(overrides: dict[str, Any]) -> None:
     raw = {**ITEM, **overrides}
-    assert plain_item(raw) is None
+    assert plain_pledge(raw) is None
     with pytest.raises(ValidationError):
         BatchItem.model_validate(raw)
 
@@ -122,7 +124,7 @@ def test_what_the_plain_check_refuses_pydantic_refuses_too(overrides: dict[str, 
 @pytest.mark.parametrize("missing", ["campaign_id", "backer_id", "amount_minor", "currency"])
 def test_an_item_without_a_required_member_is_left_to_pydantic(missing: str) -> None:
     raw = {k: v for k, v in ITEM.items() if k != missing}
-    assert plain_item(raw) is None
+    assert plain_pledge(raw) is None
     with pytest.raises(ValidationError):
         BatchItem.model_validate(raw)
 
@@ -149,7 +151,7 @@ _value = st.one_of(
 def test_the_plain_check_accepts_only_what_pydantic_accepts_with_the_same_values(
     item: dict[str, Any],
 ) -> None:
-    fields = plain_item(item)
+    fields = plain_pledge(item)
     try:
         model = BatchItem.model_validate(item)
     except ValidationError:
@@ -165,7 +167,7 @@ def test_the_plain_check_accepts_only_what_pydantic_accepts_with_the_same_values
 def test_timestamp_text_equals_the_canonical_format(ns: int) -> None:
     from datetime import timedelta
 
-    from services.pledge.api.ingest import timestamp_text
+    from services.pledge.api.command_ids import timestamp_text
 
     second, rest = divmod(ns, 1_000_000_000)
     instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(

@@ -1,5 +1,5 @@
-"""Kafka plumbing of the processor: transactional producers, reading a partition of the log
-to its committed end, key -> partition, and the one place that shapes a dead letter.
+"""Kafka plumbing shared by every stream service: transactional producers, reading partitions
+of the log to their last stable offset, and key -> partition (Kafka's default partitioner).
 """
 
 from __future__ import annotations
@@ -7,25 +7,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from schemas.topics import SNAPSHOT_MAX_MESSAGE_BYTES
 
-__all__ = [
-    "DeadLetter",
-    "dead_letter",
-    "key_partition",
-    "read_to_end",
-    "transactional_producer",
-]
+__all__ = ["key_partition", "read_to_end", "transactional_producer"]
 
 log = logging.getLogger(__name__)
-
-#: ``(key, value, headers)`` of a message for the dead-letter topic.
-DeadLetter = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 # Batches big enough that one transaction of a few thousand events is a handful of requests.
 _MAX_BATCH_BYTES = 512 * 1024
@@ -53,19 +43,6 @@ def transactional_producer(
 def key_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2) gives ``key`` among ``partitions``."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def dead_letter(record: ConsumerRecord[Any, Any], cause: str, detail: str) -> DeadLetter:
-    """A dead letter for ``record``: its key and bytes unchanged, why and where in headers."""
-    value = record.value if isinstance(record.value, bytes) else b""
-    headers = [
-        ("dlq.cause", cause.encode()),
-        ("dlq.detail", detail[:2000].encode("utf-8", "replace")),
-        ("dlq.topic", record.topic.encode()),
-        ("dlq.partition", str(record.partition).encode()),
-        ("dlq.offset", str(record.offset).encode()),
-    ]
-    return record.key, value, headers
 
 
 async def read_to_end(

@@ -1,0 +1,54 @@
+"""Settings of the API process (env prefix ``PLEDGEFLOW_``; the same variable names as before).
+
+Extends the stream processes' :class:`~services.streams.config.StreamSettings` (Kafka, Redis,
+topic prefix, partitions). Built once at the entry point and passed down. ``create_app`` also
+accepts the service-wide ``PledgeSettings`` (tests and older callers build that) and keeps the
+fields it needs.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from services.streams.config import StreamSettings
+
+__all__ = ["ApiSettings", "api_settings"]
+
+
+class ApiSettings(StreamSettings):
+    """What the ingest API process needs to know about its surroundings."""
+
+    #: ``tenant:key`` pairs, comma separated; keys are hashed (SHA-256) when loaded.
+    api_keys: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    #: uvicorn worker processes of ``pledgeflow api run``.
+    api_workers: int = Field(default=1, ge=1)
+    #: Largest request body accepted (bytes); larger answers 413.
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: Token bucket per API key: sustained requests per second and burst size.
+    api_rate_per_second: float = Field(default=20_000.0, gt=0)
+    api_rate_burst: int = Field(default=40_000, ge=1)
+    #: How long a finished request's response is replayed for the same Idempotency-Key.
+    api_idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    #: How long an in-flight request holds its Idempotency-Key (a crashed request frees it).
+    api_idempotency_lock_seconds: int = Field(default=30, ge=1)
+    #: Upper bound of ``Prefer: wait=N``.
+    api_max_wait_seconds: int = Field(default=10, ge=0, le=60)
+    #: Least time between two produce requests of one API process (ms): under load the
+    #: requests of this period share one produce request; after a quiet period a command is
+    #: sent at once. Caps the produce-request rate, whose cost barely depends on its size.
+    api_produce_interval_ms: float = Field(default=4.0, ge=0, le=1000)
+    #: Most items in one ``POST /v1/pledges/batch``.
+    api_batch_max_items: int = Field(default=1000, ge=1)
+
+
+def api_settings(settings: BaseModel | None = None) -> ApiSettings:
+    """``settings`` as :class:`ApiSettings`: read from the environment when None, taken as
+    is when already one, else its same-named fields (e.g. of ``PledgeSettings``)."""
+    if settings is None:
+        return ApiSettings()
+    if isinstance(settings, ApiSettings):
+        return settings
+    values = settings.model_dump(include=set(ApiSettings.model_fields))
+    return ApiSettings(**values)

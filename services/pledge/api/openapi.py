@@ -1,0 +1,169 @@
+"""The API's OpenAPI document: response and header descriptions, the models it publishes.
+
+Handlers read and validate bodies themselves (see ``ingest.py``), so FastAPI does not see the
+request models; this module adds them (and the response models, the bearer scheme and the
+write headers) to ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from services.pledge.api.models import (
+    BatchRequest,
+    BatchResponse,
+    CampaignAccepted,
+    CampaignDecided,
+    CampaignView,
+    CancelAccepted,
+    CancelDecided,
+    CancelRequest,
+    CloseAccepted,
+    CloseDecided,
+    CloseRequest,
+    LaunchRequest,
+    PledgeAccepted,
+    PledgeDecided,
+    PledgeRequest,
+    PledgeView,
+    Problem,
+    json_schema_of,
+)
+from services.pledge.api.problems import PROBLEM_MEDIA_TYPE
+
+__all__ = [
+    "COMMON",
+    "TEXT",
+    "WRITE",
+    "build_openapi",
+    "json_content",
+    "problem_content",
+    "request_body",
+]
+
+_SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
+    LaunchRequest,
+    PledgeRequest,
+    BatchRequest,
+    CancelRequest,
+    CloseRequest,
+    Problem,
+)
+
+_HEADERS = [
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": True,
+        "description": "Unique per operation (1-255 visible ASCII). A retry with the same key "
+        "and body gets the first response; another body with the same key gets 422. "
+        "Kept 24 h.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    },
+    {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "description": "`wait=N` (N <= 10): wait up to N s for the processor's decision; "
+        "201/200 when accepted, 409 when refused, 202 when N elapsed first.",
+        "schema": {"type": "string", "pattern": "^wait=(10|[0-9])$"},
+    },
+]
+
+
+def problem_content(description: str) -> dict[str, Any]:
+    """A response documented as a problem document."""
+    return {
+        "description": description,
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+def _ref(model: type[BaseModel]) -> str:
+    return f"#/components/schemas/{model.__name__}"
+
+
+def json_content(model: type[BaseModel], description: str) -> dict[str, Any]:
+    """A response documented as ``model``."""
+    return {
+        "description": description,
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+        },
+    }
+
+
+TEXT = {
+    "description": "text exposition",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+COMMON: dict[int | str, dict[str, Any]] = {
+    401: problem_content("Missing or unknown API key."),
+    404: problem_content("No such campaign or pledge for this tenant."),
+    422: problem_content("Invalid field(s), named in `errors`."),
+    429: problem_content("Rate limit of the API key exceeded (see Retry-After)."),
+    500: problem_content("Unexpected server error."),
+    503: problem_content("Kafka or Redis unavailable; retry."),
+}
+WRITE: dict[int | str, dict[str, Any]] = {
+    **COMMON,
+    400: problem_content("Missing or malformed Idempotency-Key."),
+    409: problem_content(
+        "Refused by the processor (`reason`), or same Idempotency-Key in progress."
+    ),
+    413: problem_content("Body larger than 1 MiB."),
+    415: problem_content("Body is not application/json."),
+}
+
+
+def request_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """A write's headers and JSON body (``openapi_extra``)."""
+    return {
+        "parameters": _HEADERS,
+        "requestBody": {
+            "required": required,
+            "content": {"application/json": {"schema": {"$ref": _ref(model)}}},
+        },
+    }
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document: FastAPI's, plus every body model and the bearer scheme."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    models: tuple[type[BaseModel], ...] = (
+        *_SCHEMA_MODELS,
+        CampaignAccepted,
+        CampaignDecided,
+        PledgeAccepted,
+        PledgeDecided,
+        CancelAccepted,
+        CancelDecided,
+        CloseAccepted,
+        CloseDecided,
+        BatchResponse,
+        CampaignView,
+        PledgeView,
+    )
+    for model in models:
+        model_schema = json_schema_of(model)
+        schemas.update(model_schema.pop("$defs", {}))
+        schemas[model.__name__] = model_schema
+    components["securitySchemes"] = {
+        "bearerAuth": {"type": "http", "scheme": "bearer", "description": "API key"}
+    }
+    for path, operations in schema["paths"].items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation["security"] = [{"bearerAuth": []}]
+    app.openapi_schema = schema
+    return schema

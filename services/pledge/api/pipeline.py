@@ -1,0 +1,230 @@
+"""The steps every write shares after its body is read: gate, append, answer, store.
+
+A write: authenticate -> read and validate the body (:mod:`~services.pledge.api.reading`)
+-> :meth:`WritePipeline.gate` (rate limit, campaign ownership, Idempotency-Key reservation,
+in one atomic step) -> :meth:`~WritePipeline.send` the command and await ``acks=all`` ->
+the answer (``Prefer: wait``: the processor's decision, read from the read model through the
+:class:`~services.pledge.api.ports.DecisionReader`) -> :meth:`~WritePipeline.store` the
+response under the Idempotency-Key (queued, not awaited) -> the response leaves.
+
+Tenancy on writes: a campaign the read model knows and that belongs to another tenant answers
+404 without anything being sent. A campaign the read model does not know yet (launched a few
+milliseconds ago, or never) is not refused here: the command goes to the processor, which owns
+the truth and refuses with ``tenant_mismatch`` or ``campaign_not_found``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from services.pledge.api.ports import (
+    CommandLog,
+    DecisionReader,
+    GateResult,
+    IngestGate,
+    PendingPledge,
+)
+from services.pledge.api.problems import ProblemError, refusal
+from services.pledge.api.reading import Write
+from services.pledge.metrics_api import ApiMetrics
+
+__all__ = ["Accepted", "WritePipeline"]
+
+log = logging.getLogger("pledgeflow.api")
+
+_WAIT_STEPS = (0.002, 0.004, 0.008, 0.015, 0.025)
+
+#: The status and body of an accepted decision, from the decision document.
+Accepted = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+
+
+class WritePipeline:
+    """The shared steps of writes, over the ports."""
+
+    def __init__(
+        self,
+        *,
+        bus: CommandLog,
+        gate: IngestGate,
+        decisions: DecisionReader,
+        metrics: ApiMetrics,
+    ) -> None:
+        self.bus = bus
+        self.ingest_gate = gate
+        self.decisions = decisions
+        self.metrics = metrics
+
+    async def gate(
+        self, write: Write, campaign_ids: list[str], *, many: bool = False
+    ) -> GateResult:
+        """Run the gate: ``ok`` or ``replay``; any other outcome raises its problem."""
+        result = await self.ingest_gate.gate(
+            key_hash=write.principal.key_hash,
+            tenant_id=write.principal.tenant_id,
+            idempotency_key=write.idempotency_key,
+            fingerprint=write.fingerprint,
+            campaign_ids=campaign_ids,
+            many=many,
+        )
+        match result.outcome:
+            case "ok":
+                return result
+            case "replay":
+                self.metrics.idempotent_replays.labels(write.route).inc()
+                return result
+            case "rate_limited":
+                self.metrics.rate_limited.labels(write.route).inc()
+                seconds = max(1, math.ceil(result.retry_after_ms / 1000))
+                raise ProblemError(
+                    "rate-limited",
+                    f"rate limit of this API key exceeded; retry in {seconds} s",
+                    headers={"Retry-After": str(seconds)},
+                )
+            case "not_found":
+                raise ProblemError("not-found", "no such campaign")
+            case "mismatch":
+                raise ProblemError(
+                    "idempotency-key-reused",
+                    "this Idempotency-Key was used with another request body or path",
+                    errors=[
+                        {"field": "Idempotency-Key", "message": "already used for another request"}
+                    ],
+                )
+            case _:
+                raise ProblemError(
+                    "request-in-progress",
+                    "the first request with this Idempotency-Key has not finished; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+
+    async def send(self, write: Write, campaign_id: str, value: bytes) -> None:
+        """Append one command; unreachable log -> reservation released, 503."""
+        try:
+            await self.bus.send(campaign_id, value)
+        except Exception as exc:
+            log.warning("command not appended: %r", exc)
+            await self.release(write)
+            raise ProblemError(
+                "unavailable", "the command log is unavailable", headers={"Retry-After": "1"}
+            ) from None
+
+    async def send_all(self, write: Write, commands: Sequence[tuple[str, bytes]]) -> None:
+        """Append a batch's commands; any failure -> reservation released, 503 (a retry of
+        the whole batch is safe: items that did reach Kafka are ignored the second time)."""
+        try:
+            await self.bus.send_all(commands)
+        except Exception as exc:
+            log.warning("batch not appended: %r", exc)
+            await self.release(write)
+            raise ProblemError(
+                "unavailable",
+                "the command log is unavailable; retry the whole batch",
+                headers={"Retry-After": "1"},
+            ) from None
+
+    async def release(self, write: Write) -> None:
+        try:
+            await self.ingest_gate.release(
+                tenant_id=write.principal.tenant_id,
+                idempotency_key=write.idempotency_key,
+                fingerprint=write.fingerprint,
+            )
+        except Exception as exc:  # the reservation then expires after the lock time
+            log.warning("idempotency reservation not released: %r", exc)
+
+    def store(
+        self,
+        write: Write,
+        status: int,
+        payload: bytes,
+        pending: Sequence[PendingPledge] = (),
+    ) -> None:
+        """Keep the response for replays (and write the pending pledge rows): queued before
+        the answer leaves, not awaited (see :meth:`IngestGate.complete`)."""
+        self.ingest_gate.complete(
+            tenant_id=write.principal.tenant_id,
+            idempotency_key=write.idempotency_key,
+            fingerprint=write.fingerprint,
+            status=status,
+            body=payload,
+            pending_pledges=pending,
+        )
+
+    async def _decision(self, command_id: str, wait: int) -> dict[str, Any] | None:
+        """Poll the read model for the processor's decision on ``command_id`` for ``wait`` s."""
+        deadline = time.monotonic() + wait
+        step = 0
+        while True:
+            decision = await self.decisions.decision(command_id)
+            if decision is not None:
+                self.metrics.prefer_wait.labels(decision["outcome"]).inc()
+                return decision
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.metrics.prefer_wait.labels("timeout").inc()
+                return None
+            await asyncio.sleep(min(_WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)], remaining))
+            step += 1
+
+    async def decided(
+        self, write: Write, accepted: Accepted, headers: dict[str, str]
+    ) -> tuple[int, bytes] | None:
+        """Wait per ``Prefer: wait``; (status, body) of the decision, or None on timeout."""
+        if write.wait <= 0:
+            return None
+        headers["Preference-Applied"] = f"wait={write.wait}"
+        decision = await self._decision(write.command_id, write.wait)
+        if decision is None:
+            return None
+        if decision["outcome"] == "refused":
+            problem = refusal(decision.get("reason") or "refused", decision.get("detail") or "")
+            return problem.status, orjson.dumps(problem.body(None))
+        status, body = accepted(decision)
+        return status, orjson.dumps(body)
+
+    async def answer(
+        self,
+        write: Write,
+        accepted: Accepted,
+        ids: dict[str, str],
+        status_url: str,
+        headers: dict[str, str],
+        *,
+        location: bool,
+    ) -> tuple[int, bytes]:
+        """The answer to a write: the decision when waited for, else 202 + the status URL."""
+        decided = await self.decided(write, accepted, headers)
+        if decided is not None:
+            return decided
+        if location:
+            headers["Location"] = status_url
+        return 202, orjson.dumps({**ids, "status": "pending", "status_url": status_url})
+
+    async def pledge_answer(
+        self,
+        write: Write,
+        campaign_id: str,
+        pledge_id: str,
+        done_status: int,
+        done_label: str,
+        headers: dict[str, str],
+        *,
+        location: bool,
+    ) -> tuple[int, bytes]:
+        """:meth:`answer` for a pledge write (make or cancel)."""
+        ids = {"pledge_id": pledge_id, "campaign_id": campaign_id}
+        return await self.answer(
+            write,
+            lambda d: (done_status, {**ids, "status": done_label, "seq": d["seq"]}),
+            ids,
+            f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}",
+            headers,
+            location=location,
+        )

@@ -1,0 +1,126 @@
+"""The ports of the ingest API: what its handlers need from the outside, as small protocols.
+
+The handlers (:mod:`services.pledge.api.ingest`) see only these. Production plugs in the
+Kafka and Redis adapters (``services.pledge.adapters``); unit tests plug in in-memory fakes
+(``tests/unit/pledge/api/fakes.py``), so every handler rule is tested without servers, and
+the integration tests prove the real adapters. A protocol costs nothing per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from services.pledge.adapters.redis_readmodel import CampaignRow, PledgeRow
+
+__all__ = [
+    "CommandLog",
+    "DecisionReader",
+    "GateResult",
+    "IngestGate",
+    "IngestPorts",
+    "PendingPledge",
+    "ReadModelReader",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """What the gate decided: ``ok`` (reserved), ``replay``, ``in_progress``, ``mismatch``,
+    ``not_found``, ``rate_limited``."""
+
+    outcome: str
+    #: ``replay``: the stored response (3-digit status + body).
+    stored: bytes = b""
+    #: ``rate_limited``: milliseconds until a token is available.
+    retry_after_ms: int = 0
+    #: ``ok`` with ``many``: 0-based positions of the campaigns owned by another tenant.
+    foreign: tuple[int, ...] = ()
+
+
+#: A pending pledge row to write with a stored response: campaign id, pledge id, row JSON.
+PendingPledge = tuple[str, str, bytes]
+
+
+class CommandLog(Protocol):
+    """Appends commands to ``pledge-commands`` durably (``acks=all``); key = campaign id."""
+
+    async def send(self, campaign_id: str, value: bytes) -> None:
+        """Append one command; returns once every in-sync replica has it."""
+        ...
+
+    async def send_all(self, commands: Sequence[tuple[str, bytes]]) -> None:
+        """Append many commands (each whole or not at all); raises the first error."""
+        ...
+
+    async def ready(self) -> bool:
+        """True when the log answers."""
+        ...
+
+
+class IngestGate(Protocol):
+    """The per-request gate of writes (rate limit, campaign ownership, Idempotency-Key
+    reservation, atomically) and the stored responses replayed to retries."""
+
+    async def gate(
+        self,
+        *,
+        key_hash: str,
+        tenant_id: str,
+        idempotency_key: str,
+        fingerprint: str,
+        campaign_ids: list[str],
+        many: bool = False,
+    ) -> GateResult:
+        """Rate limit + ownership + reservation. ``many``: a campaign of another tenant is
+        reported in ``foreign`` instead of refusing the request (``not_found``)."""
+        ...
+
+    def complete(
+        self,
+        *,
+        tenant_id: str,
+        idempotency_key: str,
+        fingerprint: str,
+        status: int,
+        body: bytes,
+        pending_pledges: Sequence[PendingPledge] = (),
+    ) -> None:
+        """Store the response for replays and write the pending pledge rows (a row already
+        decided is left alone). Queued, not awaited: the command is already in the log."""
+        ...
+
+    async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
+        """Free a reservation whose command could not be sent."""
+        ...
+
+    async def ready(self) -> bool:
+        """True when the store answers."""
+        ...
+
+
+class DecisionReader(Protocol):
+    """The read model's record of what the processor decided on a command (``Prefer: wait``)."""
+
+    async def decision(self, command_id: str) -> dict[str, Any] | None:
+        """``{"outcome": "accepted"|"refused", "seq", ...}``, or None while undecided."""
+        ...
+
+
+class ReadModelReader(Protocol):
+    """The read model's rows behind the GET routes."""
+
+    async def campaign(self, campaign_id: str) -> CampaignRow | None: ...
+
+    async def pledge(self, campaign_id: str, pledge_id: str) -> PledgeRow | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPorts:
+    """Everything the handlers talk to."""
+
+    bus: CommandLog
+    gate: IngestGate
+    decisions: DecisionReader
+    reads: ReadModelReader

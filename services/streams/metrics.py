@@ -1,0 +1,66 @@
+"""Prometheus metrics of the stream runtime (``pledgeflow_stream_*``, ``pledgeflow_consumer_*``).
+
+Labels are group names, topic names and partition numbers from configuration and the topic
+registry (bounded), and cause codes from :class:`~services.streams.dead_letters.Cause`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+__all__ = ["StreamMetrics", "stream_metrics"]
+
+
+@dataclass(frozen=True)
+class StreamMetrics:
+    """What every stream reader reports."""
+
+    lag: Gauge
+    held: Gauge
+    dead_letters: Counter
+    records: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> StreamMetrics:
+        """Register the runtime's metrics in ``registry``."""
+        return cls(
+            lag=Gauge(
+                "pledgeflow_consumer_lag_records",
+                "Last stable offset minus the group's committed offset, per partition.",
+                ["group", "topic", "partition"],
+                registry=registry,
+            ),
+            held=Gauge(
+                "pledgeflow_stream_held_events",
+                "Events read but waiting for their predecessor (seq - 1), per group.",
+                ["group"],
+                registry=registry,
+            ),
+            dead_letters=Counter(
+                "pledgeflow_stream_dead_letters",
+                "Records routed to the group's dead-letter topic, by cause.",
+                ["group", "cause"],
+                registry=registry,
+            ),
+            records=Counter(
+                "pledgeflow_stream_records_read",
+                "Records read from the stream topics, per group.",
+                ["group"],
+                registry=registry,
+            ),
+        )
+
+
+_DEFAULT: StreamMetrics | None = None
+
+
+def stream_metrics(registry: CollectorRegistry | None = None) -> StreamMetrics:
+    """The runtime's metrics in ``registry`` (default: the process-wide one, created once)."""
+    global _DEFAULT
+    if registry is not None and registry is not REGISTRY:
+        return StreamMetrics.create(registry)
+    if _DEFAULT is None:
+        _DEFAULT = StreamMetrics.create(REGISTRY)
+    return _DEFAULT

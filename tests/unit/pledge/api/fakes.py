@@ -1,0 +1,186 @@
+"""In-memory fakes of the ingest API's ports (``services.pledge.api.ports``).
+
+They keep the real adapters' rules, so a handler behaves against them as against Kafka and
+Redis: the gate is a token bucket per API key, then campaign ownership (from the read model's
+campaign rows), then the Idempotency-Key (pending / done with the stored response / another
+fingerprint), all in one step as the Lua script does; completing stores the response and
+writes pending pledge rows that a decided row is not overwritten by. ``down`` makes the fake
+Redis unreachable (redis-py's ``ConnectionError``), ``failure`` makes the log refuse appends,
+``hold`` keeps appends waiting (a request in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from services.pledge.adapters.redis_readmodel import CampaignRow, PledgeRow
+from services.pledge.api.ports import GateResult, IngestPorts, PendingPledge
+
+
+class FakeCommandLog:
+    """The command topic as a list of ``(campaign_id, command bytes)``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.failure: Exception | None = None
+        self.hold: asyncio.Event | None = None
+        #: set once an append waits on ``hold``
+        self.holding = asyncio.Event()
+
+    async def _append(self, commands: Sequence[tuple[str, bytes]]) -> None:
+        if self.hold is not None:
+            self.holding.set()
+            await self.hold.wait()
+        if self.failure is not None:
+            raise self.failure
+        self.sent.extend(commands)
+
+    async def send(self, campaign_id: str, value: bytes) -> None:
+        await self._append([(campaign_id, value)])
+
+    async def send_all(self, commands: Sequence[tuple[str, bytes]]) -> None:
+        await self._append(commands)
+
+    async def ready(self) -> bool:
+        return self.failure is None
+
+
+@dataclass
+class FakeReadModel:
+    """Campaign and pledge rows, as the projector (and the API's pending rows) left them."""
+
+    campaigns: dict[str, CampaignRow] = field(default_factory=dict)
+    pledges: dict[tuple[str, str], PledgeRow] = field(default_factory=dict)
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    down: bool = False
+
+    def launched(self, campaign_id: str, tenant_id: str) -> None:
+        """A campaign the projector has shown as open, owned by ``tenant_id``."""
+        self.campaigns[campaign_id] = CampaignRow(
+            seq=1,
+            tenant_id=tenant_id,
+            doc={"campaign_id": campaign_id, "status": "open", "seq": 1},
+        )
+
+    def _reach(self) -> None:
+        if self.down:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Refused.")
+
+    async def campaign(self, campaign_id: str) -> CampaignRow | None:
+        self._reach()
+        return self.campaigns.get(campaign_id)
+
+    async def pledge(self, campaign_id: str, pledge_id: str) -> PledgeRow | None:
+        self._reach()
+        return self.pledges.get((campaign_id, pledge_id))
+
+    async def decision(self, command_id: str) -> dict[str, Any] | None:
+        self._reach()
+        return self.decisions.get(command_id)
+
+
+class FakeIngestGate:
+    """The gate and the stored responses, over a :class:`FakeReadModel` (one Redis)."""
+
+    def __init__(
+        self, readmodel: FakeReadModel, *, rate_per_second: float = 1e9, burst: int = 10**9
+    ) -> None:
+        self.readmodel = readmodel
+        self.rate = rate_per_second
+        self.burst = burst
+        #: key hash -> (tokens, at)
+        self.buckets: dict[str, tuple[float, float]] = {}
+        #: (tenant, key) -> ("P" | "D", fingerprint, stored response)
+        self.keys: dict[tuple[str, str], tuple[str, str, bytes]] = {}
+
+    async def gate(
+        self,
+        *,
+        key_hash: str,
+        tenant_id: str,
+        idempotency_key: str,
+        fingerprint: str,
+        campaign_ids: list[str],
+        many: bool = False,
+    ) -> GateResult:
+        self.readmodel._reach()
+        now = time.monotonic()
+        tokens, at = self.buckets.get(key_hash, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1:
+            self.buckets[key_hash] = (tokens, now)
+            return GateResult(
+                "rate_limited", retry_after_ms=math.ceil((1 - tokens) * 1000 / self.rate)
+            )
+        self.buckets[key_hash] = (tokens - 1, now)
+        foreign = tuple(
+            i
+            for i, campaign_id in enumerate(campaign_ids)
+            if (row := self.readmodel.campaigns.get(campaign_id)) is not None
+            and row.tenant_id
+            and row.tenant_id != tenant_id
+        )
+        if foreign and not many:
+            return GateResult("not_found")
+        current = self.keys.get((tenant_id, idempotency_key))
+        if current is not None:
+            state, stored_fingerprint, stored = current
+            if stored_fingerprint != fingerprint:
+                return GateResult("mismatch")
+            if state == "D":
+                return GateResult("replay", stored=stored)
+            return GateResult("in_progress")
+        self.keys[(tenant_id, idempotency_key)] = ("P", fingerprint, b"")
+        return GateResult("ok", foreign=foreign)
+
+    def complete(
+        self,
+        *,
+        tenant_id: str,
+        idempotency_key: str,
+        fingerprint: str,
+        status: int,
+        body: bytes,
+        pending_pledges: Sequence[PendingPledge] = (),
+    ) -> None:
+        self.keys[(tenant_id, idempotency_key)] = ("D", fingerprint, b"%03d" % status + body)
+        for campaign_id, pledge_id, doc in pending_pledges:
+            if (campaign_id, pledge_id) not in self.readmodel.pledges:
+                self.readmodel.pledges[(campaign_id, pledge_id)] = PledgeRow(
+                    status="pending", doc=orjson.loads(doc), refusal=None
+                )
+
+    async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
+        self.readmodel._reach()
+        if self.keys.get((tenant_id, idempotency_key)) == ("P", fingerprint, b""):
+            del self.keys[(tenant_id, idempotency_key)]
+
+    async def ready(self) -> bool:
+        return not self.readmodel.down
+
+
+@dataclass
+class FakePorts:
+    """One set of fakes sharing one "Redis"; :meth:`opened` is ``create_app``'s ``ports``."""
+
+    readmodel: FakeReadModel = field(default_factory=FakeReadModel)
+    bus: FakeCommandLog = field(default_factory=FakeCommandLog)
+    gate: FakeIngestGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = FakeIngestGate(self.readmodel)
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[IngestPorts]:
+        yield IngestPorts(
+            bus=self.bus, gate=self.gate, decisions=self.readmodel, reads=self.readmodel
+        )
