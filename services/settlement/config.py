@@ -8,10 +8,9 @@ from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.topics import Topics
 from services.settlement.domain import Policy
+from services.streams import StreamSettings
 
 __all__ = ["SettlementSettings", "parse_schedule"]
 
@@ -36,20 +35,9 @@ def parse_schedule(text: str) -> tuple[timedelta, ...]:
     return tuple(steps)
 
 
-class SettlementSettings(BaseSettings):
-    """Everything the settlement worker needs to know about its surroundings."""
-
-    model_config = SettingsConfigDict(env_prefix="PLEDGEFLOW_", extra="ignore")
-
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    #: Prepended to every topic name (tests use a unique prefix per test on a shared broker).
-    topic_prefix: str = ""
-    #: Partition count shared by every campaign-keyed topic (co-partitioning).
-    partitions: int = Field(default=6, ge=1)
-    #: Address and port of ``/metrics`` and ``/ready`` (port 0 = don't serve).
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(default=0, ge=0, le=65535)
+class SettlementSettings(StreamSettings):
+    """Everything the settlement worker needs to know about its surroundings (Kafka, Redis,
+    topic prefix, partitions and the metrics server come from :class:`StreamSettings`)."""
 
     #: Consumer group (and transactional id prefix) of the settlement worker.
     settlement_group: str = "settlement"
@@ -82,7 +70,3 @@ class SettlementSettings(BaseSettings):
     def policy(self) -> Policy:
         """The domain's policy from these settings."""
         return Policy(retry_schedule=parse_schedule(self.settlement_retry_schedule))
-
-    def topics(self) -> Topics:
-        """The topic registry under this prefix and partition count."""
-        return Topics(prefix=self.topic_prefix, partitions=self.partitions)
