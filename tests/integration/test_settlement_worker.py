@@ -197,3 +197,40 @@ async def test_a_failed_charge_then_refund_campaign_refunds_every_charge(settled
     assert audit_findings(campaign + settlement) == []
     counts = await settled_run.sandbox.campaign_counts("ctr-failed")
     assert all(c == {"collected": 1, "refunded_minor": 3_000} for c in counts.values())
+
+
+async def test_the_ledger_command_prints_the_settled_balances(settled_run: Run) -> None:
+    import os
+    import sys
+
+    import orjson
+
+    settings = settled_run.settings
+    env = {
+        **os.environ,
+        "PLEDGEFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "PLEDGEFLOW_TOPIC_PREFIX": settings.topic_prefix,
+        "PLEDGEFLOW_PARTITIONS": str(settings.partitions),
+    }
+    cli = [sys.executable, "-m", "services.cli", "ledger", "--campaign"]
+    process = await asyncio.create_subprocess_exec(
+        *cli, "aon-funded", "--json", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    statement = orjson.loads(out)
+    balances = {row["account"]: row for row in statement["ledger"]}
+    settled = statement["settled"]
+    payable = balances["creator_payable"]
+    assert payable["credit_minor"] - payable["debit_minor"] == settled["payout"]["amount_minor"]
+    assert balances["backer_funds"]["debit_minor"] == settled["gross"]["amount_minor"]
+    table = await asyncio.create_subprocess_exec(
+        *cli, "aon-funded", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    text, _ = await table.communicate()
+    assert b"platform_revenue" in text and b"settled funded" in text
+    missing = await asyncio.create_subprocess_exec(
+        *cli, "nope", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await missing.communicate()
+    assert missing.returncode == 1 and b"no settlement events for campaign 'nope'" in err
