@@ -234,3 +234,27 @@ async def test_the_ledger_command_prints_the_settled_balances(settled_run: Run) 
     )
     _, err = await missing.communicate()
     assert missing.returncode == 1 and b"no settlement events for campaign 'nope'" in err
+
+
+async def test_audit_verify_passes_on_the_real_streams(settled_run: Run) -> None:
+    import os
+    import sys
+
+    settings = settled_run.settings
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "audit", "verify", "--from-kafka",
+        "--bootstrap", settings.kafka_bootstrap, "--topic-prefix", settings.topic_prefix,
+        "--workers", "1", "--json",
+        env=dict(os.environ), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode == 0, (out[-2000:], err[-2000:])
+    import orjson
+
+    summary = orjson.loads(out)
+    expected = 0
+    for campaign_id in ("aon-funded", "aon-failed", "ctr-failed"):
+        campaign, settlement = await stream_of(settled_run, campaign_id)
+        expected += len(campaign) + len(settlement)
+    assert (summary["ok"], summary["campaigns"], summary["events"]) == (True, 3, expected)
+    assert "ledger_balanced" in summary["rules"] and summary["findings"] == []
