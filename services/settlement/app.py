@@ -183,6 +183,7 @@ class SettlementWorker:
             self.engine.drain(now, self._emit)
             self.engine.settle_ready(now, self._emit)
             await self._flush()
+            self._observe_waiting(now)
             if reader.assigned_partitions:
                 self.ready.set()
 
@@ -283,6 +284,8 @@ class SettlementWorker:
     def _replayed(self, envelope: Envelope) -> None:
         self.heads.apply(envelope)
         self.engine.apply(envelope)
+        if isinstance(envelope.payload, CampaignSettled):
+            self._closed_at.pop(envelope.campaign_id, None)
 
     async def _revoked(self, partitions: list[int]) -> None:
         gone = set(partitions)
@@ -297,6 +300,7 @@ class SettlementWorker:
 
         self.engine.forget(keep)
         self.heads.forget(lambda key: keep(key[0]))
+        self._closed_at = {c: at for c, at in self._closed_at.items() if keep(c)}
         await self._assign_commands()
 
     async def _assign_commands(self) -> None:
@@ -316,6 +320,11 @@ class SettlementWorker:
         kind = result.call.kind
         self.metrics.gateway_calls.labels(kind, "ok" if result.ok else "declined").inc()
         self.metrics.gateway_latency.labels(kind).observe(seconds)
+
+    def _observe_waiting(self, now: datetime) -> None:
+        oldest = min(self._closed_at.values(), default=None)
+        age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+        self.metrics.oldest_unsettled.set(age)
 
     def _unavailable(self, call: GatewayCall) -> None:
         self.metrics.gateway_unavailable.inc()

@@ -28,6 +28,7 @@ class SettlementMetrics:
     settled_minor: Counter
     campaigns_settled: Counter
     close_to_settled: Histogram
+    oldest_unsettled: Gauge
     events: Counter
 
 
@@ -78,6 +79,11 @@ def settlement_metrics(registry: CollectorRegistry = REGISTRY) -> SettlementMetr
             "pledgeflow_settlement_close_to_settled_seconds",
             "Time from CampaignClosed to CampaignSettled",
             buckets=_SETTLE_BUCKETS,
+            registry=registry,
+        ),
+        oldest_unsettled=Gauge(
+            "pledgeflow_settlement_oldest_unsettled_close_age_seconds",
+            "Age of the oldest CampaignClosed not settled yet (0 when none is waiting)",
             registry=registry,
         ),
         events=Counter(

@@ -20,6 +20,7 @@ from services.pledge.config import PledgeSettings
 from services.pledge.metrics import ProcessorMetrics
 from services.pledge.metrics_api import ApiMetrics
 from services.pledge.metrics_readmodel import ReadModelMetrics
+from services.settlement.metrics import settlement_metrics
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = REPO / "deploy" / "k8s" / "base"
@@ -47,6 +48,7 @@ def _exported_series() -> set[str]:
     ProcessorMetrics.create(registry)
     ApiMetrics.create(registry)
     ReadModelMetrics.create(registry)
+    settlement_metrics(registry)
     names = set()
     for family in registry.collect():
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
