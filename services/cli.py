@@ -13,8 +13,8 @@ def _register() -> None:
     from services.audit.cli import app as audit_app
     from services.ops.cli import app as deploy_app
     from services.pledge.api.cli import cli as api_app
-    from services.pledge.app import processor_app
-    from services.pledge.readmodel import readmodel_cli
+    from services.pledge.processor.app import processor_app
+    from services.pledge.projector import readmodel_cli
     from services.settlement.cli import app as settlement_app
     from services.settlement.cli import ledger
 
