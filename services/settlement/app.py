@@ -110,6 +110,8 @@ class SettlementWorker:
         self._commands: AIOKafkaConsumer | None = None
         self._reader: OrderedStreamReader | None = None
         self._stop = asyncio.Event()
+        #: Held by a turn and by the rebalance hooks (see _loop).
+        self._turn = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._registry = registry
         #: Set once partitions are owned and a first turn has run (tests wait on it).
@@ -173,17 +175,20 @@ class SettlementWorker:
         tick = self.settings.settlement_tick_seconds
         while not self._stop.is_set():
             await reader.step(timeout_ms=0 if self.engine.in_flight else int(tick * 500))
-            await self._read_commands()
-            now = self.clock()
-            self.engine.launch(now)
-            self.metrics.in_flight.set(self.engine.in_flight)
-            if self.engine.in_flight:
-                await self.engine.wait(tick)
-            now = self.clock()
-            self.engine.drain(now, self._emit)
-            self.engine.settle_ready(now, self._emit)
-            await self._flush()
-            self._observe_waiting(now)
+            # aiokafka runs the rebalance hooks from its coordinator task, at any await: the
+            # turn (stamping on the chain heads, writing) and a rebuild never interleave.
+            async with self._turn:
+                await self._read_commands()
+                now = self.clock()
+                self.engine.launch(now)
+                self.metrics.in_flight.set(self.engine.in_flight)
+                if self.engine.in_flight:
+                    await self.engine.wait(tick)
+                now = self.clock()
+                self.engine.drain(now, self._emit)
+                self.engine.settle_ready(now, self._emit)
+                await self._flush()
+                self._observe_waiting(now)
             if reader.assigned_partitions:
                 self.ready.set()
 
@@ -260,6 +265,10 @@ class SettlementWorker:
     # --- partitions ----------------------------------------------------------------------
 
     async def _assigned(self, partitions: list[int]) -> None:
+        async with self._turn:
+            await self._rebuild(partitions)
+
+    async def _rebuild(self, partitions: list[int]) -> None:
         bootstrap = self.settings.kafka_bootstrap
         for partition in partitions:
             writer = PartitionWriter(bootstrap, self.group, partition)
@@ -288,6 +297,10 @@ class SettlementWorker:
             self._closed_at.pop(envelope.campaign_id, None)
 
     async def _revoked(self, partitions: list[int]) -> None:
+        async with self._turn:
+            await self._release(partitions)
+
+    async def _release(self, partitions: list[int]) -> None:
         gone = set(partitions)
         for partition in partitions:
             writer = self.writers.pop(partition, None)

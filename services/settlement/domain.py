@@ -19,6 +19,10 @@ No I/O, no clock, no randomness: the worker passes ``now`` in. Two functions ove
 Money: commission is ``bps_of(gross, commission_bps)``, a capture's fee is the campaign's
 ``FeeSchedule.fee_for`` (capped at the amount), payout = gross - commission - fees; each event
 carries the ledger lines of ``schemas.ledger``. The refund fee policy is in docs/settlement.md.
+
+One module (over the usual size) on purpose: ``plan`` and ``decide`` share the per-pledge rules
+(why money must not be collected, retry timing, which refund is automatic, what resolves a
+pledge); split apart, each half would reach into the other's private helpers.
 """
 
 from __future__ import annotations

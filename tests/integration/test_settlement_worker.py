@@ -239,8 +239,30 @@ async def test_the_ledger_command_prints_the_settled_balances(settled_run: Run) 
 async def test_audit_verify_passes_on_the_real_streams(settled_run: Run) -> None:
     import os
     import sys
+    from collections import Counter
+
+    from aiokafka import TopicPartition
+
+    from schemas.codec import decode_raw
+    from services.streams import read_to_end
 
     settings = settled_run.settings
+    topics = settings.topics()
+    # The log itself first: no (campaign, stream, seq) is stored twice.
+    stored: Counter[tuple[str, str, int]] = Counter()
+
+    def count(record: object) -> None:
+        raw = decode_raw(record.value)  # type: ignore[attr-defined]
+        stored[(raw["campaign_id"], raw["stream"], raw["seq"])] += 1
+
+    tps = [
+        TopicPartition(topic, p)
+        for stream in ("campaign", "settlement")
+        for topic in topics.for_stream(stream)  # type: ignore[arg-type]
+        for p in range(settings.partitions)
+    ]
+    await read_to_end(settings.kafka_bootstrap, tps, count)
+    assert [key for key, n in stored.items() if n > 1] == []
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "audit", "verify", "--from-kafka",
         "--bootstrap", settings.kafka_bootstrap, "--topic-prefix", settings.topic_prefix,
@@ -248,7 +270,7 @@ async def test_audit_verify_passes_on_the_real_streams(settled_run: Run) -> None
         env=dict(os.environ), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await process.communicate()
-    assert process.returncode == 0, (out[-2000:], err[-2000:])
+    assert process.returncode == 0, (out[-6000:], err[-2000:])
     import orjson
 
     summary = orjson.loads(out)
