@@ -110,8 +110,8 @@ class SettlementWorker:
         self._commands: AIOKafkaConsumer | None = None
         self._reader: OrderedStreamReader | None = None
         self._stop = asyncio.Event()
-        #: Held by a turn and by the rebalance hooks (see _loop).
-        self._turn = asyncio.Lock()
+        #: Partition changes noted by the rebalance hooks, applied between turns (see _loop).
+        self._changes: list[tuple[str, list[int]]] = []
         self._task: asyncio.Task[None] | None = None
         self._registry = registry
         #: Set once partitions are owned and a first turn has run (tests wait on it).
@@ -175,20 +175,21 @@ class SettlementWorker:
         tick = self.settings.settlement_tick_seconds
         while not self._stop.is_set():
             await reader.step(timeout_ms=0 if self.engine.in_flight else int(tick * 500))
-            # aiokafka runs the rebalance hooks from its coordinator task, at any await: the
-            # turn (stamping on the chain heads, writing) and a rebuild never interleave.
-            async with self._turn:
-                await self._read_commands()
-                now = self.clock()
-                self.engine.launch(now)
-                self.metrics.in_flight.set(self.engine.in_flight)
-                if self.engine.in_flight:
-                    await self.engine.wait(tick)
-                now = self.clock()
-                self.engine.drain(now, self._emit)
-                self.engine.settle_ready(now, self._emit)
-                await self._flush()
-                self._observe_waiting(now)
+            # aiokafka runs the rebalance hooks from its coordinator task, at any await: they
+            # only note the change, applied here between turns (never between a stamp on the
+            # chain heads and its write).
+            await self._apply_partition_changes()
+            await self._read_commands()
+            now = self.clock()
+            self.engine.launch(now)
+            self.metrics.in_flight.set(self.engine.in_flight)
+            if self.engine.in_flight:
+                await self.engine.wait(tick)
+            now = self.clock()
+            self.engine.drain(now, self._emit)
+            self.engine.settle_ready(now, self._emit)
+            await self._flush()
+            self._observe_waiting(now)
             if reader.assigned_partitions:
                 self.ready.set()
 
@@ -265,11 +266,24 @@ class SettlementWorker:
     # --- partitions ----------------------------------------------------------------------
 
     async def _assigned(self, partitions: list[int]) -> None:
-        async with self._turn:
-            await self._rebuild(partitions)
+        self._changes.append(("assigned", partitions))
+
+    async def _revoked(self, partitions: list[int]) -> None:
+        self._changes.append(("revoked", partitions))
+
+    async def _apply_partition_changes(self) -> None:
+        changes, self._changes = self._changes, []
+        for change, partitions in changes:
+            if change == "revoked":
+                await self._release(partitions)
+            else:
+                await self._rebuild(partitions)
 
     async def _rebuild(self, partitions: list[int]) -> None:
         bootstrap = self.settings.kafka_bootstrap
+        # Start from nothing: what the reader handed over before this rebuild is in the log
+        # the replay reads (the reader then skips what the replay applied).
+        await self._release(partitions)
         for partition in partitions:
             writer = PartitionWriter(bootstrap, self.group, partition)
             await writer.start()
@@ -295,10 +309,6 @@ class SettlementWorker:
         self.engine.apply(envelope)
         if isinstance(envelope.payload, CampaignSettled):
             self._closed_at.pop(envelope.campaign_id, None)
-
-    async def _revoked(self, partitions: list[int]) -> None:
-        async with self._turn:
-            await self._release(partitions)
 
     async def _release(self, partitions: list[int]) -> None:
         gone = set(partitions)

@@ -125,7 +125,11 @@ class SettlementEngine:
     def apply(self, envelope: Envelope) -> None:
         """Fold one envelope (campaign or settlement stream, in seq order)."""
         campaign_id = envelope.campaign_id
-        evolve(self.state(campaign_id), envelope)
+        state = self.state(campaign_id)
+        last = state.campaign_seq if envelope.stream == "campaign" else state.settlement_seq
+        if envelope.seq <= last:
+            return  # already folded (a replay and the reader may both hand it over)
+        evolve(state, envelope)
         payload = envelope.payload
         pledge_id = getattr(payload, "pledge_id", None)
         if isinstance(payload, CampaignClosed | PledgeCaptureFailed):

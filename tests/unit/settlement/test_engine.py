@@ -159,3 +159,16 @@ async def test_a_restarted_engine_asks_again_and_the_gateway_replays_its_answer(
     assert sum(isinstance(e, PledgeCaptured) for e in log.events) == 1
     assert gateway.collected["camp-1/p1"] == 1
     assert len(gateway.executed) == 1  # the second ask was answered from the key
+
+
+def test_an_envelope_folded_twice_is_applied_once() -> None:
+    # A rebuild's replay and the ordered reader may both hand over the same event.
+    engine = SettlementEngine(MemoryGateway(), Policy())
+    book = CampaignBook(goal_minor=10**9).launch()
+    book.pledge("p1", 2_000)
+    book.cancel("p1")
+    for envelope in book.log + book.log[:2]:
+        engine.apply(envelope)
+    state = engine.states["camp-1"]
+    assert state.pledges["p1"].cancelled  # the second PledgeMade did not reset it
+    assert state.campaign_seq == len(book.log)
