@@ -489,6 +489,28 @@ async def cleanup(prefix: str, topics: list[str]) -> None:
         await admin.close()
 
 
+def launch_campaigns(url: str, count: int) -> None:
+    """Launch ``c-0`` .. ``c-<count-1>``: the API answers 404 to pledges for a campaign that
+    was never launched (no processor runs here; the API's launch marker lets them in)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for i in range(count):
+            response = client.post(
+                "/v1/campaigns",
+                headers={"Authorization": f"Bearer {KEY}", "Idempotency-Key": f"launch-c-{i}"},
+                json={
+                    "campaign_id": f"c-{i}",
+                    "title": "Bench",
+                    "creator_id": "u-1",
+                    "goal": {"amount_minor": 10**9, "currency": "EUR"},
+                    "deadline": "2099-12-31T23:59:59Z",
+                    "funding_model": "all_or_nothing",
+                },
+            )
+            assert response.status_code == 202, response.text
+
+
 def main() -> None:
     prefix = f"bench-api-{uuid.uuid4().hex[:6]}."
     topics = asyncio.run(create_topics(prefix))
@@ -519,6 +541,8 @@ def main() -> None:
             server = Server(target, workers, env)
             try:
                 server.wait_ready()
+                if name == "real":
+                    launch_campaigns(server.url, 100)
                 run_wrk(server.url, path, body, CONNECTIONS, 2)  # warm-up
                 # CPU per request of the server: robust to other load on the machine, where
                 # req/s is not (the figures below record the load average too).

@@ -22,6 +22,8 @@ __all__ = [
     "CONSUMERS",
     "DEFAULT_PARTITIONS",
     "DLQ_RETENTION_MS",
+    "PAYMENT_TOKENS_TOPIC",
+    "PAYMENT_TOKEN_RETENTION_MS",
     "SETTLEMENT_COMMANDS_TOPIC",
     "SNAPSHOTS_TOPIC",
     "SNAPSHOT_MAX_MESSAGE_BYTES",
@@ -40,6 +42,13 @@ SNAPSHOTS_TOPIC = "pledge-snapshots"
 #: Signed chain heads, one record per tenant (key), compacted to the latest of each
 #: (services.audit.checkpoints; exports keep every one they saw).
 CHECKPOINTS_TOPIC = "audit-checkpoints"
+#: Payment tokens, out of the immutable log: key ``<tenant>/<campaign>/<pledge>`` (the pledge's
+#: identity, which ``PledgeMade`` carries), value the token. Compacted, so a tombstone (written
+#: by settlement once the pledge no longer needs it) erases it, and deleted after
+#: :data:`PAYMENT_TOKEN_RETENTION_MS` anyway (a refused pledge's token is never needed).
+PAYMENT_TOKENS_TOPIC = "payment-tokens"
+#: 400 days: past any campaign's deadline plus the settlement retries (+1/+3/+7 days).
+PAYMENT_TOKEN_RETENTION_MS = 400 * 24 * 3600 * 1000
 #: Largest record of the snapshot topic. A campaign's snapshot is ~51 bytes per pledge after
 #: compression, so the broker's default 1 MiB stopped snapshots at ~18,000 pledges; 16 MiB
 #: holds ~300,000 (more backers than any crowdfunding campaign has had).
@@ -50,7 +59,7 @@ DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: ``pledge-commands.dlq``, named after the topic it reads).
 CONSUMERS: tuple[str, ...] = ("settlement", "notify", "readmodel", "audit")
 
-TopicKind = Literal["event", "command", "snapshot", "dead_letter", "checkpoint"]
+TopicKind = Literal["event", "command", "snapshot", "dead_letter", "checkpoint", "secret"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +70,7 @@ class TopicSpec:
     kind: TopicKind
     partitions: int
     retention_ms: int
-    cleanup_policy: Literal["delete", "compact"]
+    cleanup_policy: Literal["delete", "compact", "compact,delete"]
     key: str = "campaign_id"
     stream: Stream | None = None
     event_types: tuple[str, ...] = ()
@@ -124,6 +133,18 @@ class Topics:
                 replication_factor=replication_factor,
             )
         )
+        specs.append(
+            TopicSpec(
+                name=prefix + PAYMENT_TOKENS_TOPIC,
+                kind="secret",
+                partitions=self.partitions,
+                retention_ms=PAYMENT_TOKEN_RETENTION_MS,
+                cleanup_policy="compact,delete",
+                key="pledge",
+                replication_factor=replication_factor,
+                extra_config=(("min.cleanable.dirty.ratio", "0.1"),),
+            )
+        )
         specs.extend(
             self._spec(f"{consumer}.dlq", "dead_letter", DLQ_RETENTION_MS, "delete")
             for consumer in CONSUMERS
@@ -178,6 +199,11 @@ class Topics:
     def checkpoints(self) -> str:
         """The compacted topic of signed checkpoints (key: tenant id)."""
         return self.prefix + CHECKPOINTS_TOPIC
+
+    @property
+    def payment_tokens(self) -> str:
+        """The compacted, erasable topic of payment tokens (key: ``<campaign>/<pledge>``)."""
+        return self.prefix + PAYMENT_TOKENS_TOPIC
 
     @property
     def snapshots(self) -> str:

@@ -14,10 +14,18 @@ Public API: :class:`CampaignState` (with JSON-safe ``to_snapshot``/``from_snapsh
 
 Representation choices the rest of the system relies on:
 
-* **Idempotency.** Every event's ``causation_id`` (the command id) is remembered; a command
-  seen again yields no event. A pledge id seen before - accepted, cancelled, or refused for a
-  reason other than ``tenant_mismatch`` - also yields no event, whatever the command id (a
-  foreign tenant must not be able to squat another tenant's pledge ids).
+* **Idempotency.** Every event's ``causation_id`` (the command id) is remembered for
+  :data:`DEDUP_HORIZON` after its event (folded from the events' ``occurred_at``, so replay
+  forgets exactly what the live state forgot); a command seen again within it yields no event.
+  The horizon is 7 days, past the API's 24 h idempotency window (inside it a retry is answered
+  from Redis and never reaches the log). Forgetting a command id never allows a second
+  effect: a pledge id is remembered for the campaign's life (below), cancelling a cancelled
+  pledge or launching a launched campaign is refused, closing a closed one yields nothing - an
+  older duplicate can at most add a refusal event.
+* **Pledge ids.** A pledge id seen before - accepted, cancelled, or refused for a reason other
+  than ``tenant_mismatch`` - yields no event, whatever the command id. Campaign ids are
+  tenant-qualified (:mod:`schemas.tenancy`), so another tenant cannot even name this
+  campaign's pledge ids.
 * **Refusals of non-pledge commands** travel as ``PledgeRejected`` too (the contract's only
   refusal event; the API waits for an event caused by its command): a refused
   ``LaunchCampaign`` or ``CloseCampaign`` carries ``pledge_id = command_id``; a launch refusal
@@ -66,6 +74,7 @@ from schemas.events import (
 from schemas.money import Money
 
 __all__ = [
+    "DEDUP_HORIZON",
     "FINAL_PLEDGE_REFUSALS",
     "UNKNOWN_BACKER",
     "CampaignState",
@@ -86,6 +95,9 @@ __all__ = [
 Command = LaunchCampaign | MakePledge | CancelPledge | CloseCampaign
 PledgeStatus = Literal["active", "cancelled", "rejected"]
 CampaignStatus = Literal["absent", "open", "closed"]
+
+#: How long a campaign remembers a command id after its event (see the module docstring).
+DEDUP_HORIZON = timedelta(days=7)
 
 #: ``backer_id`` of a refusal that concerns no known backer (cancelling an unknown pledge).
 UNKNOWN_BACKER = "unknown"
@@ -154,8 +166,9 @@ class CampaignState:
     pledges: dict[str, PledgeRecord] = field(default_factory=dict)
     #: Active pledges per tier id (only tiers with a pledge appear).
     tier_used: dict[str, int] = field(default_factory=dict)
-    #: Causation ids of every event applied: a command seen again yields nothing.
-    processed: set[str] = field(default_factory=set)
+    #: Causation id -> ``occurred_at`` of its first event, oldest first, for the last
+    #: :data:`DEDUP_HORIZON`: a command seen again within it yields nothing.
+    processed: dict[str, datetime] = field(default_factory=dict)
     #: ``tier_id -> (min_amount_minor, quantity_limit)``, derived from ``terms``.
     _tiers: dict[str, tuple[int, int | None]] = field(default_factory=dict, repr=False)
     #: ``terms``' tenant, deadline, currency and goal, read by every pledge decision (a slot
@@ -194,7 +207,7 @@ class CampaignState:
                 for pid, p in sorted(self.pledges.items())
             },
             "tier_used": dict(sorted(self.tier_used.items())),
-            "processed": sorted(self.processed),
+            "processed": [[c, (at - _EPOCH) // _MICROSECOND] for c, at in self.processed.items()],
         }
 
     @classmethod
@@ -217,11 +230,28 @@ class CampaignState:
                 for pid, (status, amount, tier, backer) in data["pledges"].items()
             },
             tier_used=dict(data["tier_used"]),
-            processed=set(data["processed"]),
+            processed=_processed(data["processed"]),
         )
         if state.terms is not None:
             _launched(state, state.terms)
         return state
+
+
+def _processed(entries: list[Any]) -> dict[str, datetime]:
+    """The ``processed`` map of a snapshot: ``[[id, epoch µs], ...]``; a snapshot written
+    before the horizon existed holds bare ids, kept as seen at the epoch (the next event
+    forgets them: a duplicate that old can at most add a refusal, see the module docstring)."""
+    out: dict[str, datetime] = {}
+    for entry in entries:
+        if isinstance(entry, str):
+            out[entry] = _EPOCH
+        else:
+            out[entry[0]] = _EPOCH + entry[1] * _MICROSECOND
+    return out
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _launched(state: CampaignState, terms: CampaignLaunched) -> None:
@@ -644,7 +674,13 @@ def evolve(state: CampaignState, envelope: Envelope) -> CampaignState:
             raise OutOfOrderEvent(f"{envelope.event_type} is not a campaign-stream event")
     state.seq = seq
     state.last_hash = fields["hash"]
-    state.processed.add(fields["causation_id"])
+    processed = state.processed
+    occurred_at = fields["occurred_at"]
+    processed.setdefault(fields["causation_id"], occurred_at)
+    # Forget command ids older than the horizon (oldest first: events come in seq order).
+    horizon = occurred_at - DEDUP_HORIZON
+    while processed[oldest := next(iter(processed))] < horizon:
+        del processed[oldest]
     return state
 
 

@@ -30,6 +30,7 @@ class ApiMetrics:
     produce_latency: Histogram
     prefer_wait: Counter
     batch_items: Counter
+    redis_out_of_memory: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ApiMetrics:
@@ -77,6 +78,11 @@ class ApiMetrics:
                 "pledgeflow_api_batch_items",
                 "Items of POST /v1/pledges/batch, by result (pending, invalid, not_found).",
                 ["result"],
+                registry=registry,
+            ),
+            redis_out_of_memory=Counter(
+                "pledgeflow_api_redis_out_of_memory",
+                "Requests answered 503 because Redis refused a write at its maxmemory.",
                 registry=registry,
             ),
         )

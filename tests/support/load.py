@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from schemas.tenancy import local_id
 from services.pledge.config import PledgeSettings
 from tests.support.api import events_of, pledge_body, write_headers
 
@@ -83,7 +84,8 @@ class RetryingLoad:
 async def pledges_made(settings: PledgeSettings, campaign_id: str) -> list[str]:
     """The pledge ids of every committed ``PledgeMade`` of the campaign, repeats included."""
     made = await events_of(settings, "PledgeMade")
-    return [e.payload.pledge_id for e in made if e.campaign_id == campaign_id]
+    # Events name the campaign by its tenant-qualified id (schemas.tenancy).
+    return [e.payload.pledge_id for e in made if local_id(e.campaign_id) == campaign_id]
 
 
 async def assert_made_exactly_once(

@@ -24,7 +24,10 @@ if ! command -v redis-server >/dev/null; then
   fi
 fi
 mkdir -p "$data"
+# maxmemory + noeviction: at the limit writes are refused (the API answers 503 and counts it)
+# rather than idempotency keys or read-model rows being evicted silently.
 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  --maxmemory "${PLEDGEFLOW_REDIS_MAXMEMORY:-512mb}" --maxmemory-policy noeviction \
   --dir "$data" --pidfile "$data/redis.pid" --logfile "$data/redis.log"
 "$py" "$here/../wait_ready.py" redis "127.0.0.1:$port" --timeout 30
 echo "redis: ready at 127.0.0.1:$port ($(redis-server --version | awk '{print $3}'))"

@@ -2,9 +2,10 @@
 
 One EVALSHA per write request (pipelined with the other requests in flight) does, atomically:
 
-1. the per-key token bucket (429 with a retry delay when empty);
-2. ownership of the campaigns the request touches (a campaign the read model knows and that
-   belongs to another tenant answers 404 - nothing is reserved);
+1. the per-key token bucket (429 with a retry delay when empty; a batch pays per item);
+2. existence of the campaigns the request touches, for this tenant (a campaign neither the
+   read model nor a launch accepted by the API knows answers 404 - nothing is reserved, and
+   nothing reaches the processor, so an unknown campaign id leaves no lasting state);
 3. the Idempotency-Key: absent -> reserved with a *pending* marker that expires after the lock
    time (so a crashed request frees it); pending with the same fingerprint -> in progress (409);
    finished with the same fingerprint -> the stored response; another fingerprint -> mismatch.
@@ -26,49 +27,71 @@ from services.pledge.api.ports import GateResult, PendingPledge
 
 log = logging.getLogger("pledgeflow.api")
 
-__all__ = ["COMPLETE_SCRIPT", "GATE_SCRIPT", "GateResult", "IngestStore"]
+__all__ = ["CHARGE_SCRIPT", "COMPLETE_SCRIPT", "GATE_SCRIPT", "GateResult", "IngestStore"]
 
-# KEYS[1] bucket, KEYS[2] idempotency key, KEYS[3..] campaign hashes whose owner is checked.
-# ARGV[1] rate/s, ARGV[2] burst, ARGV[3] fingerprint (64 hex), ARGV[4] lock ms, ARGV[5] tenant,
-# ARGV[6] 'one' (a foreign campaign refuses the request) or 'many' (reported per campaign),
-# ARGV[7] token cost.
-GATE_SCRIPT = LuaScript(
-    """
+# The token bucket of one API key: KEYS[1] bucket; ARGV[1] rate/s, ARGV[2] burst, ARGV[3] cost.
+# Leaves ``ok`` (the tokens were taken) or returns {'rate_limited', ms until enough tokens}.
+_BUCKET = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[7])
+local cost = tonumber(ARGV[3])
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(b[1])
 local ts = tonumber(b[2])
 if tokens == nil or ts == nil then tokens = burst; ts = now end
 if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000); ts = now end
-if tokens < cost then
-  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', ts)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-  return {'rate_limited', math.ceil((cost - tokens) * 1000 / rate)}
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - cost), 'ts', ts)
+local ok = tokens >= cost
+if ok then tokens = tokens - cost end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', ts)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-local foreign = {}
-for i = 3, #KEYS do
-  local owner = redis.call('HGET', KEYS[i], 'tenant')
-  if owner and owner ~= ARGV[5] then foreign[#foreign + 1] = i - 2 end
+if not ok then
+  return {'rate_limited', math.ceil((math.min(cost, burst) - tokens) * 1000 / rate)}
 end
-if ARGV[6] == 'one' and #foreign > 0 then return {'not_found'} end
+"""
+
+# KEYS[1] bucket, KEYS[2] idempotency key, then n campaign hashes and their n launch markers.
+# ARGV[1] rate/s, ARGV[2] burst, ARGV[3] token cost, ARGV[4] fingerprint (64 hex), ARGV[5]
+# lock ms, ARGV[6] tenant, ARGV[7] 'one' (a missing campaign refuses the request), 'many'
+# (missing campaigns are reported by position) or 'launch' (no campaign needs to exist; the
+# launch marker is written), ARGV[8] launch marker TTL s.
+# A campaign exists for the tenant when the projector recorded it as the tenant's, or the
+# API accepted the tenant's launch of it (marker). Another tenant's campaign and a campaign
+# that does not exist are the same answer: with qualified ids the first cannot even be named.
+GATE_SCRIPT = LuaScript(
+    _BUCKET
+    + """
+local n = (#KEYS - 2) / 2
+local missing = {}
+if ARGV[7] ~= 'launch' then
+  for i = 1, n do
+    local owner = redis.call('HGET', KEYS[2 + i], 'tenant')
+    local mine = owner == ARGV[6]
+    if not owner or owner == '' then mine = redis.call('GET', KEYS[2 + n + i]) == ARGV[6] end
+    if not mine then missing[#missing + 1] = i end
+  end
+end
+if ARGV[7] == 'one' and #missing > 0 then return {'not_found'} end
 local cur = redis.call('GET', KEYS[2])
 if cur then
-  if string.sub(cur, 2, 65) ~= ARGV[3] then return {'mismatch'} end
+  if string.sub(cur, 2, 65) ~= ARGV[4] then return {'mismatch'} end
   if string.sub(cur, 1, 1) == 'D' then return {'replay', string.sub(cur, 66)} end
   return {'in_progress'}
 end
-redis.call('SET', KEYS[2], 'P' .. ARGV[3], 'PX', ARGV[4])
+redis.call('SET', KEYS[2], 'P' .. ARGV[4], 'PX', ARGV[5])
+if ARGV[7] == 'launch' then
+  for i = 1, n do redis.call('SET', KEYS[2 + n + i], ARGV[6], 'EX', ARGV[8]) end
+end
 local out = {'ok'}
-for i = 1, #foreign do out[#out + 1] = foreign[i] end
+for i = 1, #missing do out[#out + 1] = missing[i] end
 return out
 """
 )
+
+# KEYS[1] bucket; ARGV[1] rate/s, ARGV[2] burst, ARGV[3] cost: a request refused before the
+# gate (bad header or body) or a read pays its token(s) too.
+CHARGE_SCRIPT = LuaScript(_BUCKET + "\nreturn {'ok'}\n")
 
 
 # KEYS[1] idempotency key, KEYS[2..] pledge hashes; ARGV[1] stored response, ARGV[2] TTL s,
@@ -111,6 +134,7 @@ class IngestStore:
 
     async def load_scripts(self) -> None:
         await GATE_SCRIPT.load(self.pipeline.client)
+        await CHARGE_SCRIPT.load(self.pipeline.client)
         await COMPLETE_SCRIPT.load(self.pipeline.client)
 
     async def gate(
@@ -123,21 +147,24 @@ class IngestStore:
         campaign_ids: list[str],
         many: bool = False,
         cost: int = 1,
+        launch: bool = False,
     ) -> GateResult:
-        """Rate limit + ownership + idempotency reservation, atomically."""
+        """Rate limit + existence + idempotency reservation, atomically."""
         keys = [
             self.keys.bucket(key_hash),
             self.keys.idempotency(tenant_id, idempotency_key),
             *(self.keys.campaign(c) for c in campaign_ids),
+            *(self.keys.launched(c) for c in campaign_ids),
         ]
         args: list[Any] = [
             self._rate,
             self._burst,
+            str(cost),
             fingerprint,
             self._lock_ms,
             tenant_id,
-            "many" if many else "one",
-            str(cost),
+            "launch" if launch else "many" if many else "one",
+            self._ttl,
         ]
         reply = await self.pipeline.evalsha(GATE_SCRIPT, keys, args)
         outcome = reply[0].decode()
@@ -148,6 +175,13 @@ class IngestStore:
         if outcome == "ok":
             return GateResult("ok", foreign=tuple(int(i) - 1 for i in reply[1:]))
         return GateResult(outcome)
+
+    async def charge(self, *, key_hash: str, cost: int = 1) -> int:
+        """Take ``cost`` tokens of the key's bucket: 0, or ms until they are available."""
+        reply = await self.pipeline.evalsha(
+            CHARGE_SCRIPT, [self.keys.bucket(key_hash)], [self._rate, self._burst, str(cost)]
+        )
+        return int(reply[1]) if reply[0] == b"rate_limited" else 0
 
     def complete(
         self,

@@ -4,10 +4,16 @@ Key names are namespaced by the topic prefix (``<prefix>pf:``) so that tests sha
 never see each other, and ``pledgeflow readmodel rebuild`` can wipe exactly one namespace.
 
 * ``<ns>rm:c:<campaign_id>``: hash ``seq`` (last applied), ``tenant``, ``doc`` (summary JSON);
-* ``<ns>rm:p:<campaign_id>:<pledge_id>``: hash ``status``, ``doc`` (JSON), ``refusal`` (JSON of
+* ``<ns>rm:p:<campaign_id>/<pledge_id>``: hash ``status``, ``doc`` (JSON), ``refusal`` (JSON of
   the last refused operation on an accepted pledge, e.g. a late cancellation);
+* ``<ns>launch:<campaign_id>``: written by the API when it accepts a launch (kept the
+  idempotency TTL), so that writes to a campaign the projector has not shown yet pass the gate;
 * ``<ns>rm:d:<command_id>``: the decision the processor made on a command (for ``Prefer: wait``),
   kept ``readmodel_decision_ttl_seconds``.
+
+Campaign ids here are tenant-qualified (``<tenant>/<campaign>``, :mod:`schemas.tenancy`);
+``/`` is outside the id alphabet, so ``<campaign>/<pledge>`` names exactly one pair (``:`` did
+not: ``acme:spring`` + ``p1`` and ``acme`` + ``spring:p1`` were one key).
 
 Every change of a campaign is applied by one Lua script that compares the stored ``seq``:
 a redelivered event (seq already applied) is a no-op, and a stale writer is refused.
@@ -44,7 +50,10 @@ class Keys:
         return f"{self.ns}rm:c:{campaign_id}"
 
     def pledge(self, campaign_id: str, pledge_id: str) -> str:
-        return f"{self.ns}rm:p:{campaign_id}:{pledge_id}"
+        return f"{self.ns}rm:p:{campaign_id}/{pledge_id}"
+
+    def launched(self, campaign_id: str) -> str:
+        return f"{self.ns}launch:{campaign_id}"
 
     def decision(self, command_id: str) -> str:
         return f"{self.ns}rm:d:{command_id}"

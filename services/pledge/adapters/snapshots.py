@@ -7,6 +7,13 @@ event-topic offsets the round covers. Since every changed campaign is rewritten 
 the latest record of every key, read together with the latest manifest, is the exact state of
 every campaign of *p* as of those offsets; recovery replays only the events from there on.
 Compaction keeps the latest record per key; an aborted round leaves nothing behind.
+
+Sizes are judged **per campaign**: a campaign whose snapshot is over the topic's limit gets a
+*stub* record instead (its key, no state), and the round goes on for every other campaign of
+the partition (another tenant's campaigns included). A stub means "fold this campaign from
+its first event": recovery then reads the partition's event topics from their start, and the
+seq check skips what the other campaigns' snapshots already cover. Only the big campaign
+costs a longer recovery; its neighbours keep their snapshots.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ __all__ = [
     "decode_campaign",
     "encode_campaign",
     "encode_manifest",
+    "encode_stub",
     "load_snapshot",
     "snapshot_limit",
     "snapshot_records",
@@ -63,10 +71,16 @@ def encode_campaign(state: CampaignState, offsets: Mapping[str, int]) -> bytes:
     return zlib.compress(orjson.dumps(body), 1)
 
 
-def decode_campaign(value: bytes) -> tuple[CampaignState, dict[str, int]]:
-    """Inverse of :func:`encode_campaign`."""
+def encode_stub(offsets: Mapping[str, int]) -> bytes:
+    """The record of a campaign too big to snapshot: no state, fold it from its first event."""
+    return zlib.compress(orjson.dumps({"v": FORMAT_VERSION, "offsets": dict(offsets)}), 1)
+
+
+def decode_campaign(value: bytes) -> tuple[CampaignState | None, dict[str, int]]:
+    """Inverse of :func:`encode_campaign` (and of :func:`encode_stub`: no state)."""
     body = orjson.loads(zlib.decompress(value))
-    return CampaignState.from_snapshot(body["state"]), dict(body["offsets"])
+    state = body.get("state")
+    return (None if state is None else CampaignState.from_snapshot(state)), dict(body["offsets"])
 
 
 def encode_manifest(partition: int, offsets: Mapping[str, int], campaigns: int) -> bytes:
@@ -94,9 +108,17 @@ async def load_snapshot(bootstrap: str, topic: str, partition: int) -> Partition
     if manifest is None:
         return None
     snapshot = PartitionSnapshot(partition, dict(orjson.loads(manifest)["offsets"]))
-    for value in latest.values():
+    stubs = []
+    for key, value in latest.items():
         state, _ = decode_campaign(value)
-        snapshot.states[state.campaign_id] = state
+        if state is None:
+            stubs.append(key.decode())
+        else:
+            snapshot.states[state.campaign_id] = state
+    if stubs:  # fold those from their first event: read the topics from their start
+        log.info("partition %s: %d campaign(s) without a snapshot: replay from the start",
+                 partition, len(stubs))  # fmt: skip
+        snapshot.offsets = {topic: 0 for topic in snapshot.offsets}
     return snapshot
 
 
@@ -143,13 +165,19 @@ def snapshot_records(
     partition: int,
     max_bytes: int = MAX_SNAPSHOT_BYTES,
 ) -> list[tuple[bytes, bytes]] | None:
-    """``(key, value)`` records of one round, manifest last; None if a campaign's snapshot
-    is over ``max_bytes``."""
+    """``(key, value)`` records of one round, manifest last. A campaign whose snapshot is
+    over ``max_bytes`` gets a stub (see the module docstring); the round is never skipped
+    (the ``None`` of the return type is kept for callers written when it was)."""
     records: list[tuple[bytes, bytes]] = []
     for state in states:
         value = encode_campaign(state, offsets)
         if len(value) > max_bytes:
-            return None
+            log.warning(
+                "partition %s: campaign %s's snapshot is %d bytes (limit %d): stub written, "
+                "it is folded from its first event on recovery",
+                partition, state.campaign_id, len(value), max_bytes,
+            )  # fmt: skip
+            value = encode_stub(offsets)
         records.append((state.campaign_id.encode(), value))
     records.append((MANIFEST_KEY, encode_manifest(partition, offsets, len(records))))
     return records

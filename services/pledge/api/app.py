@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.pledge.adapters.command_bus import CommandBus
+from services.pledge.adapters.payment_tokens import KafkaPaymentTokens
 from services.pledge.adapters.redis_decisions import RedisDecisions
 from services.pledge.adapters.redis_ingest import IngestStore
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE, AutoPipeline
@@ -60,6 +61,7 @@ from services.pledge.api.openapi import (
     problem_content,
     request_body,
 )
+from services.pledge.api.ops_port import ops_port_of
 from services.pledge.api.ports import IngestPorts
 from services.pledge.api.problems import ProblemError, problem_body, problem_response
 from services.pledge.api.responses import MetricsMiddleware, RequestMetrics, error_response
@@ -112,7 +114,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_ports() as opened:
+        async with open_ports() as opened, ops_port_of(config, metrics_registry, opened):
             state["ingest"] = Ingest(
                 keys=keys,
                 ports=opened,
@@ -150,7 +152,7 @@ def create_app(
     # --- errors: one mapping (responses.error_response) for routes and the ASGI front ---------
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        return error_response(exc, request.method, request.url.path)
+        return error_response(exc, request.method, request.url.path, request_metrics)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -306,6 +308,8 @@ def create_app(
         responses={200: {"description": "ready"}, 503: problem_content("not ready")},
     )
     async def readyz() -> Response:
+        if config.metrics_port:  # served on the ops port only (ops_port.py)
+            raise ProblemError("not-found", "no such resource")
         service = state.get("ingest")
         if service is None:
             raise ProblemError("unavailable", "starting up")
@@ -325,6 +329,8 @@ def create_app(
         responses={200: TEXT},
     )
     async def prometheus() -> Response:
+        if config.metrics_port:  # served on the ops port only (ops_port.py)
+            raise ProblemError("not-found", "no such resource")
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
@@ -380,16 +386,20 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         lock_seconds=settings.api_idempotency_lock_seconds,
         ttl_seconds=settings.api_idempotency_ttl_seconds,
     )
+    tokens = KafkaPaymentTokens(settings.kafka_bootstrap, topics.payment_tokens)
     await store.load_scripts()
     await bus.start()
+    await tokens.start()
     try:
         yield IngestPorts(
             bus=bus,
             gate=store,
             decisions=RedisDecisions(pipeline, rm_keys),
             reads=ReadModelStore(client, rm_keys),
+            tokens=tokens,
         )
     finally:
+        await tokens.stop()
         await bus.stop()
         await pipeline.aclose()
         await client.aclose()

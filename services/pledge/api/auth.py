@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from schemas.tenancy import TENANT_PATTERN, valid_tenant
 from services.pledge.api.problems import ProblemError
 
-__all__ = ["ApiKeys", "Principal"]
+__all__ = ["ApiKeys", "Principal", "anonymous_bucket"]
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="pledgeflow"'}
 
@@ -36,6 +37,10 @@ class ApiKeys:
             tenant, sep, key = entry.partition(":")
             if not sep or not tenant.strip() or not key.strip():
                 raise ValueError(f"PLEDGEFLOW_API_KEYS entry {index + 1}: expected tenant:key")
+            if not valid_tenant(tenant.strip()):
+                raise ValueError(
+                    f"PLEDGEFLOW_API_KEYS entry {index + 1}: tenant must match {TENANT_PATTERN}"
+                )
             digests[_digest(key.strip())] = tenant.strip()
         return cls(digests)
 
@@ -64,3 +69,9 @@ class ApiKeys:
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def anonymous_bucket(address: str) -> str:
+    """The rate-limit bucket of requests without a valid key, per client address (a digest,
+    like a key's: bucket names never hold an address in clear)."""
+    return "anon" + _digest(address)

@@ -74,6 +74,6 @@ class FastWrites:
             else:
                 response = await ingest.batch(scope, receive)
         except Exception as exc:
-            response = error_response(exc, "POST", path)
+            response = error_response(exc, "POST", path, self._metrics)
         await response(scope, receive, send)
         self._metrics.observe(route, "POST", response.status_code, time.perf_counter() - started)

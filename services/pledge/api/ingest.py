@@ -25,8 +25,8 @@ from schemas.commands import (
     encode_command,
 )
 from schemas.money import FeeSchedule
-from schemas.pledge_fields import PledgeFields, plain_pledge
-from services.pledge.api.auth import ApiKeys, Principal
+from schemas.tenancy import pledge_key, qualified_fields, qualify
+from services.pledge.api.auth import ApiKeys, Principal, anonymous_bucket
 from services.pledge.api.batch import (
     batch_items,
     check_items,
@@ -39,7 +39,14 @@ from services.pledge.api.models import CancelRequest, CloseRequest, LaunchReques
 from services.pledge.api.pipeline import WritePipeline
 from services.pledge.api.ports import IngestPorts, ReadModelReader
 from services.pledge.api.problems import ProblemError, validation_problem
-from services.pledge.api.reading import HeaderMap, begin_write, header, header_map, read_body
+from services.pledge.api.reading import (
+    HeaderMap,
+    begin_write,
+    header,
+    header_map,
+    plain_pledge_body,
+    read_body,
+)
 from services.pledge.api.responses import (
     JSON,
     RawResponse,
@@ -77,14 +84,28 @@ class Ingest:
         self.reads: ReadModelReader = ports.reads
         self.metrics = metrics
         self.pipeline = WritePipeline(
-            bus=ports.bus, gate=ports.gate, decisions=ports.decisions, metrics=metrics
+            bus=ports.bus,
+            gate=ports.gate,
+            decisions=ports.decisions,
+            metrics=metrics,
+            tokens=ports.tokens,
         )
+        #: Payment tokens go to their erasable store, never into commands and events.
+        self.tokens_out = ports.tokens is not None
         self.max_body_bytes = max_body_bytes
         self.max_wait_seconds = max_wait_seconds
         self.batch_max_items = batch_max_items
 
-    def authenticate(self, headers: HeaderMap) -> Principal:
-        return self.keys.authenticate(header(headers, b"authorization"))
+    async def authenticate(self, scope: Scope, headers: HeaderMap) -> Principal:
+        """The caller, or 401; a refused caller pays a token of its address's bucket (429
+        once empty), so guessing keys is rate-limited like everything else."""
+        try:
+            return self.keys.authenticate(header(headers, b"authorization"))
+        except ProblemError:
+            client = scope.get("client")
+            address = client[0] if client else "unknown"
+            await self.pipeline.charge_key(anonymous_bucket(address), "unauthenticated")
+            raise
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -96,36 +117,41 @@ class Ingest:
         carries its header list ready-made. ``campaign_id`` has been checked by the router.
         """
         headers = header_map(scope)
-        principal = self.authenticate(headers)
-        raw = await read_body(headers, receive, self.max_body_bytes)
-        fields = _plain_pledge(raw, campaign_id)
-        if fields is None:
-            try:
-                body = PledgeRequest.model_validate_json(raw)
-            except ValidationError as exc:
-                raise validation_problem(exc) from None
-            fields = (
-                campaign_id,
-                body.backer_id,
-                body.amount_minor,
-                body.currency,
-                body.pledge_id,
-                body.tier_id,
-                body.payment_token,
-                body.locale,
-            )
-        write = begin_write(scope, headers, principal, raw, PLEDGE_ROUTE, self.max_wait_seconds)
+        principal = await self.authenticate(scope, headers)
         pipeline = self.pipeline
-        gate = await pipeline.gate(write, [campaign_id])
+        tenant_id = principal.tenant_id
+        qualified = qualify(tenant_id, campaign_id)
+        async with pipeline.refusals_charged(principal, PLEDGE_ROUTE):
+            raw = await read_body(headers, receive, self.max_body_bytes)
+            fields = plain_pledge_body(raw, campaign_id)
+            if fields is None:
+                try:
+                    body = PledgeRequest.model_validate_json(raw)
+                except ValidationError as exc:
+                    raise validation_problem(exc) from None
+                fields = (
+                    campaign_id,
+                    body.backer_id,
+                    body.amount_minor,
+                    body.currency,
+                    body.pledge_id,
+                    body.tier_id,
+                    body.payment_token,
+                    body.locale,
+                )
+            write = begin_write(scope, headers, principal, raw, PLEDGE_ROUTE, self.max_wait_seconds)
+        gate = await pipeline.gate(write, [qualified])
         if gate.outcome == "replay":
             return stored_response(gate.stored)
-        tenant_id = principal.tenant_id
         pledge_id = fields[4] or f"p-{write.command_id}"
         template = MakePledgeTemplate(
             tenant_id=tenant_id, correlation_id=write.correlation_id, issued_at=issued_at()
         )
+        if self.tokens_out and fields[6] is not None:
+            await pipeline.put_tokens(write, [(pledge_key(qualified, pledge_id), fields[6])])
+        command_fields = qualified_fields(fields, tenant_id, self.tokens_out)
         await pipeline.send(
-            write, campaign_id, template.command(fields, write.command_id, pledge_id)
+            write, qualified, template.command(command_fields, write.command_id, pledge_id)
         )
         extra: list[tuple[bytes, bytes]]
         if write.wait <= 0:  # the usual answer, written as orjson would
@@ -144,46 +170,48 @@ class Ingest:
             extra = [(k.lower().encode(), v.encode()) for k, v in answer_headers.items()]
         row = pending_pledge_row(
             pledge_id=pledge_id,
-            campaign_id=campaign_id,
+            campaign_id=qualified,
             backer_id=fields[1],
             amount_minor=fields[2],
             currency=fields[3],
             tier_id=fields[5],
             tenant_id=tenant_id,
         )
-        pipeline.store(write, status, payload, [(campaign_id, pledge_id, orjson.dumps(row))])
+        pipeline.store(write, status, payload, [(qualified, pledge_id, orjson.dumps(row))])
         return RawResponse(status, payload, raw_headers(status, payload, extra))
 
     async def launch(self, scope: Scope, receive: Receive) -> Response:
         """``POST /v1/campaigns``."""
         headers = header_map(scope)
-        principal = self.authenticate(headers)
-        raw = await read_body(headers, receive, self.max_body_bytes)
-        try:
-            body = LaunchRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            raise validation_problem(exc) from None
-        write = begin_write(scope, headers, principal, raw, LAUNCH_ROUTE, self.max_wait_seconds)
-        campaign_id = body.campaign_id or f"c-{write.command_id}"
-        fields = body.model_dump(exclude={"campaign_id"})
-        if fields["fee_schedule"] is None:
-            fields["fee_schedule"] = FeeSchedule.kickstarter_default(body.goal.currency)
-        try:
-            command = LaunchCampaign(
-                command_id=write.command_id,
-                tenant_id=principal.tenant_id,
-                correlation_id=write.correlation_id,
-                issued_at=datetime.now(UTC),
-                campaign_id=campaign_id,
-                **fields,
-            )
-        except ValidationError as exc:
-            raise validation_problem(exc) from None
+        principal = await self.authenticate(scope, headers)
         pipeline = self.pipeline
-        gate = await pipeline.gate(write, [campaign_id])
+        async with pipeline.refusals_charged(principal, LAUNCH_ROUTE):
+            raw = await read_body(headers, receive, self.max_body_bytes)
+            try:
+                body = LaunchRequest.model_validate_json(raw)
+            except ValidationError as exc:
+                raise validation_problem(exc) from None
+            write = begin_write(scope, headers, principal, raw, LAUNCH_ROUTE, self.max_wait_seconds)
+            campaign_id = body.campaign_id or f"c-{write.command_id}"
+            qualified = qualify(principal.tenant_id, campaign_id)
+            fields = body.model_dump(exclude={"campaign_id"})
+            if fields["fee_schedule"] is None:
+                fields["fee_schedule"] = FeeSchedule.kickstarter_default(body.goal.currency)
+            try:
+                command = LaunchCampaign(
+                    command_id=write.command_id,
+                    tenant_id=principal.tenant_id,
+                    correlation_id=write.correlation_id,
+                    issued_at=datetime.now(UTC),
+                    campaign_id=qualified,
+                    **fields,
+                )
+            except ValidationError as exc:
+                raise validation_problem(exc) from None
+        gate = await pipeline.gate(write, [qualified], launch=True)
         if gate.outcome == "replay":
             return stored_response(gate.stored)
-        await pipeline.send(write, campaign_id, encode_command(command))
+        await pipeline.send(write, qualified, encode_command(command))
         answer_headers: dict[str, str] = {}
         status, payload = await pipeline.answer(
             write,
@@ -201,15 +229,17 @@ class Ingest:
     ) -> Response:
         """``POST /v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel`` (body optional)."""
         headers = header_map(scope)
-        principal = self.authenticate(headers)
-        raw = await read_body(headers, receive, self.max_body_bytes)
-        try:
-            body = CancelRequest.model_validate_json(raw) if raw.strip() else CancelRequest()
-        except ValidationError as exc:
-            raise validation_problem(exc) from None
-        write = begin_write(scope, headers, principal, raw, CANCEL_ROUTE, self.max_wait_seconds)
+        principal = await self.authenticate(scope, headers)
         pipeline = self.pipeline
-        gate = await pipeline.gate(write, [campaign_id])
+        qualified = qualify(principal.tenant_id, campaign_id)
+        async with pipeline.refusals_charged(principal, CANCEL_ROUTE):
+            raw = await read_body(headers, receive, self.max_body_bytes)
+            try:
+                body = CancelRequest.model_validate_json(raw) if raw.strip() else CancelRequest()
+            except ValidationError as exc:
+                raise validation_problem(exc) from None
+            write = begin_write(scope, headers, principal, raw, CANCEL_ROUTE, self.max_wait_seconds)
+        gate = await pipeline.gate(write, [qualified])
         if gate.outcome == "replay":
             return stored_response(gate.stored)
         command = CancelPledge(
@@ -217,11 +247,11 @@ class Ingest:
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
             issued_at=datetime.now(UTC),
-            campaign_id=campaign_id,
+            campaign_id=qualified,
             pledge_id=pledge_id,
             reason=body.reason,
         )
-        await pipeline.send(write, campaign_id, encode_command(command))
+        await pipeline.send(write, qualified, encode_command(command))
         answer_headers: dict[str, str] = {}
         status, payload = await pipeline.pledge_answer(
             write, campaign_id, pledge_id, 200, "cancelled", answer_headers, location=False
@@ -232,15 +262,17 @@ class Ingest:
     async def close(self, scope: Scope, receive: Receive, campaign_id: str) -> Response:
         """``POST /v1/campaigns/{campaign_id}/close``."""
         headers = header_map(scope)
-        principal = self.authenticate(headers)
-        raw = await read_body(headers, receive, self.max_body_bytes)
-        try:
-            body = CloseRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            raise validation_problem(exc) from None
-        write = begin_write(scope, headers, principal, raw, CLOSE_ROUTE, self.max_wait_seconds)
+        principal = await self.authenticate(scope, headers)
         pipeline = self.pipeline
-        gate = await pipeline.gate(write, [campaign_id])
+        qualified = qualify(principal.tenant_id, campaign_id)
+        async with pipeline.refusals_charged(principal, CLOSE_ROUTE):
+            raw = await read_body(headers, receive, self.max_body_bytes)
+            try:
+                body = CloseRequest.model_validate_json(raw)
+            except ValidationError as exc:
+                raise validation_problem(exc) from None
+            write = begin_write(scope, headers, principal, raw, CLOSE_ROUTE, self.max_wait_seconds)
+        gate = await pipeline.gate(write, [qualified])
         if gate.outcome == "replay":
             return stored_response(gate.stored)
         command = CloseCampaign(
@@ -248,10 +280,10 @@ class Ingest:
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
             issued_at=datetime.now(UTC),
-            campaign_id=campaign_id,
+            campaign_id=qualified,
             reason=body.reason,
         )
-        await pipeline.send(write, campaign_id, encode_command(command))
+        await pipeline.send(write, qualified, encode_command(command))
         answer_headers: dict[str, str] = {}
         status, payload = await pipeline.answer(
             write,
@@ -277,16 +309,24 @@ class Ingest:
         validated, owned-checked and sent on its own (one command each, so never
         half-applied) and answered in ``results``."""
         headers = header_map(scope)
-        principal = self.authenticate(headers)
-        raw = await read_body(headers, receive, self.max_body_bytes)
-        items = batch_items(raw, self.batch_max_items)
-        write = begin_write(scope, headers, principal, raw, BATCH_ROUTE, self.max_wait_seconds)
+        principal = await self.authenticate(scope, headers)
+        pipeline = self.pipeline
+        tenant_id = principal.tenant_id
+        async with pipeline.refusals_charged(principal, BATCH_ROUTE):
+            raw = await read_body(headers, receive, self.max_body_bytes)
+            items = batch_items(raw, self.batch_max_items)
+            write = begin_write(scope, headers, principal, raw, BATCH_ROUTE, self.max_wait_seconds)
         #: per item: its result (JSON text), or None while it is to be sent
         results: list[str | None] = [None] * len(items)
         valid, invalid = check_items(items, results)
         campaigns = list(dict.fromkeys([fields[0] for _, fields in valid]))
-        pipeline = self.pipeline
-        gate = await pipeline.gate(write, campaigns, many=True)
+        # One token per item (valid or not): a batch costs what its items sent alone would.
+        gate = await pipeline.gate(
+            write,
+            [qualify(tenant_id, c) for c in campaigns],
+            many=True,
+            cost=max(1, len(items)),
+        )
         if gate.outcome == "replay":
             return stored_response(gate.stored)
         not_found = 0
@@ -310,11 +350,16 @@ class Ingest:
             principal.tenant_id, write.idempotency_key, [index for index, _ in valid]
         )
         commands: list[tuple[str, bytes]] = []
+        tokens: list[tuple[str, str]] = []
         for (index, fields), command_id in zip(valid, command_ids, strict=True):
             campaign_id = fields[0]
             pledge_id = fields[4] or f"p-{command_id}"
-            commands.append((campaign_id, command(fields, command_id, pledge_id)))
+            sent = qualified_fields(fields, tenant_id, self.tokens_out)
+            if self.tokens_out and fields[6] is not None:
+                tokens.append((pledge_key(sent[0], pledge_id), fields[6]))
+            commands.append((sent[0], command(sent, command_id, pledge_id)))
             results[index] = pending_result(index, campaign_id, pledge_id)
+        await pipeline.put_tokens(write, tokens)
         if commands:
             await pipeline.send_all(write, commands)
         counts = self.metrics.batch_items
@@ -330,41 +375,41 @@ class Ingest:
     # --- reads -------------------------------------------------------------------------------
 
     async def get_campaign(self, scope: Scope, campaign_id: str) -> Response:
-        """``GET /v1/campaigns/{campaign_id}``: another tenant's campaign is not found."""
-        principal = self.authenticate(header_map(scope))
-        row = await self.reads.campaign(campaign_id)
-        if row is None or row.doc is None or row.doc.get("status") not in ("open", "closed"):
+        """``GET /v1/campaigns/{campaign_id}``: the tenant's own campaign, read under its
+        qualified id, and only shown when the stored document says it is that campaign."""
+        principal = await self.authenticate(scope, header_map(scope))
+        await self.pipeline.charge(principal, "/v1/campaigns/{campaign_id}")
+        qualified = qualify(principal.tenant_id, campaign_id)
+        row = await self.reads.campaign(qualified)
+        if (
+            row is None
+            or row.doc is None
+            or row.doc.get("status") not in ("open", "closed")
+            or row.tenant_id != principal.tenant_id
+            or row.doc.get("campaign_id") != qualified
+        ):
             raise ProblemError("not-found", "no such campaign (or not projected yet)")
-        if row.tenant_id != principal.tenant_id:
-            raise ProblemError("not-found", "no such campaign (or not projected yet)")
-        return Response(orjson.dumps(row.doc), media_type=JSON)
+        return Response(orjson.dumps({**row.doc, "campaign_id": campaign_id}), media_type=JSON)
 
     async def get_pledge(self, scope: Scope, campaign_id: str, pledge_id: str) -> Response:
         """``GET /v1/campaigns/{campaign_id}/pledges/{pledge_id}``."""
-        principal = self.authenticate(header_map(scope))
-        campaign = await self.reads.campaign(campaign_id)
-        row = await self.reads.pledge(campaign_id, pledge_id)
-        if row is None:
-            raise ProblemError("not-found", "no such pledge")
-        owner = campaign.tenant_id if campaign is not None and campaign.tenant_id else None
-        owner = owner or row.doc.get("tenant_id")
-        if owner != principal.tenant_id:
+        principal = await self.authenticate(scope, header_map(scope))
+        await self.pipeline.charge(principal, "/v1/campaigns/{campaign_id}/pledges/{pledge_id}")
+        qualified = qualify(principal.tenant_id, campaign_id)
+        row = await self.reads.pledge(qualified, pledge_id)
+        # The stored document must be this very (tenant, campaign, pledge): a key that some
+        # other layout or writer let collide is never shown.
+        if (
+            row is None
+            or row.doc.get("campaign_id") != qualified
+            or row.doc.get("pledge_id") != pledge_id
+            or row.doc.get("tenant_id", principal.tenant_id) != principal.tenant_id
+        ):
             raise ProblemError("not-found", "no such pledge")
         view = {k: v for k, v in row.doc.items() if k != "tenant_id"}
+        view["campaign_id"] = campaign_id
         view["status"] = row.status
         view["last_refusal"] = row.refusal
         if row.cancel is not None:
             view["seq"], view["reason"] = row.cancel["seq"], row.cancel["reason"]
         return Response(orjson.dumps(view), media_type=JSON)
-
-
-def _plain_pledge(raw: bytes, campaign_id: str) -> PledgeFields | None:
-    """:func:`plain_pledge` of a single pledge body (None: let pydantic judge it)."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if type(doc) is not dict or "campaign_id" in doc:
-        return None
-    doc["campaign_id"] = campaign_id
-    return plain_pledge(doc)

@@ -7,28 +7,33 @@ the answer (``Prefer: wait``: the processor's decision, read from the read model
 :class:`~services.pledge.api.ports.DecisionReader`) -> :meth:`~WritePipeline.store` the
 response under the Idempotency-Key (queued, not awaited) -> the response leaves.
 
-Tenancy on writes: a campaign the read model knows and that belongs to another tenant answers
-404 without anything being sent. A campaign the read model does not know yet (launched a few
-milliseconds ago, or never) is not refused here: the command goes to the processor, which owns
-the truth and refuses with ``tenant_mismatch`` or ``campaign_not_found``.
+Tenancy on writes: campaign ids arrive here tenant-qualified (:mod:`schemas.tenancy`), so a
+tenant can only name its own campaigns. A write to a campaign that does not exist for the
+tenant - neither projected as its own nor launched through the API (the launch marker covers
+the milliseconds before the projector shows it) - answers 404 without anything being sent: an
+unknown id leaves no lasting state, and another tenant's campaign answers exactly as a free
+id does (same status, body and path through the code, so the same timing class).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
 
+from services.pledge.api.auth import Principal
 from services.pledge.api.ports import (
     CommandLog,
     DecisionReader,
     GateResult,
     IngestGate,
+    PaymentTokenStore,
     PendingPledge,
 )
 from services.pledge.api.problems import ProblemError, refusal
@@ -55,14 +60,22 @@ class WritePipeline:
         gate: IngestGate,
         decisions: DecisionReader,
         metrics: ApiMetrics,
+        tokens: PaymentTokenStore | None = None,
     ) -> None:
+        self.tokens = tokens
         self.bus = bus
         self.ingest_gate = gate
         self.decisions = decisions
         self.metrics = metrics
 
     async def gate(
-        self, write: Write, campaign_ids: list[str], *, many: bool = False
+        self,
+        write: Write,
+        campaign_ids: list[str],
+        *,
+        many: bool = False,
+        cost: int = 1,
+        launch: bool = False,
     ) -> GateResult:
         """Run the gate: ``ok`` or ``replay``; any other outcome raises its problem."""
         result = await self.ingest_gate.gate(
@@ -72,6 +85,8 @@ class WritePipeline:
             fingerprint=write.fingerprint,
             campaign_ids=campaign_ids,
             many=many,
+            cost=cost,
+            launch=launch,
         )
         match result.outcome:
             case "ok":
@@ -80,13 +95,7 @@ class WritePipeline:
                 self.metrics.idempotent_replays.labels(write.route).inc()
                 return result
             case "rate_limited":
-                self.metrics.rate_limited.labels(write.route).inc()
-                seconds = max(1, math.ceil(result.retry_after_ms / 1000))
-                raise ProblemError(
-                    "rate-limited",
-                    f"rate limit of this API key exceeded; retry in {seconds} s",
-                    headers={"Retry-After": str(seconds)},
-                )
+                raise self.rate_limited(write.route, result.retry_after_ms)
             case "not_found":
                 raise ProblemError("not-found", "no such campaign")
             case "mismatch":
@@ -103,6 +112,53 @@ class WritePipeline:
                     "the first request with this Idempotency-Key has not finished; retry shortly",
                     headers={"Retry-After": "1"},
                 )
+
+    def rate_limited(self, route: str, retry_after_ms: int) -> ProblemError:
+        """The 429 of an empty bucket (counted per route)."""
+        self.metrics.rate_limited.labels(route).inc()
+        seconds = max(1, math.ceil(retry_after_ms / 1000))
+        return ProblemError(
+            "rate-limited",
+            f"rate limit of this API key exceeded; retry in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
+
+    async def charge(self, principal: Principal, route: str, cost: int = 1) -> None:
+        """Take the tokens of a read or of a request refused before the gate; 429 when the
+        bucket is empty (so neither is free: a refused request costs what a write does)."""
+        await self.charge_key(principal.key_hash, route, cost)
+
+    async def charge_key(self, key_hash: str, route: str, cost: int = 1) -> None:
+        """:meth:`charge` of any bucket (e.g. an address's, for unauthenticated requests)."""
+        wait_ms = await self.ingest_gate.charge(key_hash=key_hash, cost=cost)
+        if wait_ms:
+            raise self.rate_limited(route, wait_ms)
+
+    @contextlib.asynccontextmanager
+    async def refusals_charged(self, principal: Principal, route: str) -> AsyncIterator[None]:
+        """Around the steps before the gate: a request they refuse (bad header, bad body)
+        pays a token, and answers 429 instead once the bucket is empty."""
+        try:
+            yield
+        except ProblemError:
+            await self.charge(principal, route)
+            raise
+
+    async def put_tokens(self, write: Write, tokens: Sequence[tuple[str, str]]) -> None:
+        """Store payment tokens (before their commands are sent); failure -> reservation
+        released, 503 (a retry re-sends both: the token is overwritten, the command ignored)."""
+        if not tokens or self.tokens is None:
+            return
+        try:
+            await self.tokens.put(tokens)
+        except Exception as exc:
+            log.warning("payment tokens not stored: %r", exc)
+            await self.release(write)
+            raise ProblemError(
+                "unavailable",
+                "the payment token store is unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
 
     async def send(self, write: Write, campaign_id: str, value: bytes) -> None:
         """Append one command; unreachable log -> reservation released, 503."""
@@ -184,7 +240,9 @@ class WritePipeline:
         if decision is None:
             return None
         if decision["outcome"] == "refused":
-            problem = refusal(decision.get("reason") or "refused", decision.get("detail") or "")
+            # Details name campaigns by their qualified id: show the tenant its own id.
+            detail = (decision.get("detail") or "").replace(f"{write.principal.tenant_id}/", "")
+            problem = refusal(decision.get("reason") or "refused", detail)
             return problem.status, orjson.dumps(problem.body(None))
         status, body = accepted(decision)
         return status, orjson.dumps(body)

@@ -20,6 +20,7 @@ __all__ = [
     "GateResult",
     "IngestGate",
     "IngestPorts",
+    "PaymentTokenStore",
     "PendingPledge",
     "ReadModelReader",
 ]
@@ -35,7 +36,8 @@ class GateResult:
     stored: bytes = b""
     #: ``rate_limited``: milliseconds until a token is available.
     retry_after_ms: int = 0
-    #: ``ok`` with ``many``: 0-based positions of the campaigns owned by another tenant.
+    #: ``ok`` with ``many``: 0-based positions of the campaigns that do not exist for the
+    #: caller's tenant (never launched, or another tenant's: the same answer).
     foreign: tuple[int, ...] = ()
 
 
@@ -59,6 +61,15 @@ class CommandLog(Protocol):
         ...
 
 
+class PaymentTokenStore(Protocol):
+    """Where a pledge's payment token goes instead of the immutable log: an erasable store
+    keyed by the pledge (``<tenant>/<campaign>/<pledge>``), read by settlement."""
+
+    async def put(self, tokens: Sequence[tuple[str, str]]) -> None:
+        """Store ``(pledge key, token)`` pairs durably; raises if any is not stored."""
+        ...
+
+
 class IngestGate(Protocol):
     """The per-request gate of writes (rate limit, campaign ownership, Idempotency-Key
     reservation, atomically) and the stored responses replayed to retries."""
@@ -72,9 +83,18 @@ class IngestGate(Protocol):
         fingerprint: str,
         campaign_ids: list[str],
         many: bool = False,
+        cost: int = 1,
+        launch: bool = False,
     ) -> GateResult:
-        """Rate limit + ownership + reservation. ``many``: a campaign of another tenant is
-        reported in ``foreign`` instead of refusing the request (``not_found``)."""
+        """Rate limit (``cost`` tokens) + existence + reservation. Every campaign must exist
+        for ``tenant_id`` (projected as its own, or its launch accepted) or the answer is
+        ``not_found``; ``many``: missing campaigns are reported in ``foreign`` instead;
+        ``launch``: nothing needs to exist, and the campaigns are marked as launched."""
+        ...
+
+    async def charge(self, *, key_hash: str, cost: int = 1) -> int:
+        """Take ``cost`` tokens of the key's bucket (a read, or a request refused before the
+        gate): 0, or the milliseconds until they are available."""
         ...
 
     def complete(
@@ -124,3 +144,5 @@ class IngestPorts:
     gate: IngestGate
     decisions: DecisionReader
     reads: ReadModelReader
+    #: None: tokens travel inside the commands and events (before issue 12; tests only).
+    tokens: PaymentTokenStore | None = None

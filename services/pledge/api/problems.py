@@ -32,6 +32,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 #: slug -> (status, title): the catalogue of problem types.
 TYPES: dict[str, tuple[int, str]] = {
     "validation-error": (422, "The request is not valid"),
+    "bad-request": (400, "Malformed request header"),
     "idempotency-key-required": (400, "Idempotency-Key header required"),
     "idempotency-key-reused": (422, "Idempotency-Key reused with a different request"),
     "request-in-progress": (409, "A request with this Idempotency-Key is still in progress"),

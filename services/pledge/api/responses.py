@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from redis.exceptions import ResponseError as RedisResponseError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -85,10 +86,23 @@ def stored_response(stored: bytes) -> Response:
     )
 
 
-def error_response(exc: Exception, method: str, path: str) -> Response:
-    """The answer to a request that raised ``exc`` (never a bare 500 without a problem)."""
+def error_response(
+    exc: Exception, method: str, path: str, metrics: RequestMetrics | None = None
+) -> Response:
+    """The answer to a request that raised ``exc`` (never a bare 500 without a problem).
+
+    Redis at its ``maxmemory`` (policy ``noeviction``: idempotency and read-model keys are
+    never evicted silently) refuses writes with an ``OOM`` error: that is a 503 like an
+    unreachable Redis, counted so that an alert fires."""
     if isinstance(exc, ProblemError):
         return problem_response(exc.body(path), exc.headers)
+    if isinstance(exc, RedisResponseError) and str(exc).startswith(
+        ("OOM ", "command not allowed when used memory")
+    ):
+        log.warning("Redis out of memory on %s %s: %r", method, path, exc)
+        if metrics is not None:
+            metrics.out_of_memory()
+        return redis_unavailable(path)
     if isinstance(exc, REDIS_UNAVAILABLE):
         log.warning("Redis unavailable on %s %s: %r", method, path, exc)
         return redis_unavailable(path)
@@ -104,6 +118,10 @@ class RequestMetrics:
         self._metrics = metrics
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._timers: dict[tuple[str, str], Any] = {}
+
+    def out_of_memory(self) -> None:
+        """Count a request refused because Redis is at its ``maxmemory``."""
+        self._metrics.redis_out_of_memory.inc()
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and record how long it took."""

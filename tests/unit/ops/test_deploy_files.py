@@ -161,12 +161,15 @@ def test_prometheus_rule_carries_the_rule_file_unchanged() -> None:
 
 def test_manifests_only_set_settings_that_exist() -> None:
     from services.audit.config import AuditSettings  # the checkpointer's settings
+    from services.pledge.api.config import ApiSettings  # the API's (metrics host and port)
     from services.settlement.config import SettlementSettings
 
     settings = [
-        *PledgeSettings.model_fields, *AuditSettings.model_fields,
+        *PledgeSettings.model_fields,
+        *AuditSettings.model_fields,
+        *ApiSettings.model_fields,
         *SettlementSettings.model_fields,
-    ]  # fmt: skip
+    ]
     fields = {f"PLEDGEFLOW_{name.upper()}" for name in settings}
     text = "\n".join(path.read_text() for path in BASE.glob("*.yaml"))
     text += (REPO / "deploy" / "k8s" / "overlays" / "dev" / "kustomization.yaml").read_text()

@@ -27,6 +27,8 @@ class Api:
 @pytest_asyncio.fixture
 async def api() -> AsyncIterator[Api]:
     fakes = FakePorts()
+    for campaign_id in ("c-1", "c-2"):  # tenant A's campaigns, as the projector shows them
+        fakes.readmodel.launched(f"tenant-a/{campaign_id}", "tenant-a")
     registry = CollectorRegistry()
     settings = ApiSettings(
         api_keys=f"tenant-a:{KEY_A},tenant-b:{KEY_B}",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaConnectionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.pledge.adapters.redis_readmodel import CampaignRow, PledgeRow
@@ -99,6 +100,8 @@ class FakeIngestGate:
         self.burst = burst
         #: key hash -> (tokens, at)
         self.buckets: dict[str, tuple[float, float]] = {}
+        #: (campaign, tenant) of the launches the gate accepted
+        self.launched: set[tuple[str, str]] = set()
         #: (tenant, key) -> ("P" | "D", fingerprint, stored response)
         self.keys: dict[tuple[str, str], tuple[str, str, bytes]] = {}
 
@@ -111,23 +114,21 @@ class FakeIngestGate:
         fingerprint: str,
         campaign_ids: list[str],
         many: bool = False,
+        cost: int = 1,
+        launch: bool = False,
     ) -> GateResult:
         self.readmodel._reach()
-        now = time.monotonic()
-        tokens, at = self.buckets.get(key_hash, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens < 1:
-            self.buckets[key_hash] = (tokens, now)
-            return GateResult(
-                "rate_limited", retry_after_ms=math.ceil((1 - tokens) * 1000 / self.rate)
+        wait_ms = self._take(key_hash, cost)
+        if wait_ms:
+            return GateResult("rate_limited", retry_after_ms=wait_ms)
+        foreign = (
+            ()
+            if launch
+            else tuple(
+                i
+                for i, campaign_id in enumerate(campaign_ids)
+                if not self._exists(campaign_id, tenant_id)
             )
-        self.buckets[key_hash] = (tokens - 1, now)
-        foreign = tuple(
-            i
-            for i, campaign_id in enumerate(campaign_ids)
-            if (row := self.readmodel.campaigns.get(campaign_id)) is not None
-            and row.tenant_id
-            and row.tenant_id != tenant_id
         )
         if foreign and not many:
             return GateResult("not_found")
@@ -140,7 +141,30 @@ class FakeIngestGate:
                 return GateResult("replay", stored=stored)
             return GateResult("in_progress")
         self.keys[(tenant_id, idempotency_key)] = ("P", fingerprint, b"")
+        if launch:
+            self.launched.update((c, tenant_id) for c in campaign_ids)
         return GateResult("ok", foreign=foreign)
+
+    def _exists(self, campaign_id: str, tenant_id: str) -> bool:
+        row = self.readmodel.campaigns.get(campaign_id)
+        if row is not None and row.tenant_id:
+            return row.tenant_id == tenant_id
+        return (campaign_id, tenant_id) in self.launched
+
+    def _take(self, key_hash: str, cost: int) -> int:
+        """Take ``cost`` tokens: 0, or ms until there are enough."""
+        now = time.monotonic()
+        tokens, at = self.buckets.get(key_hash, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < cost:
+            self.buckets[key_hash] = (tokens, now)
+            return max(1, math.ceil((min(cost, self.burst) - tokens) * 1000 / self.rate))
+        self.buckets[key_hash] = (tokens - cost, now)
+        return 0
+
+    async def charge(self, *, key_hash: str, cost: int = 1) -> int:
+        self.readmodel._reach()
+        return self._take(key_hash, cost)
 
     def complete(
         self,
@@ -169,11 +193,25 @@ class FakeIngestGate:
 
 
 @dataclass
+class FakePaymentTokens:
+    """The erasable token store: ``pledge key -> token``."""
+
+    tokens: dict[str, str] = field(default_factory=dict)
+    down: bool = False
+
+    async def put(self, tokens: Sequence[tuple[str, str]]) -> None:
+        if self.down:
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
+        self.tokens.update(tokens)
+
+
+@dataclass
 class FakePorts:
     """One set of fakes sharing one "Redis"; :meth:`opened` is ``create_app``'s ``ports``."""
 
     readmodel: FakeReadModel = field(default_factory=FakeReadModel)
     bus: FakeCommandLog = field(default_factory=FakeCommandLog)
+    tokens: FakePaymentTokens = field(default_factory=FakePaymentTokens)
     gate: FakeIngestGate = field(init=False)
 
     def __post_init__(self) -> None:
@@ -182,5 +220,9 @@ class FakePorts:
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[IngestPorts]:
         yield IngestPorts(
-            bus=self.bus, gate=self.gate, decisions=self.readmodel, reads=self.readmodel
+            bus=self.bus,
+            gate=self.gate,
+            decisions=self.readmodel,
+            reads=self.readmodel,
+            tokens=self.tokens,
         )

@@ -28,6 +28,8 @@ from tests.unit.pledge.api.conftest import Api
 
 PROBLEM = "application/problem+json"
 CAMPAIGN = "c-1"
+#: The campaign's internal, tenant-qualified id (the Kafka key and the commands' campaign_id).
+QA = "tenant-a/c-1"
 
 
 def batch_body(*campaigns: str) -> dict[str, Any]:
@@ -91,7 +93,7 @@ async def test_launch_appends_launch_campaign_and_answers_202_with_the_status_ur
     assert response.headers["location"] == f"/v1/campaigns/{CAMPAIGN}"
     [(key, value)] = api.fakes.bus.sent
     command = decode_command(value)
-    assert key == CAMPAIGN and isinstance(command, LaunchCampaign)
+    assert key == QA and command.campaign_id == QA and isinstance(command, LaunchCampaign)
     assert command.tenant_id == "tenant-a"
     assert command.command_id == command_id_for("tenant-a", "k-1")
     assert command.fee_schedule is not None  # the default schedule of the goal currency
@@ -110,9 +112,11 @@ async def test_pledge_appends_make_pledge_and_writes_the_pending_row(api: Api) -
     assert response.headers["location"] == status_url
     [(key, value)] = api.fakes.bus.sent
     command = decode_command(value)
-    assert key == CAMPAIGN and isinstance(command, MakePledge)
+    assert key == QA and command.campaign_id == QA and isinstance(command, MakePledge)
     assert (command.pledge_id, command.backer_id, command.tier_id) == ("p-1", "b-1", "t1")
-    assert command.amount.amount_minor == 2500 and command.payment_token == "tok_visa"
+    assert command.amount.amount_minor == 2500 and command.payment_token is None
+    # The token travels on its erasable store, keyed by the pledge, never in the command.
+    assert api.fakes.tokens.tokens == {"tenant-a/c-1/p-1": "tok_visa"}
     view = await api.client.get(status_url, headers=AUTH_A)
     assert view.status_code == 200
     assert view.json() == {
@@ -139,7 +143,7 @@ async def test_a_pledge_without_pledge_id_gets_one_derived_from_the_command_id(a
 
 
 async def test_batch_sends_the_valid_items_and_answers_each_item(api: Api) -> None:
-    api.fakes.readmodel.launched("c-b", "tenant-b")
+    api.fakes.readmodel.launched("tenant-b/c-b", "tenant-b")
     body = batch_body(CAMPAIGN, "c-b", CAMPAIGN)
     body["pledges"][2]["amount_minor"] = 0
     response = await api.client.post("/v1/pledges/batch", json=body, headers=write_headers("k-1"))
@@ -150,7 +154,12 @@ async def test_batch_sends_the_valid_items_and_answers_each_item(api: Api) -> No
     assert answer["results"][2]["problem"]["errors"][0]["field"] == "pledges.2.amount_minor"
     [(key, value)] = api.fakes.bus.sent
     command = decode_command(value)
-    assert key == CAMPAIGN and isinstance(command, MakePledge) and command.pledge_id == "p-0"
+    assert (
+        key == QA
+        and command.campaign_id == QA
+        and isinstance(command, MakePledge)
+        and command.pledge_id == "p-0"
+    )
     assert command.command_id == command_id_for("tenant-a", "k-1", 0)
 
 
@@ -257,8 +266,8 @@ async def test_a_write_without_idempotency_key_is_400(api: Api, endpoint: str) -
 async def test_a_write_on_another_tenants_campaign_is_404_and_appends_nothing(
     api: Api, endpoint: str
 ) -> None:
-    api.fakes.readmodel.launched(CAMPAIGN, "tenant-b")
-    response = await post(api, endpoint, "k-1")
+    # CAMPAIGN is tenant A's (conftest): tenant B naming it names its own, absent campaign.
+    response = await post(api, endpoint, "k-1", Authorization=AUTH_B["Authorization"])
     assert response.status_code == 404
     assert problem_type(response) == "not-found"
     assert api.fakes.bus.sent == []
@@ -266,13 +275,13 @@ async def test_a_write_on_another_tenants_campaign_is_404_and_appends_nothing(
 
 
 async def test_a_campaign_of_the_callers_tenant_is_written_to(api: Api) -> None:
-    api.fakes.readmodel.launched(CAMPAIGN, "tenant-a")
+    api.fakes.readmodel.launched(QA, "tenant-a")
     assert (await post(api, "pledge", "k-1")).status_code == 202
 
 
 async def test_another_tenants_campaign_and_pledges_are_not_found_on_reads(api: Api) -> None:
     await post(api, "pledge", "k-1")
-    api.fakes.readmodel.launched(CAMPAIGN, "tenant-a")
+    api.fakes.readmodel.launched(QA, "tenant-a")
     assert (await api.client.get(f"/v1/campaigns/{CAMPAIGN}", headers=AUTH_A)).status_code == 200
     for path in (f"/v1/campaigns/{CAMPAIGN}", f"/v1/campaigns/{CAMPAIGN}/pledges/p-1"):
         response = await api.client.get(path, headers=AUTH_B)
@@ -326,6 +335,21 @@ async def test_log_down_is_a_503_and_frees_the_key_for_a_retry(api: Api, endpoin
     api.fakes.bus.failure = None
     assert (await post(api, endpoint, "k-1")).status_code == 202
     assert len(api.fakes.bus.sent) >= 1
+
+
+@pytest.mark.parametrize("endpoint", ["pledge", "batch"])
+async def test_token_store_down_is_a_503_sends_nothing_and_frees_the_key(
+    api: Api, endpoint: str
+) -> None:
+    api.fakes.tokens.down = True
+    response = await post(api, endpoint, "k-1")
+    assert response.status_code == 503
+    assert problem_type(response) == "unavailable"
+    assert api.fakes.bus.sent == []
+    api.fakes.tokens.down = False
+    assert (await post(api, endpoint, "k-1")).status_code == 202
+    assert list(api.fakes.tokens.tokens.values()) == ["tok_visa"]
+    assert all(decode_command(value).payment_token is None for _, value in api.fakes.bus.sent)
 
 
 # --- Prefer: wait (through the decision reader) ---------------------------------------------------

@@ -1,0 +1,68 @@
+"""Payment tokens on their own erasable topic, never on the immutable log.
+
+The API writes each pledge's token to the compacted ``payment-tokens`` topic, keyed by the
+pledge's identity ``<tenant>/<campaign>/<pledge>`` (:func:`schemas.tenancy.pledge_key`: the
+envelope's ``campaign_id`` plus the payload's ``pledge_id``), and sends the command without
+it, so neither ``pledge-commands``, the events, the snapshots nor any dead-letter topic ever
+holds a token. Settlement looks a token up with :func:`load_payment_tokens` when it calls the
+gateway and erases it with :func:`forget_payment_token` (a tombstone) once the pledge is
+settled, released or refunded; the topic's retention removes the rest (refused pledges). An
+erasure never touches a hash chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from services.streams import read_to_end
+
+__all__ = ["KafkaPaymentTokens", "forget_payment_token", "load_payment_tokens"]
+
+
+class KafkaPaymentTokens:
+    """The API's :class:`~services.pledge.api.ports.PaymentTokenStore` on Kafka (idempotent
+    producer, ``acks=all``: a token is durable before its command is sent)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def put(self, tokens: Sequence[tuple[str, str]]) -> None:
+        """Write ``(pledge key, token)`` pairs; returns once every one is acknowledged."""
+        sent = [
+            await self._producer.send(self.topic, key=key.encode(), value=token.encode())
+            for key, token in tokens
+        ]
+        await asyncio.gather(*sent)
+
+
+async def load_payment_tokens(bootstrap: str, topic: str, partitions: int) -> dict[str, str]:
+    """``pledge key -> token`` of every token not erased yet (latest record per key)."""
+    tokens: dict[str, str] = {}
+
+    def keep(record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.key is None:
+            return
+        if record.value is None:
+            tokens.pop(record.key.decode(), None)
+        else:
+            tokens[record.key.decode()] = record.value.decode()
+
+    await read_to_end(bootstrap, [TopicPartition(topic, p) for p in range(partitions)], keep)
+    return tokens
+
+
+async def forget_payment_token(producer: AIOKafkaProducer, topic: str, key: str) -> None:
+    """Erase one pledge's token (a tombstone; compaction removes the value)."""
+    await (await producer.send(topic, key=key.encode(), value=None))
