@@ -22,6 +22,8 @@ __all__ = [
     "CONSUMERS",
     "DEFAULT_PARTITIONS",
     "DLQ_RETENTION_MS",
+    "NOTIFY_CONTACTS_TOPIC",
+    "NOTIFY_ENDPOINTS_TOPIC",
     "PAYMENT_TOKENS_TOPIC",
     "PAYMENT_TOKEN_RETENTION_MS",
     "SETTLEMENT_COMMANDS_TOPIC",
@@ -58,8 +60,15 @@ DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: Consumers that own a dead-letter topic ``<consumer>.dlq`` (the processor's is
 #: ``pledge-commands.dlq``, named after the topic it reads).
 CONSUMERS: tuple[str, ...] = ("settlement", "notify", "readmodel", "audit")
+#: Notify's compacted registration topics (keyed ``tenant/...``; a tombstone deletes, so a
+#: contact's e-mail address is erasable): platforms' webhook endpoints, backers' and creators'
+#: contact details.
+NOTIFY_ENDPOINTS_TOPIC = "notify-endpoints"
+NOTIFY_CONTACTS_TOPIC = "notify-contacts"
 
-TopicKind = Literal["event", "command", "snapshot", "dead_letter", "checkpoint", "secret"]
+TopicKind = Literal[
+    "event", "command", "snapshot", "dead_letter", "checkpoint", "secret", "registration"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,17 @@ class Topics:
             self._spec(f"{consumer}.dlq", "dead_letter", DLQ_RETENTION_MS, "delete")
             for consumer in CONSUMERS
         )
+        specs.extend(
+            self._spec(
+                name,
+                "registration",
+                -1,
+                "compact",
+                key="tenant_id",
+                extra=(("min.cleanable.dirty.ratio", "0.1"),),
+            )
+            for name in (NOTIFY_ENDPOINTS_TOPIC, NOTIFY_CONTACTS_TOPIC)
+        )
         self._specs = {spec.name: spec for spec in specs}
 
     def _spec(
@@ -161,6 +181,7 @@ class Topics:
         stream: Stream | None = None,
         event_types: tuple[str, ...] = (),
         extra: tuple[tuple[str, str], ...] = (),
+        key: str = "campaign_id",
     ) -> TopicSpec:
         return TopicSpec(
             name=self.prefix + base,
@@ -168,6 +189,7 @@ class Topics:
             partitions=self.partitions,
             retention_ms=retention_ms,
             cleanup_policy=cleanup,
+            key=key,
             stream=stream,
             event_types=event_types,
             replication_factor=self.replication_factor,
@@ -209,6 +231,16 @@ class Topics:
     def snapshots(self) -> str:
         """The compacted processor-snapshot topic."""
         return self.prefix + SNAPSHOTS_TOPIC
+
+    @property
+    def notify_endpoints(self) -> str:
+        """Compacted topic of the platforms' webhook endpoints (notify)."""
+        return self.prefix + NOTIFY_ENDPOINTS_TOPIC
+
+    @property
+    def notify_contacts(self) -> str:
+        """Compacted topic of backers' and creators' contact details (notify)."""
+        return self.prefix + NOTIFY_CONTACTS_TOPIC
 
     def for_event(self, event_type: str) -> str:
         """Topic carrying ``event_type`` (named exactly as the type, plus the prefix)."""

@@ -11,6 +11,7 @@ def _register() -> None:
     """Attach each concern's sub-commands; imported here so importing this module stays cheap."""
     from schemas.cli import app as schemas_app
     from services.audit.cli import app as audit_app
+    from services.notify.cli import app as notify_app
     from services.ops.cli import app as deploy_app
     from services.pledge.api.cli import cli as api_app
     from services.pledge.processor.app import processor_app
@@ -24,6 +25,7 @@ def _register() -> None:
     app.add_typer(readmodel_cli(), name="readmodel")
     app.add_typer(audit_app, name="audit")
     app.add_typer(deploy_app, name="deploy")
+    app.add_typer(notify_app, name="notify")
     app.add_typer(settlement_app, name="settlement")
     app.command("ledger")(ledger)
 

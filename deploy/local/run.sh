@@ -66,6 +66,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# mailpit (the local SMTP server the notify worker sends to): pinned, installed once.
+"$here/mailpit/install.sh" || exit 1
 "$repo/.venv/bin/honcho" -f "$here/Procfile" -d "$repo" start &
 honcho_pid=$!
 
@@ -140,6 +142,7 @@ cat <<EOF2
   Pledgeflow is running.
     API docs:     http://127.0.0.1:$port/docs   (OpenAPI: /openapi.json, metrics: /metrics)
     dev API key:  $dev_key   ($key_note)
+    e-mail:       http://127.0.0.1:${PLEDGEFLOW_MAILPIT_UI_PORT:-8025}   (mailpit: what the notify worker sends)
     metrics:      processor http://127.0.0.1:$PLEDGEFLOW_PROCESSOR_METRICS_PORT/metrics, projector http://127.0.0.1:$PLEDGEFLOW_PROJECTOR_METRICS_PORT/metrics
     prometheus:   $prom_note
 

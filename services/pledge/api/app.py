@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.notify.api_routes import notify_router
 from services.pledge.adapters.command_bus import CommandBus
 from services.pledge.adapters.payment_tokens import KafkaPaymentTokens
 from services.pledge.adapters.redis_decisions import RedisDecisions
@@ -333,6 +334,7 @@ def create_app(
             raise ProblemError("not-found", "no such resource")
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(notify_router(config, keys))  # webhook endpoints, contacts (notify)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
 
     # The hot write routes are answered in front of FastAPI (see fastpath.py); their routes

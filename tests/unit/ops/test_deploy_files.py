@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 from schemas.topics import Topics
+from services.notify.config import NotifySettings
+from services.notify.metrics import NotifyMetrics
 from services.ops.cli import app as deploy_cli
 from services.ops.manifests import kafka_topics, prometheus_rule, render, resource_name
 from services.pledge.config import PledgeSettings
@@ -48,6 +50,7 @@ def _exported_series() -> set[str]:
     ProcessorMetrics.create(registry)
     ApiMetrics.create(registry)
     ReadModelMetrics.create(registry)
+    NotifyMetrics.create(registry)
     settlement_metrics(registry)
     names = set()
     for family in registry.collect():
@@ -129,7 +132,12 @@ def test_alerts_and_dashboard_only_use_metrics_the_services_export() -> None:
 
 def test_every_exported_metric_family_is_on_the_dashboard() -> None:
     registry = CollectorRegistry()
-    for create in (ProcessorMetrics.create, ApiMetrics.create, ReadModelMetrics.create):
+    for create in (
+        ProcessorMetrics.create,
+        ApiMetrics.create,
+        ReadModelMetrics.create,
+        NotifyMetrics.create,
+    ):
         create(registry)
     text = "\n".join(_dashboard_exprs())
     missing = [family.name for family in registry.collect() if family.name not in text]
@@ -168,6 +176,7 @@ def test_manifests_only_set_settings_that_exist() -> None:
         *PledgeSettings.model_fields,
         *AuditSettings.model_fields,
         *ApiSettings.model_fields,
+        *NotifySettings.model_fields,
         *SettlementSettings.model_fields,
     ]
     fields = {f"PLEDGEFLOW_{name.upper()}" for name in settings}

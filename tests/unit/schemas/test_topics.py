@@ -20,10 +20,12 @@ def test_every_event_type_has_its_own_topic_named_after_it() -> None:
 def test_every_topic_shares_one_partition_count_and_the_campaign_key() -> None:
     topics = Topics(partitions=9)
     assert {spec.partitions for spec in topics} == {9}
-    # Signed checkpoints are per tenant (services.audit.checkpoints), payment tokens per
-    # pledge (services.pledge.adapters.payment_tokens), the rest per campaign.
-    per_campaign = {spec.key for spec in topics if spec.kind not in ("checkpoint", "secret")}
-    assert per_campaign == {"campaign_id"}
+    # Signed checkpoints (services.audit.checkpoints) and notify's compacted registrations are
+    # per tenant, payment tokens per pledge (services.pledge.adapters.payment_tokens), the rest
+    # per campaign.
+    other_keys = {"checkpoint", "registration", "secret"}
+    assert {spec.key for spec in topics if spec.kind not in other_keys} == {"campaign_id"}
+    assert {spec.key for spec in topics if spec.kind == "registration"} == {"tenant_id"}
 
 
 def test_default_partition_count_is_six() -> None:

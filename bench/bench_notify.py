@@ -1,0 +1,233 @@
+"""Notify's webhook delivery speed and isolation, against baselines measured in this run.
+
+* ``notify_throughput`` — signed webhook deliveries/s through the real path (Redis queue,
+  dispatcher lanes, Kafka-recorded ``NotificationSent``) to ten endpoints of a local receiver
+  process that answers after 20 ms, vs a naive loop awaiting each signed POST in turn (target
+  ratio >= 10). CPU seconds of this process per delivery are reported beside it.
+* ``notify_slow_endpoint`` — p99 delivery latency (enqueue -> recorded) of ten healthy
+  endpoints, notifications arriving at a steady 100/s, while an eleventh endpoint answers after
+  2 s, vs the same run without the slow one (target: within 2x, i.e. baseline/value >= 0.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import httpx
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from bench.harness import Target, delete_topics, kafka_bootstrap, redis_url, write_result
+from schemas.events import NotificationFailed, NotificationSent
+from schemas.topics import Topics, ensure_topics
+from services.notify.adapters.http_webhook import HttpWebhookSender
+from services.notify.adapters.kafka_recorder import NotifyStreamRecorder
+from services.notify.adapters.redis_queue import RedisDeliveryQueue
+from services.notify.adapters.smtp import SmtpTransport
+from services.notify.config import NotifySettings
+from services.notify.directory import Directory, endpoint_key, endpoint_value
+from services.notify.dispatch import Dispatcher
+from services.notify.domain import Notification, WebhookEndpoint
+from services.notify.mail import MailRenderer
+from services.notify.metrics import NotifyMetrics
+from services.notify.partitioning import partition_function
+from services.notify.webhooks import body_bytes, new_secret, signed_headers
+
+ENDPOINTS = 10
+DELAY_MS = 20
+N_FAST = 3000
+N_NAIVE = 150
+N_LATENCY = 1100
+#: Arrivals per second of the latency runs: steady, well under the throughput measured above.
+RATE = 100.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def sink() -> AsyncIterator[str]:  # type: ignore[misc]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.webhook_sink", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.post(f"{base}/hook/x/0", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def notification(campaign: str, endpoint: str, i: int) -> Notification:
+    return Notification(
+        notification_id=f"msg_{uuid4().hex}",
+        cause_event_id=uuid4(),
+        campaign_id=campaign,
+        tenant_id="tenant-a",
+        event_type="PledgeMade",
+        occurred_at=datetime.now(UTC),
+        channel="webhook",
+        recipient_kind="platform",
+        recipient=endpoint,
+        template="pledge_made",
+        params={"type": "PledgeMade", "data": {"i": i, "campaign_id": campaign}},
+    )
+
+
+class TimedRecorder:
+    """The real recorder, timing each recorded notification from its enqueue."""
+
+    def __init__(self, inner: NotifyStreamRecorder) -> None:
+        self.inner = inner
+        self.enqueued: dict[str, float] = {}
+        self.latency: dict[str, list[float]] = {}
+        self.sent = 0
+
+    async def record(
+        self, campaign_id: str, events: list[NotificationSent | NotificationFailed], cause: str
+    ) -> None:
+        await self.inner.record(campaign_id, events, cause)
+        for e in events:
+            if isinstance(e, NotificationSent):
+                self.sent += 1
+                took = time.perf_counter() - self.enqueued[e.notification_id]
+                self.latency.setdefault(e.recipient, []).append(took)
+
+
+async def run_dispatcher(
+    base: str, prefix: str, n: int, *, slow: bool, rate: float | None = None
+) -> tuple[float, float, TimedRecorder]:
+    """Deliver ``n`` notifications spread over the endpoints, all at once or ``rate`` per
+    second; returns (seconds, cpu seconds, recorder)."""
+    bootstrap = kafka_bootstrap()
+    partitions = 6
+    topics = Topics(prefix=prefix, partitions=partitions)
+    await ensure_topics(bootstrap, topics)
+    settings = NotifySettings(
+        kafka_bootstrap=bootstrap,
+        topic_prefix=prefix,
+        partitions=partitions,
+        notify_allow_private_urls=True,
+        notify_poll_seconds=0.005,
+    )
+    client = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(redis_url(), max_connections=64)
+    )
+    partition_of = partition_function(partitions)
+    queue = RedisDeliveryQueue(client, prefix=prefix, partition_of=partition_of)
+    directory = Directory()
+    names = [f"ep{i}" for i in range(ENDPOINTS)] + (["slow"] if slow else [])
+    for name in names:
+        delay = 2000 if name == "slow" else DELAY_MS
+        ep = WebhookEndpoint(
+            name, "tenant-a", f"{base}/hook/{name}/{delay}", frozenset({"PledgeMade"}), new_secret()
+        )
+        directory.apply_endpoint(endpoint_key("tenant-a", name), endpoint_value(ep))
+    recorder = TimedRecorder(
+        NotifyStreamRecorder(bootstrap, f"{prefix}notify-stream", topics, partition_of)
+    )
+    poster = HttpWebhookSender(allow_private=True)
+    dispatcher = Dispatcher(
+        queue=queue,
+        directory=directory,
+        poster=poster,
+        transport=SmtpTransport("127.0.0.1", 1),
+        renderer=MailRenderer(sender="n@x", message_id_domain="x"),
+        recorder=recorder,
+        dead_letters=None,  # type: ignore[arg-type]  # nothing fails in this bench
+        settings=settings,
+        metrics=NotifyMetrics.create(CollectorRegistry()),
+    )
+    items = [notification(f"c{i % 60}", names[i % len(names)], i) for i in range(n)]
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    wanted = sum(1 for it in items if it.recipient != "slow")
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for k, it in enumerate(items):
+        if rate is not None:
+            await asyncio.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
+        recorder.enqueued[it.notification_id] = time.perf_counter()
+        await queue.enqueue(it, int(time.time() * 1000))
+    while sum(len(v) for k, v in recorder.latency.items() if k != "slow") < wanted:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    stop.set()
+    await task
+    await recorder.inner.close()
+    await poster.aclose()
+    keys = [k async for k in client.scan_iter(match=f"{prefix}notify:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+    await delete_topics(bootstrap, prefix)
+    return seconds, cpu, recorder
+
+
+async def naive(base: str, n: int) -> float:
+    """Deliveries/s of a loop awaiting each signed POST in turn."""
+    secret = new_secret()
+    async with httpx.AsyncClient() as http:
+        t0 = time.perf_counter()
+        for i in range(n):
+            body = body_bytes({"type": "PledgeMade", "data": {"i": i}})
+            headers = signed_headers(f"msg_{i}", datetime.now(UTC), body, [secret])
+            answer = await http.post(
+                f"{base}/hook/ep{i % ENDPOINTS}/{DELAY_MS}", content=body, headers=headers
+            )
+            answer.raise_for_status()
+        return n / (time.perf_counter() - t0)
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def main() -> None:
+    with sink() as base:
+        naive_rate = await naive(base, N_NAIVE)
+        seconds, cpu, _ = await run_dispatcher(base, f"bn{uuid4().hex[:8]}.", N_FAST, slow=False)
+        rate = N_FAST / seconds
+        write_result(
+            "notify_throughput",
+            "webhook deliveries (signed, queued, recorded) per second",
+            "deliveries/s",
+            rate,
+            baseline=("naive loop awaiting each signed POST", naive_rate),
+            target=Target(ratio=10.0),
+            extra={"cpu_seconds_per_delivery": cpu / N_FAST, "receiver_delay_ms": DELAY_MS},
+        )
+        steady = dict(slow=False, rate=RATE)
+        _, _, calm = await run_dispatcher(base, f"bn{uuid4().hex[:8]}.", N_LATENCY, **steady)
+        steady["slow"] = True
+        _, _, noisy = await run_dispatcher(base, f"bn{uuid4().hex[:8]}.", N_LATENCY, **steady)
+        calm_p99 = p99([x for k, v in calm.latency.items() for x in v])
+        noisy_p99 = p99([x for k, v in noisy.latency.items() if k != "slow" for x in v])
+        write_result(
+            "notify_slow_endpoint",
+            "p99 latency of healthy endpoints with one answering after 2 s",
+            "s",
+            noisy_p99,
+            baseline=("same load without the slow endpoint", calm_p99),
+            target=Target(ratio=0.5, lower_is_better=True),
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

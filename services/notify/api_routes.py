@@ -1,0 +1,248 @@
+"""The API's notify routes: webhook endpoints and contact details, per tenant (API key).
+
+An ``APIRouter`` with its own lifespan (a Kafka producer and a Redis client), so the API app
+includes it with one line: ``app.include_router(notify_router(settings, keys))``. Errors are
+the app's RFC 9457 problems (``ProblemError``; request validation is the app's handler).
+"""
+
+# No ``from __future__ import annotations``: FastAPI must see the route signatures' types,
+# which refer to dependencies defined inside ``notify_router``.
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal, TypeVar
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Depends, Header, Response
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings
+
+from schemas.topics import Topics
+from services.notify.adapters.registration_store import KafkaRegistrationLog, RedisEndpointView
+from services.notify.config import NotifySettings
+from services.notify.domain import WebhookEndpoint
+from services.notify.registrations import InvalidRegistration, Registrations
+from services.pledge.api.auth import ApiKeys
+from services.pledge.api.openapi import COMMON, problem_content
+from services.pledge.api.problems import ProblemError
+
+__all__ = ["notify_router"]
+
+T = TypeVar("T")
+
+
+class EndpointIn(BaseModel):
+    """``POST /v1/webhook-endpoints``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(min_length=1, max_length=2000)]
+    event_types: Annotated[list[str], Field(min_length=1, max_length=50)]
+
+
+class EndpointOut(BaseModel):
+    """An endpoint as listed (the secret is shown only at creation and rotation)."""
+
+    id: str
+    url: str
+    event_types: list[str]
+
+
+class EndpointCreated(EndpointOut):
+    secret: str
+
+
+class SecretRotated(BaseModel):
+    id: str
+    secret: str
+
+
+class ContactIn(BaseModel):
+    """``PUT /v1/backers/{id}`` and ``/v1/creators/{id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: Annotated[str, Field(min_length=3, max_length=254)]
+    locale: Annotated[str, Field(min_length=2, max_length=35)] | None = None
+
+
+class ContactOut(BaseModel):
+    id: str
+    email: str
+    locale: str | None
+
+
+def _out(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    return {
+        "id": endpoint.endpoint_id,
+        "url": endpoint.url,
+        "event_types": sorted(endpoint.event_types),
+    }
+
+
+def notify_router(settings: BaseSettings, keys: ApiKeys) -> APIRouter:
+    """The routes, bound to one deployment's topics and Redis (see the module docstring).
+    ``settings`` is any of the services' settings (the notify fields are read from it or the
+    environment). Kafka and Redis are connected on the first request, so an app that never
+    serves these routes (unit tests with in-memory ports) never connects."""
+    notify = NotifySettings.model_validate(settings.model_dump())
+    topics = Topics(prefix=notify.topic_prefix, partitions=notify.partitions)
+    state: dict[str, Any] = {}
+    opening = asyncio.Lock()
+
+    async def open_service() -> Registrations:
+        async with opening:
+            if "svc" not in state:
+                client = aioredis.Redis.from_url(notify.redis_url)
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=notify.kafka_bootstrap,
+                    acks="all",
+                    enable_idempotence=True,
+                    request_timeout_ms=10_000,
+                )
+                try:
+                    await producer.start()
+                except Exception:
+                    await client.aclose()
+                    raise
+                state.update(client=client, producer=producer)
+                state["svc"] = Registrations(
+                    KafkaRegistrationLog(producer),
+                    RedisEndpointView(client, prefix=notify.topic_prefix),
+                    topics,
+                    allow_private=notify.notify_allow_private_urls,
+                )
+            svc: Registrations = state["svc"]
+            return svc
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if "producer" in state:
+                await state["producer"].stop()
+                await state["client"].aclose()
+            state.clear()
+
+    router = APIRouter(
+        prefix="/v1",
+        tags=["notifications"],
+        lifespan=lifespan,
+        responses={
+            **{k: v for k, v in COMMON.items() if k != 429},
+            400: problem_content("The body is not valid JSON."),
+            404: problem_content("No such webhook endpoint for this tenant."),
+        },
+    )
+
+    def tenant(authorization: Annotated[str | None, Header()] = None) -> str:
+        return keys.authenticate(authorization).tenant_id
+
+    async def service() -> Registrations:
+        try:
+            return await open_service()
+        except (KafkaError, OSError) as exc:
+            raise ProblemError("unavailable", f"Kafka unreachable: {exc}") from None
+
+    Tenant = Annotated[str, Depends(tenant)]
+    Service = Annotated[Registrations, Depends(service)]
+
+    async def recorded(call: Awaitable[T]) -> T:
+        """A registration call; Kafka unreachable (or a missing topic) is a 503, not a 500."""
+        try:
+            return await call
+        except KafkaError as exc:
+            raise ProblemError("unavailable", f"Kafka unreachable: {exc}") from None
+
+    def invalid(exc: InvalidRegistration) -> ProblemError:
+        return ProblemError(
+            "validation-error",
+            f"invalid field(s): {exc.field}",
+            errors=[{"field": exc.field, "message": exc.message}],
+        )
+
+    @router.post("/webhook-endpoints", status_code=201, response_model=EndpointCreated)
+    async def create_endpoint(
+        body: EndpointIn,
+        tenant_id: Tenant,
+        svc: Service,
+        idempotency_key: Annotated[
+            str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+        ] = None,
+    ) -> Any:
+        """Register a webhook endpoint; the signing secret is in this answer only. With an
+        ``Idempotency-Key`` a retried request answers the endpoint it created."""
+        try:
+            endpoint = await recorded(
+                svc.create_endpoint(tenant_id, body.url, body.event_types, idempotency_key)
+            )
+        except InvalidRegistration as exc:
+            raise invalid(exc) from None
+        return {**_out(endpoint), "secret": endpoint.secret}
+
+    @router.get("/webhook-endpoints", response_model=dict[str, list[EndpointOut]])
+    async def list_endpoints(tenant_id: Tenant, svc: Service) -> Any:
+        return {"items": [_out(e) for e in await recorded(svc.list_endpoints(tenant_id))]}
+
+    @router.get("/webhook-endpoints/{endpoint_id}", response_model=EndpointOut)
+    async def get_endpoint(endpoint_id: str, tenant_id: Tenant, svc: Service) -> Any:
+        endpoint = await recorded(svc.get_endpoint(tenant_id, endpoint_id))
+        if endpoint is None:
+            raise ProblemError("not-found", f"no webhook endpoint {endpoint_id!r}")
+        return _out(endpoint)
+
+    @router.delete("/webhook-endpoints/{endpoint_id}", status_code=204)
+    async def delete_endpoint(endpoint_id: str, tenant_id: Tenant, svc: Service) -> Response:
+        if not await recorded(svc.delete_endpoint(tenant_id, endpoint_id)):
+            raise ProblemError("not-found", f"no webhook endpoint {endpoint_id!r}")
+        return Response(status_code=204)
+
+    @router.post("/webhook-endpoints/{endpoint_id}/rotate-secret", response_model=SecretRotated)
+    async def rotate_secret(endpoint_id: str, tenant_id: Tenant, svc: Service) -> Any:
+        """A new secret; deliveries are signed with the new and the previous one until the
+        next rotation, so a receiver can switch without losing a message."""
+        rotated = await recorded(svc.rotate_secret(tenant_id, endpoint_id))
+        if rotated is None:
+            raise ProblemError("not-found", f"no webhook endpoint {endpoint_id!r}")
+        return {"id": rotated.endpoint_id, "secret": rotated.secret}
+
+    def contact_routes(kind: Literal["backer", "creator"], path: str) -> None:
+        async def put_contact(
+            person_id: str, body: ContactIn, tenant_id: Tenant, svc: Service
+        ) -> Any:
+            try:
+                contact = await recorded(
+                    svc.put_contact(tenant_id, kind, person_id, body.email, body.locale)
+                )
+            except InvalidRegistration as exc:
+                raise invalid(exc) from None
+            return {"id": person_id, "email": contact.email, "locale": contact.locale}
+
+        async def erase_contact(person_id: str, tenant_id: Tenant, svc: Service) -> Response:
+            try:
+                await recorded(svc.erase_contact(tenant_id, kind, person_id))
+            except InvalidRegistration as exc:
+                raise invalid(exc) from None
+            return Response(status_code=204)
+
+        router.add_api_route(
+            f"/{path}/{{person_id}}",
+            put_contact,
+            methods=["PUT"],
+            response_model=ContactOut,
+            summary=f"Register the {kind}'s e-mail address and locale",
+        )
+        router.add_api_route(
+            f"/{path}/{{person_id}}",
+            erase_contact,
+            methods=["DELETE"],
+            status_code=204,
+            summary=f"Erase the {kind}'s contact details (later messages are skipped)",
+        )
+
+    contact_routes("backer", "backers")
+    contact_routes("creator", "creators")
+    return router

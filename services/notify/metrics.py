@@ -1,0 +1,71 @@
+"""Prometheus metrics of the notify worker (``pledgeflow_`` prefix, base units, no ids).
+
+One :class:`NotifyMetrics` per registry: production uses the process-wide default registry,
+tests their own ``CollectorRegistry`` so that two dispatchers in one process never collide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["NotifyMetrics"]
+
+# From an event's occurred_at to delivery: sub-second when healthy, up to a day with retries.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86_400.0)
+
+
+@dataclass(frozen=True)
+class NotifyMetrics:
+    """Every metric notify reports; labels are bounded enums (channel, outcome, reason)."""
+
+    deliveries: Counter
+    latency: Histogram
+    pending: Gauge
+    dead_letters: Counter
+    open_circuits: Gauge
+    skipped: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> NotifyMetrics:
+        """Register notify's metrics in ``registry``."""
+        return cls(
+            deliveries=Counter(
+                "pledgeflow_notify_deliveries",
+                "Delivery attempts by channel (webhook, email) and outcome "
+                "(sent, failed = will retry, dead = dead-lettered, skipped).",
+                ["channel", "outcome"],
+                registry=registry,
+            ),
+            latency=Histogram(
+                "pledgeflow_notify_delivery_latency_seconds",
+                "From the causing event's occurred_at to the successful delivery.",
+                ["channel"],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            pending=Gauge(
+                "pledgeflow_notify_pending",
+                "Notifications waiting for a first attempt or a retry.",
+                registry=registry,
+            ),
+            dead_letters=Counter(
+                "pledgeflow_notify_dead_letters",
+                "Notifications written to notify.dlq after their last attempt.",
+                ["channel"],
+                registry=registry,
+            ),
+            open_circuits=Gauge(
+                "pledgeflow_notify_open_circuits",
+                "Delivery lanes (webhook endpoints, the SMTP relay) whose circuit is open.",
+                registry=registry,
+            ),
+            skipped=Counter(
+                "pledgeflow_notify_skipped",
+                "Notifications not sent by design, by reason (contact_erased, no_contact, "
+                "endpoint_removed).",
+                ["reason"],
+                registry=registry,
+            ),
+        )

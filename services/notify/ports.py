@@ -1,0 +1,106 @@
+"""The small ports the notify dispatcher talks through (adapters in ``adapters/``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from schemas.events import NotificationFailed, NotificationSent
+from services.notify.domain import Notification, RecipientKind, WebhookEndpoint
+from services.notify.mail import Contact
+
+__all__ = [
+    "ERASED",
+    "DeadLetters",
+    "DeliveryQueue",
+    "Directory",
+    "Erased",
+    "Queued",
+    "Recorder",
+]
+
+
+class Erased:
+    """A contact the platform deleted: messages to that person are skipped (and counted)."""
+
+    def __repr__(self) -> str:
+        return "ERASED"
+
+
+ERASED = Erased()
+
+Final = Literal["sent", "dead", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A claimed notification: what to send, its lane, attempts already made, first attempt."""
+
+    notification: Notification
+    lane: str
+    partition: int
+    attempts: int
+    first_attempt_ms: int | None
+
+
+class DeliveryQueue(Protocol):
+    """Durable pending notifications with due times; a claim is a lease, not a removal."""
+
+    async def enqueue(self, notification: Notification, now_ms: int) -> bool:
+        """Add unless this id was ever enqueued (redelivered event); True if added."""
+
+    async def due(
+        self, now_ms: int, limit: int, partitions: Iterable[int]
+    ) -> list[tuple[str, str, int, float]]:
+        """Up to ``limit`` per partition of ``(notification_id, lane, partition, due_ms)`` due
+        at ``now_ms`` in the given (owned) partitions, earliest first."""
+
+    async def push_back(self, partition: int, due: dict[str, float]) -> None:
+        """Make due items (id -> new due ms) due later without counting an attempt (busy or
+        open lane)."""
+
+    async def claim(
+        self, notification_id: str, partition: int, now_ms: int, lease_ms: int
+    ) -> Queued | None:
+        """Lease a due item until ``now_ms + lease_ms``; None if not due or already final."""
+
+    async def retry_at(self, item: Queued, due_ms: int, attempts: int, now_ms: int) -> None:
+        """Record a failed attempt and when to try again."""
+
+    async def finish(self, item: Queued, state: Final) -> None:
+        """Leave the queue for good (the id stays known so it is never enqueued again)."""
+
+    async def redrive(self, notification: Notification, now_ms: int) -> None:
+        """Queue again from attempt 0, whatever its state (the redrive command)."""
+
+    async def pending(self, partitions: Iterable[int]) -> int:
+        """How many notifications wait in ``partitions`` (retries pending included)."""
+
+
+class Directory(Protocol):
+    """Registrations of the platforms: webhook endpoints and contacts, by tenant."""
+
+    def endpoints(self, tenant_id: str) -> list[WebhookEndpoint]: ...
+
+    def endpoint(self, tenant_id: str, endpoint_id: str) -> WebhookEndpoint | None: ...
+
+    def contact(
+        self, tenant_id: str, kind: RecipientKind, person_id: str
+    ) -> Contact | Erased | None: ...
+
+
+class Recorder(Protocol):
+    """Appends notify-stream events (``seq`` + hash chain per (campaign, 'notify'))."""
+
+    async def record(
+        self, campaign_id: str, events: list[NotificationSent | NotificationFailed], cause: str
+    ) -> None: ...
+
+
+class DeadLetters(Protocol):
+    """The dead-letter topic ``notify.dlq``."""
+
+    async def put(
+        self, notification: Notification, reason: str, detail: str, attempts: int
+    ) -> None: ...

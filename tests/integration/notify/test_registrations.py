@@ -1,0 +1,176 @@
+"""Webhook endpoints and contacts registered through the notify router, recorded on the
+compacted topics (real Kafka) with the endpoint view in real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+
+from schemas.topics import Topics
+from services.notify.directory import Directory
+from services.notify.ports import ERASED
+from tests.support.api import AUTH_A, AUTH_B, api_client, api_settings, create_topics
+
+pytestmark = pytest.mark.integration
+
+
+@asynccontextmanager
+async def client(
+    bootstrap: str, redis_server: str, unique: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Topics]]:
+    """The ingest API app (which includes the notify router) in-process."""
+    settings = api_settings(bootstrap, redis_server, unique, partitions=1)
+    topics = await create_topics(settings)
+    async with api_client(settings) as http:
+        yield http, topics
+    redis = aioredis.Redis.from_url(redis_server)
+    keys_left = [k async for k in redis.scan_iter(match=f"{settings.topic_prefix}notify:*")]
+    if keys_left:
+        await redis.delete(*keys_left)
+    await redis.aclose()
+
+
+async def records(bootstrap: str, topic: str) -> list[tuple[str, bytes | None]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        out: list[tuple[str, bytes | None]] = []
+        while batch := await consumer.getmany(timeout_ms=1000):
+            for recs in batch.values():
+                out.extend((r.key.decode(), r.value) for r in recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def test_endpoint_lifecycle_is_per_tenant_and_recorded_on_the_compacted_topic(
+    bootstrap: str, redis_server: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLEDGEFLOW_NOTIFY_ALLOW_PRIVATE_URLS", "true")
+    async with client(bootstrap, redis_server, unique) as (http, topics):
+        created = await http.post(
+            "/v1/webhook-endpoints",
+            json={"url": "http://127.0.0.1:9/hook", "event_types": ["GoalReached"]},
+            headers=AUTH_A,
+        )
+        assert created.status_code == 201, created.text
+        ep = created.json()
+        assert ep["secret"].startswith("whsec_") and ep["event_types"] == ["GoalReached"]
+        listed = (await http.get("/v1/webhook-endpoints", headers=AUTH_A)).json()["items"]
+        assert listed == [{"id": ep["id"], "url": ep["url"], "event_types": ["GoalReached"]}]
+        assert (await http.get("/v1/webhook-endpoints", headers=AUTH_B)).json()["items"] == []
+        other = await http.get(f"/v1/webhook-endpoints/{ep['id']}", headers=AUTH_B)
+        assert other.status_code == 404
+        assert other.headers["content-type"] == "application/problem+json"
+
+        rotated = await http.post(f"/v1/webhook-endpoints/{ep['id']}/rotate-secret", headers=AUTH_A)
+        assert rotated.status_code == 200 and rotated.json()["secret"] != ep["secret"]
+        assert (
+            await http.delete(f"/v1/webhook-endpoints/{ep['id']}", headers=AUTH_B)
+        ).status_code == 404
+        assert (
+            await http.delete(f"/v1/webhook-endpoints/{ep['id']}", headers=AUTH_A)
+        ).status_code == 204
+        assert (
+            await http.get(f"/v1/webhook-endpoints/{ep['id']}", headers=AUTH_A)
+        ).status_code == 404
+
+        log = await records(bootstrap, topics.notify_endpoints)
+        assert [k for k, _ in log] == [f"tenant-a/{ep['id']}"] * 3
+        directory = Directory()
+        for key, value in log[:2]:
+            directory.apply_endpoint(key, value)
+        [replayed] = directory.endpoints("tenant-a")
+        assert (replayed.secret, replayed.previous_secret) == (
+            rotated.json()["secret"],
+            ep["secret"],
+        )
+        directory.apply_endpoint(*log[2])
+        assert log[2][1] is None and directory.endpoints("tenant-a") == []
+
+
+async def test_endpoint_registration_refuses_internal_urls_and_unknown_types(
+    bootstrap: str, redis_server: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLEDGEFLOW_NOTIFY_ALLOW_PRIVATE_URLS", "false")
+    async with client(bootstrap, redis_server, unique) as (http, _):
+        cases = [
+            ({"url": "http://127.0.0.1:9/hook", "event_types": ["GoalReached"]}, "url"),
+            ({"url": "http://169.254.169.254/", "event_types": ["GoalReached"]}, "url"),
+            ({"url": "gopher://example.com/", "event_types": ["GoalReached"]}, "url"),
+            ({"url": "https://example.com/", "event_types": ["PledgeTeleported"]}, "event_types"),
+        ]
+        for body, field in cases:
+            answer = await http.post("/v1/webhook-endpoints", json=body, headers=AUTH_A)
+            assert answer.status_code == 422, answer.text
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.json()["errors"][0]["field"] == field
+        unauthenticated = await http.post("/v1/webhook-endpoints", json=cases[0][0])
+        assert unauthenticated.status_code == 401
+        shapeless = await http.post("/v1/webhook-endpoints", json={"url": 5}, headers=AUTH_A)
+        assert shapeless.status_code == 422
+        assert shapeless.headers["content-type"] == "application/problem+json"
+        fields = {e["field"] for e in shapeless.json()["errors"]}
+        assert fields == {"body.url", "body.event_types"}
+
+
+async def test_contacts_are_recorded_and_erased_with_a_tombstone(
+    bootstrap: str, redis_server: str, unique: str
+) -> None:
+    async with client(bootstrap, redis_server, unique) as (http, topics):
+        put = await http.put(
+            "/v1/backers/b-1", json={"email": "ana@example.org", "locale": "fr-FR"}, headers=AUTH_A
+        )
+        assert put.status_code == 200 and put.json()["locale"] == "fr-FR"
+        creator = await http.put(
+            "/v1/creators/u-9", json={"email": "u9@example.org"}, headers=AUTH_A
+        )
+        assert creator.status_code == 200
+        bad = await http.put(
+            "/v1/backers/b-1", json={"email": "nope", "locale": "fr"}, headers=AUTH_A
+        )
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "email"
+        bad = await http.put(
+            "/v1/backers/b-1", json={"email": "a@b.org", "locale": "xx-nowhere"}, headers=AUTH_A
+        )
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "locale"
+        assert (await http.delete("/v1/backers/b-1", headers=AUTH_A)).status_code == 204
+
+        directory = Directory()
+        for key, value in await records(bootstrap, topics.notify_contacts):
+            directory.apply_contact(key, value)
+        assert directory.contact("tenant-a", "backer", "b-1") is ERASED
+        assert directory.contact("tenant-a", "creator", "u-9").email == "u9@example.org"  # type: ignore[union-attr]
+        assert directory.contact("tenant-b", "creator", "u-9") is None
+
+
+async def test_a_retried_registration_with_an_idempotency_key_gets_the_same_endpoint(
+    bootstrap: str, redis_server: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLEDGEFLOW_NOTIFY_ALLOW_PRIVATE_URLS", "true")
+    async with client(bootstrap, redis_server, unique) as (http, _):
+        body = {"url": "http://127.0.0.1:9/hook", "event_types": ["GoalReached"]}
+        headers = {**AUTH_A, "Idempotency-Key": "reg-1"}
+        first = await http.post("/v1/webhook-endpoints", json=body, headers=headers)
+        again = await http.post("/v1/webhook-endpoints", json=body, headers=headers)
+        assert first.status_code == again.status_code == 201
+        assert first.json() == again.json()
+        other = await http.post(
+            "/v1/webhook-endpoints", json={**body, "url": "http://127.0.0.1:9/x"}, headers=headers
+        )
+        assert other.status_code == 422
+        assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+        listed = (await http.get("/v1/webhook-endpoints", headers=AUTH_A)).json()["items"]
+        assert [e["id"] for e in listed] == [first.json()["id"]]
+        # the same key from another tenant is another endpoint
+        theirs = await http.post(
+            "/v1/webhook-endpoints", json=body, headers={**AUTH_B, "Idempotency-Key": "reg-1"}
+        )
+        assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
