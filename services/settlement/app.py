@@ -33,7 +33,9 @@ from schemas.envelope import Envelope
 from schemas.errors import DecodeError
 from schemas.events import CampaignClosed, CampaignSettled
 from schemas.settlement_commands import decode_settlement_command
+from schemas.tenancy import pledge_key
 from schemas.topics import Topics, ensure_topics
+from services.pledge.adapters.payment_tokens import load_payment_tokens
 from services.settlement.adapters.sandbox_gateway import SandboxGateway
 from services.settlement.adapters.stripe_gateway import StripeGateway
 from services.settlement.config import SettlementSettings
@@ -100,7 +102,11 @@ class SettlementWorker:
             max_in_flight=settings.settlement_max_in_flight,
             max_in_flight_per_campaign=settings.settlement_max_in_flight_per_campaign,
             hooks=EngineHooks(on_result=self._observe, on_unavailable=self._unavailable),
+            token_of=self._token_of,
         )
+        #: ``pledge key -> token`` from the payment-tokens topic (loaded, then tailed).
+        self.tokens: dict[str, str] = {}
+        self._token_reader: AIOKafkaConsumer | None = None
         self.heads = ChainHeads()
         self.writers: dict[int, PartitionWriter] = {}
         self._pending: dict[int, dict[str, list[OutRecord]]] = defaultdict(
@@ -129,6 +135,23 @@ class SettlementWorker:
             group_id=None,
         )
         await self._commands.start()
+        self.tokens = await load_payment_tokens(
+            self.settings.kafka_bootstrap, self.topics.payment_tokens, self.settings.partitions
+        )
+        self._token_reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await self._token_reader.start()
+        token_tps = [
+            TopicPartition(self.topics.payment_tokens, p) for p in range(self.settings.partitions)
+        ]
+        self._token_reader.assign(token_tps)
+        ends = await self._token_reader.end_offsets(token_tps)
+        for tp, end in ends.items():
+            self._token_reader.seek(tp, end)  # what load_payment_tokens read is in self.tokens
         self._reader = OrderedStreamReader(
             bootstrap=self.settings.kafka_bootstrap,
             group_id=self.group,
@@ -163,6 +186,8 @@ class SettlementWorker:
             await self._reader.stop()
         if self._commands is not None:
             await self._commands.stop()
+        if self._token_reader is not None:
+            await self._token_reader.stop()
         for writer in self.writers.values():
             await writer.close()
         await self.gateway.aclose()
@@ -179,6 +204,7 @@ class SettlementWorker:
             # only note the change, applied here between turns (never between a stamp on the
             # chain heads and its write).
             await self._apply_partition_changes()
+            await self._read_tokens()
             await self._read_commands()
             now = self.clock()
             self.engine.launch(now)
@@ -211,6 +237,23 @@ class SettlementWorker:
             if state is not None and stream == "campaign":
                 out[(campaign_id, stream)] = state.campaign_seq
         return out
+
+    async def _read_tokens(self) -> None:
+        reader = self._token_reader
+        if reader is None:
+            return
+        batches = await reader.getmany(timeout_ms=0, max_records=10_000)
+        for records in batches.values():
+            for record in records:
+                if record.key is None:
+                    continue
+                if record.value is None:
+                    self.tokens.pop(record.key.decode(), None)
+                else:
+                    self.tokens[record.key.decode()] = record.value.decode()
+
+    def _token_of(self, campaign_id: str, pledge_id: str) -> str | None:
+        return self.tokens.get(pledge_key(campaign_id, pledge_id))
 
     async def _read_commands(self) -> None:
         consumer = self._commands

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from schemas.envelope import Envelope
@@ -85,6 +85,7 @@ class SettlementEngine:
         unavailable_backoff: timedelta = timedelta(seconds=2),
         sweep_every: timedelta = timedelta(seconds=1),
         hooks: EngineHooks | None = None,
+        token_of: Callable[[str, str], str | None] | None = None,
     ) -> None:
         if max_in_flight < 1 or max_in_flight_per_campaign < 1:
             raise ValueError("in-flight bounds must be >= 1")
@@ -95,6 +96,9 @@ class SettlementEngine:
         self.unavailable_backoff = unavailable_backoff
         self.sweep_every = sweep_every
         self.hooks = hooks or EngineHooks()
+        #: ``(campaign, pledge) -> token`` for pledges whose events carry none (tokens travel
+        #: on the erasable payment-tokens topic, never on the log).
+        self.token_of = token_of
         self.states: dict[str, SettlementState] = {}
         #: ``campaign -> pledges that may owe a call`` (an ordered set).
         self._queue: dict[str, dict[str, None]] = {}
@@ -200,6 +204,8 @@ class SettlementEngine:
         return started
 
     def _start(self, call: GatewayCall) -> None:
+        if call.payment_token is None and self.token_of is not None:
+            call = replace(call, payment_token=self.token_of(call.campaign_id, call.pledge_id))
         campaign_id = call.campaign_id
         self._per_campaign[campaign_id] = self._per_campaign.get(campaign_id, 0) + 1
         self._in_flight[call.key] = asyncio.ensure_future(self._call(call))

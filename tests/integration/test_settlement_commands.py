@@ -183,3 +183,35 @@ async def test_refused_commands_are_recorded_and_garbage_is_skipped(stack: Stack
     [rejected] = [e.payload for e in events if isinstance(e.payload, SettlementCommandRejected)]
     assert (rejected.command_id, rejected.reason) == ("cmd-4", "pledge_not_found")
     assert stack.worker.engine.states["co"].settled is not None  # the worker is still going
+
+
+async def test_tokens_come_from_the_payment_tokens_topic(stack: Stack) -> None:
+    # Through the API a token never enters the log: it is on payment-tokens, keyed by pledge.
+    from schemas.tenancy import pledge_key
+    from services.pledge.adapters.payment_tokens import KafkaPaymentTokens
+
+    settings = stack.settings
+    tokens = KafkaPaymentTokens(settings.kafka_bootstrap, settings.topics().payment_tokens)
+    await tokens.start()
+    try:
+        await tokens.put(
+            [
+                (pledge_key("tokened", "bad"), "tok_declined"),
+                (pledge_key("tokened", "ok"), "tok_ok"),
+            ]
+        )
+    finally:
+        await tokens.stop()
+    book = CampaignBook(campaign_id="tokened", goal_minor=1_000).launch()
+    book.pledge("bad", 2_000, token=None)
+    book.pledge("ok", 2_000, token=None)
+    book.close("funded")
+    await write_campaigns(
+        settings.kafka_bootstrap, settings.topics(), settings.topic_prefix + "t2", book.log
+    )
+    events = await stack.until(
+        "tokened", lambda es: has(PledgeCaptured)(es) and has(PledgeCaptureFailed)(es)
+    )
+    [failed] = [e.payload for e in events if isinstance(e.payload, PledgeCaptureFailed)]
+    [captured] = [e.payload for e in events if isinstance(e.payload, PledgeCaptured)]
+    assert (failed.pledge_id, failed.reason, captured.pledge_id) == ("bad", "card_declined", "ok")
