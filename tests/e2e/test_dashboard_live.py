@@ -192,7 +192,7 @@ def test_every_dashboard_query_and_rule_evaluates_on_live_metrics(
         receiver = stack.enter_context(receiver_in_thread())
         #: The workers: name -> (``pledgeflow`` arguments, extra environment). Each serves its
         #: metrics on its own free port, scraped as job ``pledgeflow-<name>`` like the
-        #: dashboard's ``job=~"pledgeflow-.*"``; a new worker (settlement) is one more entry.
+        #: dashboard's ``job=~"pledgeflow-.*"``; a new worker is one more entry.
         workers: dict[str, tuple[list[str], dict[str, str]]] = {
             "processor": (["processor", "run"], {}),
             "projector": (["readmodel", "run"], {}),
@@ -204,6 +204,7 @@ def test_every_dashboard_query_and_rule_evaluates_on_live_metrics(
                     "PLEDGEFLOW_NOTIFY_MESSAGE_ID_DOMAIN": "pf.test",
                 },
             ),
+            "settlement": (["settlement", "run"], {}),
         }
         ports = {name: free_port() for name in ("api", "prometheus", *workers)}
         jobs = {f"pledgeflow-{name}": ports[name] for name in ("api", *workers)}
