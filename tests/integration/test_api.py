@@ -27,6 +27,7 @@ from tests.support.api import (
     pledge_body,
     processor,
     projector,
+    read_model_whole,
     uvicorn_server,
     write_headers,
 )
@@ -569,6 +570,27 @@ async def test_a_batch_of_more_than_1000_items_is_422(api: httpx.AsyncClient) ->
     assert response.json()["errors"][0]["field"] == "pledges"
 
 
+async def test_a_missing_campaign_is_a_503_until_the_read_model_is_whole(
+    broker: Any, redis_server: str
+) -> None:
+    # Without the projector's epoch marker (Redis lost its data, or no projector has built the
+    # read model yet) existing campaigns are missing too: a 404 would be a lie a client may act on.
+    settings = api_settings(kafka_bootstrap(), redis_url(), unique_name("rb"))
+    await create_topics(settings)
+    async with api_client(settings) as api:
+        before = await api.post(
+            "/v1/campaigns/c-1/pledges", json=pledge_body(), headers=write_headers(new_id("k"))
+        )
+        assert before.status_code == 503, before.text
+        assert before.headers["retry-after"] == "1"
+        assert before.json()["type"] == "https://pledgeflow.dev/problems/unavailable"
+        await read_model_whole(settings)
+        after = await api.post(
+            "/v1/campaigns/c-1/pledges", json=pledge_body(), headers=write_headers(new_id("k"))
+        )
+        assert after.status_code == 404, after.text
+
+
 # --- rate limit, ops, real server ----------------------------------------------------------
 
 
@@ -579,6 +601,7 @@ async def test_the_token_bucket_answers_429_with_retry_after(
         kafka_bootstrap(), redis_url(), unique_name("rl"), api_rate_per_second=0.5, api_rate_burst=2
     )
     await create_topics(settings)
+    await read_model_whole(settings)
     async with api_client(settings) as api:
         codes = []
         for _ in range(3):

@@ -15,6 +15,7 @@ import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
+from services.pledge.adapters.redis_readmodel import Keys
 from tests.support.api import (
     AUTH_A,
     api_client,
@@ -23,6 +24,7 @@ from tests.support.api import (
     free_port,
     new_id,
     pledge_body,
+    read_model_whole,
     write_headers,
 )
 from tests.support.infra import kafka_bootstrap, redis_url, unique_name
@@ -69,6 +71,7 @@ async def test_a_batch_costs_one_token_per_item(broker: Any, redis_server: str) 
         api_rate_burst=5,
     )
     await create_topics(settings)
+    await read_model_whole(settings)
     async with api_client(settings) as api:
         big = await api.post("/v1/pledges/batch", json=batch(6), headers=write_headers(new_id("k")))
         assert big.status_code == 429, big.text  # 6 items > 5 tokens
@@ -92,6 +95,7 @@ async def test_reads_and_refused_requests_are_rate_limited(broker: Any, redis_se
         api_rate_burst=3,
     )
     await create_topics(settings)
+    await read_model_whole(settings)
     async with api_client(settings) as api:
         reads = [(await api.get("/v1/campaigns/c-1", headers=AUTH_A)).status_code for _ in range(5)]
         assert reads[:3] == [404, 404, 404] and reads[3:] == [429, 429]
@@ -103,6 +107,7 @@ async def test_reads_and_refused_requests_are_rate_limited(broker: Any, redis_se
         api_rate_burst=3,
     )
     await create_topics(settings)
+    await read_model_whole(settings)
     async with api_client(settings) as api:
         codes = []
         for _ in range(5):  # refused: malformed body
@@ -118,6 +123,8 @@ async def test_commands_for_a_campaign_that_does_not_exist_leave_no_lasting_stat
 ) -> None:
     settings = api_settings(kafka_bootstrap(), redis_url(), unique_name("uc"))
     await create_topics(settings)
+    await read_model_whole(settings)
+    epoch = Keys(settings.topic_prefix).projector_epoch().encode()
     campaign_id = new_id("ghost")
     async with api_client(settings) as api:
         answers = [
@@ -150,7 +157,7 @@ async def test_commands_for_a_campaign_that_does_not_exist_leave_no_lasting_stat
         lasting = [
             key
             async for key in client.scan_iter(match=f"{namespace}*")
-            if campaign_id.encode() in key or await client.ttl(key) == -1
+            if key != epoch and (campaign_id.encode() in key or await client.ttl(key) == -1)
         ]
         assert lasting == []
     finally:
@@ -221,6 +228,7 @@ async def test_requests_with_a_wrong_key_are_rate_limited_per_address(
         api_rate_burst=3,
     )
     await create_topics(settings)
+    await read_model_whole(settings)
     async with api_client(settings) as api:
         wrong = {"Authorization": "Bearer guess-0123456789"}
         codes = [(await api.get("/v1/campaigns/c-1", headers=wrong)).status_code for _ in range(5)]

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas import decode
 from schemas.topics import Topics, ensure_topics
+from services.pledge.adapters.redis_readmodel import Keys
 from services.pledge.api import create_app
 from services.pledge.config import PledgeSettings
 from services.pledge.projector import Projector
@@ -57,6 +58,16 @@ async def create_topics(settings: PledgeSettings) -> Topics:
         CREATED_PREFIXES.add(settings.topic_prefix)
     await ensure_topics(settings.kafka_bootstrap, topics)
     return topics
+
+
+async def read_model_whole(settings: PledgeSettings) -> None:
+    """Mark the read model whole, as a running projector does (its epoch marker): without it
+    the API answers a missing campaign 503 (the read model may be rebuilding), not 404."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await client.set(Keys(settings.topic_prefix).projector_epoch(), b"test")
+    finally:
+        await client.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -53,7 +53,8 @@ if not ok then
 end
 """
 
-# KEYS[1] bucket, KEYS[2] idempotency key, then n campaign hashes and their n launch markers.
+# KEYS[1] bucket, KEYS[2] idempotency key, KEYS[3] the projector's epoch marker, then n
+# campaign hashes and their n launch markers.
 # ARGV[1] rate/s, ARGV[2] burst, ARGV[3] token cost, ARGV[4] fingerprint (64 hex), ARGV[5]
 # lock ms, ARGV[6] tenant, ARGV[7] 'one' (a missing campaign refuses the request), 'many'
 # (missing campaigns are reported by position) or 'launch' (no campaign needs to exist; the
@@ -61,19 +62,23 @@ end
 # A campaign exists for the tenant when the projector recorded it as the tenant's, or the
 # API accepted the tenant's launch of it (marker). Another tenant's campaign and a campaign
 # that does not exist are the same answer: with qualified ids the first cannot even be named.
+# A missing campaign is only "not found" while the read model is whole: without the projector's
+# epoch marker (Redis lost its data, and the projector has not rebuilt yet) existing campaigns
+# are missing too, so the answer is {'rebuilding'} (503, retry) rather than a false 404.
 GATE_SCRIPT = LuaScript(
     _BUCKET
     + """
-local n = (#KEYS - 2) / 2
+local n = (#KEYS - 3) / 2
 local missing = {}
 if ARGV[7] ~= 'launch' then
   for i = 1, n do
-    local owner = redis.call('HGET', KEYS[2 + i], 'tenant')
+    local owner = redis.call('HGET', KEYS[3 + i], 'tenant')
     local mine = owner == ARGV[6]
-    if not owner or owner == '' then mine = redis.call('GET', KEYS[2 + n + i]) == ARGV[6] end
+    if not owner or owner == '' then mine = redis.call('GET', KEYS[3 + n + i]) == ARGV[6] end
     if not mine then missing[#missing + 1] = i end
   end
 end
+if #missing > 0 and redis.call('EXISTS', KEYS[3]) == 0 then return {'rebuilding'} end
 if ARGV[7] == 'one' and #missing > 0 then return {'not_found'} end
 local cur = redis.call('GET', KEYS[2])
 if cur then
@@ -84,7 +89,7 @@ if cur then
 end
 redis.call('SET', KEYS[2], 'P' .. ARGV[4], 'PX', ARGV[5])
 if ARGV[7] == 'launch' then
-  for i = 1, n do redis.call('SET', KEYS[2 + n + i], ARGV[6], 'EX', ARGV[8]) end
+  for i = 1, n do redis.call('SET', KEYS[3 + n + i], ARGV[6], 'EX', ARGV[8]) end
 end
 local out = {'ok'}
 for i = 1, #missing do out[#out + 1] = missing[i] end
@@ -159,6 +164,7 @@ class IngestStore:
         keys = [
             self.keys.bucket(key_hash),
             self.keys.idempotency(tenant_id, idempotency_key),
+            self.keys.projector_epoch(),
             *(self.keys.campaign(c) for c in campaign_ids),
             *(self.keys.launched(c) for c in campaign_ids),
         ]

@@ -52,6 +52,10 @@ class Keys:
     def pledge(self, campaign_id: str, pledge_id: str) -> str:
         return f"{self.ns}rm:p:{campaign_id}/{pledge_id}"
 
+    def projector_epoch(self) -> str:
+        """The projector's epoch marker: present while the read model is whole."""
+        return f"{self.ns}rm:projector"
+
     def launched(self, campaign_id: str) -> str:
         return f"{self.ns}launch:{campaign_id}"
 

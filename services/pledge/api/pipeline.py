@@ -101,6 +101,12 @@ class WritePipeline:
                 raise self.rate_limited(write.route, result.retry_after_ms)
             case "not_found":
                 raise ProblemError("not-found", "no such campaign")
+            case "rebuilding":
+                raise ProblemError(
+                    "unavailable",
+                    "the read model is being rebuilt; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
             case "mismatch":
                 raise ProblemError(
                     "idempotency-key-reused",

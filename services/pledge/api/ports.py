@@ -29,7 +29,8 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class GateResult:
     """What the gate decided: ``ok`` (reserved), ``replay``, ``in_progress``, ``mismatch``,
-    ``not_found``, ``rate_limited``."""
+    ``not_found``, ``rate_limited``, ``rebuilding`` (a campaign is missing while the read model is
+    not whole: 503, not a false 404)."""
 
     outcome: str
     #: ``replay``: the stored response (3-digit status + body).

@@ -88,7 +88,7 @@ class Projector:
         self.lag_every = lag_every_seconds
         self._reader: OrderedStreamReader | None = None
         #: The read model's epoch marker: its key and the value this projector holds.
-        self._marker = f"{self.keys.ns}rm:projector"
+        self._marker = self.keys.projector_epoch()
         self._epoch: bytes | str | None = None
         self._epoch_at = -1e9
         self.epoch_check = epoch_check_seconds
