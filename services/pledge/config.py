@@ -6,7 +6,7 @@ passed down, never read from globals deep inside.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +74,8 @@ class PledgeSettings(BaseSettings):
     api_produce_interval_ms: float = Field(default=4.0, ge=0, le=1000)
     #: Most items in one ``POST /v1/pledges/batch``.
     api_batch_max_items: int = Field(default=1000, ge=1)
+    #: Key of the listing cursors' HMAC (unset: derived from ``api_keys``).
+    api_cursor_secret: SecretStr | None = None
     #: Consumer group of the read-model projector on the campaign event topics.
     readmodel_group: str = "pledge-readmodel"
     #: How long the projector keeps a command's decision for ``Prefer: wait`` (seconds).

@@ -7,7 +7,20 @@ never see each other, and ``pledgeflow readmodel rebuild`` can wipe exactly one 
 * ``<ns>rm:p:<campaign_id>:<pledge_id>``: hash ``status``, ``doc`` (JSON), ``refusal`` (JSON of
   the last refused operation on an accepted pledge, e.g. a late cancellation);
 * ``<ns>rm:d:<command_id>``: the decision the processor made on a command (for ``Prefer: wait``),
-  kept ``readmodel_decision_ttl_seconds``.
+  kept ``readmodel_decision_ttl_seconds``;
+* ``<ns>rm:ci:<tenant>:<all|open|closed>``: sorted sets (score 0, ordered by campaign id) of a
+  tenant's campaigns, the ``GET /v1/campaigns`` listing;
+* ``<ns>rm:pi:<campaign_id>:<all|pending|accepted|rejected|cancelled>``: sorted sets (score 0,
+  ordered by pledge id) of a campaign's pledges; a pledge hash's ``ix`` field names the status
+  set it is in;
+* ``<ns>rm:e:<campaign_id>``: sorted set of the campaign's events (score = seq, member = the
+  event's public JSON), the ``GET /v1/campaigns/{id}/events`` listing.
+
+The index sets are named ``<base><status>``: the scripts append the status to a base built
+here (:meth:`Keys.campaign_index` / :meth:`Keys.pledge_index` with ``status=""``), so every
+key name still comes from :class:`Keys`. Listings page by member (``ZRANGEBYLEX``) or by seq
+(``ZRANGEBYSCORE``): a member never moves inside a set, so a page after a cursor neither
+repeats nor skips an item that existed when paging began, whatever arrives meanwhile.
 
 Every change of a campaign is applied by one Lua script that compares the stored ``seq``:
 a redelivered event (seq already applied) is a no-op, and a stale writer is refused.
@@ -49,6 +62,18 @@ class Keys:
     def decision(self, command_id: str) -> str:
         return f"{self.ns}rm:d:{command_id}"
 
+    def campaign_index(self, tenant_id: str, status: str = "all") -> str:
+        """A tenant's campaigns with ``status`` (``""``: the base the scripts append to)."""
+        return f"{self.ns}rm:ci:{tenant_id}:{status}"
+
+    def pledge_index(self, campaign_id: str, status: str = "all") -> str:
+        """A campaign's pledges with ``status`` (``""``: the base the scripts append to)."""
+        return f"{self.ns}rm:pi:{campaign_id}:{status}"
+
+    def events(self, campaign_id: str) -> str:
+        """A campaign's events by seq."""
+        return f"{self.ns}rm:e:{campaign_id}"
+
     def idempotency(self, tenant_id: str, idempotency_key: str) -> str:
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
         return f"{self.ns}idem:{tenant_id}:{digest}"
@@ -70,6 +95,10 @@ class Keys:
 #   note    -> a refused operation on an existing pledge (cancellation refused): note only
 #   cancel  -> pledge cancelled: status cancelled + the cancellation (seq, reason)
 #   decide  -> decision key: first decision wins (a command's first event is its answer)
+#   ix:<pledge_id> -> pledge index base: move the pledge (the previous key) to the index set
+#              of its status now (its hash's 'ix' field says which set holds it)
+#   cx:<campaign_id> -> the tenant's campaign index base; value = 'open' | 'closed'
+#   ev:<seq> -> the campaign's events set: the event's JSON at score seq
 # Returns 1 applied, 0 already applied (redelivery), -1 stored seq is not the expected one.
 APPLY_SCRIPT = LuaScript(
     """
@@ -97,6 +126,24 @@ for i = 2, #KEYS do
     redis.call('HSET', KEYS[i], 'status', 'cancelled', 'cancel', val)
   elseif op == 'decide' then
     redis.call('SET', KEYS[i], val, 'NX', 'EX', ARGV[5])
+  elseif string.sub(op, 1, 3) == 'ix:' then
+    local member = string.sub(op, 4)
+    local s = redis.call('HGET', KEYS[i - 1], 'status')
+    local was = redis.call('HGET', KEYS[i - 1], 'ix')
+    if s and s ~= was then
+      if was then redis.call('ZREM', KEYS[i] .. was, member) end
+      redis.call('ZADD', KEYS[i] .. s, 0, member)
+      redis.call('ZADD', KEYS[i] .. 'all', 0, member)
+      redis.call('HSET', KEYS[i - 1], 'ix', s)
+    end
+  elseif string.sub(op, 1, 3) == 'cx:' then
+    local member = string.sub(op, 4)
+    redis.call('ZREM', KEYS[i] .. 'open', member)
+    redis.call('ZREM', KEYS[i] .. 'closed', member)
+    redis.call('ZADD', KEYS[i] .. val, 0, member)
+    redis.call('ZADD', KEYS[i] .. 'all', 0, member)
+  elseif string.sub(op, 1, 3) == 'ev:' then
+    redis.call('ZADD', KEYS[i], tonumber(string.sub(op, 4)), val)
   end
 end
 return 1
@@ -172,16 +219,59 @@ class ReadModelStore:
 
     async def pledge(self, campaign_id: str, pledge_id: str) -> PledgeRow | None:
         status, doc, refusal, cancel = await self.client.hmget(
-            self.keys.pledge(campaign_id, pledge_id), ["status", "doc", "refusal", "cancel"]
+            self.keys.pledge(campaign_id, pledge_id), _PLEDGE_FIELDS
         )
         if status is None or doc is None:
             return None
-        return PledgeRow(
-            status=_text(status) or "",
-            doc=orjson.loads(doc),
-            refusal=orjson.loads(refusal) if refusal else None,
-            cancel=orjson.loads(cancel) if cancel else None,
+        return _pledge_row(status, doc, refusal, cancel)
+
+    async def campaign_page(
+        self, tenant_id: str, status: str, after: str, limit: int
+    ) -> tuple[list[CampaignRow], str | None]:
+        """Up to ``limit`` of the tenant's campaigns with ``status`` (``all``, ``open``,
+        ``closed``) whose id sorts after ``after`` (``""``: from the first), in id order, and
+        the id to resume after (None: no more)."""
+        ids, more = await self._members(self.keys.campaign_index(tenant_id, status), after, limit)
+        rows = await self.campaigns(ids)
+        return [rows[campaign_id] for campaign_id in ids if campaign_id in rows], more
+
+    async def pledge_page(
+        self, campaign_id: str, status: str, after: str, limit: int
+    ) -> tuple[list[PledgeRow], str | None]:
+        """Up to ``limit`` of the campaign's pledges with ``status`` (or ``all``) whose id
+        sorts after ``after``, in id order (two round trips whatever the page size), and the
+        id to resume after (None: no more)."""
+        ids, more = await self._members(self.keys.pledge_index(campaign_id, status), after, limit)
+        pipe = self.client.pipeline(transaction=False)
+        for pledge_id in ids:
+            pipe.hmget(self.keys.pledge(campaign_id, pledge_id), _PLEDGE_FIELDS)
+        rows: list[PledgeRow] = []
+        for row_status, doc, refusal, cancel in await pipe.execute() if ids else ():
+            if row_status is not None and doc is not None:
+                rows.append(_pledge_row(row_status, doc, refusal, cancel))
+        return rows, more
+
+    async def event_page(
+        self, campaign_id: str, after_seq: int, limit: int
+    ) -> tuple[list[bytes], int | None]:
+        """Up to ``limit`` of the campaign's events after ``after_seq`` (stored JSON, in seq
+        order) and the seq to resume after (None: no more yet)."""
+        found: list[Any] = await self.client.zrangebyscore(
+            self.keys.events(campaign_id),
+            f"({after_seq}",
+            "+inf",
+            start=0,
+            num=limit + 1,
+            withscores=True,
         )
+        more = int(found[limit - 1][1]) if len(found) > limit else None
+        return [bytes(member) for member, _seq in found[:limit]], more
+
+    async def _members(self, key: str, after: str, limit: int) -> tuple[list[str], str | None]:
+        low = f"({after}" if after else "-"
+        found = await self.client.zrangebylex(key, low, "+", start=0, num=limit + 1)
+        ids = [m.decode() if isinstance(m, bytes) else m for m in found[:limit]]
+        return ids, (ids[-1] if len(found) > limit else None)
 
     async def decision(self, command_id: str) -> dict[str, Any] | None:
         raw = await self.client.get(self.keys.decision(command_id))
@@ -199,6 +289,20 @@ class ReadModelStore:
         if batch:
             deleted += await self.client.unlink(*batch)
         return deleted
+
+
+_PLEDGE_FIELDS = ["status", "doc", "refusal", "cancel"]
+
+
+def _pledge_row(
+    status: bytes | str, doc: bytes | str, refusal: bytes | str | None, cancel: bytes | str | None
+) -> PledgeRow:
+    return PledgeRow(
+        status=_text(status) or "",
+        doc=orjson.loads(doc),
+        refusal=orjson.loads(refusal) if refusal else None,
+        cancel=orjson.loads(cancel) if cancel else None,
+    )
 
 
 def _text(value: bytes | str | None) -> str | None:

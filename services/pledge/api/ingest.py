@@ -41,11 +41,17 @@ from services.pledge.api.ports import IngestPorts, ReadModelReader
 from services.pledge.api.problems import ProblemError, validation_problem
 from services.pledge.api.reading import HeaderMap, begin_write, header, header_map, read_body
 from services.pledge.api.responses import (
-    JSON,
     RawResponse,
     json_response,
     raw_headers,
     stored_response,
+)
+from services.pledge.api.views import (
+    campaign_etag,
+    conditional,
+    pledge_etag,
+    pledge_view,
+    visible_campaign,
 )
 from services.pledge.metrics_api import ApiMetrics
 from services.pledge.projection import pending_pledge_row
@@ -330,18 +336,20 @@ class Ingest:
     # --- reads -------------------------------------------------------------------------------
 
     async def get_campaign(self, scope: Scope, campaign_id: str) -> Response:
-        """``GET /v1/campaigns/{campaign_id}``: another tenant's campaign is not found."""
-        principal = self.authenticate(header_map(scope))
+        """``GET /v1/campaigns/{campaign_id}``: another tenant's campaign is not found; the
+        ``ETag`` is its seq (``If-None-Match`` -> 304)."""
+        headers = header_map(scope)
+        principal = self.authenticate(headers)
         row = await self.reads.campaign(campaign_id)
-        if row is None or row.doc is None or row.doc.get("status") not in ("open", "closed"):
+        doc = visible_campaign(row, principal.tenant_id)
+        if row is None or doc is None:
             raise ProblemError("not-found", "no such campaign (or not projected yet)")
-        if row.tenant_id != principal.tenant_id:
-            raise ProblemError("not-found", "no such campaign (or not projected yet)")
-        return Response(orjson.dumps(row.doc), media_type=JSON)
+        return conditional(headers, orjson.dumps(doc), campaign_etag(row.seq))
 
     async def get_pledge(self, scope: Scope, campaign_id: str, pledge_id: str) -> Response:
-        """``GET /v1/campaigns/{campaign_id}/pledges/{pledge_id}``."""
-        principal = self.authenticate(header_map(scope))
+        """``GET /v1/campaigns/{campaign_id}/pledges/{pledge_id}`` (``ETag`` / 304)."""
+        headers = header_map(scope)
+        principal = self.authenticate(headers)
         campaign = await self.reads.campaign(campaign_id)
         row = await self.reads.pledge(campaign_id, pledge_id)
         if row is None:
@@ -350,12 +358,8 @@ class Ingest:
         owner = owner or row.doc.get("tenant_id")
         if owner != principal.tenant_id:
             raise ProblemError("not-found", "no such pledge")
-        view = {k: v for k, v in row.doc.items() if k != "tenant_id"}
-        view["status"] = row.status
-        view["last_refusal"] = row.refusal
-        if row.cancel is not None:
-            view["seq"], view["reason"] = row.cancel["seq"], row.cancel["reason"]
-        return Response(orjson.dumps(view), media_type=JSON)
+        body = orjson.dumps(pledge_view(row))
+        return conditional(headers, body, pledge_etag(body))
 
 
 def _plain_pledge(raw: bytes, campaign_id: str) -> PledgeFields | None:

@@ -1,0 +1,67 @@
+"""The GET bodies built from read-model rows, and their validators (``ETag``).
+
+One builder per resource, used by the single-resource routes and by the listings alike, so
+an item of a page is byte for byte the body of its own URL. A campaign's version is its
+``seq`` (every change of it is an event); a pledge's row changes at several seqs (decided,
+cancelled, a refusal noted beside it), so its ETag is a digest of the body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from starlette.responses import Response
+
+from services.pledge.adapters.redis_readmodel import CampaignRow, PledgeRow
+from services.pledge.api.reading import HeaderMap, header
+from services.pledge.api.responses import JSON
+
+__all__ = ["campaign_etag", "conditional", "pledge_etag", "pledge_view", "visible_campaign"]
+
+
+def visible_campaign(row: CampaignRow | None, tenant_id: str) -> dict[str, Any] | None:
+    """The campaign's body when ``tenant_id`` may see it (launched, theirs), else None."""
+    if row is None or row.doc is None or row.doc.get("status") not in ("open", "closed"):
+        return None
+    if row.tenant_id != tenant_id:
+        return None
+    return row.doc
+
+
+def pledge_view(row: PledgeRow) -> dict[str, Any]:
+    """A pledge's public body (the stored tenant left out, a cancellation folded in)."""
+    view = {k: v for k, v in row.doc.items() if k != "tenant_id"}
+    view["status"] = row.status
+    view["last_refusal"] = row.refusal
+    if row.cancel is not None:
+        view["seq"], view["reason"] = row.cancel["seq"], row.cancel["reason"]
+    return view
+
+
+def campaign_etag(seq: int) -> str:
+    """A campaign's strong validator: its last applied seq."""
+    return f'"{seq}"'
+
+
+def pledge_etag(body: bytes) -> str:
+    """A pledge's strong validator: a digest of its body."""
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    if if_none_match.strip() == "*":
+        return True
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate.removeprefix("W/") == etag:  # If-None-Match compares weakly (RFC 9110)
+            return True
+    return False
+
+
+def conditional(headers: HeaderMap, body: bytes, etag: str) -> Response:
+    """200 with ``ETag``, or 304 (no body) when ``If-None-Match`` already names it."""
+    if_none_match = header(headers, b"if-none-match")
+    if if_none_match is not None and _matches(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(body, media_type=JSON, headers={"ETag": etag})
