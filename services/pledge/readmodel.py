@@ -46,6 +46,7 @@ from services.pledge.adapters.redis_readmodel import (
     CampaignRow,
     Keys,
     ReadModelStore,
+    with_listing_ops,
 )
 from services.pledge.config import PledgeSettings
 from services.pledge.metrics_readmodel import ReadModelMetrics, readmodel_metrics
@@ -175,7 +176,7 @@ def project(
             pass  # another stream's event on a campaign topic: nothing to show
     summary["seq"] = seq
     ops.append((keys.decision(envelope.causation_id), "decide", _dump(decision)))
-    return tenant, ops
+    return tenant, with_listing_ops(ops, envelope, tenant, keys)
 
 
 def _tier_taken(summary: dict[str, Any], tier_id: str | None, count: int) -> None:
