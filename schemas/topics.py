@@ -17,6 +17,7 @@ from typing import Any, Literal
 from schemas.events import EVENT_TYPES, Stream
 
 __all__ = [
+    "CHECKPOINTS_TOPIC",
     "COMMANDS_TOPIC",
     "CONSUMERS",
     "DEFAULT_PARTITIONS",
@@ -33,6 +34,9 @@ __all__ = [
 DEFAULT_PARTITIONS = 6
 COMMANDS_TOPIC = "pledge-commands"
 SNAPSHOTS_TOPIC = "pledge-snapshots"
+#: Signed chain heads, one record per tenant (key), compacted to the latest of each
+#: (services.audit.checkpoints; exports keep every one they saw).
+CHECKPOINTS_TOPIC = "audit-checkpoints"
 #: Largest record of the snapshot topic. A campaign's snapshot is ~51 bytes per pledge after
 #: compression, so the broker's default 1 MiB stopped snapshots at ~18,000 pledges; 16 MiB
 #: holds ~300,000 (more backers than any crowdfunding campaign has had).
@@ -43,7 +47,7 @@ DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
 #: ``pledge-commands.dlq``, named after the topic it reads).
 CONSUMERS: tuple[str, ...] = ("settlement", "notify", "readmodel", "audit")
 
-TopicKind = Literal["event", "command", "snapshot", "dead_letter"]
+TopicKind = Literal["event", "command", "snapshot", "dead_letter", "checkpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,17 @@ class Topics:
             )
         )
         specs.append(self._spec(f"{COMMANDS_TOPIC}.dlq", "dead_letter", DLQ_RETENTION_MS, "delete"))
+        specs.append(
+            TopicSpec(
+                name=prefix + CHECKPOINTS_TOPIC,
+                kind="checkpoint",
+                partitions=self.partitions,
+                retention_ms=-1,
+                cleanup_policy="compact",
+                key="tenant_id",
+                replication_factor=replication_factor,
+            )
+        )
         specs.extend(
             self._spec(f"{consumer}.dlq", "dead_letter", DLQ_RETENTION_MS, "delete")
             for consumer in CONSUMERS
@@ -149,6 +164,11 @@ class Topics:
     def commands(self) -> str:
         """The command topic (``pledge-commands``)."""
         return self.prefix + COMMANDS_TOPIC
+
+    @property
+    def checkpoints(self) -> str:
+        """The compacted topic of signed checkpoints (key: tenant id)."""
+        return self.prefix + CHECKPOINTS_TOPIC
 
     @property
     def snapshots(self) -> str:

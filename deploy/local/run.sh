@@ -49,6 +49,12 @@ created = asyncio.run(ensure_topics(s.kafka_bootstrap, Topics(prefix=s.topic_pre
 print(f"topics: {len(created)} created")
 PY
 
+# The checkpointer's signing key, one per clone (docs/audit.md "Signed checkpoints").
+if [ -z "${PLEDGEFLOW_CHECKPOINT_KEY_FILE:-}" ] && [ ! -s .local/checkpoint-key.pem ]; then
+  .venv/bin/pledgeflow audit checkpoint keygen --private .local/checkpoint-key.pem \
+    --public .local/checkpoint-key.pub.pem || exit 1
+fi
+
 honcho_pid=""
 cleanup() {
   if [ -n "$honcho_pid" ] && kill -0 "$honcho_pid" 2>/dev/null; then

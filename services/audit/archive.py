@@ -37,6 +37,7 @@ __all__ = [
     "SegmentInfo",
     "read_index",
     "read_lines",
+    "sidecar_findings",
 ]
 
 FORMAT = "pledgeflow-audit-archive"
@@ -109,6 +110,12 @@ class Manifest:
     #: every chain in seq order across runs.
     chain_heads: dict[str, int] = field(default_factory=dict)
     exports: list[dict[str, Any]] = field(default_factory=list)
+    #: ``--tenant``: the archive holds only this tenant's campaigns (all their streams).
+    tenant: str | None = None
+    #: That tenant's campaigns seen so far (later exports admit their events).
+    tenant_campaigns: list[str] = field(default_factory=list)
+    #: ``{"file": "checkpoints.jsonl", "sha256": ..., "count": n}`` once checkpoints exist.
+    checkpoints: dict[str, Any] | None = None
 
     @property
     def events(self) -> int:
@@ -135,12 +142,15 @@ class Manifest:
             "topic_prefix": self.topic_prefix,
             "topics": self.topics,
             "campaign": self.campaign,
+            "tenant": self.tenant,
+            "tenant_campaigns": self.tenant_campaigns,
             "partitions": self.partitions,
             "counts": self.counts(),
             "segments": [s.as_dict() for s in self.segments],
             "next_offsets": self.next_offsets,
             "chain_heads": self.chain_heads,
             "exports": self.exports,
+            "checkpoints": self.checkpoints,
         }
 
     def save(self, folder: Path) -> None:
@@ -173,6 +183,9 @@ class Manifest:
                 next_offsets=data.get("next_offsets", {}),
                 chain_heads=data.get("chain_heads", {}),
                 exports=list(data.get("exports", [])),
+                tenant=data.get("tenant"),
+                tenant_campaigns=list(data.get("tenant_campaigns", [])),
+                checkpoints=data.get("checkpoints"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArchiveError(f"{path}: malformed segment entry ({exc})") from None
@@ -350,3 +363,23 @@ def read_index(path: Path) -> list[tuple[str, int, str]]:
             topic, offset, event_id = line.decode().split("\t")
             rows.append((topic, int(offset), event_id))
     return rows
+
+
+def sidecar_findings(folder: Path) -> list[str]:
+    """The manifest's SHA-256s of the files beside the segments (indexes, checkpoints) that do
+    not match; the segments themselves are hashed while they are audited."""
+    manifest = Manifest.load(folder)
+    listed = [(s.index_name, s.index_sha256) for s in manifest.segments]
+    if manifest.checkpoints is not None:
+        info = manifest.checkpoints
+        listed.append((str(info.get("file")), str(info.get("sha256"))))
+    problems = []
+    for name, expected in listed:
+        try:
+            digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        except OSError:
+            problems.append(f"{name}: missing (listed in the manifest)")
+            continue
+        if digest != expected:
+            problems.append(f"{name}: SHA-256 differs from the manifest's")
+    return problems

@@ -172,6 +172,9 @@ def export(
     folder: Annotated[Path, typer.Argument(help="Archive folder (created or continued).")],
     topics: TopicsOpt = None,
     campaign: Campaign = None,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="Only this tenant's campaigns (all streams).")
+    ] = None,
     bootstrap: Bootstrap = None,
     topic_prefix: Prefix = None,
     segment_events: Annotated[
@@ -181,8 +184,11 @@ def export(
 ) -> None:
     """Copy the event topics (from the beginning, or from where the last export stopped)
     into FOLDER: gzip JSON Lines segments + manifest.json with SHA-256s and offsets."""
+    from services.audit.checkpoints import CheckpointError
     from services.audit.export import ExportOptionError, export_archive
 
+    if tenant is not None and not tenant:
+        _usage("--tenant: must not be empty")
     if segment_events < 1:
         _usage("--segment-events: must be >= 1")
     if folder.exists() and not folder.is_dir():
@@ -194,11 +200,13 @@ def export(
             result = asyncio.run(
                 export_archive(
                     server, folder, chosen, topic_prefix=prefix, campaign=campaign,
-                    segment_events=segment_events, progress=progress,
+                    tenant=tenant, segment_events=segment_events, progress=progress,
                 )
             )  # fmt: skip
         except (ExportOptionError, KafkaSourceError, ArchiveError) as exc:
             _usage(str(exc))
+        except CheckpointError as exc:
+            _usage(f"FOLDER: {exc}")
     if json:
         _print_json(result.as_dict())
     else:
@@ -270,13 +278,43 @@ def verify(
     bootstrap: Bootstrap = None,
     topic_prefix: Prefix = None,
     workers: Workers = None,
+    checkpoints: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoints", help="Signed checkpoints (JSON Lines) the archive must extend."
+        ),
+    ] = None,
+    public_keys: Annotated[
+        list[Path] | None,
+        typer.Option("--public-key", help="Checkpoint public key PEM (repeat across rotations)."),
+    ] = None,
     json: Json = False,
 ) -> None:
     """Check every rule (gapless seq, hash chain, unique pledges, goal, close, settlement,
     ledger, optionally the read model). Exit 0 when clean, else 1 naming the first bad event."""
+    if (checkpoints is None) != (public_keys is None):
+        _usage("--checkpoints/--public-key: give both")
+    if checkpoints is not None and from_dir is None:
+        _usage("--checkpoints: needs --from (an archive)")
+    signed = None
+    if checkpoints is not None and public_keys is not None:
+        from services.audit.checkpoints import CheckpointError, check_archive, load_signed
+
+        try:
+            signed = load_signed(checkpoints, public_keys)
+        except CheckpointError as exc:
+            _usage(f"--checkpoints/--public-key: {exc}")
     run = _run_source(
         from_dir, from_kafka, bootstrap, topic_prefix, topics, campaign, workers, False, not json
     )
+    if from_dir is not None:
+        from services.audit.archive import sidecar_findings
+
+        run.archive_findings.extend(sidecar_findings(from_dir))
+    signed_heads = None
+    if signed is not None and from_dir is not None:
+        problems, signed_heads = check_archive(from_dir, *signed)
+        run.archive_findings.extend(problems)
     if against_readmodel:
         from services.audit.readmodel_check import ReadModelUnavailable, compare_readmodel
 
@@ -305,12 +343,14 @@ def verify(
                 "counts_by_rule": dict(run.rule_counts),
                 "findings": [f.as_dict() for f in run.findings[:100]],
                 "archive_findings": run.archive_findings,
+                "signed_heads_checked": signed_heads,
             }
         )
     elif run.ok:
         _err.print(
             f"OK: {run.events:,} events of {len(run.summaries):,} campaigns pass {len(RULES)} "
             f"rules ({run.seconds:.2f}s, {_rate(run):,.0f} events/s)"
+            + ("" if signed_heads is None else f"; extends {signed_heads:,} signed chain heads")
         )
     else:
         if first is not None:
@@ -354,6 +394,15 @@ def report(
         output.write_text(text)
     if not run.ok:
         _err.print(f"warning: the log breaks rules ({sum(run.rule_counts.values())} findings)")
+
+
+def _register_checkpoint() -> None:
+    from services.audit.checkpoint_cli import app as checkpoint_app
+
+    app.add_typer(checkpoint_app, name="checkpoint")
+
+
+_register_checkpoint()
 
 
 def main() -> None:  # pragma: no cover - `python -m services.audit.cli`

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,3 +17,9 @@ class AuditSettings(BaseSettings):
     #: Prepended to every topic name (and read-model key namespace).
     topic_prefix: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Ed25519 private key (PKCS#8 PEM) the checkpointer signs with; see docs/audit.md.
+    checkpoint_key_file: Path | None = None
+    #: Seconds between interval checkpoints of the tenants whose chains moved.
+    checkpoint_interval_seconds: float = Field(default=300.0, gt=0)
+    #: The checkpointer's ``/metrics`` port (0: not served).
+    metrics_port: int = Field(default=0, ge=0)

@@ -25,6 +25,7 @@ from services.audit.archive import (
     Manifest,
     SegmentInfo,
 )
+from services.audit.checkpointer import checkpoints_for_export, store_checkpoints
 from services.audit.sources import (
     KafkaSourceError,
     discover,
@@ -32,6 +33,7 @@ from services.audit.sources import (
     reading_consumer,
     stop_consumer,
 )
+from services.audit.tenants import TenantFilter
 
 __all__ = ["ExportOptionError", "ExportResult", "export_archive"]
 
@@ -51,6 +53,10 @@ class ExportResult:
     gaps: int = 0
     seconds: float = 0.0
     manifest: Manifest | None = None
+    #: ``--tenant``: events left out as belonging to no campaign of the tenant.
+    left_out: int = 0
+    #: Checkpoints the archive holds after this run.
+    checkpoints: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +64,8 @@ class ExportResult:
             "events": self.events,
             "segments": [s.name for s in self.segments],
             "gaps": self.gaps,
+            "left_out": self.left_out,
+            "checkpoints": self.checkpoints,
             "seconds": round(self.seconds, 3),
             "archive_events": None if self.manifest is None else self.manifest.events,
         }
@@ -79,6 +87,7 @@ async def export_archive(
     *,
     topic_prefix: str = "",
     campaign: str | None = None,
+    tenant: str | None = None,
     segment_events: int = DEFAULT_SEGMENT_EVENTS,
     progress: Callable[[int, int], None] | None = None,
     settle_seconds: float = 3.0,
@@ -95,10 +104,17 @@ async def export_archive(
             )
         if manifest.campaign != campaign:
             raise ExportOptionError(f"--campaign: the archive holds campaign {manifest.campaign!r}")
+        if manifest.tenant != tenant:
+            raise ExportOptionError(f"--tenant: the archive holds tenant {manifest.tenant!r}")
         if sorted(manifest.topics) != sorted(topics):
             raise ExportOptionError(f"--topics: the archive holds {sorted(manifest.topics)}")
     else:
-        manifest = Manifest(topic_prefix=topic_prefix, topics=list(topics), campaign=campaign)
+        manifest = Manifest(
+            topic_prefix=topic_prefix, topics=list(topics), campaign=campaign, tenant=tenant
+        )
+    # Checkpoints first: every one read now signed events below the end offsets taken next.
+    fetched = await checkpoints_for_export(bootstrap, manifest)
+    gate = None if tenant is None else TenantFilter(tenant, manifest.tenant_campaigns)
     count = await discover(bootstrap, topics)
     if manifest.partitions and manifest.partitions != count:
         raise KafkaSourceError(
@@ -184,7 +200,12 @@ async def export_archive(
                 for record in records:
                     if key_filter is not None and record.key != key_filter:
                         continue
-                    accept(tp.partition, record.value or b"", tp.topic, record.offset)
+                    if gate is None:
+                        accept(tp.partition, record.value or b"", tp.topic, record.offset)
+                        continue
+                    item = (tp.partition, record.value or b"", tp.topic, record.offset)
+                    for admitted in gate.admit(item[1], item):
+                        accept(*admitted)
                 done += len(records)
             if progress is not None:
                 progress(done, total)
@@ -200,11 +221,16 @@ async def export_archive(
     finally:
         await stop_consumer(consumer)
     segments = writer.close()
+    left_out = 0 if gate is None else gate.left_out
+    if gate is not None:
+        manifest.tenant_campaigns = gate.campaigns
     writer.record_export(topics=list(topics), partitions=partitions, gaps=gaps, bootstrap=bootstrap)
+    signed = store_checkpoints(folder, manifest, fetched)
     manifest.save(folder)
     return ExportResult(
-        folder, writer.written, segments, gaps, time.perf_counter() - started, manifest
-    )
+        folder, writer.written, segments, gaps, time.perf_counter() - started, manifest,
+        left_out=left_out, checkpoints=signed,
+    )  # fmt: skip
 
 
 async def _sleep(seconds: float) -> None:

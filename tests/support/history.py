@@ -103,7 +103,7 @@ def _plans(
 
 
 def _campaign_events(
-    plan: _Plan, rng: random.Random, start: datetime
+    plan: _Plan, rng: random.Random, start: datetime, tenant: str = "tenant-1"
 ) -> tuple[CampaignState, list[Envelope]]:
     """Decide one campaign's whole life: its final domain state and its events."""
     cid = plan.campaign_id
@@ -123,7 +123,7 @@ def _campaign_events(
         counter += 1
         return {
             "command_id": f"cmd-{cid}-{counter}",
-            "tenant_id": "tenant-1",
+            "tenant_id": tenant,
             "correlation_id": f"req-{cid}-{counter}",
             "issued_at": now,
             "campaign_id": cid,
@@ -280,6 +280,7 @@ def generate_history(
     pledges: tuple[int, int] = (12, 40),
     settlement: bool = True,
     prefix: str = "camp-",
+    tenant: str = "tenant-1",
 ) -> History:
     """A history of ``campaigns`` campaigns (funded, failed and cancelled outcomes, with
     cancellations and refusals) decided by the domain, plus generated settlement streams."""
@@ -287,7 +288,7 @@ def generate_history(
     history = History()
     chains: list[list[Envelope]] = []
     for i, plan in enumerate(_plans(rng, campaigns, pledges, prefix)):
-        state, log = _campaign_events(plan, rng, START + timedelta(hours=i))
+        state, log = _campaign_events(plan, rng, START + timedelta(hours=i), tenant)
         closed = log[-1] if log[-1].event_type == "CampaignClosed" else None
         if settlement and closed is not None:
             log += _settlement(state, closed, rng)

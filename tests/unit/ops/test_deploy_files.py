@@ -158,7 +158,10 @@ def test_prometheus_rule_carries_the_rule_file_unchanged() -> None:
 
 
 def test_manifests_only_set_settings_that_exist() -> None:
-    fields = {f"PLEDGEFLOW_{name.upper()}" for name in PledgeSettings.model_fields}
+    from services.audit.config import AuditSettings  # the checkpointer's settings
+
+    settings = [*PledgeSettings.model_fields, *AuditSettings.model_fields]
+    fields = {f"PLEDGEFLOW_{name.upper()}" for name in settings}
     text = "\n".join(path.read_text() for path in BASE.glob("*.yaml"))
     text += (REPO / "deploy" / "k8s" / "overlays" / "dev" / "kustomization.yaml").read_text()
     used = set(re.findall(r"PLEDGEFLOW_[A-Z0-9_]+", text))

@@ -20,7 +20,8 @@ def test_every_event_type_has_its_own_topic_named_after_it() -> None:
 def test_every_topic_shares_one_partition_count_and_the_campaign_key() -> None:
     topics = Topics(partitions=9)
     assert {spec.partitions for spec in topics} == {9}
-    assert {spec.key for spec in topics} == {"campaign_id"}
+    # Signed checkpoints are per tenant (services.audit.checkpoints), not per campaign.
+    assert {spec.key for spec in topics if spec.kind != "checkpoint"} == {"campaign_id"}
 
 
 def test_default_partition_count_is_six() -> None:
@@ -49,6 +50,13 @@ def test_commands_are_kept_forever_and_snapshots_compacted() -> None:
     topics = Topics()
     assert topics.get(topics.commands).config["retention.ms"] == "-1"
     assert topics.get(topics.snapshots).config["cleanup.policy"] == "compact"
+
+
+def test_checkpoints_are_compacted_per_tenant() -> None:
+    topics = Topics(prefix="t1.")
+    spec = topics.get(topics.checkpoints)
+    assert (spec.name, spec.kind, spec.key) == ("t1.audit-checkpoints", "checkpoint", "tenant_id")
+    assert spec.config["cleanup.policy"] == "compact"
 
 
 def test_dead_letter_topics_expire() -> None:
