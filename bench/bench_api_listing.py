@@ -83,7 +83,18 @@ async def seed(prefix: str) -> None:
         await client.aclose()
 
 
-async def cleanup(prefix: str) -> None:
+async def create_topics(prefix: str) -> list[str]:
+    """The API's topics (it appends commands; none is sent here, but it checks them)."""
+    from schemas.topics import Topics, ensure_topics
+
+    topics = Topics(prefix=prefix)
+    await ensure_topics(kafka_bootstrap(), topics)
+    return [spec.name for spec in topics]
+
+
+async def cleanup(prefix: str, topics: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
     client = aioredis.Redis.from_url(redis_url())
     try:
         found = [key async for key in client.scan_iter(match=f"{prefix}pf:*", count=5000)]
@@ -91,6 +102,12 @@ async def cleanup(prefix: str) -> None:
             await client.unlink(*found[start : start + 5000])
     finally:
         await client.aclose()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap())
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()
 
 
 async def through_client(url: str) -> tuple[int, float]:
@@ -130,6 +147,7 @@ def main() -> None:
         "PLEDGEFLOW_API_KEYS": f"{TENANT}:{KEY}",
     }
     results: dict[str, Any] = {}
+    topics = asyncio.run(create_topics(prefix))
     try:
         asyncio.run(seed(prefix))
         server = Server("services.pledge.api:create_app", 1, env)
@@ -153,7 +171,7 @@ def main() -> None:
         finally:
             server.stop()
     finally:
-        asyncio.run(cleanup(prefix))
+        asyncio.run(cleanup(prefix, topics))
     extra = {f"{k}_{m}": v for k, r in results.items() for m, v in r.items()}
     write_result(
         "api_listing_client",

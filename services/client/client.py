@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import orjson
@@ -54,6 +54,8 @@ from services.pledge.api.models import (
 __all__ = ["PledgeflowClient", "RetryPolicy"]
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 Body = BaseModel | Mapping[str, Any]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -66,6 +68,34 @@ def _json(body: Body | None) -> bytes | None:
     if isinstance(body, BaseModel):
         return body.model_dump_json(exclude_unset=True).encode()
     return orjson.dumps(dict(body))
+
+
+class _Page(Protocol[T_co]):
+    @property
+    def data(self) -> Sequence[T_co]: ...
+
+    @property
+    def next_cursor(self) -> str | None: ...
+
+
+async def _walk(fetch: Callable[[str | None], Awaitable[_Page[T]]]) -> AsyncIterator[T]:
+    """Every item of a cursor listing. The next page is requested as soon as this one's
+    cursor is known, so the server builds it while the caller consumes this one."""
+    page = await fetch(None)
+    while True:
+        upcoming = None
+        if page.next_cursor is not None:
+            upcoming = asyncio.ensure_future(fetch(page.next_cursor))
+        try:
+            for item in page.data:
+                yield item
+        except BaseException:  # the caller stopped early (or failed): drop the prefetch
+            if upcoming is not None:
+                upcoming.cancel()
+            raise
+        if upcoming is None:
+            return
+        page = await upcoming
 
 
 class PledgeflowClient:
@@ -324,42 +354,36 @@ class PledgeflowClient:
         self, *, status: str | None = None, limit: int = 500
     ) -> AsyncIterator[CampaignView]:
         """Every campaign of the tenant (optionally by status), page after page."""
-        cursor: str | None = None
-        while True:
-            page = await self.campaign_page(status=status, cursor=cursor, limit=limit)
-            for campaign in page.data:
-                yield campaign
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+
+        async def fetch(cursor: str | None) -> CampaignPage:
+            return await self.campaign_page(status=status, cursor=cursor, limit=limit)
+
+        async for campaign in _walk(fetch):
+            yield campaign
 
     async def pledges(
         self, campaign_id: str, *, status: str | None = None, limit: int = 500
     ) -> AsyncIterator[PledgeView]:
         """Every pledge of the campaign (optionally by status), page after page."""
-        cursor: str | None = None
-        while True:
-            page = await self.pledge_page(campaign_id, status=status, cursor=cursor, limit=limit)
-            for pledge in page.data:
-                yield pledge
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+
+        async def fetch(cursor: str | None) -> PledgePage:
+            return await self.pledge_page(campaign_id, status=status, cursor=cursor, limit=limit)
+
+        async for pledge in _walk(fetch):
+            yield pledge
 
     async def events(
         self, campaign_id: str, *, after_seq: int = 0, limit: int = 500
     ) -> AsyncIterator[EventView]:
         """The campaign's events after ``after_seq`` up to the newest one projected."""
-        cursor: str | None = None
-        while True:
-            page = await self.event_page(
+
+        async def fetch(cursor: str | None) -> EventPage:
+            return await self.event_page(
                 campaign_id, after_seq=after_seq, cursor=cursor, limit=limit
             )
-            for event in page.data:
-                yield event
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+
+        async for event in _walk(fetch):
+            yield event
 
     async def ready(self) -> bool:
         """``GET /readyz``: True when the API reaches Kafka and Redis."""

@@ -203,3 +203,19 @@ def _pledge(body: dict[str, object]) -> dict[str, object]:
         "detail": None,
         "tenant_id": "tenant-a",
     }
+
+
+async def test_stopping_an_iteration_early_drops_the_prefetched_page(rig: Rig) -> None:
+    rig.fakes.readmodel.launched("c-1", "tenant-a")
+    for i in range(5):
+        doc = {**pledge_body(f"p-{i}"), "campaign_id": "c-1", "status": "accepted"}
+        rig.fakes.readmodel.pledges[("c-1", f"p-{i}")] = PledgeRow("accepted", _pledge(doc), None)
+
+    pages = rig.client.pledges("c-1", limit=2)
+    first = [await anext(pages), await anext(pages)]
+    await pages.aclose()
+
+    assert [p.pledge_id for p in first] == ["p-0", "p-1"]
+    assert [p.pledge_id async for p in rig.client.pledges("c-1", limit=2)] == [
+        f"p-{i}" for i in range(5)
+    ]
