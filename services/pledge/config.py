@@ -6,6 +6,8 @@ passed down, never read from globals deep inside.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -57,6 +59,8 @@ class PledgeSettings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     #: uvicorn worker processes of ``pledgeflow api run``.
     api_workers: int = Field(default=1, ge=1)
+    #: ASGI server of ``pledgeflow api run``: ``uvicorn`` (uvloop + httptools) or ``granian``.
+    api_server: Literal["uvicorn", "granian"] = "uvicorn"
     #: Largest request body accepted (bytes); larger answers 413.
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Token bucket per API key: sustained requests per second and burst size.

@@ -9,6 +9,7 @@ fields it needs.
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
@@ -26,6 +27,8 @@ class ApiSettings(StreamSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     #: uvicorn worker processes of ``pledgeflow api run``.
     api_workers: int = Field(default=1, ge=1)
+    #: ASGI server of ``pledgeflow api run``: ``uvicorn`` (uvloop + httptools) or ``granian``.
+    api_server: Literal["uvicorn", "granian"] = "uvicorn"
     #: Largest request body accepted (bytes); larger answers 413.
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Token bucket per API key: sustained requests per second and burst size.
