@@ -20,6 +20,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from schemas.codec import verify_hash
 from services.client import InvalidCursor, NotFound, PledgeflowClient
 from services.pledge.adapters.redis_ingest import IngestStore
 from services.pledge.adapters.redis_pipeline import AutoPipeline
@@ -253,6 +254,7 @@ async def test_events_come_in_seq_order_with_their_chain_and_are_tenant_bound(
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     assert [e.event_type for e in events] == ["CampaignLaunched"] + ["PledgeMade"] * 4
     assert all(e.prev_hash == p.hash for p, e in itertools.pairwise(events))
+    assert all(verify_hash(e.model_dump()) for e in events)  # each as the processor hashed it
     assert later == [4, 5]
     with pytest.raises(NotFound):
         await stack.b.event_page(campaign_id)

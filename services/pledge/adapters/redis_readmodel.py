@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from schemas.codec import encode
 from schemas.envelope import Envelope
 from schemas.events import CampaignClosed, CampaignLaunched
 from services.pledge.adapters.redis_pipeline import LuaScript
@@ -177,8 +178,8 @@ def with_listing_ops(ops: list[Op], envelope: Envelope, tenant: str | None, keys
     if tenant and isinstance(payload, CampaignLaunched | CampaignClosed):
         status = b"open" if isinstance(payload, CampaignLaunched) else b"closed"
         out.append((keys.campaign_index(tenant, ""), "cx:" + campaign_id, status))
-    event = orjson.dumps(envelope.model_dump(mode="json"))
-    out.append((keys.events(campaign_id), f"ev:{envelope.seq}", event))
+    # Its canonical encoding (the Kafka value, the hashed text): a reader can verify the chain.
+    out.append((keys.events(campaign_id), f"ev:{envelope.seq}", encode(envelope)))
     return out
 
 
