@@ -111,8 +111,8 @@ async def run_processor(bootstrap: str, prefix: str) -> tuple[float, float, int,
     and the worker's CPU microseconds per command (after assignment)."""
     from schemas.topics import Topics, ensure_topics
     from services.pledge.config import PledgeSettings
-    from services.pledge.metrics import ProcessorMetrics
     from services.pledge.processor import Processor
+    from services.pledge.processor.metrics import ProcessorMetrics
 
     settings = PledgeSettings(
         kafka_bootstrap=bootstrap,

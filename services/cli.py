@@ -13,8 +13,8 @@ def _register() -> None:
     from services.audit.cli import app as audit_app
     from services.ops.cli import app as deploy_app
     from services.pledge.api.cli import cli as api_app
-    from services.pledge.app import processor_app
-    from services.pledge.readmodel import readmodel_cli
+    from services.pledge.processor.app import processor_app
+    from services.pledge.projector import readmodel_cli
 
     app.add_typer(schemas_app, name="schemas")
     app.add_typer(processor_app, name="processor")

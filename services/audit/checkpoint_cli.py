@@ -4,7 +4,6 @@ checkpointer process. Errors are one line naming the option, exit 2."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -121,14 +120,15 @@ def run(
     """The checkpointer process: follow the log, sign at an interval and on close/settle."""
     from services.audit.checkpointer import run_checkpointer
     from services.audit.metrics import checkpointer_metrics
-    from services.pledge.metrics import serve_metrics
+    from services.streams import ProcessServer, configure_logging
 
     settings, server, topics, private = _setup(bootstrap, topic_prefix, key)
     every = settings.checkpoint_interval_seconds if interval is None else interval
     if every <= 0:
         _usage("--interval: must be > 0")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    serve_metrics(settings.metrics_port)
+    configure_logging("info")
+    if settings.metrics_port:
+        ProcessServer(settings.metrics_host, settings.metrics_port).start().readiness.set()
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -231,6 +231,8 @@ class HeadTracker:
     dirty: set[str] = field(default_factory=set)
     #: Chains seen before their campaign's tenant was known (the launch is on another topic).
     _orphans: dict[str, set[str]] = field(default_factory=dict)
+    #: A close or settlement seen before its campaign's tenant was known: fired at the launch.
+    _pending: dict[str, str] = field(default_factory=dict)
 
     def feed(self, value: bytes) -> tuple[str, str] | None:
         """Take one stored envelope; ``(tenant, reason)`` when it closes or settles a campaign
@@ -265,7 +267,14 @@ class HeadTracker:
                 self.dirty.add(tenant)
         tenant = self.tenants.get(cid)
         reason = _TRIGGERS.get(event_type) if isinstance(event_type, str) else None
-        return (tenant, reason) if tenant is not None and reason is not None else None
+        if tenant is None:
+            if reason is not None and self._pending.get(cid) != "campaign_settled":
+                self._pending[cid] = reason
+            return None
+        reasons = {r for r in (self._pending.pop(cid, None), reason) if r is not None}
+        if not reasons:
+            return None
+        return tenant, "campaign_settled" if "campaign_settled" in reasons else reasons.pop()
 
     def of_tenant(self, tenant: str) -> dict[tuple[str, str], tuple[int, str]]:
         """The heads of every chain of ``tenant``'s campaigns (all streams)."""

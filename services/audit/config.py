@@ -21,5 +21,7 @@ class AuditSettings(BaseSettings):
     checkpoint_key_file: Path | None = None
     #: Seconds between interval checkpoints of the tenants whose chains moved.
     checkpoint_interval_seconds: float = Field(default=300.0, gt=0)
+    #: Address the checkpointer's ``/metrics`` server binds (``0.0.0.0`` in a pod).
+    metrics_host: str = "127.0.0.1"
     #: The checkpointer's ``/metrics`` port (0: not served).
     metrics_port: int = Field(default=0, ge=0)

@@ -34,6 +34,7 @@ from schemas.canonical import GENESIS_HASH
 from schemas.codec import verify_hash
 from services.audit.fold import APPLY, CampaignFold
 from services.audit.rules import CAMPAIGN_RULE_NAMES, CHAIN_RULES, check_campaign
+from services.streams.orderer import Pushed, SeqOrderer
 
 __all__ = ["Finding", "PartitionAuditor", "PartitionResult", "campaign_key"]
 
@@ -161,7 +162,8 @@ class PartitionAuditor:
         self.findings: list[Finding] = []
         self.rule_counts: Counter[str] = Counter()
         self.unknown_types: Counter[str] = Counter()
-        self._pending: dict[tuple[bytes, bytes], dict[int, _Held]] = {}
+        #: Held-back events (the stream runtime's hold-back; heads are tracked above).
+        self._pending: SeqOrderer[tuple[bytes, bytes], _Held] = SeqOrderer(limit=1 << 62)
 
     # --- hot loop --------------------------------------------------------------------------
 
@@ -174,6 +176,7 @@ class PartitionAuditor:
         tail = _TAIL.fullmatch
         only = self.only
         pending = self._pending
+        holding = pending.is_holding
         holdback = self.holdback
         events = 0
         for ordinal, line in enumerate(lines, start):
@@ -225,7 +228,7 @@ class PartitionAuditor:
                                     problem = ("well_formed", f"payload lacks or mistypes {exc}")
                                 if problem is not None:
                                     self._event_finding(problem, line, ordinal, fold, seq)
-                            if pending and key in pending:
+                            if pending.held and holding(key):
                                 self._drain(key, seq)
                             continue
             events += self._slow(line, ordinal)
@@ -236,9 +239,7 @@ class PartitionAuditor:
         """Keep an event that arrived before its predecessor (reading Kafka) until it can be
         applied, with what verifying it found (so it is not hashed again); a second copy of
         a held seq is a finding."""
-        held = self._pending.setdefault(key, {})
-        if seq not in held:
-            held[seq] = item
+        if self._pending.hold(key, seq, item) is Pushed.HELD:
             return
         line, ordinal = item[0], item[1]
         raw = orjson.loads(line)
@@ -328,16 +329,16 @@ class PartitionAuditor:
                 problem = ("well_formed", f"payload lacks or mistypes {exc}")
             if problem is not None:
                 self._finding(problem[0], problem[1], ordinal, **context)
-        if drain and self._pending and key in self._pending:
+        if drain and self._pending.held and self._pending.is_holding(key):
             self._drain(key, seq)
         return 1
 
     def _drain(self, key: tuple[bytes, bytes], seq: int) -> None:
         """Apply the held-back events that now follow their chain's head, in seq order."""
-        held = self._pending[key]
+        pending = self._pending
         head = self.heads[key]
-        while seq + 1 in held:
-            line, ordinal, prev, digest, o, pa = held.pop(seq + 1)
+        while (item := pending.pop(key, seq + 1)) is not None:
+            line, ordinal, prev, digest, o, pa = item
             if prev is None or prev != head[1]:
                 # Not verified on arrival (non-canonical), or it does not link: the slow path
                 # verifies it again and names what is wrong.
@@ -349,8 +350,6 @@ class PartitionAuditor:
             if head[0] != seq + 1:
                 break
             seq += 1
-        if not held:
-            self._pending.pop(key, None)
 
     def _apply_line(
         self, fold: CampaignFold, line: bytes, o: int, pa: int, seq: int, ordinal: int
@@ -390,15 +389,13 @@ class PartitionAuditor:
     def finish(self, *, keep_folds: bool = False) -> PartitionResult:
         """Flush held-back events (their gaps are findings), run the campaign rules, and
         return the partition's result."""
-        while self._pending:
-            key, held = next(iter(self._pending.items()))
-            first = min(held)
-            line, ordinal = held.pop(first)[:2]
-            if not held:
-                del self._pending[key]
-            # Never arrived: name the first event after the gap, then fold the rest in order.
-            self.holdback = False
-            self.events += self._slow(line, ordinal)
+        for key in self._pending.held_keys():
+            while (lowest := self._pending.take_lowest(key)) is not None:
+                line, ordinal = lowest[1][:2]
+                # Never arrived: name the first event after the gap, then fold the rest in
+                # order.
+                self.holdback = False
+                self.events += self._slow(line, ordinal)
         result = PartitionResult(self.partition, events=self.events)
         for (ckey, stream), head in self.heads.items():
             fold = self.folds.get(ckey)

@@ -4,8 +4,9 @@ A plain consumer (no group, nothing committed, ``read_committed``) reads each to
 from the manifest's cursor (the beginning the first time) up to the end offsets taken at the
 start. The processor writes a campaign's events of different types to different topics, so
 they may arrive out of seq order; the exporter holds an event back until its chain's
-predecessor is written (chain heads persist in the manifest across runs), so every chain is
-stored in seq order. Values are written byte for byte (they are the canonical envelope).
+predecessor is written (the stream runtime's :class:`~services.streams.SeqOrderer`, seeded
+with the chain heads the manifest persists across runs), so every chain is stored in seq
+order. Values are written byte for byte (they are the canonical envelope).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from services.audit.sources import (
     stop_consumer,
 )
 from services.audit.tenants import TenantFilter
+from services.streams import Pushed, SeqOrderer, StreamKey
 
 __all__ = ["ExportOptionError", "ExportResult", "export_archive"]
 
@@ -71,13 +73,28 @@ class ExportResult:
         }
 
 
-def _chain(raw: Any) -> tuple[str, int] | None:
+#: ``(partition, value, topic, offset, parsed)`` of a line to write.
+_Line = tuple[int, bytes, str, int, Any]
+
+
+def _chain(raw: Any) -> tuple[StreamKey, int] | None:
     if not isinstance(raw, dict):
         return None
     cid, stream, seq = raw.get("campaign_id"), raw.get("stream"), raw.get("seq")
     if isinstance(cid, str) and isinstance(stream, str) and type(seq) is int:
-        return f"{stream} {cid}", seq
+        return (cid, stream), seq
     return None
+
+
+def _chain_key(key: StreamKey) -> str:
+    """The manifest's name of a chain: ``"<stream> <campaign id>"``."""
+    cid, stream = key
+    return f"{stream!s} {cid!s}"
+
+
+def _stream_key(chain_key: str) -> StreamKey:
+    stream, _, cid = chain_key.partition(" ")
+    return (cid, stream)
 
 
 async def export_archive(
@@ -126,7 +143,10 @@ async def export_archive(
 
     writer = ArchiveWriter(folder, manifest, segment_events=segment_events)
     heads = manifest.chain_heads
-    pending: dict[str, dict[int, tuple[int, bytes, str, int, str]]] = {}
+    # The runtime's hold-back, seeded with the chain heads the archive already holds.
+    orderer: SeqOrderer[StreamKey, _Line] = SeqOrderer(limit=1 << 62)
+    for chain_key, seq in heads.items():
+        orderer.seed(_stream_key(chain_key), seq)
     gaps = 0
 
     def write(partition: int, value: bytes, topic: str, offset: int, raw: Any) -> None:
@@ -145,24 +165,18 @@ async def export_archive(
         except orjson.JSONDecodeError:
             raw = None
         chain = _chain(raw)
+        line = (partition, value, topic, offset, raw)
         if chain is None:
-            write(partition, value, topic, offset, raw)  # the verifier names it
+            write(*line)  # the verifier names it
             return
-        key, seq = chain
-        head = heads.get(key, 0)
-        if seq > head + 1:
-            pending.setdefault(key, {})[seq] = (partition, value, topic, offset, raw)
+        pushed, run = orderer.push(chain[0], chain[1], line)
+        if pushed is Pushed.HELD:
             return
-        write(partition, value, topic, offset, raw)
-        if seq == head + 1:
-            heads[key] = seq
-            held = pending.get(key)
-            while held and seq + 1 in held:
-                seq += 1
-                write(*held.pop(seq))
-                heads[key] = seq
-            if held is not None and not held:
-                del pending[key]
+        if pushed is not Pushed.RELEASED:
+            write(*line)  # a redelivery or a second copy: kept, the verifier names it
+            return
+        for item in run:
+            write(*item)
 
     consumer = reading_consumer(bootstrap)
     await consumer.start()
@@ -182,7 +196,7 @@ async def export_archive(
         while True:
             remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
             if not remaining:
-                if not pending:
+                if not orderer.held:
                     break
                 # Held-back events wait for a predecessor on another topic: a transaction
                 # that committed while we read. Read a little further to let it arrive.
@@ -209,12 +223,14 @@ async def export_archive(
                 done += len(records)
             if progress is not None:
                 progress(done, total)
-        for key, held in sorted(pending.items()):
+        for key in sorted(orderer.held_keys()):
             # Their predecessors never arrived: keep them (the verifier names the gap).
-            for seq in sorted(held):
+            while (lowest := orderer.take_lowest(key)) is not None:
                 gaps += 1
-                write(*held[seq])
-                heads[key] = max(heads.get(key, 0), seq)
+                write(*lowest[1])
+        for key, seq in orderer.applied().items():
+            if seq:
+                heads[_chain_key(key)] = seq
         for tp in tps:
             position = await consumer.position(tp)
             manifest.next_offsets.setdefault(tp.topic, {})[str(tp.partition)] = position

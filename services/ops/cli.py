@@ -47,13 +47,12 @@ def wait_topics_command(
     import asyncio
     import logging
 
-    from schemas.topics import Topics
+    from services.ops.config import OpsSettings
     from services.ops.topics_ready import TopicsNotReady, wait_for_topics
-    from services.pledge.config import PledgeSettings
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the outcome is our one line
-    settings = PledgeSettings()
-    topics = Topics(prefix=settings.topic_prefix, partitions=settings.partitions)
+    settings = OpsSettings()
+    topics = settings.topics()
     try:
         asyncio.run(wait_for_topics(settings.kafka_bootstrap, topics, within))
     except TopicsNotReady as exc:

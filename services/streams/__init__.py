@@ -13,14 +13,18 @@ Reading (``OrderedStreamReader``)
     the handler returned, only below the first event still held back. A handler that raises
     gets the same runs again on the next step. ``seed(keys)`` tells the reader the last seq
     you already applied for campaigns it meets first (your store's truth);
-    ``on_assigned``/``on_revoked(partitions)`` let you build or drop per-partition state::
+    ``on_assigned``/``on_revoked(partitions)`` let you build or drop per-partition state.
+    A service that writes its own stream passes ``commit=False`` and commits the input inside
+    its output transaction: ``writer.write(records, consumed=reader.consumed_offsets(p))``
+    (exactly once; seed from the state rebuilt from your own log)::
 
         reader = OrderedStreamReader(
             bootstrap=s.kafka_bootstrap, group_id=s.topic_prefix + "settlement",
             topics=topics.for_stream("campaign"), topic_of=topics.event_topics(),
             dead_letter_topic=topics.dead_letter("settlement"), handler=apply_runs,
         )
-        await reader.start(); await reader.run(stop); await reader.stop()
+        await serve(ReaderWorker(reader), metrics_host=s.metrics_host,
+                    metrics_port=s.metrics_port)  # until SIGTERM, then drain
 
 Ordering (``SeqOrderer``)
     The one hold-back: ``push(key, seq, item) -> (Pushed, run)``; ``seed``/``last``/``gaps``;
@@ -54,6 +58,7 @@ from services.streams.config import StreamSettings
 from services.streams.dead_letters import (
     Cause,
     DeadLetter,
+    DeadLetterSender,
     Rejected,
     dead_letter,
     judge_event,
@@ -65,6 +70,7 @@ from services.streams.orderer import Gap, Pushed, SeqOrderer, StreamKey
 from services.streams.process import (
     JsonFormatter,
     ProcessServer,
+    ReaderWorker,
     Readiness,
     Worker,
     configure_logging,
@@ -88,6 +94,7 @@ __all__ = [
     "ChainHeads",
     "CoPartitionedAssignor",
     "DeadLetter",
+    "DeadLetterSender",
     "Gap",
     "JsonFormatter",
     "OrderedStreamReader",
@@ -95,6 +102,7 @@ __all__ = [
     "PartitionWriter",
     "ProcessServer",
     "Pushed",
+    "ReaderWorker",
     "Readiness",
     "Rejected",
     "Replayed",

@@ -8,18 +8,30 @@ be inspected and replayed. :func:`judge_event` turns a record of an event topic 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from schemas.codec import decode_raw, envelope_from_raw, message_key
 from schemas.envelope import Envelope
 from schemas.errors import DecodeError
 from schemas.events import EVENT_TYPES
 
-__all__ = ["Cause", "DeadLetter", "Rejected", "dead_letter", "judge_event", "outside_transaction"]
+__all__ = [
+    "Cause",
+    "DeadLetter",
+    "DeadLetterSender",
+    "Rejected",
+    "dead_letter",
+    "judge_event",
+    "outside_transaction",
+]
+
+log = logging.getLogger("pledgeflow.streams")
 
 #: ``(key, value, headers)`` of a message for a dead-letter topic.
 DeadLetter = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
@@ -115,3 +127,37 @@ def judge_event(
     if outside_transaction(record):
         return Rejected(Cause.OUTSIDE_TRANSACTION, "not written by a transactional producer")
     return envelope
+
+
+class DeadLetterSender:
+    """Sends rejected records to one dead-letter topic (idempotent ``acks=all`` producer, not
+    transactional: a dead letter is written once the reader judged the record, before it
+    commits past it; a redelivery may write it twice)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, rejects: list[tuple[ConsumerRecord[bytes, bytes], Rejected]]) -> None:
+        """Log and send every rejected record; returns once all are acknowledged."""
+        sends = []
+        for record, rejected in rejects:
+            log.error(
+                "dead-lettering %s:%d@%d (%s): %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                rejected.cause,
+                rejected.detail,
+            )
+            key, value, headers = dead_letter(record, rejected.cause, rejected.detail)
+            sends.append(await self._producer.send(self.topic, value, key=key, headers=headers))
+        await asyncio.gather(*sends)

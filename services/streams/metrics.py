@@ -6,11 +6,13 @@ registry (bounded), and cause codes from :class:`~services.streams.dead_letters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-__all__ = ["StreamMetrics", "stream_metrics"]
+__all__ = ["StreamMetrics", "registered", "stream_metrics"]
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,23 @@ class StreamMetrics:
         )
 
 
-_DEFAULT: StreamMetrics | None = None
+M = TypeVar("M")
+
+#: ``create function -> its metrics in the default registry`` (each registered once).
+_DEFAULTS: dict[Callable[[CollectorRegistry], Any], Any] = {}
+
+
+def registered(create: Callable[[CollectorRegistry], M], registry: CollectorRegistry | None) -> M:
+    """``create(registry)``; for the process-wide default registry (``None`` or ``REGISTRY``)
+    created once and shared, since a metric name can be registered there only once."""
+    if registry is not None and registry is not REGISTRY:
+        return create(registry)
+    found = _DEFAULTS.get(create)
+    if found is None:
+        found = _DEFAULTS[create] = create(REGISTRY)
+    return cast(M, found)
 
 
 def stream_metrics(registry: CollectorRegistry | None = None) -> StreamMetrics:
     """The runtime's metrics in ``registry`` (default: the process-wide one, created once)."""
-    global _DEFAULT
-    if registry is not None and registry is not REGISTRY:
-        return StreamMetrics.create(registry)
-    if _DEFAULT is None:
-        _DEFAULT = StreamMetrics.create(REGISTRY)
-    return _DEFAULT
+    return registered(StreamMetrics.create, registry)

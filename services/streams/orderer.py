@@ -11,7 +11,7 @@ chain heads) so that redeliveries below it are recognised as stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Generic, TypeVar
@@ -20,15 +20,18 @@ __all__ = ["Gap", "Pushed", "SeqOrderer", "StreamKey"]
 
 T = TypeVar("T")
 
-#: ``(campaign_id, stream)``: one hash chain, one seq sequence.
+K = TypeVar("K", bound=Hashable)
+
+#: ``(campaign_id, stream)``: one hash chain, one seq sequence (the usual key; the auditor's
+#: hot loop keys chains by raw bytes instead).
 StreamKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
-class Gap:
+class Gap(Generic[K]):
     """A key whose next expected seq never arrived while later ones did."""
 
-    key: StreamKey
+    key: K
     #: The seq the key waits for (its last applied + 1).
     expected: int
     #: The lowest seq held for it.
@@ -49,7 +52,7 @@ class Pushed(Enum):
     DUPLICATE = "duplicate"
 
 
-class SeqOrderer(Generic[T]):
+class SeqOrderer(Generic[K, T]):
     """Per (campaign, stream) hold-back: the run of items that became consecutive.
 
     ``limit`` bounds the items held (all keys together): :attr:`full` says when it is reached
@@ -57,127 +60,163 @@ class SeqOrderer(Generic[T]):
     the number of held items whenever it changes (a metric hook).
     """
 
-    __slots__ = ("_count", "_held", "_last", "_on_held", "limit")
+    __slots__ = ("_held", "_last", "_on_held", "held", "limit")
 
     def __init__(
         self, *, limit: int = 100_000, on_held: Callable[[int], None] | None = None
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        self._last: dict[StreamKey, int] = {}
-        self._held: dict[StreamKey, dict[int, T]] = {}
-        self._count = 0
+        self._last: dict[K, int] = {}
+        self._held: dict[K, dict[int, T]] = {}
+        #: Items waiting for a predecessor (all keys); an attribute, read on hot paths.
+        self.held = 0
         self.limit = limit
         self._on_held = on_held
 
     # --- state ---------------------------------------------------------------------------
 
-    def last(self, key: StreamKey) -> int:
+    def last(self, key: K) -> int:
         """The last applied seq of ``key`` (0 when nothing was)."""
         return self._last.get(key, 0)
 
-    def expected(self, key: StreamKey) -> int:
+    def expected(self, key: K) -> int:
         """The seq ``key`` needs next."""
         return self._last.get(key, 0) + 1
 
-    def knows(self, key: StreamKey) -> bool:
+    def knows(self, key: K) -> bool:
         """Whether ``key`` was seeded or pushed since it was last forgotten."""
         return key in self._last or key in self._held
 
-    def seed(self, key: StreamKey, last_seq: int) -> list[T]:
+    def seed(self, key: K, last_seq: int) -> list[T]:
         """Set ``key``'s last applied seq (from a snapshot or stored state); returns the held
         items this makes consecutive (held items at or below it are dropped as stale)."""
         self._last[key] = last_seq
         held = self._held.get(key)
         if not held:
             return []
-        before = self._count
+        before = self.held
         for seq in [s for s in held if s <= last_seq]:
             del held[seq]
-            self._count -= 1
+            self.held -= 1
         run = self._drain(key, held, last_seq)
         self._changed(before)
         return run
 
-    def advance(self, key: StreamKey, last_seq: int) -> None:
+    def advance(self, key: K, last_seq: int) -> None:
         """Record that ``key`` was applied up to ``last_seq`` by someone else (no release)."""
         if last_seq > self._last.get(key, 0):
             self.seed(key, last_seq)
 
     # --- pushing -------------------------------------------------------------------------
 
-    def push(self, key: StreamKey, seq: int, item: T) -> tuple[Pushed, list[T]]:
+    def push(self, key: K, seq: int, item: T) -> tuple[Pushed, list[T]]:
         """Offer ``item`` (seq ``seq`` of ``key``); returns what happened and the run of items
         (``item`` first, then held successors) that became consecutive, in seq order."""
         last = self._last.get(key, 0)
         if seq <= last:
             return Pushed.STALE, []
         if seq > last + 1:
-            held = self._held.get(key)
-            if held is None:
-                held = self._held[key] = {}
-            elif seq in held:
-                return Pushed.DUPLICATE, []
-            held[seq] = item
-            self._count += 1
-            if self._on_held is not None:
-                self._on_held(self._count)
-            return Pushed.HELD, []
+            return self.hold(key, seq, item), []
         held = self._held.get(key)
         if not held:
             self._last[key] = seq
             return Pushed.RELEASED, [item]
-        before = self._count
+        before = self.held
         run = [item]
         run.extend(self._drain(key, held, seq))
         self._changed(before)
         return Pushed.RELEASED, run
 
-    def _drain(self, key: StreamKey, held: dict[int, T], seq: int) -> list[T]:
+    def hold(self, key: K, seq: int, item: T) -> Pushed:
+        """Keep ``item`` for later without looking at the last applied seq (for a caller that
+        tracks chain heads itself and drains with :meth:`pop`): HELD, or DUPLICATE if that
+        seq is already held (the first copy is kept)."""
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = {}
+        elif seq in held:
+            return Pushed.DUPLICATE
+        held[seq] = item
+        self.held += 1
+        if self._on_held is not None:
+            self._on_held(self.held)
+        return Pushed.HELD
+
+    def pop(self, key: K, seq: int) -> T | None:
+        """Remove and return the item held for ``key`` at ``seq`` (None if there is none)."""
+        held = self._held.get(key)
+        if not held or seq not in held:
+            return None
+        item = held.pop(seq)
+        if not held:
+            del self._held[key]
+        self.held -= 1
+        if self._on_held is not None:
+            self._on_held(self.held)
+        return item
+
+    def is_holding(self, key: K) -> bool:
+        """Whether anything is held for ``key``."""
+        return key in self._held
+
+    @property
+    def known(self) -> int:
+        """Keys whose last applied seq is remembered."""
+        return len(self._last)
+
+    def forget_idle(self) -> int:
+        """Forget the last applied seq of every key with nothing held (bounding memory for a
+        caller that can seed a key again); returns how many were forgotten."""
+        idle = [key for key in self._last if key not in self._held]
+        for key in idle:
+            del self._last[key]
+        return len(idle)
+
+    def applied(self) -> dict[K, int]:
+        """``key -> last applied seq`` of every key known."""
+        return dict(self._last)
+
+    def _drain(self, key: K, held: dict[int, T], seq: int) -> list[T]:
         run: list[T] = []
         while (seq + 1) in held:
             seq += 1
             run.append(held.pop(seq))
-            self._count -= 1
+            self.held -= 1
         self._last[key] = seq
         if not held:
             del self._held[key]
         return run
 
     def _changed(self, before: int) -> None:
-        if self._on_held is not None and self._count != before:
-            self._on_held(self._count)
+        if self._on_held is not None and self.held != before:
+            self._on_held(self.held)
 
     # --- what waits ----------------------------------------------------------------------
 
     @property
-    def held(self) -> int:
-        """Items waiting for a predecessor (all keys)."""
-        return self._count
-
-    @property
     def full(self) -> bool:
         """At least ``limit`` items are held: stop fetching until some are released."""
-        return self._count >= self.limit
+        return self.held >= self.limit
 
-    def held_keys(self) -> list[StreamKey]:
+    def held_keys(self) -> list[K]:
         """Keys with at least one item waiting."""
         return list(self._held)
 
-    def held_items(self) -> Iterator[tuple[StreamKey, int, T]]:
+    def held_items(self) -> Iterator[tuple[K, int, T]]:
         """Every waiting ``(key, seq, item)``, keys in arrival order, seqs ascending."""
         for key, held in self._held.items():
             for seq in sorted(held):
                 yield key, seq, held[seq]
 
-    def gaps(self) -> list[Gap]:
+    def gaps(self) -> list[Gap[K]]:
         """Every key still waiting, with the seq it waits for."""
         return [
             Gap(key, self._last.get(key, 0) + 1, min(held), len(held))
             for key, held in self._held.items()
         ]
 
-    def take_lowest(self, key: StreamKey) -> tuple[int, T] | None:
+    def take_lowest(self, key: K) -> tuple[int, T] | None:
         """Give up waiting on ``key``: remove and return its lowest held item and move its
         last applied seq there (used at the end of a finite read to flush a real gap)."""
         held = self._held.get(key)
@@ -188,25 +227,25 @@ class SeqOrderer(Generic[T]):
         if not held:
             del self._held[key]
         self._last[key] = seq
-        self._count -= 1
+        self.held -= 1
         if self._on_held is not None:
-            self._on_held(self._count)
+            self._on_held(self.held)
         return seq, item
 
-    def forget(self, keep: Callable[[StreamKey], bool]) -> None:
+    def forget(self, keep: Callable[[K], bool]) -> None:
         """Drop every key (applied seq and held items) for which ``keep`` is false (e.g. the
         campaigns of a revoked partition)."""
-        before = self._count
+        before = self.held
         for key in [k for k in self._last if not keep(k)]:
             del self._last[key]
         for key in [k for k in self._held if not keep(k)]:
-            self._count -= len(self._held.pop(key))
+            self.held -= len(self._held.pop(key))
         self._changed(before)
 
     def clear(self) -> None:
         """Forget everything."""
-        before = self._count
+        before = self.held
         self._last.clear()
         self._held.clear()
-        self._count = 0
+        self.held = 0
         self._changed(before)

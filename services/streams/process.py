@@ -10,6 +10,7 @@ signals.
   503 before and while draining), ``/live`` (200).
 * :func:`serve`: runs a :class:`Worker` until SIGTERM/SIGINT or until it stops by itself; on
   a signal the worker's ``stop()`` finishes the in-flight work and commits before exit.
+  :class:`ReaderWorker` makes an ordered stream reader such a worker.
 * :func:`run_cli`: the body of every ``pledgeflow <process> run`` command.
 """
 
@@ -30,9 +31,12 @@ import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from services.streams.reader import OrderedStreamReader
+
 __all__ = [
     "JsonFormatter",
     "ProcessServer",
+    "ReaderWorker",
     "Readiness",
     "Worker",
     "configure_logging",
@@ -158,6 +162,36 @@ class Worker(Protocol):
     async def stop(self) -> None:
         """Finish the in-flight work, commit, release everything."""
         ...
+
+
+class ReaderWorker:
+    """An :class:`~services.streams.reader.OrderedStreamReader` as a :class:`Worker`:
+    ``start`` joins the group and runs the reader in the background, ``stop`` lets the step in
+    flight finish (its runs handed and committed) and leaves the group."""
+
+    def __init__(self, reader: OrderedStreamReader, *, poll_ms: int = 200) -> None:
+        self.reader = reader
+        self._poll_ms = poll_ms
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.reader.start()
+        self._task = asyncio.create_task(
+            self.reader.run(self._stop, poll_ms=self._poll_ms), name=self.reader.group_id
+        )
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        self._stop.set()
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            await self.reader.stop()
 
 
 async def serve(

@@ -19,6 +19,10 @@ hands a service each campaign's events in ``seq`` order.
 * Lag (last stable offset minus committed offset) per group/topic/partition, held events and
   dead letters are metrics; ``on_assigned``/``on_revoked`` let a service rebuild or drop
   per-partition state.
+
+One module (over 400 lines) because one invariant spans all of it: an offset is committed
+only when every record below it was dead-lettered or handed over successfully, which ties
+reading, judging, ordering, handing, committing and rebalancing to the same few fields.
 """
 
 from __future__ import annotations
@@ -31,13 +35,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
 from schemas.envelope import Envelope
 from services.streams import transactional_marks
 from services.streams.assignor import CoPartitionedAssignor
-from services.streams.dead_letters import Rejected, dead_letter, judge_event
+from services.streams.dead_letters import DeadLetterSender, Rejected, judge_event
 from services.streams.metrics import StreamMetrics, stream_metrics
 from services.streams.orderer import SeqOrderer, StreamKey
 
@@ -73,6 +77,9 @@ class OrderedStreamReader:
     ``topic_of`` is ``event_type -> topic`` (``Topics.event_topics()``), for the wrong-topic
     check. ``streams`` limits the streams handed over (others are read and skipped).
     ``from_beginning`` re-reads every assigned partition from its start (rebuilds).
+    ``hold_limit`` bounds the events held per partition: past it, the topic-partitions whose
+    events wait are paused (their predecessors, on other topics, keep coming) until half of
+    them are released.
     """
 
     def __init__(
@@ -93,6 +100,8 @@ class OrderedStreamReader:
         max_event_bytes: int = 1024 * 1024,
         hold_limit: int = 100_000,
         max_records: int = 5000,
+        max_known_keys: int = 200_000,
+        commit: bool = True,
         lag_every_seconds: float = 1.0,
         metrics: StreamMetrics | None = None,
     ) -> None:
@@ -112,20 +121,28 @@ class OrderedStreamReader:
         self.max_event_bytes = max_event_bytes
         self.hold_limit = hold_limit
         self.max_records = max_records
+        #: With a seeder, a partition's orderer forgets idle keys past this many (a forgotten
+        #: key is seeded again when it comes back); without one it remembers every key.
+        self.max_known_keys = max_known_keys
+        #: False when the handler commits offsets inside its own transaction
+        #: (``PartitionWriter.write(..., consumed=reader.consumed_offsets(p))``).
+        self.commit = commit
         self.lag_every = lag_every_seconds
         self.metrics = metrics or stream_metrics()
         self._held_gauge = self.metrics.held.labels(group_id)
         self._records_counter = self.metrics.records.labels(group_id)
-        self._orderers: dict[int, SeqOrderer[StreamEvent]] = {}
+        self._orderers: dict[int, SeqOrderer[StreamKey, StreamEvent]] = {}
         #: Runs released but not yet handled successfully (handed again first).
         self._unhandled: list[Run] = []
-        #: ``tp -> offset after the last record read`` since assignment.
+        #: ``tp -> position`` (after the last record read and any transaction marker after
+        #: it) of the partitions read since assignment.
         self._read: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
         self._consumer: AIOKafkaConsumer | None = None
-        self._dlq: AIOKafkaProducer | None = None
+        self._dlq: DeadLetterSender | None = None
         self._lag_at = -1e9
+        self._lag: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
         #: Set once the reader owns partitions and has finished a step.
         self.ready = asyncio.Event()
@@ -137,9 +154,7 @@ class OrderedStreamReader:
 
     async def start(self) -> None:
         """Create the dead-letter producer and join the group (partitions come with polls)."""
-        self._dlq = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
-        )
+        self._dlq = DeadLetterSender(self.bootstrap, self.dead_letter_topic)
         await self._dlq.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -189,7 +204,19 @@ class OrderedStreamReader:
             count = sum(len(records) for records in batches.values())
             if count:
                 self._records_counter.inc(count)
-                await self._order(batches)
+                try:
+                    await self._order(batches)
+                except BaseException:
+                    # Nothing of this poll was ordered (dead letters and seeding come before
+                    # any push): read it again next time rather than lose it.
+                    for tp, records in batches.items():
+                        if records and tp in consumer.assignment():
+                            consumer.seek(tp, records[0].offset)
+                    raise
+            for tp in consumer.assignment():
+                # The position passes transaction markers too: committing it leaves no lag.
+                if tp in batches or tp in self._read:
+                    self._read[tp] = await consumer.position(tp)
             if self._unhandled:
                 await self._hand(self._unhandled)
             await self._commit(consumer)
@@ -241,7 +268,6 @@ class OrderedStreamReader:
         streams = self._streams
         for tp, records in batches.items():
             for record in records:
-                self._read[tp] = record.offset + 1
                 verdict = judge_event(record, topic_of=topic_of, max_bytes=max_bytes)
                 if isinstance(verdict, Rejected):
                     rejects.append((record, verdict))
@@ -275,13 +301,17 @@ class OrderedStreamReader:
                 else:
                     known.extend(run)
         self._unhandled = list(runs.values())
+        if self._seed is not None:
+            for orderer in self._orderers.values():
+                if orderer.known > self.max_known_keys:
+                    orderer.forget_idle()
 
     async def _hand(self, runs: list[Run]) -> None:
         await self._handler(runs)
         self._unhandled = []
         self.handled += sum(len(run) for run in runs)
 
-    def _orderer(self, partition: int) -> SeqOrderer[StreamEvent]:
+    def _orderer(self, partition: int) -> SeqOrderer[StreamKey, StreamEvent]:
         orderer = self._orderers.get(partition)
         if orderer is None:
             orderer = self._orderers[partition] = SeqOrderer(
@@ -332,27 +362,26 @@ class OrderedStreamReader:
         self, rejects: list[tuple[ConsumerRecord[bytes, bytes], Rejected]]
     ) -> None:
         assert self._dlq is not None
-        sends = []
-        for record, rejected in rejects:
-            log.error(
-                "dead-lettering %s:%d@%d (%s): %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                rejected.cause,
-                rejected.detail,
-            )
-            key, value, headers = dead_letter(record, rejected.cause, rejected.detail)
-            sends.append(
-                await self._dlq.send(self.dead_letter_topic, value, key=key, headers=headers)
-            )
         # Awaited before any commit: a committed offset never skips an undelivered letter.
-        await asyncio.gather(*sends)
+        await self._dlq.send(rejects)
         for _record, rejected in rejects:
             self.metrics.dead_letters.labels(self.group_id, rejected.cause).inc()
             self.dead_lettered += 1
             if self._on_dead_letter is not None:
                 self._on_dead_letter(rejected.cause)
+
+    def consumed_offsets(self, partition: int) -> dict[TopicPartition, int]:
+        """For a handler that writes transactionally (``commit=False``): the offsets of
+        ``partition`` to commit inside its transaction, assuming the runs it is handling now
+        commit with it (what was read, lowered to the first event still held)."""
+        offsets = {tp: o for tp, o in self._read.items() if tp.partition == partition}
+        orderer = self._orderers.get(partition)
+        if orderer is not None:
+            for _key, _seq, event in orderer.held_items():
+                tp = TopicPartition(event.topic, partition)
+                if event.offset < offsets.get(tp, event.offset + 1):
+                    offsets[tp] = event.offset
+        return offsets
 
     def committable(self) -> dict[TopicPartition, int]:
         """Offsets safe to commit: what was read, lowered to the first event still held (or
@@ -371,6 +400,8 @@ class OrderedStreamReader:
         return offsets
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        if not self.commit:
+            return  # the handler commits in its transactions
         assigned = consumer.assignment()
         changed = {
             tp: offset
@@ -382,7 +413,10 @@ class OrderedStreamReader:
             self._committed.update(changed)
 
     async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Last stable offset minus committed offset (the position before a first commit)
+        of every assigned partition fetched from, into the lag gauge and :meth:`lag`."""
         self._lag_at = time.monotonic()
+        lag: dict[TopicPartition, int] = {}
         for tp in consumer.assignment():
             stable = consumer.last_stable_offset(tp)
             if stable is None:  # nothing fetched from it yet
@@ -390,22 +424,13 @@ class OrderedStreamReader:
             committed = self._committed.get(tp)
             if committed is None:
                 committed = await consumer.position(tp)
-            self.metrics.lag.labels(self.group_id, tp.topic, str(tp.partition)).set(
-                max(0, stable - committed)
-            )
+            lag[tp] = max(0, stable - committed)
+            self.metrics.lag.labels(self.group_id, tp.topic, str(tp.partition)).set(lag[tp])
+        self._lag = lag
 
     def lag(self) -> dict[TopicPartition, int]:
-        """Last stable offset minus committed offset of every assigned partition fetched."""
-        consumer = self._consumer
-        out: dict[TopicPartition, int] = {}
-        if consumer is None:
-            return out
-        for tp in consumer.assignment():
-            stable = consumer.last_stable_offset(tp)
-            committed = self._committed.get(tp)
-            if stable is not None and committed is not None:
-                out[tp] = max(0, stable - committed)
-        return out
+        """The lag per partition as last observed (every ``lag_every_seconds``)."""
+        return dict(self._lag)
 
     # --- rebalancing ---------------------------------------------------------------------
 
@@ -429,6 +454,7 @@ class OrderedStreamReader:
             self._read.pop(tp, None)
             self._committed.pop(tp, None)
             self._paused.discard(tp)
+            self._lag.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(self.group_id, tp.topic, str(tp.partition))
         for number in numbers:

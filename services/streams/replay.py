@@ -17,7 +17,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from schemas.codec import decode
 from schemas.envelope import Envelope
 from services.streams.kafka_log import read_to_end
-from services.streams.orderer import Gap, SeqOrderer
+from services.streams.orderer import Gap, SeqOrderer, StreamKey
 
 __all__ = ["Replayed", "replay_partition"]
 
@@ -30,7 +30,7 @@ class Replayed:
     ends: dict[str, int]
     applied: int
     #: Chains whose next event never arrived (empty for a sound log).
-    gaps: list[Gap] = field(default_factory=list)
+    gaps: list[Gap[StreamKey]] = field(default_factory=list)
 
 
 async def replay_partition(
@@ -39,7 +39,7 @@ async def replay_partition(
     partition: int,
     apply: Callable[[Envelope], None],
     *,
-    orderer: SeqOrderer[Envelope] | None = None,
+    orderer: SeqOrderer[StreamKey, Envelope] | None = None,
     start: Mapping[str, int] | None = None,
 ) -> Replayed:
     """Apply partition ``partition`` of ``topics`` from ``start`` (``topic -> offset``,

@@ -147,9 +147,13 @@ class ChainHeads:
         occurred_at: datetime,
         causation_id: str,
         correlation_id: str,
+        index: int = 0,
     ) -> list[Stamped]:
         """Stamp ``events`` (all of ``stream``) after the chain's head; the head moves to the
-        last one. Write them in one transaction; if it aborts, rebuild the heads."""
+        last one. Write them in one transaction; if it aborts, rebuild the heads.
+
+        Event ids are ``uuid5(stream:causation_id:index + i)``: when one cause is stamped in
+        several calls, continue ``index`` where the previous call stopped."""
         if not events:
             return []
         seq, prev_hash = self.head(campaign_id, stream)
@@ -161,6 +165,7 @@ class ChainHeads:
             occurred_at=occurred_at,
             causation_id=causation_id,
             correlation_id=correlation_id,
+            index=index,
             stream=stream,
         )
         last = stamped[-1][0]

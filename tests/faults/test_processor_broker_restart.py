@@ -19,8 +19,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas import verify_chain
-from services.pledge.metrics import ProcessorMetrics
 from services.pledge.processor import Processor
+from services.pledge.processor.metrics import ProcessorMetrics
 from tests.support.infra import PrivateBroker, unique_name
 from tests.support.processor import (
     by_campaign,

@@ -19,8 +19,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas import verify_chain
-from services.pledge.metrics import ProcessorMetrics
 from services.pledge.processor import Processor, recover_partition
+from services.pledge.processor.metrics import ProcessorMetrics
 from tests.support.processor import (
     by_campaign,
     create_topics,

@@ -32,15 +32,21 @@ PARTITIONS = 3
 
 
 async def produce(bootstrap: str, prefix: str, lines: Iterable[bytes]) -> None:
-    """Write canonical envelope lines to their event-type topics, keyed by campaign."""
+    """Write canonical envelope lines to their event-type topics, keyed by campaign, in one
+    transaction (event topics have transactional writers only; a reader dead-letters a record
+    written outside one)."""
     await ensure_topics(bootstrap, Topics(prefix=prefix, partitions=PARTITIONS))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=f"{prefix}history-writer", linger_ms=5
+    )
     await producer.start()
     try:
-        for line in lines:
-            raw = orjson.loads(line)
-            await producer.send(prefix + raw["event_type"], line, key=raw["campaign_id"].encode())
-        await producer.flush()
+        async with producer.transaction():
+            for line in lines:
+                raw = orjson.loads(line)
+                await producer.send(
+                    prefix + raw["event_type"], line, key=raw["campaign_id"].encode()
+                )
     finally:
         await producer.stop()
 

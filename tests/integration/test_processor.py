@@ -16,8 +16,8 @@ from schemas import Envelope, verify_chain
 from schemas.topics import Topics
 from services.pledge.adapters.snapshots import encode_campaign, load_snapshot
 from services.pledge.config import PledgeSettings
-from services.pledge.metrics import ProcessorMetrics
 from services.pledge.processor import BeforeCommit, Processor, recover_partition
+from services.pledge.processor.metrics import ProcessorMetrics
 from tests.support.processor import (
     T0,
     FakeClock,

@@ -28,7 +28,7 @@ from schemas.events import Tier
 from schemas.money import FeeSchedule, Money
 from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
 from services.pledge.config import PledgeSettings
-from services.pledge.readmodel import rebuild
+from services.pledge.projector import rebuild
 from tests.support.api import api_settings, create_topics, eventually, projector
 from tests.support.infra import kafka_bootstrap, redis_url, unique_name
 
@@ -164,7 +164,7 @@ async def test_events_arriving_out_of_order_are_applied_in_seq_order(
 
 
 async def _held(proj: Any, campaign_id: str) -> bool:
-    return campaign_id in proj._held
+    return campaign_id in proj.held_campaigns()
 
 
 async def test_a_redelivered_event_changes_nothing(env: tuple[PledgeSettings, Any]) -> None:
@@ -277,8 +277,8 @@ async def test_projector_metrics_show_applied_events_held_campaigns_lag_and_dead
 ) -> None:
     from prometheus_client import CollectorRegistry
 
-    from services.pledge.metrics_readmodel import ReadModelMetrics
-    from services.pledge.readmodel import Projector
+    from services.pledge.projector import Projector
+    from services.pledge.projector.metrics import ReadModelMetrics
 
     settings, (producer, store) = env
     registry = CollectorRegistry()

@@ -21,7 +21,7 @@ from schemas import decode
 from schemas.topics import Topics, ensure_topics
 from services.pledge.api import create_app
 from services.pledge.config import PledgeSettings
-from services.pledge.readmodel import Projector
+from services.pledge.projector import Projector
 
 KEY_A = "key-a-0123456789"
 KEY_B = "key-b-0123456789"
@@ -115,7 +115,7 @@ async def projector(settings: PledgeSettings) -> AsyncIterator[Projector]:
 @contextlib.asynccontextmanager
 async def processor(settings: PledgeSettings) -> AsyncIterator[Any]:
     """The real campaign processor, in-process, owning every partition."""
-    from services.pledge.app import build_processor
+    from services.pledge.processor.app import build_processor
 
     proc = build_processor(settings)
     await proc.start()

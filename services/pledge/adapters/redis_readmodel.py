@@ -35,20 +35,15 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from schemas.codec import encode
-from schemas.envelope import Envelope
-from schemas.events import CampaignClosed, CampaignLaunched
 from services.pledge.adapters.redis_pipeline import LuaScript
 
 __all__ = [
     "APPLY_SCRIPT",
     "CampaignRow",
     "Keys",
-    "Op",
     "PledgeOp",
     "PledgeRow",
     "ReadModelStore",
-    "with_listing_ops",
 ]
 
 
@@ -154,33 +149,6 @@ end
 return 1
 """
 )
-
-
-#: One change of :data:`APPLY_SCRIPT`: (key, op, value).
-Op = tuple[str, str, bytes]
-
-_PLEDGE_CHANGES = ("set:", "refuse", "cancel")
-
-
-def with_listing_ops(ops: list[Op], envelope: Envelope, tenant: str | None, keys: Keys) -> list[Op]:
-    """``ops`` of one event (the projection's pledge and decision changes) with the listing
-    upkeep added: each pledge change followed by its ``ix`` op, a launch or close by the
-    tenant's ``cx`` op, and the event itself (``ev``) for the events listing. Pure."""
-    campaign_id = envelope.campaign_id
-    pledge_prefix = keys.pledge(campaign_id, "")
-    index_base = keys.pledge_index(campaign_id, "")
-    out: list[Op] = []
-    for key, op, value in ops:
-        out.append((key, op, value))
-        if key.startswith(pledge_prefix) and op.startswith(_PLEDGE_CHANGES):
-            out.append((index_base, "ix:" + key[len(pledge_prefix) :], b""))
-    payload = envelope.payload
-    if tenant and isinstance(payload, CampaignLaunched | CampaignClosed):
-        status = b"open" if isinstance(payload, CampaignLaunched) else b"closed"
-        out.append((keys.campaign_index(tenant, ""), "cx:" + campaign_id, status))
-    # Its canonical encoding (the Kafka value, the hashed text): a reader can verify the chain.
-    out.append((keys.events(campaign_id), f"ev:{envelope.seq}", encode(envelope)))
-    return out
 
 
 # A listing page. KEYS[1] index set; ARGV[1] lower bound ('-' or '(<last id>'), ARGV[2] most

@@ -11,7 +11,11 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.events import RejectionReason
-from services.pledge.metrics import DEAD_LETTER_CAUSES, TRANSACTION_RESULTS, ProcessorMetrics
+from services.pledge.processor.metrics import (
+    DEAD_LETTER_CAUSES,
+    TRANSACTION_RESULTS,
+    ProcessorMetrics,
+)
 from tests.support.prometheus import ensure_prometheus
 
 REPO = Path(__file__).resolve().parents[3]

@@ -17,9 +17,9 @@ from schemas.topics import Topics
 from services.ops.cli import app as deploy_cli
 from services.ops.manifests import kafka_topics, prometheus_rule, render, resource_name
 from services.pledge.config import PledgeSettings
-from services.pledge.metrics import ProcessorMetrics
 from services.pledge.metrics_api import ApiMetrics
-from services.pledge.metrics_readmodel import ReadModelMetrics
+from services.pledge.processor.metrics import ProcessorMetrics
+from services.pledge.projector.metrics import ReadModelMetrics
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = REPO / "deploy" / "k8s" / "base"

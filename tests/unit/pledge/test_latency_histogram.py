@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from services.pledge.processor import _observe_latencies
+from services.pledge.processor.metrics import observe_latencies
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -32,7 +32,7 @@ def test_batched_latencies_count_as_one_observe_each(offset_s: float) -> None:
     deltas = [timedelta(microseconds=m) for m in micros]
     offset = timedelta(seconds=offset_s)
     batched, one_by_one = _histogram(), _histogram()
-    _observe_latencies(batched, list(deltas), offset)
+    observe_latencies(batched, list(deltas), offset)
     for delta in deltas:
         one_by_one.observe(max(0.0, (offset + delta).total_seconds()))
     got, expected = _samples(batched), _samples(one_by_one)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from schemas.codec import encode
 from schemas.events import CampaignClosed, CampaignLaunched, PledgeMade
-from services.pledge.adapters.redis_readmodel import Keys, with_listing_ops
+from services.pledge.adapters.redis_readmodel import Keys
+from services.pledge.projection import with_listing_ops
 from tests.unit.pledge.conftest import CAMPAIGN, TENANT, Campaign, close, launch, pledge
 
 KEYS = Keys("t.")

@@ -11,12 +11,13 @@ from services.pledge.adapters.redis_readmodel import Keys
 from services.pledge.projection import (
     accepted_pledge_row,
     cancellation,
+    initial_summary,
     pending_pledge_row,
     pledge_row,
+    project,
     refusal_note,
     rejected_pledge_row,
 )
-from services.pledge.readmodel import initial_summary, project
 from tests.unit.pledge.conftest import CAMPAIGN, TENANT, Campaign, cancel, launch, pledge
 
 MEMBERS = [

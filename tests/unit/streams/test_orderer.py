@@ -13,7 +13,7 @@ B = ("c-2", "campaign")
 
 
 def test_an_item_in_order_is_released_at_once() -> None:
-    orderer: SeqOrderer[str] = SeqOrderer()
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
     assert orderer.push(A, 1, "a1") == (Pushed.RELEASED, ["a1"])
     assert orderer.push(A, 2, "a2") == (Pushed.RELEASED, ["a2"])
     assert orderer.last(A) == 2
@@ -21,7 +21,7 @@ def test_an_item_in_order_is_released_at_once() -> None:
 
 
 def test_an_item_ahead_waits_until_its_predecessor_arrives() -> None:
-    orderer: SeqOrderer[str] = SeqOrderer()
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
     assert orderer.push(A, 3, "a3") == (Pushed.HELD, [])
     assert orderer.push(A, 2, "a2") == (Pushed.HELD, [])
     assert orderer.held == 2
@@ -31,7 +31,7 @@ def test_an_item_ahead_waits_until_its_predecessor_arrives() -> None:
 
 
 def test_keys_are_independent() -> None:
-    orderer: SeqOrderer[str] = SeqOrderer()
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
     orderer.push(A, 2, "a2")
     assert orderer.push(B, 1, "b1") == (Pushed.RELEASED, ["b1"])
     assert orderer.held_keys() == [A]
@@ -40,20 +40,20 @@ def test_keys_are_independent() -> None:
 
 
 def test_a_redelivery_at_or_below_the_last_applied_seq_is_stale() -> None:
-    orderer: SeqOrderer[str] = SeqOrderer()
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
     orderer.push(A, 1, "a1")
     assert orderer.push(A, 1, "a1 again") == (Pushed.STALE, [])
 
 
 def test_the_same_seq_held_twice_is_a_duplicate() -> None:
-    orderer: SeqOrderer[str] = SeqOrderer()
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
     orderer.push(A, 3, "a3")
     assert orderer.push(A, 3, "a3 again") == (Pushed.DUPLICATE, [])
     assert orderer.held == 1
 
 
 def test_seeding_skips_what_a_snapshot_covers_and_releases_what_follows() -> None:
-    orderer: SeqOrderer[str] = SeqOrderer()
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
     orderer.push(A, 5, "a5")
     orderer.push(A, 3, "a3")
     assert orderer.seed(A, 4) == ["a5"]
@@ -64,7 +64,7 @@ def test_seeding_skips_what_a_snapshot_covers_and_releases_what_follows() -> Non
 
 
 def test_gaps_name_the_missing_seq() -> None:
-    orderer: SeqOrderer[str] = SeqOrderer()
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
     orderer.push(A, 1, "a1")
     orderer.push(A, 4, "a4")
     orderer.push(A, 3, "a3")
@@ -73,7 +73,7 @@ def test_gaps_name_the_missing_seq() -> None:
 
 
 def test_take_lowest_gives_up_on_a_gap() -> None:
-    orderer: SeqOrderer[str] = SeqOrderer()
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
     orderer.push(A, 3, "a3")
     orderer.push(A, 4, "a4")
     assert orderer.take_lowest(A) == (3, "a3")
@@ -84,7 +84,7 @@ def test_take_lowest_gives_up_on_a_gap() -> None:
 
 def test_the_bound_says_full_and_the_hook_sees_every_change() -> None:
     seen: list[int] = []
-    orderer: SeqOrderer[str] = SeqOrderer(limit=2, on_held=seen.append)
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer(limit=2, on_held=seen.append)
     orderer.push(A, 2, "a2")
     assert not orderer.full
     orderer.push(A, 3, "a3")
@@ -95,7 +95,7 @@ def test_the_bound_says_full_and_the_hook_sees_every_change() -> None:
 
 
 def test_forget_drops_the_keys_of_a_revoked_partition() -> None:
-    orderer: SeqOrderer[str] = SeqOrderer()
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
     orderer.push(A, 1, "a1")
     orderer.push(B, 2, "b2")
     orderer.forget(lambda key: key != B)
@@ -115,10 +115,31 @@ def test_any_arrival_order_comes_out_in_seq_order_per_key(seed: int) -> None:
     # a redelivery of a few items
     items += rng.sample(items, 5)
     rng.shuffle(items)
-    orderer: SeqOrderer[tuple[tuple[str, str], int]] = SeqOrderer()
+    orderer: SeqOrderer[tuple[str, str], tuple[tuple[str, str], int]] = SeqOrderer()
     out: list[tuple[tuple[str, str], int]] = []
     for key, seq in items:
         out.extend(orderer.push(key, seq, (key, seq))[1])
     for key in (A, B):
         assert [seq for k, seq in out if k == key] == list(range(1, 30))
     assert orderer.held == 0
+
+
+def test_hold_and_pop_serve_a_caller_that_tracks_heads_itself() -> None:
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
+    assert orderer.hold(A, 5, "a5") is Pushed.HELD
+    assert orderer.hold(A, 5, "a5 again") is Pushed.DUPLICATE
+    assert orderer.is_holding(A)
+    assert orderer.pop(A, 4) is None
+    assert orderer.pop(A, 5) == "a5"
+    assert not orderer.is_holding(A)
+    assert orderer.held == 0
+
+
+def test_forget_idle_keeps_keys_with_held_items() -> None:
+    orderer: SeqOrderer[tuple[str, str], str] = SeqOrderer()
+    orderer.push(A, 1, "a1")
+    orderer.push(B, 3, "b3")
+    assert orderer.known == 1
+    assert orderer.forget_idle() == 1
+    assert not orderer.knows(A)
+    assert orderer.knows(B) and orderer.held == 1

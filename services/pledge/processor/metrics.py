@@ -7,25 +7,36 @@ processors in one process never collide.
 
 from __future__ import annotations
 
+import math
+import time
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemas.events import RejectionReason
+from services.streams.metrics import registered
+
+if TYPE_CHECKING:
+    from services.pledge.processor.partition import Outbox
 
 __all__ = [
     "DEAD_LETTER_CAUSES",
     "TRANSACTION_RESULTS",
     "ProcessorMetrics",
+    "observe_latencies",
     "processor_metrics",
-    "serve_metrics",
+    "record_commit",
 ]
 
 #: Every ``cause`` the processor dead-letters with and every transaction ``result``. Their
 #: children are created at 0 on start, so ``increase()`` sees the first one after a restart.
 DEAD_LETTER_CAUSES = (
     "undecodable",
+    "oversized",
     "evolve_failed",
     "decide_failed",
     "wrong_key",
@@ -131,20 +142,56 @@ class ProcessorMetrics:
         self.campaigns_open.set_function(lambda: float(count()))
 
 
-_DEFAULT: ProcessorMetrics | None = None
-
-
 def processor_metrics() -> ProcessorMetrics:
     """The processor's metrics in the process-wide default registry (created once)."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = ProcessorMetrics.create(REGISTRY)
-    return _DEFAULT
+    return registered(ProcessorMetrics.create, None)
 
 
-def serve_metrics(port: int) -> None:
-    """Serve ``/metrics`` of the default registry on ``port`` (no-op when 0)."""
-    if port > 0:
-        from prometheus_client import start_http_server
+def observe_latencies(histogram: Histogram, deltas: list[timedelta], offset: timedelta) -> None:
+    """``histogram.observe(max(0.0, (offset + d).total_seconds()))`` for every ``d`` (sorts
+    ``deltas``), in one pass: counts per bucket by bisection instead of a Python-level observe
+    per command."""
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    total = getattr(histogram, "_sum", None)
+    if buckets is None or bounds is None or total is None or len(buckets) != len(bounds):
+        for delta in deltas:  # another prometheus_client layout: the public way
+            histogram.observe(max(0.0, (offset + delta).total_seconds()))
+        return
+    deltas.sort()
+    # Negative latencies (clock skew) count as 0.0, as the per-value observe did.
+    positive = deltas[bisect_left(deltas, -offset) :]
+    if positive:
+        total.inc((sum(positive, timedelta()) + offset * len(positive)).total_seconds())
+    done = 0
+    count = len(deltas)
+    for bucket, bound in zip(buckets, bounds, strict=True):
+        if bound == math.inf:
+            end = count
+        else:
+            end = bisect_right(deltas, timedelta(seconds=bound) - offset)
+        if end > done:
+            bucket.inc(end - done)
+            done = end
 
-        start_http_server(port)
+
+def record_commit(m: ProcessorMetrics, out: Outbox) -> None:
+    """Count what a committed transaction wrote (nothing is counted for an aborted one)."""
+    m.transactions.labels("committed").inc()
+    decided = sum(out.commands.values())
+    if decided:
+        m.batch_size.observe(decided)
+    for (command_type, outcome), n in out.commands.items():
+        m.commands.labels(command_type, outcome).inc(n)
+    for reason, n in out.rejections.items():
+        m.rejections.labels(reason).inc(n)
+    for cause, n in out.dead_letters.items():
+        m.dead_letters.labels(cause).inc(n)
+    for event_type, n in out.events.items():
+        m.events.labels(event_type).inc(n)
+    if out.snapshot:
+        m.snapshots.inc()
+    if out.issued and out.now is not None:
+        # latency = wall - issued_at = (wall - now) + (now - issued_at)
+        offset = timedelta(seconds=time.time() - out.now.timestamp())
+        observe_latencies(m.decision_latency, out.issued, offset)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.streams.metrics import registered
 
 __all__ = ["ReadModelMetrics", "readmodel_metrics"]
 
@@ -52,14 +54,6 @@ class ReadModelMetrics:
         )
 
 
-_DEFAULT: ReadModelMetrics | None = None
-
-
 def readmodel_metrics(registry: CollectorRegistry | None = None) -> ReadModelMetrics:
     """The projector's metrics in ``registry`` (default: the process-wide one, created once)."""
-    global _DEFAULT
-    if registry is not None and registry is not REGISTRY:
-        return ReadModelMetrics.create(registry)
-    if _DEFAULT is None:
-        _DEFAULT = ReadModelMetrics.create(REGISTRY)
-    return _DEFAULT
+    return registered(ReadModelMetrics.create, registry)

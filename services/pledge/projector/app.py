@@ -1,0 +1,113 @@
+"""Composition root of the read-model projector, and ``pledgeflow readmodel run|rebuild``.
+
+``run`` projects the campaign topics into Redis until SIGTERM/SIGINT (JSON logs, ``/metrics``
+and ``/ready`` from the stream runtime); ``rebuild`` wipes this prefix's read model and
+replays the topics from the beginning (stop the running projector first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from schemas.topics import ensure_topics
+from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
+from services.pledge.projector.config import ProjectorSettings
+from services.pledge.projector.projector import Projector
+from services.streams import configure_logging, run_cli, serve
+
+__all__ = ["ProjectorProcess", "readmodel_cli", "rebuild", "run_projector"]
+
+log = logging.getLogger("pledgeflow.readmodel")
+
+
+async def rebuild(settings: ProjectorSettings) -> int:
+    """Wipe this prefix's read model and replay every campaign topic from the beginning.
+
+    Stop the running projector first. Returns the number of events applied.
+    """
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        store = ReadModelStore(client, Keys(settings.topic_prefix))
+        await store.wipe()
+        projector = Projector(settings, client, from_beginning=True)
+        await projector.start()
+        try:
+            await projector.run_until_caught_up()
+        finally:
+            await projector.stop()
+        return projector.applied
+    finally:
+        await client.aclose()
+
+
+class ProjectorProcess:
+    """The projector as a stream-runtime worker: its Redis client, its loop, its drain."""
+
+    def __init__(self, settings: ProjectorSettings) -> None:
+        self.settings = settings
+        self.client = aioredis.Redis.from_url(settings.redis_url)
+        self.projector = Projector(settings, self.client)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.projector.start()
+        log.info(
+            "projecting %s* into Redis (group %s)",
+            self.settings.topic_prefix,
+            self.projector.group,
+        )
+        self._task = asyncio.create_task(self.projector.run(self._stop), name="projector")
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        """Finish the step in flight (its runs applied and committed), then leave."""
+        self._stop.set()
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            await self.projector.stop()
+            await self.client.aclose()
+
+
+async def run_projector(settings: ProjectorSettings) -> None:
+    """Create missing topics, then project until SIGTERM/SIGINT."""
+    await ensure_topics(settings.kafka_bootstrap, settings.topics())
+    await serve(
+        ProjectorProcess(settings),
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+    )
+
+
+def readmodel_cli() -> Any:
+    """``pledgeflow readmodel run|rebuild``."""
+    import typer
+
+    cli = typer.Typer(name="readmodel", no_args_is_help=True, help="Read-model projector.")
+
+    @cli.command("run")
+    def run_command(
+        log_level: str = typer.Option("info", help="Log level (debug, info, warning)."),
+    ) -> None:
+        """Project the campaign topics into Redis until interrupted."""
+        configure_logging(log_level)
+        settings = ProjectorSettings()
+        run_cli("projector", lambda: run_projector(settings), bootstrap=settings.kafka_bootstrap)
+
+    @cli.command("rebuild")
+    def rebuild_command() -> None:
+        """Wipe the read model (this topic prefix) and replay the topics from the beginning."""
+        configure_logging("info")
+        applied = asyncio.run(rebuild(ProjectorSettings()))
+        typer.echo(f"read model rebuilt: {applied} events applied")
+
+    return cli

@@ -1,0 +1,272 @@
+"""The read-model projector: campaign summaries, pledge statuses and command decisions, in Redis.
+
+A stream-runtime reader (:class:`~services.streams.OrderedStreamReader`, its own group) of
+every campaign-stream topic hands each campaign's events in ``seq`` order; each run is applied
+in one Lua script that checks the stored ``seq`` (a redelivery is a no-op). The reader seeds a
+campaign it meets first with the seq Redis holds, and commits offsets only below the first
+held-back event of each partition, so a restart never skips one. Redis out of reach pauses
+the projector (the runs are handed again) instead of ending it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
+from services.pledge.adapters.redis_readmodel import (
+    APPLY_SCRIPT,
+    CampaignRow,
+    Keys,
+    ReadModelStore,
+)
+from services.pledge.projection import dump, initial_summary, project
+from services.pledge.projector.config import ProjectorSettings
+from services.pledge.projector.metrics import ReadModelMetrics, readmodel_metrics
+from services.streams import OrderedStreamReader, Run, StreamKey, StreamMetrics
+
+__all__ = ["Projector"]
+
+log = logging.getLogger("pledgeflow.readmodel")
+
+#: The stream the read model shows.
+_STREAM = "campaign"
+
+
+@dataclass
+class _Cached:
+    summary: dict[str, Any]
+    tenant: str | None
+
+
+class Projector:
+    """Keeps the read model of one topic prefix up to date."""
+
+    def __init__(
+        self,
+        settings: ProjectorSettings,
+        client: aioredis.Redis,
+        *,
+        group: str | None = None,
+        from_beginning: bool = False,
+        metrics: ReadModelMetrics | None = None,
+        stream_metrics: StreamMetrics | None = None,
+        lag_every_seconds: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics()
+        self.keys = Keys(settings.topic_prefix)
+        self.store = ReadModelStore(client, self.keys)
+        self.client = client
+        self.group = group or f"{settings.topic_prefix}{settings.readmodel_group}"
+        self.from_beginning = from_beginning
+        self.decision_ttl = settings.readmodel_decision_ttl_seconds
+        self._cache: dict[str, _Cached] = {}
+        self.applied = 0
+        self.ready = asyncio.Event()
+        self._beat = -1e9
+        self.metrics = metrics or readmodel_metrics()
+        self._stream_metrics = stream_metrics
+        self._applied_by_type: dict[str, Any] = {}
+        self._lag_at = -1e9
+        self.lag_every = lag_every_seconds
+        self._reader: OrderedStreamReader | None = None
+
+    async def start(self) -> None:
+        await self.store.load_scripts()
+        # Redis may have restarted empty (it runs without persistence locally) while the
+        # group's offsets survive in Kafka: without the marker, replay from the beginning.
+        marker = f"{self.keys.ns}rm:projector"
+        if await self.client.set(marker, self.group, nx=True) and not self.from_beginning:
+            log.info("read model empty for %s: replaying from the beginning", self.keys.ns)
+            self.from_beginning = True
+        s = self.settings
+        self._reader = OrderedStreamReader(
+            bootstrap=s.kafka_bootstrap,
+            group_id=self.group,
+            topics=self.topics.for_stream("campaign"),
+            topic_of=self.topics.event_topics(),
+            dead_letter_topic=self.topics.dead_letter("readmodel"),
+            handler=self._apply,
+            seed=self._seed,
+            on_revoked=self._revoked,
+            on_dead_letter=lambda _cause: self.metrics.dead_letters.inc(),
+            streams=(_STREAM,),
+            from_beginning=self.from_beginning,
+            max_event_bytes=s.max_event_bytes,
+            hold_limit=s.hold_limit,
+            lag_every_seconds=self.lag_every,
+            metrics=self._stream_metrics,
+        )
+        await self._reader.start()
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            await self._reader.stop()
+
+    def _require(self) -> OrderedStreamReader:
+        if self._reader is None:
+            raise RuntimeError("Projector.start() first")
+        return self._reader
+
+    def held_campaigns(self) -> list[str]:
+        """Campaigns with events waiting for their predecessor."""
+        return [campaign_id for campaign_id, _stream in self._require().held_keys()]
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Project until ``stop`` is set (or forever).
+
+        Redis out of reach (restarting, failing over) pauses the projector instead of ending
+        it: offsets are committed only below what was applied, and the runs not applied are
+        handed again once Redis answers.
+        """
+        stop = stop or asyncio.Event()
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                await self.step(timeout_ms=200)
+                backoff = 0.1
+            except REDIS_UNAVAILABLE as exc:
+                log.warning("Redis unavailable (%r); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def run_until_caught_up(self, idle_ms: int = 1000) -> None:
+        """Project until every partition is read up to where it ended when this started."""
+        reader = self._require()
+        await reader.run_until_caught_up(idle_ms=idle_ms)
+        self._observe()
+
+    async def step(self, timeout_ms: int = 200) -> int:
+        """One poll: hold, apply what became consecutive, commit; returns records read."""
+        reader = self._require()
+        count = await reader.step(timeout_ms=timeout_ms)
+        self._observe()
+        if reader.assigned_partitions:
+            self.ready.set()
+            now = time.monotonic()
+            if now - self._beat > 10:
+                # Liveness for `make run` and probes: this projector owns partitions.
+                self._beat = now
+                await self.client.set(f"{self.keys.ns}projector:alive", self.group, ex=30)
+        return count
+
+    def _observe(self) -> None:
+        reader = self._require()
+        self.metrics.held_campaigns.set(len(set(reader.held_keys())))
+        if time.monotonic() - self._lag_at >= self.lag_every:
+            self._lag_at = time.monotonic()
+            by_topic: dict[str, int] = {}
+            for tp, lag in reader.lag().items():
+                by_topic[tp.topic] = by_topic.get(tp.topic, 0) + lag
+            for topic, lag in by_topic.items():
+                self.metrics.lag.labels(topic).set(lag)
+
+    async def _revoked(self, _partitions: list[int]) -> None:
+        self._cache.clear()  # another member may move those campaigns now
+
+    async def _seed(self, keys: list[StreamKey]) -> Mapping[StreamKey, int]:
+        """The seq Redis holds for campaigns the reader meets first (loaded into the cache)."""
+        await self._load([campaign_id for campaign_id, _ in keys])
+        return {key: int(self._cache[key[0]].summary["seq"]) for key in keys}
+
+    async def _load(self, campaign_ids: list[str]) -> None:
+        missing = [c for c in campaign_ids if c not in self._cache]
+        if not missing:
+            return
+        rows = await self.store.campaigns(missing)
+        for campaign_id in missing:
+            row: CampaignRow | None = rows.get(campaign_id)
+            if row is None:
+                self._cache[campaign_id] = _Cached(initial_summary(campaign_id), None)
+            else:
+                summary = row.doc or initial_summary(campaign_id)
+                summary["seq"] = row.seq
+                self._cache[campaign_id] = _Cached(summary, row.tenant_id)
+
+    async def _apply(self, runs: list[Run]) -> None:
+        """Apply each campaign's run in one Lua call (all in one pipeline); a campaign another
+        writer moved is reloaded and what is left of its run applied again."""
+        pending = {run[0].envelope.campaign_id: run for run in runs if run}
+        for _attempt in range(5):
+            if not pending:
+                break
+            await self._load(list(pending))
+            pipe = self.client.pipeline(transaction=False)
+            calls: list[tuple[str, Run]] = []
+            for campaign_id, run in pending.items():
+                cached = self._cache[campaign_id]
+                base = int(cached.summary["seq"])
+                todo = [e for e in run if e.envelope.seq > base]  # below: applied before
+                if not todo:
+                    continue
+                if todo[0].envelope.seq != base + 1:
+                    log.warning(
+                        "campaign %s: Redis holds seq %d, the next event read is seq %d",
+                        campaign_id,
+                        base,
+                        todo[0].envelope.seq,
+                    )
+                    continue
+                ops: list[tuple[str, str, bytes]] = []
+                for event in todo:
+                    cached.tenant, new_ops = project(
+                        cached.summary, cached.tenant, event.envelope, self.keys
+                    )
+                    ops.extend(new_ops)
+                args: list[Any] = [
+                    base,
+                    todo[-1].envelope.seq,
+                    cached.tenant or "",
+                    dump(cached.summary),
+                    self.decision_ttl,
+                ]
+                keys = [self.keys.campaign(campaign_id)]
+                for key, op, value in ops:
+                    keys.append(key)
+                    args.extend((op, value))
+                pipe.evalsha(APPLY_SCRIPT.sha, len(keys), *keys, *args)
+                calls.append((campaign_id, todo))
+            if not calls:
+                break
+            try:
+                results = await pipe.execute(raise_on_error=True)
+            except REDIS_UNAVAILABLE:
+                # The summaries were advanced in memory for events Redis may not have: forget
+                # them, so that the retry reloads what Redis really holds.
+                for campaign_id, _ in calls:
+                    self._cache.pop(campaign_id, None)
+                raise
+            except NoScriptError:  # Redis lost its scripts (restart, failover): load, retry
+                await self.store.load_scripts()
+                for campaign_id, _ in calls:
+                    self._cache.pop(campaign_id, None)
+                continue
+            retry: dict[str, Run] = {}
+            for (campaign_id, todo), result in zip(calls, results, strict=True):
+                if int(result) == -1:
+                    # Another writer moved this campaign: reload it and try again.
+                    self._cache.pop(campaign_id, None)
+                    retry[campaign_id] = todo
+                    continue
+                if int(result) == 0:
+                    self._cache.pop(campaign_id, None)
+                for event in todo:
+                    self._count_applied(event.envelope.event_type)
+                self.applied += len(todo)
+            pending = retry
+        if len(self._cache) > 200_000:
+            self._cache.clear()
+
+    def _count_applied(self, event_type: str) -> None:
+        child = self._applied_by_type.get(event_type)
+        if child is None:
+            child = self._applied_by_type[event_type] = self.metrics.applied.labels(event_type)
+        child.inc()
