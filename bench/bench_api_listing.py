@@ -57,12 +57,12 @@ async def seed(prefix: str) -> None:
     keys = Keys(prefix)
     client = aioredis.Redis.from_url(redis_url())
     try:
-        await APPLY_SCRIPT.load(client)
+        apply = client.register_script(APPLY_SCRIPT.source)  # reloaded if Redis lost it
         summary = orjson.dumps({"campaign_id": CAMPAIGN, "status": "open", "seq": 1})
-        await client.evalsha(
-            APPLY_SCRIPT.sha, 2, keys.campaign(CAMPAIGN), keys.campaign_index(TENANT, ""),
-            0, 1, TENANT, summary, 600, f"cx:{CAMPAIGN}", b"open",
-        )  # fmt: skip
+        await apply(
+            keys=[keys.campaign(CAMPAIGN), keys.campaign_index(TENANT, "")],
+            args=[0, 1, TENANT, summary, 600, f"cx:{CAMPAIGN}", b"open"],
+        )
         seq = 1
         index_base = keys.pledge_index(CAMPAIGN, "")
         for start in range(0, PLEDGES, CHUNK):
@@ -74,10 +74,7 @@ async def seed(prefix: str) -> None:
                 batch_keys += [keys.pledge(CAMPAIGN, pledge_id), index_base]
                 ops += ["set:accepted", _pledge_doc(pledge_id, n + 2), f"ix:{pledge_id}", b""]
             summary = orjson.dumps({"campaign_id": CAMPAIGN, "status": "open", "seq": seq + 1})
-            await client.evalsha(
-                APPLY_SCRIPT.sha, len(batch_keys), *batch_keys,
-                seq, seq + 1, TENANT, summary, 600, *ops,
-            )  # fmt: skip
+            await apply(keys=batch_keys, args=[seq, seq + 1, TENANT, summary, 600, *ops])
             seq += 1
     finally:
         await client.aclose()

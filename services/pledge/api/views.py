@@ -31,7 +31,8 @@ def visible_campaign(row: CampaignRow | None, tenant_id: str) -> dict[str, Any] 
 
 def pledge_view(row: PledgeRow) -> dict[str, Any]:
     """A pledge's public body (the stored tenant left out, a cancellation folded in)."""
-    view = {k: v for k, v in row.doc.items() if k != "tenant_id"}
+    view = row.doc.copy()  # same members and order as before, without the stored tenant
+    view.pop("tenant_id", None)
     view["status"] = row.status
     view["last_refusal"] = row.refusal
     if row.cancel is not None:
