@@ -350,7 +350,7 @@ class PledgeflowClient:
         )
         return EventPage.model_validate_json(response.content)
 
-    async def campaigns(
+    def campaigns(
         self, *, status: str | None = None, limit: int = 500
     ) -> AsyncIterator[CampaignView]:
         """Every campaign of the tenant (optionally by status), page after page."""
@@ -358,10 +358,9 @@ class PledgeflowClient:
         async def fetch(cursor: str | None) -> CampaignPage:
             return await self.campaign_page(status=status, cursor=cursor, limit=limit)
 
-        async for campaign in _walk(fetch):
-            yield campaign
+        return _walk(fetch)
 
-    async def pledges(
+    def pledges(
         self, campaign_id: str, *, status: str | None = None, limit: int = 500
     ) -> AsyncIterator[PledgeView]:
         """Every pledge of the campaign (optionally by status), page after page."""
@@ -369,10 +368,9 @@ class PledgeflowClient:
         async def fetch(cursor: str | None) -> PledgePage:
             return await self.pledge_page(campaign_id, status=status, cursor=cursor, limit=limit)
 
-        async for pledge in _walk(fetch):
-            yield pledge
+        return _walk(fetch)
 
-    async def events(
+    def events(
         self, campaign_id: str, *, after_seq: int = 0, limit: int = 500
     ) -> AsyncIterator[EventView]:
         """The campaign's events after ``after_seq`` up to the newest one projected."""
@@ -382,8 +380,7 @@ class PledgeflowClient:
                 campaign_id, after_seq=after_seq, cursor=cursor, limit=limit
             )
 
-        async for event in _walk(fetch):
-            yield event
+        return _walk(fetch)
 
     async def ready(self) -> bool:
         """``GET /readyz``: True when the API reaches Kafka and Redis."""
