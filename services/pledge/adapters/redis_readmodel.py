@@ -48,7 +48,12 @@ __all__ = [
 
 
 class Keys:
-    """Every Redis key of one namespace (one topic prefix)."""
+    """Every Redis key of one namespace (one topic prefix).
+
+    The listing scripts append to prefixes built here: a campaign's and a pledge's key must
+    end with its id (``campaign("")`` / ``pledge(c, "")`` are the row prefixes of a page), and
+    an index set's name with its status (``campaign_index(t, "")`` / ``pledge_index(c, "")``).
+    """
 
     def __init__(self, prefix: str = "") -> None:
         self.ns = f"{prefix}pf:"
