@@ -37,6 +37,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError
 
 from schemas.envelope import Envelope
 from services.streams import transactional_marks
@@ -409,7 +410,14 @@ class OrderedStreamReader:
             if tp in assigned and self._committed.get(tp) != offset
         }
         if changed:
-            await consumer.commit(changed)
+            try:
+                await consumer.commit(changed)
+            except CommitFailedError:
+                # The group gave these partitions away while this member was away (a pause
+                # longer than the session timeout): their new owner reads again from the last
+                # commit, and the next poll rejoins, revoking (and forgetting) them here.
+                log.warning("offset commit refused after a rebalance; rejoining")
+                return
             self._committed.update(changed)
 
     async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:

@@ -1,0 +1,156 @@
+"""Two read-model projectors in one group under load: rebalances, a SIGKILL and a zombie leave
+the read model equal to a replay of the log.
+
+One processor worker decides a seeded stream of commands on 6 partitions; the projectors are
+the real entry point (``pledgeflow readmodel run``), in order:
+
+1. one projector starts, a second is added mid-load (partitions move to it);
+2. one is SIGKILLed mid-batch; the group gives its partitions away after the session timeout
+   (the projector has no static membership: aiokafka's default 10 s), then it restarts;
+3. a zombie: one is frozen (SIGSTOP) until the other owns its partitions and applied every
+   event committed by then, then resumed (SIGCONT) with the events it held and its cached
+   summaries: the read model's compare-and-set on each campaign's ``seq`` must refuse whatever
+   it would write stale, and it rejoins.
+
+Afterwards every projector is alive, the read model reached every campaign's last ``seq``, and
+``pledgeflow audit verify --from-kafka --against-readmodel`` is clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from schemas.topics import Topics, ensure_topics
+from tests.support.command_stream import CommandStream
+from tests.support.fleet import (
+    Fleet,
+    StallWatch,
+    audit_verify,
+    service_env,
+    wait_group,
+)
+from tests.support.invariants import checked_log, wait_readmodel, wipe_namespace
+from tests.support.processor import read_events
+from tests.support.worker import drained
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+
+PARTITIONS = 6
+CAMPAIGNS = 24
+
+
+async def test_two_projectors_survive_rebalances_a_kill_and_a_zombie(
+    bootstrap: str, redis_server: str, unique: str, tmp_path: Path
+) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    print(f"seed={seed}")
+    prefix = f"{unique}."
+    topics = Topics(prefix=prefix, partitions=PARTITIONS)
+    await ensure_topics(bootstrap, topics)
+    group = f"{prefix}pledge-readmodel"
+    env = service_env(
+        kafka_bootstrap=bootstrap,
+        redis_url=redis_server,
+        topic_prefix=prefix,
+        partitions=PARTITIONS,
+        processor_batch_max=500,
+        processor_poll_ms=50,
+    )
+    processor = Fleet(["processor", "run"], env, tmp_path, "PLEDGEFLOW_PROCESSOR_INSTANCE_ID")
+    projectors = Fleet(["readmodel", "run"], env, tmp_path)
+    load = CommandStream(
+        bootstrap, topics.commands, [f"camp-{i:02d}" for i in range(CAMPAIGNS)], rng
+    )
+    event_topics = topics.for_stream("campaign")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    watch = StallWatch(bootstrap, group, event_topics, PARTITIONS, transactional=True)
+    figures: dict[str, float] = {}
+
+    def alive() -> None:
+        processor.assert_alive()
+        projectors.assert_alive()
+
+    try:
+        processor.add("proc")
+        projectors.add("r1")
+        await load.start()
+        await wait_group(admin, group, lambda v: v.stable_with(1, PARTITIONS), within=60,
+                         fleet=projectors, what="r1")  # fmt: skip
+        await watch.start()
+        await asyncio.sleep(rng.uniform(1.0, 2.5))
+
+        # 1. A second projector mid-load.
+        projectors.add("r2")
+        t = time.monotonic()
+        _, figures["join_s"] = await wait_group(
+            admin, group, lambda v: v.stable_with(2, PARTITIONS), within=60, fleet=projectors,
+            what="r2 joined",
+        )  # fmt: skip
+        await asyncio.sleep(rng.uniform(1.5, 3.0))
+        alive()
+        figures["join_stall_s"] = watch.longest_after(t, time.monotonic())
+
+        # 2. SIGKILL mid-batch; its partitions move after the session timeout.
+        victim = projectors.members[rng.choice(["r1", "r2"])]
+        victim.kill()
+        t = time.monotonic()
+        _, figures["kill_reassign_s"] = await wait_group(
+            admin, group, lambda v: v.stable_with(1, PARTITIONS), within=60, fleet=projectors,
+            what="the killed projector's partitions moved",
+        )  # fmt: skip
+        await asyncio.sleep(1.0)
+        figures["kill_stall_s"] = watch.longest_after(t - 1, time.monotonic())
+        victim.start()
+        await wait_group(admin, group, lambda v: v.stable_with(2, PARTITIONS),
+                         within=60, fleet=projectors, what="it rejoined")  # fmt: skip
+        await asyncio.sleep(rng.uniform(1.0, 2.0))
+        alive()
+
+        # 3. The zombie: frozen until the other projector applied what its partitions hold.
+        zombie = projectors.members[rng.choice(["r1", "r2"])]
+        zombie.pause()
+        t = time.monotonic()
+        try:
+            _, figures["zombie_reassign_s"] = await wait_group(
+                admin, group, lambda v: v.stable_with(1, PARTITIONS), within=60,
+                what="the zombie's partitions moved",
+            )  # fmt: skip
+            # The survivor applied everything committed by now, the zombie's partitions too.
+            now = await read_events(bootstrap, topics)
+            await wait_readmodel(redis_server, prefix, now, within=30, alive=processor.assert_alive)
+        finally:
+            zombie.resume()
+        figures["zombie_stall_s"] = watch.longest_after(t - 1, time.monotonic())
+        await wait_group(admin, group, lambda v: v.stable_with(2, PARTITIONS), within=60,
+                         fleet=projectors, what="the zombie rejoined")  # fmt: skip
+        await asyncio.sleep(rng.uniform(1.0, 2.0))
+
+        await load.stop()
+        t = time.monotonic()
+        processor_group = f"{prefix}pledge-processor"
+        while not await drained(bootstrap, processor_group, topics.commands, PARTITIONS):
+            alive()
+            assert time.monotonic() - t < 60, "processor not drained"
+            await asyncio.sleep(0.5)
+        events = await checked_log(bootstrap, topics, load.sent)
+        await wait_readmodel(redis_server, prefix, events, within=60, alive=alive)
+        alive()
+        code, output = await audit_verify(bootstrap, prefix, redis_server)
+        print(f"commands={len(load.sent)} events={len(events)} figures={figures}")
+        print(f"stalls={sorted(watch.stalls)}")
+        assert code == 0, output[-3000:]
+    finally:
+        projectors.stop_all()  # first: nothing below may leave workers running
+        processor.stop_all()
+        await watch.stop()
+        await admin.close()
+        await load.stop()
+        await wipe_namespace(redis_server, prefix)
