@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from bench.bench_api import KEY, Server
 from bench.harness import Target, kafka_bootstrap, redis_url, write_result
+from schemas.tenancy import qualify
 from services.pledge.adapters.redis_readmodel import APPLY_SCRIPT, Keys
 
 PLEDGES = int(os.environ.get("BENCH_LISTING_PLEDGES", "100000"))
@@ -33,13 +34,16 @@ PAGE = 500
 CHUNK = 1000
 TENANT = "bench"
 CAMPAIGN = "c-listing"
+#: How the read model stores it (tenant-qualified, see schemas.tenancy); the client uses
+#: the tenant's own id.
+STORED = qualify(TENANT, CAMPAIGN)
 
 
 def _pledge_doc(pledge_id: str, seq: int) -> bytes:
     return orjson.dumps(
         {
             "pledge_id": pledge_id,
-            "campaign_id": CAMPAIGN,
+            "campaign_id": STORED,
             "status": "accepted",
             "backer_id": f"b-{seq}",
             "amount": {"amount_minor": 2500, "currency": "EUR"},
@@ -58,22 +62,22 @@ async def seed(prefix: str) -> None:
     client = aioredis.Redis.from_url(redis_url())
     try:
         apply = client.register_script(APPLY_SCRIPT.source)  # reloaded if Redis lost it
-        summary = orjson.dumps({"campaign_id": CAMPAIGN, "status": "open", "seq": 1})
+        summary = orjson.dumps({"campaign_id": STORED, "status": "open", "seq": 1})
         await apply(
-            keys=[keys.campaign(CAMPAIGN), keys.campaign_index(TENANT, "")],
-            args=[0, 1, TENANT, summary, 600, f"cx:{CAMPAIGN}", b"open"],
+            keys=[keys.campaign(STORED), keys.campaign_index(TENANT, "")],
+            args=[0, 1, TENANT, summary, 600, f"cx:{STORED}", b"open"],
         )
         seq = 1
-        index_base = keys.pledge_index(CAMPAIGN, "")
+        index_base = keys.pledge_index(STORED, "")
         for start in range(0, PLEDGES, CHUNK):
-            batch_keys: list[str] = [keys.campaign(CAMPAIGN)]
+            batch_keys: list[str] = [keys.campaign(STORED)]
             ops: list[Any] = []
             count = min(CHUNK, PLEDGES - start)
             for n in range(start, start + count):
                 pledge_id = f"p-{uuid.uuid4().hex[:16]}"
-                batch_keys += [keys.pledge(CAMPAIGN, pledge_id), index_base]
+                batch_keys += [keys.pledge(STORED, pledge_id), index_base]
                 ops += ["set:accepted", _pledge_doc(pledge_id, n + 2), f"ix:{pledge_id}", b""]
-            summary = orjson.dumps({"campaign_id": CAMPAIGN, "status": "open", "seq": seq + 1})
+            summary = orjson.dumps({"campaign_id": STORED, "status": "open", "seq": seq + 1})
             await apply(keys=batch_keys, args=[seq, seq + 1, TENANT, summary, 600, *ops])
             seq += 1
     finally:
