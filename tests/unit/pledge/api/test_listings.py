@@ -196,3 +196,19 @@ async def test_pledge_etag_changes_with_its_row(api: Api) -> None:
 
     assert same.status_code == 304
     assert changed.status_code == 200 and changed.headers["etag"] != etag
+
+
+@pytest.mark.parametrize(
+    "url", ["/v1/campaigns", "/v1/campaigns/c-1/pledges", "/v1/campaigns/c-1/events"]
+)
+async def test_a_listing_costs_a_rate_limit_token_like_any_get(api: Api, url: str) -> None:
+    _campaign(api, "c-1", "tenant-a")
+    api.fakes.gate.burst, api.fakes.gate.rate = 1, 0.25
+
+    first = await api.client.get(url, headers=AUTH_A)
+    limited = await api.client.get(url, headers=AUTH_A)
+
+    assert first.status_code == 200, first.text
+    assert limited.status_code == 429
+    assert limited.json()["type"] == PROBLEM_BASE + "rate-limited"
+    assert (await api.client.get(url, headers=AUTH_B)).status_code != 429  # per API key
