@@ -4,6 +4,10 @@ Commands are imperatives and carry no decision: the processor may refuse them (a
 ``PledgeRejected`` event). ``command_id`` is derived by the API from tenant + idempotency key
 and becomes the causation id of the resulting events, so a retried command is recognised.
 ``issued_at`` is for latency metrics only; the processor decides with its own clock.
+``fingerprint`` (optional, absent from commands written before it existed) is the SHA-256 of
+the HTTP request (method, path, body) the command came from: two requests that share an
+Idempotency-Key - hence a command id - but not a body are told apart by it, even when the
+API's idempotency record was lost.
 
 Command bytes have one writer: :func:`encode_command`, and beside it
 :class:`MakePledgeTemplate`, the same bytes of a ``MakePledge`` written from a text template
@@ -46,6 +50,8 @@ class _CommandFields(BaseModel):
     correlation_id: Ident
     issued_at: UtcDatetime
     campaign_id: Ident
+    #: SHA-256 (hex) of the request the command came from; None in commands from before it.
+    fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class LaunchCampaign(CampaignTerms, _CommandFields):
@@ -97,8 +103,12 @@ _validate_command_json: Callable[
 
 
 def encode_command(command: LaunchCampaign | MakePledge | CancelPledge | CloseCampaign) -> bytes:
-    """Canonical JSON bytes of a command (the ``pledge-commands`` value; key = campaign_id)."""
-    return dumps(command.model_dump(mode="json"))
+    """Canonical JSON bytes of a command (the ``pledge-commands`` value; key = campaign_id).
+    A command without a fingerprint is written without the member, as before it existed."""
+    data = command.model_dump(mode="json")
+    if data["fingerprint"] is None:
+        del data["fingerprint"]
+    return dumps(data)
 
 
 class MakePledgeTemplate:
@@ -115,10 +125,22 @@ class MakePledgeTemplate:
 
     __slots__ = ("_middle", "_tail")
 
-    def __init__(self, *, tenant_id: str, correlation_id: str, issued_at: str) -> None:
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        correlation_id: str,
+        issued_at: str,
+        fingerprint: str | None = None,
+    ) -> None:
         self._middle = (
             ',"command_type":"MakePledge","correlation_id":'
             + orjson.dumps(correlation_id).decode()
+            + (
+                ""
+                if fingerprint is None
+                else ',"fingerprint":' + orjson.dumps(fingerprint).decode()
+            )
             + ',"issued_at":'
             + orjson.dumps(issued_at).decode()
             + ',"locale":'

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from schemas.canonical import UtcDatetime
+from schemas.ledger import LedgerLine, capture_lines, refund_lines, settled_lines
 from schemas.money import BasisPoints, FeeSchedule, Money
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "NotificationFailed",
     "NotificationSent",
     "NotifyEvent",
+    "PaymentMethodUpdated",
     "PledgeCancelled",
     "PledgeCaptureFailed",
     "PledgeCaptured",
@@ -52,8 +54,12 @@ __all__ = [
     "PledgeRefunded",
     "PledgeRejected",
     "PledgeReleased",
+    "RefundRequested",
     "RejectionReason",
     "RevenueShare",
+    "RevenueShareLine",
+    "RevenueShared",
+    "SettlementCommandRejected",
     "SettlementEvent",
     "SettlementMode",
     "Stream",
@@ -97,6 +103,8 @@ class RejectionReason(StrEnum):
     DEADLINE_IN_PAST = "deadline_in_past"
     TENANT_MISMATCH = "tenant_mismatch"
     NOT_AUTHORIZED = "not_authorized"
+    #: The command id (Idempotency-Key) was already decided for another request.
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 
 
 class Event(BaseModel):
@@ -253,11 +261,38 @@ class CampaignClosed(Event):
 # --- settlement stream ---------------------------------------------------------------------
 
 
+def _minor_of(value: Any) -> int:
+    """``amount_minor`` of a Money or of its dict form (before-validators see either)."""
+    if isinstance(value, Money):
+        return value.amount_minor
+    if isinstance(value, dict) and type(value.get("amount_minor")) is int:
+        return int(value["amount_minor"])
+    raise ValueError("amount_minor: an integer is required")
+
+
+def _with_ledger(data: Any, derive: Any) -> Any:
+    # An event built without ``ledger`` gets the chart's lines (schemas.ledger); one that
+    # carries lines must carry exactly those (checked after validation).
+    if isinstance(data, dict) and "ledger" not in data:
+        try:
+            return {**data, "ledger": derive(data)}
+        except (KeyError, ValueError):
+            return data  # the field validators name what is missing or wrong
+    return data
+
+
+def _check_ledger(ledger: tuple[LedgerLine, ...], wanted: tuple[LedgerLine, ...]) -> None:
+    if ledger != wanted:
+        raise ValueError("ledger: the lines are not the ones the amounts post (schemas.ledger)")
+
+
 class PledgeCaptured(Event):
-    """Money was collected at the gateway for a pledge (``fee`` = processing fee charged)."""
+    """Money was collected at the gateway for a pledge (``fee`` = processing fee charged).
+
+    v2 added ``ledger`` (v1 captures are upcast with the lines their amounts post)."""
 
     event_type: ClassVar[str] = "PledgeCaptured"
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
     stream: ClassVar[Stream] = "settlement"
 
     pledge_id: Ident
@@ -266,6 +301,21 @@ class PledgeCaptured(Event):
     fee: Money
     gateway_ref: Ident
     attempt: Annotated[StrictInt, Field(ge=1)] = 1
+    ledger: tuple[LedgerLine, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_ledger(cls, data: Any) -> Any:
+        return _with_ledger(
+            data, lambda d: capture_lines(_minor_of(d["amount"]), _minor_of(d["fee"]))
+        )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PledgeCaptured:
+        if self.fee.currency != self.amount.currency:
+            raise ValueError("fee: must be in the amount's currency")
+        _check_ledger(self.ledger, capture_lines(self.amount.amount_minor, self.fee.amount_minor))
+        return self
 
 
 class PledgeCaptureFailed(Event):
@@ -297,10 +347,12 @@ class PledgeReleased(Event):
 
 
 class PledgeRefunded(Event):
-    """A captured pledge was paid back; ``fee_refunded`` records who absorbed the fee."""
+    """A captured pledge was paid back; ``fee_refunded`` records who absorbed the fee.
+
+    ``amount`` may be less than the pledge (a partial refund). v2 added ``ledger``."""
 
     event_type: ClassVar[str] = "PledgeRefunded"
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
     stream: ClassVar[Stream] = "settlement"
 
     pledge_id: Ident
@@ -309,13 +361,107 @@ class PledgeRefunded(Event):
     fee_refunded: Money
     reason: Code
     gateway_ref: Ident
+    ledger: tuple[LedgerLine, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_ledger(cls, data: Any) -> Any:
+        return _with_ledger(
+            data, lambda d: refund_lines(_minor_of(d["amount"]), _minor_of(d["fee_refunded"]))
+        )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PledgeRefunded:
+        if self.fee_refunded.currency != self.amount.currency:
+            raise ValueError("fee_refunded: must be in the amount's currency")
+        _check_ledger(
+            self.ledger, refund_lines(self.amount.amount_minor, self.fee_refunded.amount_minor)
+        )
+        return self
+
+
+class PaymentMethodUpdated(Event):
+    """A backer replaced the payment method of a pledge whose capture failed; the next retry
+    uses ``payment_token``."""
+
+    event_type: ClassVar[str] = "PaymentMethodUpdated"
+    schema_version: ClassVar[int] = 1
+    stream: ClassVar[Stream] = "settlement"
+
+    pledge_id: Ident
+    payment_token: Annotated[StrictStr, StringConstraints(max_length=500)] | None
+
+
+class RefundRequested(Event):
+    """A refund was asked for (the record of who refunded and why); ``PledgeRefunded``
+    follows once the gateway has paid it back."""
+
+    event_type: ClassVar[str] = "RefundRequested"
+    schema_version: ClassVar[int] = 1
+    stream: ClassVar[Stream] = "settlement"
+
+    refund_id: Ident
+    pledge_id: Ident
+    amount: Money
+    reason: Code
+    requested_by: Ident
+
+
+class RevenueShareLine(BaseModel):
+    """One backer's part of a revenue report."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pledge_id: Ident
+    backer_id: Ident
+    amount_minor: Count
+
+
+class RevenueShared(Event):
+    """A coproduction campaign's revenue for ``period``: ``shared`` (``share_bps`` of
+    ``revenue``) split over the captured pledges pro rata, largest remainder, summing exactly."""
+
+    event_type: ClassVar[str] = "RevenueShared"
+    schema_version: ClassVar[int] = 1
+    stream: ClassVar[Stream] = "settlement"
+
+    period: Annotated[StrictStr, StringConstraints(pattern=r"^[0-9]{4}-(Q[1-4]|[0-9]{2})$")]
+    revenue: Money
+    shared: Money
+    shares: tuple[RevenueShareLine, ...]
+
+    @model_validator(mode="after")
+    def _sums(self) -> RevenueShared:
+        if self.shared.currency != self.revenue.currency:
+            raise ValueError("shared: must be in the revenue's currency")
+        if sum(line.amount_minor for line in self.shares) != self.shared.amount_minor:
+            raise ValueError("shares: must sum exactly to shared.amount_minor")
+        return self
+
+
+class SettlementCommandRejected(Event):
+    """A settlement command (refund, payment-method fix, revenue report) was refused."""
+
+    event_type: ClassVar[str] = "SettlementCommandRejected"
+    schema_version: ClassVar[int] = 1
+    stream: ClassVar[Stream] = "settlement"
+
+    command_id: Ident
+    command_type: Ident
+    pledge_id: Ident | None = None
+    reason: Code
+    detail: _Text = ""
 
 
 class CampaignSettled(Event):
-    """Final settlement: ``payout = gross - commission - fees`` and a balanced ledger."""
+    """Final settlement: ``payout = gross - commission - fees`` and a balanced ledger.
+
+    ``ledger_debits_minor``/``ledger_credits_minor`` are the statement's totals (collected;
+    payout + commission + fees). v2 added ``ledger``, this event's own postings (the
+    commission)."""
 
     event_type: ClassVar[str] = "CampaignSettled"
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
     stream: ClassVar[Stream] = "settlement"
 
     outcome: CloseOutcome
@@ -328,12 +474,19 @@ class CampaignSettled(Event):
     refunded_count: Count
     ledger_debits_minor: Count
     ledger_credits_minor: Count
+    ledger: tuple[LedgerLine, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_ledger(cls, data: Any) -> Any:
+        return _with_ledger(data, lambda d: settled_lines(_minor_of(d["commission"])))
 
     @model_validator(mode="after")
     def _one_currency(self) -> CampaignSettled:
         amounts = (self.gross, self.commission, self.fees, self.payout)
         if len({m.currency for m in amounts}) != 1:
             raise ValueError("gross, commission, fees and payout must share one currency")
+        _check_ledger(self.ledger, settled_lines(self.commission.amount_minor))
         return self
 
 
@@ -382,7 +535,15 @@ CampaignEvent = (
     CampaignLaunched | PledgeMade | PledgeRejected | PledgeCancelled | GoalReached | CampaignClosed
 )
 SettlementEvent = (
-    PledgeCaptured | PledgeCaptureFailed | PledgeReleased | PledgeRefunded | CampaignSettled
+    PledgeCaptured
+    | PledgeCaptureFailed
+    | PledgeReleased
+    | PledgeRefunded
+    | CampaignSettled
+    | PaymentMethodUpdated
+    | RefundRequested
+    | RevenueShared
+    | SettlementCommandRejected
 )
 NotifyEvent = NotificationSent | NotificationFailed
 #: Every concrete event payload: use with ``match`` so a missing case is visible to mypy.

@@ -67,6 +67,10 @@ def _without(*fields: str) -> Callable[[Payload], Payload]:
 #: ``schemas.upcasters``; a test checks every upcast version has its schema).
 PAST_VERSIONS: dict[tuple[str, int], Callable[[Payload], Payload]] = {
     ("PledgeMade", 1): _without("tier_id"),  # v2 added tier_id
+    # v2 added the ledger lines (schemas.ledger)
+    ("PledgeCaptured", 1): _without("ledger"),
+    ("PledgeRefunded", 1): _without("ledger"),
+    ("CampaignSettled", 1): _without("ledger"),
 }
 
 

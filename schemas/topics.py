@@ -26,6 +26,7 @@ __all__ = [
     "NOTIFY_ENDPOINTS_TOPIC",
     "PAYMENT_TOKENS_TOPIC",
     "PAYMENT_TOKEN_RETENTION_MS",
+    "SETTLEMENT_COMMANDS_TOPIC",
     "SNAPSHOTS_TOPIC",
     "SNAPSHOT_MAX_MESSAGE_BYTES",
     "TopicKind",
@@ -37,6 +38,8 @@ __all__ = [
 
 DEFAULT_PARTITIONS = 6
 COMMANDS_TOPIC = "pledge-commands"
+#: Commands for the settlement worker (refunds, payment-method fixes, revenue reports).
+SETTLEMENT_COMMANDS_TOPIC = "settlement-commands"
 SNAPSHOTS_TOPIC = "pledge-snapshots"
 #: Signed chain heads, one record per tenant (key), compacted to the latest of each
 #: (services.audit.checkpoints; exports keep every one they saw).
@@ -113,6 +116,7 @@ class Topics:
             for name, model in EVENT_TYPES.items()
         ]
         specs.append(self._spec(COMMANDS_TOPIC, "command", -1, "delete"))
+        specs.append(self._spec(SETTLEMENT_COMMANDS_TOPIC, "command", -1, "delete"))
         specs.append(
             self._spec(
                 SNAPSHOTS_TOPIC,
@@ -207,6 +211,11 @@ class Topics:
     def commands(self) -> str:
         """The command topic (``pledge-commands``)."""
         return self.prefix + COMMANDS_TOPIC
+
+    @property
+    def settlement_commands(self) -> str:
+        """The settlement worker's command topic (``settlement-commands``)."""
+        return self.prefix + SETTLEMENT_COMMANDS_TOPIC
 
     @property
     def checkpoints(self) -> str:

@@ -12,8 +12,17 @@ from typing import Any
 
 from schemas.errors import DecodeError
 from schemas.events import EVENT_TYPES
+from schemas.ledger import capture_lines, refund_lines, settled_lines
 
-__all__ = ["UPCASTERS", "Upcaster", "upcast", "upcast_pledge_made_v1_v2"]
+__all__ = [
+    "UPCASTERS",
+    "Upcaster",
+    "upcast",
+    "upcast_campaign_settled_v1_v2",
+    "upcast_pledge_captured_v1_v2",
+    "upcast_pledge_made_v1_v2",
+    "upcast_pledge_refunded_v1_v2",
+]
 
 Payload = dict[str, Any]
 Upcaster = Callable[[Payload], Payload]
@@ -24,9 +33,52 @@ def upcast_pledge_made_v1_v2(payload: Payload) -> Payload:
     return {**payload, "tier_id": None}
 
 
+def _minor(payload: Payload, key: str) -> int:
+    try:
+        value = payload[key]["amount_minor"]
+    except (KeyError, TypeError):
+        raise DecodeError(f"payload.{key}.amount_minor: required to upcast") from None
+    if type(value) is not int:
+        raise DecodeError(f"payload.{key}.amount_minor: an integer is required")
+    return value
+
+
+def _dumped(lines: Any) -> list[Payload]:
+    return [line.model_dump(mode="json") for line in lines]
+
+
+def _ledger_of(build: Callable[[], Any]) -> list[Payload]:
+    try:
+        return _dumped(build())
+    except ValueError as exc:
+        raise DecodeError(f"payload.ledger: {exc}") from None
+
+
+def upcast_pledge_captured_v1_v2(payload: Payload) -> Payload:
+    """PledgeCaptured v1 carried no ledger lines: they are the ones its amount and fee post."""
+    lines = _ledger_of(lambda: capture_lines(_minor(payload, "amount"), _minor(payload, "fee")))
+    return {**payload, "ledger": lines}
+
+
+def upcast_pledge_refunded_v1_v2(payload: Payload) -> Payload:
+    """PledgeRefunded v1 carried no ledger lines: they follow from amount and fee_refunded."""
+    lines = _ledger_of(
+        lambda: refund_lines(_minor(payload, "amount"), _minor(payload, "fee_refunded"))
+    )
+    return {**payload, "ledger": lines}
+
+
+def upcast_campaign_settled_v1_v2(payload: Payload) -> Payload:
+    """CampaignSettled v1 carried no ledger lines: its own posting is the commission."""
+    return {**payload, "ledger": _ledger_of(lambda: settled_lines(_minor(payload, "commission")))}
+
+
 #: ``(event_type, from_version) -> step`` producing ``from_version + 1``.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("PledgeMade", 1): upcast_pledge_made_v1_v2,
+    ("PledgeCaptured", 1): upcast_pledge_captured_v1_v2,
+    ("PledgeRefunded", 1): upcast_pledge_refunded_v1_v2,
+    ("CampaignSettled", 1): upcast_campaign_settled_v1_v2,
 }
 
 

@@ -16,6 +16,8 @@ def _register() -> None:
     from services.pledge.api.cli import cli as api_app
     from services.pledge.processor.app import processor_app
     from services.pledge.projector import readmodel_cli
+    from services.settlement.cli import app as settlement_app
+    from services.settlement.cli import ledger
 
     app.add_typer(schemas_app, name="schemas")
     app.add_typer(processor_app, name="processor")
@@ -24,6 +26,8 @@ def _register() -> None:
     app.add_typer(audit_app, name="audit")
     app.add_typer(deploy_app, name="deploy")
     app.add_typer(notify_app, name="notify")
+    app.add_typer(settlement_app, name="settlement")
+    app.command("ledger")(ledger)
 
 
 def main() -> None:

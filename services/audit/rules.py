@@ -56,8 +56,9 @@ RULES: dict[str, str] = {
     "settlement_after_close": "settlement happens only for a closed campaign",
     "settlement_follows_outcome": "funded: captures/failures/drops only for pledges active at "
     "close; failed or cancelled: releases/refunds, every capture refunded",
-    "settlement_amounts_match": "a capture, release or refund is for the pledge's amount",
-    "capture_once": "a pledge is captured at most once (net of refunds)",
+    "settlement_amounts_match": "a capture or release is for the pledge's amount; its refunds "
+    "(possibly partial) sum to at most that amount",
+    "capture_once": "a pledge is captured at most once (net of full refunds)",
     "settled_once": "CampaignSettled at most once",
     "ledger_balanced": "CampaignSettled: debits == credits, payout == gross - commission - "
     "fees, gross/fees/commission/counts equal the settlement events",
@@ -80,12 +81,28 @@ def _pledge_status(fold: CampaignFold, entry: SettlementEntry) -> str:
 
 
 def settlement_after_close(fold: CampaignFold) -> Iterator[RuleHit]:
-    """Settlement events exist only for a campaign that has closed."""
-    if fold.first_settlement_ordinal is not None and fold.status != "closed":
+    """Settlement events exist only for a campaign that has closed - except what a live
+    campaign legitimately settles: charges (and their failures and refunds) in
+    ``charge_then_refund``, and the release of a cancelled pledge's authorization."""
+    if fold.first_settlement_ordinal is None or fold.status == "closed":
+        return
+    charges = fold.settlement_mode == "charge_then_refund"
+    for entry in fold.settlement:
+        live = (charges and entry.event_type != "PledgeReleased") or (
+            entry.event_type == "PledgeReleased" and _pledge_status(fold, entry) == "cancelled"
+        )
+        if not live:
+            yield (
+                "settlement_after_close",
+                f"settlement of a campaign that is {fold.status}",
+                entry.ordinal,
+            )
+            return
+    if fold.settled is not None:
         yield (
             "settlement_after_close",
             f"settlement of a campaign that is {fold.status}",
-            fold.first_settlement_ordinal,
+            fold.settled_ordinal,
         )
 
 
@@ -95,12 +112,16 @@ def settlement_follows_outcome(fold: CampaignFold) -> Iterator[RuleHit]:
         return
     funded = fold.outcome == "funded"
     captured: set[str] = set()
+    cancelled_charges: set[str] = set()
+    refunded: dict[str, int] = {}
     for entry in fold.settlement:
         status = _pledge_status(fold, entry)
         kind = entry.event_type
         if kind == "PledgeCaptured":
             captured.add(entry.pledge_id)
-            if status != "active":
+            if status == "cancelled" and fold.settlement_mode == "charge_then_refund":
+                cancelled_charges.add(entry.pledge_id)  # charged at pledge time: refund due
+            elif status != "active":
                 yield (
                     "settlement_follows_outcome",
                     f"captures pledge {entry.pledge_id!r} that is {status} at close",
@@ -113,9 +134,12 @@ def settlement_follows_outcome(fold: CampaignFold) -> Iterator[RuleHit]:
                     entry.ordinal,
                 )
         elif kind in ("PledgeCaptureFailed", "PledgeReleased"):
-            # Releasing a cancelled pledge's authorization is legitimate in any outcome.
+            # Releasing a cancelled pledge's authorization is legitimate in any outcome, and
+            # so is a failed charge at pledge time (charge_then_refund) of a later cancelled one.
+            charged_live = fold.settlement_mode == "charge_then_refund" and status == "cancelled"
             if status == "unknown" or status == "rejected" or (
                 funded and kind == "PledgeCaptureFailed" and status != "active"
+                and not charged_live
             ):  # fmt: skip
                 yield (
                     "settlement_follows_outcome",
@@ -129,7 +153,17 @@ def settlement_follows_outcome(fold: CampaignFold) -> Iterator[RuleHit]:
                     f"refunds pledge {entry.pledge_id!r} that was not captured",
                     entry.ordinal,
                 )
-            captured.discard(entry.pledge_id)
+            if _fully_refunded(fold, entry, refunded):
+                captured.discard(entry.pledge_id)
+    kept = captured & cancelled_charges
+    if funded and kept:
+        first = next(e for e in fold.settlement if e.pledge_id in kept)
+        yield (
+            "settlement_follows_outcome",
+            f"{len(kept)} charge(s) of cancelled pledges never refunded, first pledge "
+            f"{first.pledge_id!r}",
+            first.ordinal,
+        )
     if not funded and captured:
         first = next(e for e in fold.settlement if e.pledge_id in captured)
         yield (
@@ -140,12 +174,33 @@ def settlement_follows_outcome(fold: CampaignFold) -> Iterator[RuleHit]:
         )
 
 
+def _fully_refunded(fold: CampaignFold, entry: SettlementEntry, refunded: dict[str, int]) -> bool:
+    """Add a refund to ``refunded``; True (and the count reset) once the pledge's whole amount
+    has been paid back - refunds may be partial."""
+    record = fold.pledges.get(entry.pledge_id)
+    total = refunded.get(entry.pledge_id, 0) + entry.amount_minor
+    if record is None or total >= record[AMOUNT]:
+        refunded.pop(entry.pledge_id, None)
+        return True
+    refunded[entry.pledge_id] = total
+    return False
+
+
 def settlement_amounts_match(fold: CampaignFold) -> Iterator[RuleHit]:
-    """A capture, release or refund moves exactly the pledge's amount, in its currency."""
+    """A capture or release moves exactly the pledge's amount, in its currency; refunds of a
+    capture (possibly partial) sum to at most the pledge's amount."""
+    refunded: dict[str, int] = {}
     for entry in fold.settlement:
         record = fold.pledges.get(entry.pledge_id)
         if record is None:
             continue
+        if entry.event_type == "PledgeRefunded" and entry.currency == fold.currency:
+            total = refunded.get(entry.pledge_id, 0) + entry.amount_minor
+            if entry.amount_minor > 0 and total <= record[AMOUNT]:
+                refunded[entry.pledge_id] = 0 if total == record[AMOUNT] else total
+                continue
+        elif entry.event_type == "PledgeCaptured":
+            refunded.pop(entry.pledge_id, None)
         if entry.amount_minor != record[AMOUNT] or entry.currency != fold.currency:
             yield (
                 "settlement_amounts_match",
@@ -156,14 +211,15 @@ def settlement_amounts_match(fold: CampaignFold) -> Iterator[RuleHit]:
 
 
 def capture_once(fold: CampaignFold) -> Iterator[RuleHit]:
-    """No second capture of a pledge unless the first was refunded."""
+    """No second capture of a pledge unless the first was refunded in full."""
     held: set[str] = set()
+    refunded: dict[str, int] = {}
     for entry in fold.settlement:
         if entry.event_type == "PledgeCaptured":
             if entry.pledge_id in held:
                 yield ("capture_once", f"pledge {entry.pledge_id!r} captured twice", entry.ordinal)
             held.add(entry.pledge_id)
-        elif entry.event_type == "PledgeRefunded":
+        elif entry.event_type == "PledgeRefunded" and _fully_refunded(fold, entry, refunded):
             held.discard(entry.pledge_id)
 
 

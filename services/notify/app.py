@@ -256,7 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
     app = create_app(settings)
-    sys.argv = [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args[:1] == ["worker"] and not any(a.startswith("--with") for a in args[1:]):
+        # faust's ``worker`` defaults to --with-web, overriding web_enabled=False: its web
+        # server would bind 0.0.0.0:6066, and a second worker on the host would not start.
+        args.insert(1, "--without-web")
+    sys.argv = [sys.argv[0], *args]
     app.main()
 
 

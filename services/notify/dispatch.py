@@ -28,7 +28,7 @@ from services.notify.breaker import CircuitBreaker
 from services.notify.config import NotifySettings
 from services.notify.domain import Notification
 from services.notify.mail import MailRenderer
-from services.notify.metrics import NotifyMetrics
+from services.notify.metrics import NotifyMetrics, SkipReason
 from services.notify.ports import DeadLetters, DeliveryQueue, Directory, Erased, Queued, Recorder
 from services.notify.webhooks import body_bytes, signed_headers
 
@@ -45,7 +45,7 @@ _COALESCE_SECONDS = 0.002
 
 @dataclass(frozen=True, slots=True)
 class _Skip:
-    reason: str
+    reason: SkipReason
 
 
 def backoff_seconds(attempts: int, initial: float, cap: float, rng: random.Random) -> float:

@@ -7,10 +7,21 @@ tests their own ``CollectorRegistry`` so that two dispatchers in one process nev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["NotifyMetrics"]
+from services.notify.domain import Channel
+from services.streams.dead_letters import Cause
+
+__all__ = ["CHANNELS", "OUTCOMES", "SKIP_REASONS", "NotifyMetrics", "SkipReason"]
+
+#: Why a notification is not sent by design (the ``reason`` label of ``skipped``, with the
+#: stream's dead-letter causes for records the worker cannot read).
+SkipReason = Literal["contact_erased", "no_contact", "endpoint_removed"]
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
+OUTCOMES = ("sent", "failed", "dead", "skipped")
+SKIP_REASONS: tuple[str, ...] = (*get_args(SkipReason), *(cause.value for cause in Cause))
 
 # From an event's occurred_at to delivery: sub-second when healthy, up to a day with retries.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86_400.0)
@@ -29,8 +40,10 @@ class NotifyMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> NotifyMetrics:
-        """Register notify's metrics in ``registry``."""
-        return cls(
+        """Register notify's metrics in ``registry``, every known label value at 0: a series
+        that first appears with its first failure would make ``increase()`` (alerts, panels)
+        miss that failure."""
+        metrics = cls(
             deliveries=Counter(
                 "pledgeflow_notify_deliveries",
                 "Delivery attempts by channel (webhook, email) and outcome "
@@ -64,8 +77,16 @@ class NotifyMetrics:
             skipped=Counter(
                 "pledgeflow_notify_skipped",
                 "Notifications not sent by design, by reason (contact_erased, no_contact, "
-                "endpoint_removed).",
+                "endpoint_removed), and records not read, by dead-letter cause.",
                 ["reason"],
                 registry=registry,
             ),
         )
+        for channel in CHANNELS:
+            metrics.latency.labels(channel)
+            metrics.dead_letters.labels(channel)
+            for outcome in OUTCOMES:
+                metrics.deliveries.labels(channel, outcome)
+        for reason in SKIP_REASONS:
+            metrics.skipped.labels(reason)
+        return metrics

@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--api", type=int, required=True)
     parser.add_argument("--processor", type=int, required=True)
     parser.add_argument("--projector", type=int, required=True)
+    parser.add_argument("--notify", type=int, default=None)
+    parser.add_argument("--settlement", type=int, default=None)
     parser.add_argument("--namespace", default="local")
     args = parser.parse_args()
     ports = {
@@ -59,6 +61,14 @@ def main() -> None:
         "pledgeflow-processor": args.processor,
         "pledgeflow-projector": args.projector,
     }
+    # The workers `make run` starts beside them (their jobs keep the file's default port
+    # when not given).
+    for job, port in (
+        ("pledgeflow-notify", args.notify),
+        ("pledgeflow-settlement", args.settlement),
+    ):
+        if port is not None:
+            ports[job] = port
     print(local_config(ports, namespace=args.namespace), end="")
 
 

@@ -18,10 +18,16 @@ Representation choices the rest of the system relies on:
   :data:`DEDUP_HORIZON` after its event (folded from the events' ``occurred_at``, so replay
   forgets exactly what the live state forgot); a command seen again within it yields no event.
   The horizon is 7 days, past the API's 24 h idempotency window (inside it a retry is answered
-  from Redis and never reaches the log). Forgetting a command id never allows a second
-  effect: a pledge id is remembered for the campaign's life (below), cancelling a cancelled
-  pledge or launching a launched campaign is refused, closing a closed one yields nothing - an
-  older duplicate can at most add a refusal event.
+  from Redis and never reaches the log). A ``MakePledge`` whose command id was already decided
+  for *another* pledge id (or for another kind of command) within the horizon is not a retry
+  but a reused Idempotency-Key whose API record was lost: it is refused, visibly, with
+  ``idempotency_key_reused`` under a causation id of its own (``<command id>:reused-<16 hex of
+  its fingerprint>``), so event ids stay unique and a redelivery of it yields nothing. The
+  command id -> pledge id of every pledge decision is folded from the log for this, and
+  forgotten with the command id. Forgetting a command id never allows a second effect: a
+  pledge id is remembered for the campaign's life (below), cancelling a cancelled pledge or
+  launching a launched campaign is refused, closing a closed one yields nothing - an older
+  duplicate can at most add a refusal event.
 * **Pledge ids.** A pledge id seen before - accepted, cancelled, or refused for a reason other
   than ``tenant_mismatch`` - yields no event, whatever the command id. Campaign ids are
   tenant-qualified (:mod:`schemas.tenancy`), so another tenant cannot even name this
@@ -49,6 +55,7 @@ Representation choices the rest of the system relies on:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -169,6 +176,9 @@ class CampaignState:
     #: Causation id -> ``occurred_at`` of its first event, oldest first, for the last
     #: :data:`DEDUP_HORIZON`: a command seen again within it yields nothing.
     processed: dict[str, datetime] = field(default_factory=dict)
+    #: Command id -> pledge id of every pledge decision (``PledgeMade``/``PledgeRejected``),
+    #: forgotten with its command id (:data:`DEDUP_HORIZON`).
+    pledge_commands: dict[str, str] = field(default_factory=dict)
     #: ``tier_id -> (min_amount_minor, quantity_limit)``, derived from ``terms``.
     _tiers: dict[str, tuple[int, int | None]] = field(default_factory=dict, repr=False)
     #: ``terms``' tenant, deadline, currency and goal, read by every pledge decision (a slot
@@ -208,6 +218,7 @@ class CampaignState:
             },
             "tier_used": dict(sorted(self.tier_used.items())),
             "processed": [[c, (at - _EPOCH) // _MICROSECOND] for c, at in self.processed.items()],
+            "pledge_commands": dict(sorted(self.pledge_commands.items())),
         }
 
     @classmethod
@@ -231,6 +242,8 @@ class CampaignState:
             },
             tier_used=dict(data["tier_used"]),
             processed=_processed(data["processed"]),
+            # Snapshots from before the reuse check: reuses of older command ids go unnoticed.
+            pledge_commands=dict(data.get("pledge_commands", {})),
         )
         if state.terms is not None:
             _launched(state, state.terms)
@@ -299,12 +312,35 @@ def decide_encoded(
         raise ValueError(f"command for campaign {campaign_id!r} decided on {state.campaign_id!r}")
     causation_id = fields["command_id"]
     if causation_id in state.processed:
-        return []
+        if type(command) is not MakePledge:
+            return []
+        reused = _reused_command(state, command)
+        if reused is None:
+            return []
+        causation_id, events = reused
+        return _stamp_all(state, events, now, causation_id, fields["correlation_id"])
     if type(command) is MakePledge:  # the hot path skips the dispatch below
         events = _decide_pledge(state, command, now)
     else:
         events = _decide_events(state, command, now, policy)
     return _stamp_all(state, events, now, causation_id, fields["correlation_id"])
+
+
+def _reused_command(state: CampaignState, command: MakePledge) -> tuple[str, list[Event]] | None:
+    """A ``MakePledge`` whose command id was decided before: None for a retry of the same
+    pledge, else (its own causation id, its ``idempotency_key_reused`` refusal)."""
+    fields = command.__dict__
+    command_id, pledge_id = fields["command_id"], fields["pledge_id"]
+    if state.pledge_commands.get(command_id) == pledge_id or pledge_id in state.pledges:
+        return None  # the same pledge again, or a pledge id decided already: nothing new
+    mark = fields["fingerprint"] or hashlib.sha256(pledge_id.encode()).hexdigest()
+    causation_id = f"{command_id}:reused-{mark[:16]}"
+    if causation_id in state.processed:
+        return None
+    first = state.pledge_commands.get(command_id)
+    what = f"pledge {first}" if first is not None else "another command"
+    detail = f"Idempotency-Key (command {command_id}) was already used for {what}"
+    return causation_id, _pledge_refused(command, R.IDEMPOTENCY_KEY_REUSED, detail)
 
 
 def _stamp_all(
@@ -642,12 +678,14 @@ def evolve(state: CampaignState, envelope: Envelope) -> CampaignState:
             state.pledges[made["pledge_id"]] = PledgeRecord(
                 "active", minor, tier_id, made["backer_id"]
             )
+            state.pledge_commands.setdefault(fields["causation_id"], made["pledge_id"])
             state.total_minor += minor
             state.pledge_count += 1
             if tier_id is not None:
                 state.tier_used[tier_id] = state.tier_used.get(tier_id, 0) + 1
         case PledgeRejected():
             pledge_id = payload.pledge_id
+            state.pledge_commands.setdefault(fields["causation_id"], pledge_id)
             if payload.reason in FINAL_PLEDGE_REFUSALS and pledge_id not in state.pledges:
                 state.pledges[pledge_id] = PledgeRecord(
                     "rejected", payload.amount.amount_minor, None, payload.backer_id
@@ -681,6 +719,7 @@ def evolve(state: CampaignState, envelope: Envelope) -> CampaignState:
     horizon = occurred_at - DEDUP_HORIZON
     while processed[oldest := next(iter(processed))] < horizon:
         del processed[oldest]
+        state.pledge_commands.pop(oldest, None)
     return state
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-__all__ = ["ApiMetrics", "api_metrics"]
+__all__ = ["WRITE_ROUTES", "ApiMetrics", "api_metrics"]
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -31,6 +31,7 @@ class ApiMetrics:
     prefer_wait: Counter
     batch_items: Counter
     redis_out_of_memory: Counter
+    unsent: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ApiMetrics:
@@ -85,14 +86,33 @@ class ApiMetrics:
                 "Requests answered 503 because Redis refused a write at its maxmemory.",
                 registry=registry,
             ),
+            unsent=Counter(
+                "pledgeflow_api_commands_unacknowledged",
+                "Writes answered 503 because the broker did not acknowledge their command in "
+                "time (or refused it); the Idempotency-Key stays reserved for a retry.",
+                ["route"],
+                registry=registry,
+            ),
         )
         # Known outcomes exist from start at 0, so a first one after a restart is a rise.
         for outcome in ("accepted", "refused", "timeout"):
             metrics.prefer_wait.labels(outcome)
         for result in ("pending", "invalid", "not_found"):
             metrics.batch_items.labels(result)
+        for route in WRITE_ROUTES:
+            metrics.unsent.labels(route)
         return metrics
 
+
+#: The write routes (as their ``route`` label spells them): a broker outage's first 503 of each
+#: is a rise from 0, not a new series ``increase()`` cannot see.
+WRITE_ROUTES = (
+    "/v1/campaigns",
+    "/v1/campaigns/{campaign_id}/pledges",
+    "/v1/pledges/batch",
+    "/v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel",
+    "/v1/campaigns/{campaign_id}/close",
+)
 
 _DEFAULT: ApiMetrics | None = None
 

@@ -12,6 +12,8 @@ from typing import Any, TypeVar, cast
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from services.streams.dead_letters import Cause
+
 __all__ = ["StreamMetrics", "registered", "stream_metrics"]
 
 
@@ -53,6 +55,12 @@ class StreamMetrics:
                 registry=registry,
             ),
         )
+
+    def track_group(self, group: str) -> None:
+        """Create ``group``'s dead-letter series at 0 for every cause, so that
+        ``increase()`` (alerts, panels) counts a group's first dead letter too."""
+        for cause in Cause:
+            self.dead_letters.labels(group, cause.value)
 
 
 M = TypeVar("M")

@@ -31,6 +31,7 @@ import orjson
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from services.streams.log_limits import RepeatedLogFilter
 from services.streams.reader import OrderedStreamReader
 
 __all__ = [
@@ -73,6 +74,9 @@ def configure_logging(level: str = "info") -> None:
     """JSON lines on stderr at ``level`` for the whole process (aiokafka's chatter at warning)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    # While a broker or Redis is down, clients log the same error ~100 times a second: pass
+    # each kind once per 10 s, saying how many like it were held back.
+    handler.addFilter(RepeatedLogFilter(every_s=10.0))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 

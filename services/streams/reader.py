@@ -130,6 +130,7 @@ class OrderedStreamReader:
         self.commit = commit
         self.lag_every = lag_every_seconds
         self.metrics = metrics or stream_metrics()
+        self.metrics.track_group(group_id)
         self._held_gauge = self.metrics.held.labels(group_id)
         self._records_counter = self.metrics.records.labels(group_id)
         self._orderers: dict[int, SeqOrderer[StreamKey, StreamEvent]] = {}

@@ -85,6 +85,12 @@ class PartitionWriter:
         number = self.partition
         try:
             await producer.begin_transaction()
+            if consumed:
+                # Offsets first: AddOffsetsToTxn while this transaction's produce requests are
+                # in flight makes Kafka >= 3.6 (KIP-890 verification) answer them
+                # CONCURRENT_TRANSACTIONS, sent to aiokafka's older produce version as a
+                # retriable NOT_ENOUGH_REPLICAS (dozens of retries and warnings a minute).
+                await producer.send_offsets_to_transaction(dict(consumed), self.group_id)
             pending: list[tuple[str, int, asyncio.Future[Any]]] = []
             for topic, batch_records in records.items():
                 batch = producer.create_batch()
@@ -103,8 +109,6 @@ class PartitionWriter:
                     count += 1
                 future = await producer.send_batch(batch, topic, partition=number)
                 pending.append((topic, count, future))
-            if consumed:
-                await producer.send_offsets_to_transaction(dict(consumed), self.group_id)
             delivered = await asyncio.gather(*(future for _, _, future in pending))
             if self._before_commit is not None:
                 await self._before_commit(number)

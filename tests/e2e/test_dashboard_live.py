@@ -1,8 +1,10 @@
 """The Grafana dashboard and the alert rules, evaluated by a real Prometheus on real metrics.
 
-Starts the API, the processor and the projector as processes (free ports, this test's topics),
-and a Prometheus on loopback scraping them every second with the local scrape config (jobs,
-``namespace`` label, alert rules). After a short load through the API, every query of every
+Starts the API and the workers (processor, projector, notify with a webhook receiver and
+mailpit) as processes (free ports, this test's topics), and a Prometheus on loopback scraping
+them every second with the local scrape config (jobs, ``namespace`` label, alert rules). After
+a short load through the API (a webhook endpoint and a backer's e-mail registered first, so
+notify delivers on both channels), every query of every
 dashboard panel - read from deploy/grafana/pledgeflow.json, so a panel added later is checked
 too - runs through Prometheus's HTTP API with the template variables substituted and must
 return at least one series; the variables' own queries must find this run; every alerting and
@@ -30,7 +32,9 @@ from schemas.topics import Topics, ensure_topics
 from services.ops.local_prometheus import local_config
 from tests.support.api import free_port
 from tests.support.infra import REPO, kafka_bootstrap, redis_url
+from tests.support.mailpit import running_mailpit
 from tests.support.prometheus import ensure_prometheus
+from tests.support.webhook_receiver import Receiver, receiver_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -147,52 +151,78 @@ def drive_load(api: str) -> None:
         assert 429 in statuses, statuses
 
 
+def register_notifications(api: str, receiver: Receiver) -> None:
+    """A webhook endpoint of the tenant for its pledges (at the test's receiver, which learns
+    the secret) and a backer's e-mail address: the load then owes both channels deliveries."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=api, headers=auth, timeout=15) as client:
+        created = client.post(
+            "/v1/webhook-endpoints",
+            headers={"Idempotency-Key": "hook"},
+            json={"url": receiver.url("dash"), "event_types": ["PledgeMade"]},
+        )
+        assert created.status_code == 201, created.text
+        receiver.secrets["dash"] = created.json()["secret"]
+        contact = client.put("/v1/backers/b-0", json={"email": "b-0@example.org", "locale": "fr"})
+        assert contact.status_code in (200, 201), contact.text
+
+
 def test_every_dashboard_query_and_rule_evaluates_on_live_metrics(
     broker: object, redis_server: str, unique: str, tmp_path: Path
 ) -> None:
     ensure_prometheus()
     prefix = f"{unique}."
     asyncio.run(ensure_topics(kafka_bootstrap(), Topics(prefix=prefix, partitions=2)))
-    ports = {name: free_port() for name in ("api", "processor", "projector", "prometheus")}
     env = {
         **os.environ,
         "PLEDGEFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap(),
         "PLEDGEFLOW_REDIS_URL": redis_url(),
         "PLEDGEFLOW_TOPIC_PREFIX": prefix,
         "PLEDGEFLOW_PARTITIONS": "2",
-        "PLEDGEFLOW_API_PORT": str(ports["api"]),
         "PLEDGEFLOW_API_KEYS": f"platform-dash:{KEY}",
         # Low enough for the load's burst to meet a 429, high enough for the rest of it.
         "PLEDGEFLOW_API_RATE_PER_SECOND": "2",
         "PLEDGEFLOW_API_RATE_BURST": "20",
         "PLEDGEFLOW_PROCESSOR_POLL_MS": "50",
+        # The API accepts, and notify posts to, the receiver on loopback.
+        "PLEDGEFLOW_NOTIFY_ALLOW_PRIVATE_URLS": "true",
     }
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        local_config(
-            {
-                "pledgeflow-api": ports["api"],
-                "pledgeflow-processor": ports["processor"],
-                "pledgeflow-projector": ports["projector"],
-            },
-            namespace=unique,
-            scrape_interval="1s",
-        )
-    )
-    cli = str(REPO / ".venv" / "bin" / "pledgeflow")
-    worker = {"processor": ["processor", "run"], "projector": ["readmodel", "run"]}
     with ExitStack() as stack:
+        mail = stack.enter_context(running_mailpit(tmp_path / "mailpit.log"))
+        receiver = stack.enter_context(receiver_in_thread())
+        #: The workers: name -> (``pledgeflow`` arguments, extra environment). Each serves its
+        #: metrics on its own free port, scraped as job ``pledgeflow-<name>`` like the
+        #: dashboard's ``job=~"pledgeflow-.*"``; a new worker is one more entry.
+        workers: dict[str, tuple[list[str], dict[str, str]]] = {
+            "processor": (["processor", "run"], {}),
+            "projector": (["readmodel", "run"], {}),
+            "notify": (
+                ["notify", "worker", "-l", "warn"],
+                {
+                    "PLEDGEFLOW_NOTIFY_SMTP_PORT": str(mail.smtp_port),
+                    "PLEDGEFLOW_NOTIFY_DATA_DIR": str(tmp_path / "notify-data"),
+                    "PLEDGEFLOW_NOTIFY_MESSAGE_ID_DOMAIN": "pf.test",
+                },
+            ),
+            "settlement": (["settlement", "run"], {}),
+        }
+        ports = {name: free_port() for name in ("api", "prometheus", *workers)}
+        jobs = {f"pledgeflow-{name}": ports[name] for name in ("api", *workers)}
+        config = tmp_path / "prometheus.yml"
+        config.write_text(local_config(jobs, namespace=unique, scrape_interval="1s"))
+        cli = str(REPO / ".venv" / "bin" / "pledgeflow")
+        api_env = {**env, "PLEDGEFLOW_API_PORT": str(ports["api"])}
         procs = [
-            stack.enter_context(process([cli, "api", "run"], env, tmp_path / "api.log")),
+            stack.enter_context(process([cli, "api", "run"], api_env, tmp_path / "api.log")),
             *(
                 stack.enter_context(
                     process(
                         [cli, *args],
-                        {**env, "PLEDGEFLOW_METRICS_PORT": str(ports[name])},
+                        {**env, **extra, "PLEDGEFLOW_METRICS_PORT": str(ports[name])},
                         tmp_path / f"{name}.log",
                     )
                 )
-                for name, args in worker.items()
+                for name, (args, extra) in workers.items()
             ),
             stack.enter_context(
                 process(
@@ -214,13 +244,20 @@ def test_every_dashboard_query_and_rule_evaluates_on_live_metrics(
         wait_until(
             lambda: (
                 series_count(prometheus, "pledgeflow_processor_recovery_seconds_count > 0")
-                and series_count(prometheus, 'up{job="pledgeflow-projector"} == 1')
+                and all(series_count(prometheus, f'up{{job="{job}"}} == 1') for job in jobs)
             ),
-            "processor recovered and projector scraped",
+            "processor recovered and every worker scraped",
             procs,
             40,
         )
+        register_notifications(api, receiver)
         drive_load(api)
+        wait_until(
+            lambda: receiver.delivered("dash") and mail.messages_to("b-0@example.org"),
+            "a webhook and an e-mail delivered",
+            procs,
+            30,
+        )
 
         dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
         values = variable_values(dashboard, unique)
@@ -247,9 +284,7 @@ def test_every_dashboard_query_and_rule_evaluates_on_live_metrics(
             return set(answer.json()["data"])
 
         assert unique in label_values("namespace", 'up{job=~"pledgeflow-.*"}')
-        assert label_values("job", f'up{{namespace="{unique}", job=~"pledgeflow-.*"}}') == {
-            "pledgeflow-api", "pledgeflow-processor", "pledgeflow-projector",
-        }  # fmt: skip
+        assert label_values("job", f'up{{namespace="{unique}", job=~"pledgeflow-.*"}}') == set(jobs)
 
         # Every rule expression evaluates, and Prometheus's own evaluations report no error.
         groups = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]

@@ -60,6 +60,16 @@ def running_stack(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[b
                 proc.wait()
 
 
+#: Every process of `make run` that serves metrics, as the run's Prometheus names its job.
+JOBS = {
+    "pledgeflow-api",
+    "pledgeflow-processor",
+    "pledgeflow-projector",
+    "pledgeflow-notify",
+    "pledgeflow-settlement",
+}
+
+
 def scraped_jobs(prometheus: str, within: float = 30.0) -> set[str]:
     """The jobs the run's Prometheus scrapes successfully (waits for every one, or times out)."""
     deadline = time.monotonic() + within
@@ -67,7 +77,7 @@ def scraped_jobs(prometheus: str, within: float = 30.0) -> set[str]:
     while time.monotonic() < deadline:
         answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": "up == 1"}, timeout=5)
         jobs = {series["metric"]["job"] for series in answer.json()["data"]["result"]}
-        if len(jobs) == 3:
+        if jobs >= JOBS:
             break
         time.sleep(0.5)
     return jobs
@@ -100,6 +110,7 @@ def test_make_run_serves_pledges_stops_on_ctrl_c_and_keeps_data(
         "PLEDGEFLOW_PROCESSOR_METRICS_PORT": str(free_port()),
         "PLEDGEFLOW_PROJECTOR_METRICS_PORT": str(free_port()),
         "PLEDGEFLOW_NOTIFY_METRICS_PORT": str(free_port()),
+        "PLEDGEFLOW_SETTLEMENT_METRICS_PORT": str(free_port()),
         "PLEDGEFLOW_MAILPIT_SMTP_PORT": str(free_port()),
         "PLEDGEFLOW_MAILPIT_UI_PORT": str(free_port()),
         "PLEDGEFLOW_API_KEYS": f"platform-e2e:{KEY}",
@@ -133,9 +144,7 @@ def test_make_run_serves_pledges_stops_on_ctrl_c_and_keeps_data(
         assert 'pledgeflow_readmodel_events_applied_total{event_type="PledgeMade"} 1.0' in projector
         prometheus = f"http://127.0.0.1:{env['PLEDGEFLOW_PROMETHEUS_PORT']}"
         assert f"prometheus:   {prometheus}" in log.read_text()
-        assert scraped_jobs(prometheus) == {
-            "pledgeflow-api", "pledgeflow-processor", "pledgeflow-projector",
-        }  # fmt: skip
+        assert scraped_jobs(prometheus) == JOBS
     assert first.returncode is not None
     # Ctrl-C stopped every process it started: nothing answers on the API port any more.
     with pytest.raises(httpx.ConnectError):

@@ -26,6 +26,7 @@ from tests.support.api import (
     api_client,
     api_settings,
     create_topics,
+    eventually,
     free_port,
     launched,
     pledge_body,
@@ -99,8 +100,14 @@ async def test_redis_restarts_under_retrying_load_answer_503_and_lose_nothing(
             load = RetryingLoad(api, f"/v1/campaigns/{campaign_id}/pledges", keys, CLIENTS)
             load.start()
             outages_under_load = 0
-            for _ in range(OUTAGES):
-                await asyncio.sleep(rng.uniform(0.3, 1.0))
+            # Each outage strikes after a random share of the pledges, not after a fixed time:
+            # on an idle box the whole load may take under a second.
+            for strike_at in sorted(rng.sample(range(50, KEYS * 2 // 3), OUTAGES)):
+
+                async def reached(strike_at: int = strike_at) -> bool:
+                    return len(load.first) >= strike_at
+
+                await eventually(reached, within=60, every=0.002)
                 outages_under_load += not load.done
                 redis_server.kill()
                 await asyncio.sleep(0.2)

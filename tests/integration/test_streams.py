@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -393,3 +394,32 @@ async def test_a_served_reader_drains_and_commits_when_stopped(
         assert (await probe.committed(launched) or 0) >= 1
     finally:
         await probe.stop()
+
+
+async def test_transactions_with_consumed_offsets_need_no_produce_retries(
+    bootstrap: str, topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Offsets sent while a transaction's produce requests are in flight made Kafka >= 3.6
+    (KIP-890) answer them NOT_ENOUGH_REPLICAS (a retry and a warning each): the writer adds
+    the offsets first, so a steady stream of transactions needs no retry."""
+    commands = topics.commands
+    writers = [PartitionWriter(bootstrap, f"{topics.prefix}w", p) for p in range(PARTITIONS)]
+    await asyncio.gather(*(w.start() for w in writers))
+    records = {
+        topics.for_event("PledgeMade"): [(b"k", b"x" * 200, [])],
+        topics.for_event("GoalReached"): [(b"k", b"y" * 200, [])],
+    }
+
+    async def transactions(writer: PartitionWriter) -> None:
+        for offset in range(1, 61):
+            consumed = {TopicPartition(commands, writer.partition): offset}
+            await writer.write(records, consumed=consumed)
+            await asyncio.sleep(0.02)
+
+    caplog.set_level(logging.WARNING, logger="aiokafka")
+    try:
+        await asyncio.gather(*(transactions(w) for w in writers))
+    finally:
+        await asyncio.gather(*(w.close() for w in writers))
+    retries = [r for r in caplog.records if "NotEnoughReplicas" in r.getMessage()]
+    assert retries == []

@@ -40,6 +40,8 @@ def api_settings(bootstrap: str, redis_url: str, prefix: str, **overrides: Any) 
         "processor_poll_ms": 50,
         "deadline_sweep_seconds": 0.2,
         "processor_session_timeout_ms": 6000,
+        # Static membership, as make run and k8s set it (a restarted worker rejoins at once).
+        "processor_instance_id": f"{prefix}-processor-0",
         **overrides,
     }
     return PledgeSettings(**values)

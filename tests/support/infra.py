@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,3 +112,54 @@ class PrivateBroker:
 
             time.sleep(0.1)
         pidfile.unlink()
+
+
+class ScriptRedis:
+    """A Redis of the test's own, started and restarted by the local runs' redis-up.sh."""
+
+    def __init__(self, data: Path, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data = data
+        self.env = {
+            **os.environ,
+            "PLEDGEFLOW_REDIS_PORT": str(self.port),
+            "PLEDGEFLOW_REDIS_DATA": str(data),
+        }
+
+    def start(self) -> None:
+        subprocess.run(
+            [str(REDIS_DIR / "redis-up.sh")],
+            check=True,
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+        )
+
+    def kill(self) -> None:
+        pidfile = self.data / "redis.pid"
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        pidfile.unlink()
+
+    def wipe_data(self) -> None:
+        """Delete what it persisted (call while it is down): it restarts empty."""
+        import shutil
+
+        for entry in self.data.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.name != "redis.log":
+                entry.unlink()
+
+    def stop(self) -> None:
+        subprocess.run(
+            [str(REDIS_DIR / "redis-down.sh")], cwd=REPO, env=self.env, capture_output=True
+        )

@@ -34,6 +34,8 @@ class RetryingLoad:
         self.first: dict[str, httpx.Response] = {}
         #: what the retries met: "connection dropped", "503", "409"
         self.outcomes: Counter[str] = Counter()
+        #: the longest time a request took to be answered (seconds)
+        self.slowest = 0.0
         self._task: asyncio.Future[Any] | None = None
 
     def start(self) -> None:
@@ -55,6 +57,7 @@ class RetryingLoad:
     async def _client(self, share: list[str]) -> None:
         for key in share:
             while True:
+                started = time.monotonic()
                 try:
                     response = await self.client.post(
                         self.url, json=self.body, headers=write_headers(key)
@@ -63,6 +66,7 @@ class RetryingLoad:
                     self.outcomes["connection dropped"] += 1
                     await asyncio.sleep(0.05)
                     continue
+                self.slowest = max(self.slowest, time.monotonic() - started)
                 if response.status_code == 202:
                     self.first[key] = response
                     break

@@ -2,14 +2,17 @@
 
 Each endpoint is a path ``/hook/<name>`` with its own secret. A receiver can be told to fail
 its first N requests, to be down (503) until told otherwise, or to answer with a redirect.
-Every request is kept with whether its signature verified.
+Every request is kept with whether its signature verified. Async tests use
+:func:`running_receiver`; synchronous ones :func:`receiver_in_thread`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,3 +118,31 @@ async def running_receiver() -> AsyncIterator[Receiver]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.contextmanager
+def receiver_in_thread() -> Iterator[Receiver]:
+    """:func:`running_receiver` on its own event loop in a thread, for synchronous tests."""
+    started: queue.Queue[tuple[Receiver, asyncio.AbstractEventLoop, asyncio.Event] | BaseException]
+    started = queue.Queue()
+
+    async def serve() -> None:
+        try:
+            stop = asyncio.Event()
+            async with running_receiver() as receiver:
+                started.put((receiver, asyncio.get_running_loop(), stop))
+                await stop.wait()
+        except BaseException as exc:  # handed to the test's thread
+            started.put(exc)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    got = started.get(timeout=30)
+    if isinstance(got, BaseException):
+        raise got
+    receiver, loop, stop = got
+    try:
+        yield receiver
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)

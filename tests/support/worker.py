@@ -73,7 +73,7 @@ class Worker(ServiceProcess):
     """``pledgeflow processor run``."""
 
     def __init__(
-        self, settings: PledgeSettings, log_dir: Path, instance_id: str = "fault-worker"
+        self, settings: PledgeSettings, log_dir: Path, instance_id: str | None = "fault-worker"
     ) -> None:
         env = {
             **os.environ,
@@ -82,9 +82,11 @@ class Worker(ServiceProcess):
             "PLEDGEFLOW_PARTITIONS": str(settings.partitions),
             "PLEDGEFLOW_PROCESSOR_BATCH_MAX": str(settings.processor_batch_max),
             "PLEDGEFLOW_SNAPSHOT_EVERY_EVENTS": str(settings.snapshot_every_events),
-            "PLEDGEFLOW_PROCESSOR_INSTANCE_ID": instance_id,
             "PLEDGEFLOW_PROCESSOR_SESSION_TIMEOUT_MS": "6000",
         }
+        env.pop("PLEDGEFLOW_PROCESSOR_INSTANCE_ID", None)
+        if instance_id is not None:  # static membership (None: a dynamic member)
+            env["PLEDGEFLOW_PROCESSOR_INSTANCE_ID"] = instance_id
         super().__init__(["processor", "run"], env, log_dir, "worker")
 
 

@@ -3,7 +3,7 @@
 # when missing (as root), scraping the API and the two workers on the ports of this run with
 # deploy/local/prometheus.yml's jobs and alert rules. Listens on loopback only.
 # Env: PLEDGEFLOW_PROMETHEUS_PORT (9090), PLEDGEFLOW_PROMETHEUS_DATA (<repo>/.local/prometheus),
-# the run's PLEDGEFLOW_API_PORT, PLEDGEFLOW_PROCESSOR_METRICS_PORT, PLEDGEFLOW_PROJECTOR_METRICS_PORT.
+# the run's PLEDGEFLOW_API_PORT and PLEDGEFLOW_{PROCESSOR,PROJECTOR,NOTIFY,SETTLEMENT}_METRICS_PORT.
 # If it cannot start (say its port is taken), the services keep running without it: this
 # script then idles instead of exiting, since honcho stops every process when one exits.
 set -uo pipefail
@@ -18,7 +18,9 @@ mkdir -p "$data/tsdb"
 "$repo/.venv/bin/python" -m services.ops.local_prometheus \
   --api "${PLEDGEFLOW_API_PORT:-8000}" \
   --processor "${PLEDGEFLOW_PROCESSOR_METRICS_PORT:-9101}" \
-  --projector "${PLEDGEFLOW_PROJECTOR_METRICS_PORT:-9102}" > "$data/prometheus.yml" \
+  --projector "${PLEDGEFLOW_PROJECTOR_METRICS_PORT:-9102}" \
+  --notify "${PLEDGEFLOW_NOTIFY_METRICS_PORT:-9104}" \
+  --settlement "${PLEDGEFLOW_SETTLEMENT_METRICS_PORT:-9105}" > "$data/prometheus.yml" \
   || idle "no configuration"
 prometheus --config.file="$data/prometheus.yml" --storage.tsdb.path="$data/tsdb" \
   --web.listen-address="127.0.0.1:$port" --log.level=warn

@@ -14,6 +14,11 @@ On a small box a produce request costs the broker and this process about as much
 carries one record or fifty, so the interval caps the request rate (``1000 / interval`` per
 second) and with it the CPU the API's Kafka traffic takes under load; a command that arrives
 after a quiet period is sent at once. A batch request appends its records to the same batches.
+
+Every append is answered within ``send_timeout_s``: a record batch not acknowledged by then
+fails its waiters with :class:`CommandLogTimeout` (one timer per batch, not per request), so a
+write never hangs while the broker is down. The record may still reach the log later; a retry
+of the same command is then a duplicate the processor ignores (same command id).
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ from aiokafka.partitioner import murmur2
 
 from schemas.codec import message_key
 
-__all__ = ["CommandBus"]
+__all__ = ["CommandBus", "CommandLogTimeout"]
+
+
+class CommandLogTimeout(TimeoutError):
+    """The broker did not acknowledge a command in time (it may still be appended later)."""
 
 
 class CommandBus:
@@ -42,6 +51,7 @@ class CommandBus:
         *,
         flush_interval_ms: float = 0.0,
         on_produce: Callable[[float], None] | None = None,
+        send_timeout_s: float = 5.0,
     ) -> None:
         self.topic = topic
         self._producer = AIOKafkaProducer(
@@ -54,6 +64,7 @@ class CommandBus:
             request_timeout_ms=15_000,
         )
         self._on_produce = on_produce
+        self._send_timeout = send_timeout_s
         self._partitions: list[int] = []
         #: campaign id -> (partition, message key), cached (murmur2 and encoding once each)
         self._route: dict[str, tuple[int, bytes]] = {}
@@ -110,6 +121,9 @@ class CommandBus:
         if builder.append(key=key, value=value, timestamp=None) is None:
             raise ValueError("command larger than the producer's batch size")
         batch = _Batch(builder)
+        batch.timer = asyncio.get_running_loop().call_later(
+            self._send_timeout, self._expire, partition, batch
+        )
         queue.append(batch)
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
@@ -148,6 +162,17 @@ class CommandBus:
             for queue in self._open.values():  # left only when cancelled: nobody waits forever
                 while queue:
                     queue.popleft().fail(RuntimeError("command bus stopped"))
+
+    def _expire(self, partition: int, batch: _Batch) -> None:
+        """The send bound of ``batch`` passed: answer its waiters. A batch not yet handed to
+        the producer is dropped (no later request may join a batch nobody waits on); one
+        handed over may still be appended - a retry's copy is then a duplicate the processor
+        ignores."""
+        batch.timer = None
+        queue = self._open.get(partition)
+        if queue is not None and batch in queue:
+            queue.remove(batch)
+        batch.fail(CommandLogTimeout("the broker did not acknowledge the command in time"))
 
     def partition(self, campaign_id: str) -> int:
         """Kafka's default partitioner (murmur2 of the key), cached per campaign."""
@@ -208,14 +233,18 @@ class CommandBus:
 class _Batch:
     """A record batch and the futures of the requests waiting for its acknowledgement."""
 
-    __slots__ = ("builder", "waiters")
+    __slots__ = ("builder", "timer", "waiters")
 
     def __init__(self, builder: Any) -> None:
         self.builder = builder
         self.waiters: list[asyncio.Future[None]] = []
+        self.timer: asyncio.TimerHandle | None = None
 
     def settle(self, delivery: asyncio.Future[Any]) -> None:
         """Pass the batch's acknowledgement (or error) on to the requests waiting for it."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if delivery.cancelled():
             self.fail(RuntimeError("batch delivery cancelled"))
         elif (exc := delivery.exception()) is not None:
@@ -226,6 +255,9 @@ class _Batch:
                     waiter.set_result(None)
 
     def fail(self, exc: BaseException) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         for waiter in self.waiters:
             if not waiter.done():
                 waiter.set_exception(exc)

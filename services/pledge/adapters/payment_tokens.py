@@ -24,10 +24,13 @@ __all__ = ["KafkaPaymentTokens", "forget_payment_token", "load_payment_tokens"]
 
 class KafkaPaymentTokens:
     """The API's :class:`~services.pledge.api.ports.PaymentTokenStore` on Kafka (idempotent
-    producer, ``acks=all``: a token is durable before its command is sent)."""
+    producer, ``acks=all``: a token is durable before its command is sent). Like the command
+    log, a write not acknowledged within ``send_timeout_s`` fails (the API answers 503 instead
+    of hanging while the broker is down)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, send_timeout_s: float = 5.0) -> None:
         self.topic = topic
+        self._send_timeout = send_timeout_s
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
         )
@@ -39,7 +42,11 @@ class KafkaPaymentTokens:
         await self._producer.stop()
 
     async def put(self, tokens: Sequence[tuple[str, str]]) -> None:
-        """Write ``(pledge key, token)`` pairs; returns once every one is acknowledged."""
+        """Write ``(pledge key, token)`` pairs; returns once every one is acknowledged, raises
+        :class:`TimeoutError` when that takes longer than the send timeout."""
+        await asyncio.wait_for(self._put(tokens), self._send_timeout)
+
+    async def _put(self, tokens: Sequence[tuple[str, str]]) -> None:
         sent = [
             await self._producer.send(self.topic, key=key.encode(), value=token.encode())
             for key, token in tokens

@@ -8,7 +8,9 @@ One EVALSHA per write request (pipelined with the other requests in flight) does
    nothing reaches the processor, so an unknown campaign id leaves no lasting state);
 3. the Idempotency-Key: absent -> reserved with a *pending* marker that expires after the lock
    time (so a crashed request frees it); pending with the same fingerprint -> in progress (409);
-   finished with the same fingerprint -> the stored response; another fingerprint -> mismatch.
+   finished with the same fingerprint -> the stored response; another fingerprint -> mismatch;
+   *retryable* (the broker did not acknowledge the first attempt's command) with the same
+   fingerprint -> reserved again, so the retry re-sends the same command at once.
 
 After Kafka acknowledged the command, :meth:`IngestStore.complete` queues the response for the
 idempotency TTL (and, for pledges, a *pending* pledge row the projector later overwrites).
@@ -76,8 +78,9 @@ if ARGV[7] == 'one' and #missing > 0 then return {'not_found'} end
 local cur = redis.call('GET', KEYS[2])
 if cur then
   if string.sub(cur, 2, 65) ~= ARGV[4] then return {'mismatch'} end
-  if string.sub(cur, 1, 1) == 'D' then return {'replay', string.sub(cur, 66)} end
-  return {'in_progress'}
+  local state = string.sub(cur, 1, 1)
+  if state == 'D' then return {'replay', string.sub(cur, 66)} end
+  if state == 'P' then return {'in_progress'} end
 end
 redis.call('SET', KEYS[2], 'P' .. ARGV[4], 'PX', ARGV[5])
 if ARGV[7] == 'launch' then
@@ -97,15 +100,18 @@ CHARGE_SCRIPT = LuaScript(_BUCKET + "\nreturn {'ok'}\n")
 # KEYS[1] idempotency key, KEYS[2..] pledge hashes; ARGV[1] stored response, ARGV[2] TTL s,
 # ARGV[3..#KEYS+1] pending pledge documents, then per pledge its index base and its id (the
 # pending row joins the campaign's ``all`` and ``pending`` listings, as the projector's 'ix'
-# op does). A pledge row the projector already wrote is left alone.
+# op does). A pledge row the projector already wrote is left alone; a pending one records
+# when (``pending_since``, ms): the API shows it expired after a while.
 COMPLETE_SCRIPT = LuaScript(
     """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local t = redis.call('TIME')
+local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 for i = 2, #KEYS do
   if redis.call('HSETNX', KEYS[i], 'status', 'pending') == 1 then
     local base = ARGV[#KEYS + (i - 2) * 2 + 2]
     local member = ARGV[#KEYS + (i - 2) * 2 + 3]
-    redis.call('HSET', KEYS[i], 'doc', ARGV[i + 1], 'ix', 'pending')
+    redis.call('HSET', KEYS[i], 'doc', ARGV[i + 1], 'ix', 'pending', 'pending_since', now)
     redis.call('ZADD', base .. 'pending', 0, member)
     redis.call('ZADD', base .. 'all', 0, member)
   end
@@ -254,9 +260,10 @@ class IngestStore:
         except Exception:
             return False
 
-    async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
-        """Free a reservation whose command could not be sent (the client may retry at once)."""
+    async def unsent(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
+        """Mark a reservation whose command was not acknowledged retryable (``R``) for the
+        idempotency TTL: the same request may re-send its command, another body is refused."""
         key = self.keys.idempotency(tenant_id, idempotency_key)
         current = await self.pipeline.execute("GET", key)
         if current == b"P" + fingerprint.encode():
-            await self.pipeline.execute("DEL", key)
+            await self.pipeline.execute("SET", key, b"R" + fingerprint.encode(), "EX", self._ttl)

@@ -208,6 +208,8 @@ class PledgeRow:
     doc: dict[str, Any]
     refusal: dict[str, Any] | None
     cancel: dict[str, Any] | None = None
+    #: When the API wrote the row pending (ms since the epoch, Redis' clock).
+    pending_since: int | None = None
 
 
 class ReadModelStore:
@@ -250,12 +252,12 @@ class ReadModelStore:
         return rows
 
     async def pledge(self, campaign_id: str, pledge_id: str) -> PledgeRow | None:
-        status, doc, refusal, cancel = await self.client.hmget(
+        status, doc, refusal, cancel, since = await self.client.hmget(
             self.keys.pledge(campaign_id, pledge_id), _PLEDGE_FIELDS
         )
         if status is None or doc is None:
             return None
-        return _pledge_row(status, doc, refusal, cancel)
+        return _pledge_row(status, doc, refusal, cancel, since)
 
     async def campaign_page(
         self, tenant_id: str, status: str, after: str, limit: int
@@ -283,8 +285,8 @@ class ReadModelStore:
         prefix = self.keys.pledge(campaign_id, "")
         found, more = await self._page(index, prefix, _PLEDGE_FIELDS, after, limit)
         rows = [
-            _pledge_row(row_status, doc, refusal, cancel)
-            for row_status, doc, refusal, cancel in found
+            _pledge_row(row_status, doc, refusal, cancel, since)
+            for row_status, doc, refusal, cancel, since in found
             if row_status is not None and doc is not None
         ]
         return rows, more
@@ -342,18 +344,23 @@ class ReadModelStore:
         return deleted
 
 
-_PLEDGE_FIELDS = ["status", "doc", "refusal", "cancel"]
+_PLEDGE_FIELDS = ["status", "doc", "refusal", "cancel", "pending_since"]
 _CAMPAIGN_FIELDS = ["seq", "tenant", "doc"]
 
 
 def _pledge_row(
-    status: bytes | str, doc: bytes | str, refusal: bytes | str | None, cancel: bytes | str | None
+    status: bytes | str,
+    doc: bytes | str,
+    refusal: bytes | str | None,
+    cancel: bytes | str | None,
+    since: bytes | str | None,
 ) -> PledgeRow:
     return PledgeRow(
         status=_text(status) or "",
         doc=orjson.loads(doc),
         refusal=orjson.loads(refusal) if refusal else None,
         cancel=orjson.loads(cancel) if cancel else None,
+        pending_since=int(since) if since else None,
     )
 
 

@@ -70,6 +70,7 @@ from services.pledge.api.problems import ProblemError, problem_body, problem_res
 from services.pledge.api.responses import MetricsMiddleware, RequestMetrics, error_response
 from services.pledge.config import PledgeSettings
 from services.pledge.metrics_api import ApiMetrics, api_metrics
+from services.streams.log_limits import limit_repeated_root_logs
 
 __all__ = ["create_app"]
 
@@ -109,6 +110,7 @@ def create_app(
     tests enter ``app.router.lifespan_context(app)``); ``ports`` replaces the Kafka and Redis
     adapters (unit tests pass in-memory fakes)."""
     config = api_settings(settings)
+    limit_repeated_root_logs()
     keys = ApiKeys.parse(config.api_keys)
     metrics = api_metrics(registry)
     metrics_registry = registry or REGISTRY
@@ -125,6 +127,7 @@ def create_app(
                 max_body_bytes=config.api_max_body_bytes,
                 max_wait_seconds=config.api_max_wait_seconds,
                 batch_max_items=config.api_batch_max_items,
+                pending_expiry_seconds=config.api_pending_expiry_seconds,
             )
             _tune_gc()
             try:
@@ -149,7 +152,7 @@ def create_app(
     def ingest() -> Ingest:
         service = state.get("ingest")
         if service is None:
-            raise ProblemError("unavailable", "starting up")
+            raise ProblemError("unavailable", "starting up", headers={"Retry-After": "1"})
         return service
 
     # --- errors: one mapping (responses.error_response) for routes and the ASGI front ---------
@@ -317,13 +320,15 @@ def create_app(
             raise ProblemError("not-found", "no such resource")
         service = state.get("ingest")
         if service is None:
-            raise ProblemError("unavailable", "starting up")
+            raise ProblemError("unavailable", "starting up", headers={"Retry-After": "1"})
         kafka_ok, redis_ok = await asyncio.gather(
             service.ports.bus.ready(), service.ports.gate.ready()
         )
         if not (kafka_ok and redis_ok):
             down = [name for name, ok in (("kafka", kafka_ok), ("redis", redis_ok)) if not ok]
-            raise ProblemError("unavailable", "not reachable: " + ", ".join(down))
+            raise ProblemError(
+                "unavailable", "not reachable: " + ", ".join(down), headers={"Retry-After": "1"}
+            )
         return Response(b'{"kafka":"ok","redis":"ok"}', media_type="application/json")
 
     @app.get(
@@ -383,6 +388,7 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         topics.commands,
         flush_interval_ms=settings.api_produce_interval_ms,
         on_produce=metrics.produce_latency.labels("command").observe,
+        send_timeout_s=settings.api_send_timeout_seconds,
     )
     store = IngestStore(
         pipeline,
@@ -392,7 +398,11 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         lock_seconds=settings.api_idempotency_lock_seconds,
         ttl_seconds=settings.api_idempotency_ttl_seconds,
     )
-    tokens = KafkaPaymentTokens(settings.kafka_bootstrap, topics.payment_tokens)
+    tokens = KafkaPaymentTokens(
+        settings.kafka_bootstrap,
+        topics.payment_tokens,
+        send_timeout_s=settings.api_send_timeout_seconds,
+    )
     await store.load_scripts()
     await bus.start()
     await tokens.start()

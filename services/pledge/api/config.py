@@ -38,6 +38,13 @@ class ApiSettings(StreamSettings):
     api_idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
     #: How long an in-flight request holds its Idempotency-Key (a crashed request frees it).
     api_idempotency_lock_seconds: int = Field(default=30, ge=1)
+    #: Longest wait for the broker's acknowledgement of a command: past it the write answers
+    #: 503 with Retry-After and keeps its Idempotency-Key for a retry of the same request.
+    api_send_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    #: A pledge still pending this long after its command was appended is shown ``expired``
+    #: (``reason: no_decision``): the processor recorded no decision for it in time. It turns
+    #: into the decision if one comes later.
+    api_pending_expiry_seconds: int = Field(default=3600, ge=1)
     #: Upper bound of ``Prefer: wait=N``.
     api_max_wait_seconds: int = Field(default=10, ge=0, le=60)
     #: Least time between two produce requests of one API process (ms): under load the

@@ -9,6 +9,7 @@ FastAPI for the others), so there is one path per endpoint.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import cast
 
@@ -85,6 +86,7 @@ class Ingest:
         max_body_bytes: int,
         max_wait_seconds: int,
         batch_max_items: int,
+        pending_expiry_seconds: int = 3600,
     ) -> None:
         self.keys = keys
         self.ports = ports
@@ -102,6 +104,7 @@ class Ingest:
         self.max_body_bytes = max_body_bytes
         self.max_wait_seconds = max_wait_seconds
         self.batch_max_items = batch_max_items
+        self.pending_expiry_ms = pending_expiry_seconds * 1000
 
     async def authenticate(self, scope: Scope, headers: HeaderMap) -> Principal:
         """The caller, or 401; a refused caller pays a token of its address's bucket (429
@@ -152,7 +155,10 @@ class Ingest:
             return stored_response(gate.stored)
         pledge_id = fields[4] or f"p-{write.command_id}"
         template = MakePledgeTemplate(
-            tenant_id=tenant_id, correlation_id=write.correlation_id, issued_at=issued_at()
+            tenant_id=tenant_id,
+            correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
+            issued_at=issued_at(),
         )
         if self.tokens_out and fields[6] is not None:
             await pipeline.put_tokens(write, [(pledge_key(qualified, pledge_id), fields[6])])
@@ -209,6 +215,7 @@ class Ingest:
                     command_id=write.command_id,
                     tenant_id=principal.tenant_id,
                     correlation_id=write.correlation_id,
+                    fingerprint=write.fingerprint,
                     issued_at=datetime.now(UTC),
                     campaign_id=qualified,
                     **fields,
@@ -253,6 +260,7 @@ class Ingest:
             command_id=write.command_id,
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
             issued_at=datetime.now(UTC),
             campaign_id=qualified,
             pledge_id=pledge_id,
@@ -286,6 +294,7 @@ class Ingest:
             command_id=write.command_id,
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
             issued_at=datetime.now(UTC),
             campaign_id=qualified,
             reason=body.reason,
@@ -350,6 +359,7 @@ class Ingest:
         template = MakePledgeTemplate(
             tenant_id=principal.tenant_id,
             correlation_id=write.correlation_id,
+            fingerprint=write.fingerprint,
             issued_at=issued_at(),
         )
         command = template.command
@@ -406,5 +416,6 @@ class Ingest:
         # other layout or writer let collide is never shown.
         if row is None or not pledge_visible(row, principal.tenant_id, qualified, pledge_id):
             raise ProblemError("not-found", "no such pledge")
-        body = orjson.dumps(pledge_view(row))
+        expire_before_ms = time.time() * 1000 - self.pending_expiry_ms
+        body = orjson.dumps(pledge_view(row, expire_before_ms))
         return conditional(headers, body, pledge_etag(body))

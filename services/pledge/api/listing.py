@@ -15,6 +15,7 @@ other campaigns' records (or need a seq -> offset index and a consumer per reque
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -92,8 +93,9 @@ class Listings:
         listing = f"campaigns/{campaign_id}/pledges?status={index}"
         after = self.cursors.decode(tenant, listing, cursor) if cursor else ""
         rows, more = await self.ingest.reads.pledge_page(qualified, index, after, limit)
+        expire_before_ms = time.time() * 1000 - self.ingest.pending_expiry_ms
         items = [
-            pledge_view(row)
+            pledge_view(row, expire_before_ms)
             for row in rows
             if pledge_visible(row, tenant, qualified, str(row.doc.get("pledge_id")))
         ]

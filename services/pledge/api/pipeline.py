@@ -39,10 +39,13 @@ from services.pledge.api.ports import (
 from services.pledge.api.problems import ProblemError, refusal
 from services.pledge.api.reading import Write
 from services.pledge.metrics_api import ApiMetrics
+from services.streams.log_limits import RepeatedLogFilter
 
 __all__ = ["Accepted", "WritePipeline"]
 
 log = logging.getLogger("pledgeflow.api")
+# While the broker is down every retry fails the same way: one line per 10 s says it.
+log.addFilter(RepeatedLogFilter(every_s=10.0))
 
 _WAIT_STEPS = (0.002, 0.004, 0.008, 0.015, 0.025)
 
@@ -145,15 +148,16 @@ class WritePipeline:
             raise
 
     async def put_tokens(self, write: Write, tokens: Sequence[tuple[str, str]]) -> None:
-        """Store payment tokens (before their commands are sent); failure -> reservation
-        released, 503 (a retry re-sends both: the token is overwritten, the command ignored)."""
+        """Store payment tokens (before their commands are sent, within the same send timeout
+        as a command); failure -> 503 with the reservation kept retryable like an unsent
+        command (:meth:`unsent`: the same request re-sends both - the token is overwritten,
+        the command sent or ignored - and another body is still refused)."""
         if not tokens or self.tokens is None:
             return
         try:
             await self.tokens.put(tokens)
         except Exception as exc:
-            log.warning("payment tokens not stored: %r", exc)
-            await self.release(write)
+            await self.unsent(write, exc)
             raise ProblemError(
                 "unavailable",
                 "the payment token store is unavailable",
@@ -161,39 +165,42 @@ class WritePipeline:
             ) from None
 
     async def send(self, write: Write, campaign_id: str, value: bytes) -> None:
-        """Append one command; unreachable log -> reservation released, 503."""
+        """Append one command; log unreachable or too slow -> 503 (see :meth:`unsent`)."""
         try:
             await self.bus.send(campaign_id, value)
         except Exception as exc:
-            log.warning("command not appended: %r", exc)
-            await self.release(write)
+            await self.unsent(write, exc)
             raise ProblemError(
                 "unavailable", "the command log is unavailable", headers={"Retry-After": "1"}
             ) from None
 
     async def send_all(self, write: Write, commands: Sequence[tuple[str, bytes]]) -> None:
-        """Append a batch's commands; any failure -> reservation released, 503 (a retry of
-        the whole batch is safe: items that did reach Kafka are ignored the second time)."""
+        """Append a batch's commands; any failure -> 503 (a retry of the whole batch is safe:
+        items that did reach Kafka are ignored the second time)."""
         try:
             await self.bus.send_all(commands)
         except Exception as exc:
-            log.warning("batch not appended: %r", exc)
-            await self.release(write)
+            await self.unsent(write, exc)
             raise ProblemError(
                 "unavailable",
                 "the command log is unavailable; retry the whole batch",
                 headers={"Retry-After": "1"},
             ) from None
 
-    async def release(self, write: Write) -> None:
+    async def unsent(self, write: Write, exc: Exception) -> None:
+        """The command may or may not be in the log: keep the Idempotency-Key for this request
+        (same fingerprint) so that a retry sends the same command again at once (the processor
+        ignores a command id it has decided), and another body stays refused with 422."""
+        self.metrics.unsent.labels(write.route).inc()
+        log.warning("command not acknowledged (answered 503): %r", exc)
         try:
-            await self.ingest_gate.release(
+            await self.ingest_gate.unsent(
                 tenant_id=write.principal.tenant_id,
                 idempotency_key=write.idempotency_key,
                 fingerprint=write.fingerprint,
             )
-        except Exception as exc:  # the reservation then expires after the lock time
-            log.warning("idempotency reservation not released: %r", exc)
+        except Exception as redis_exc:  # the reservation then expires after the lock time
+            log.warning("idempotency reservation not made retryable: %r", redis_exc)
 
     def store(
         self,

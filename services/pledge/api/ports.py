@@ -111,8 +111,10 @@ class IngestGate(Protocol):
         decided is left alone). Queued, not awaited: the command is already in the log."""
         ...
 
-    async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
-        """Free a reservation whose command could not be sent."""
+    async def unsent(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
+        """Mark a reservation whose command was not acknowledged as retryable: a retry with
+        the same fingerprint is let through at once (it re-sends the same command), another
+        fingerprint is still a mismatch. Kept for the idempotency TTL."""
         ...
 
     async def ready(self) -> bool:

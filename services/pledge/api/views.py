@@ -52,9 +52,10 @@ def pledge_visible(row: PledgeRow, tenant_id: str, qualified: str, pledge_id: st
     )
 
 
-def pledge_view(row: PledgeRow) -> dict[str, Any]:
+def pledge_view(row: PledgeRow, expire_before_ms: float) -> dict[str, Any]:
     """A pledge's public body: the tenant's own campaign id, the stored tenant left out, a
-    cancellation folded in."""
+    row pending since before ``expire_before_ms`` shown ``expired`` (no decision came for far
+    longer than a decision takes: say so, not "pending"), a cancellation folded in."""
     view = row.doc.copy()  # same members and order as before, without the stored tenant
     view.pop("tenant_id", None)
     campaign_id = view.get("campaign_id")
@@ -62,6 +63,13 @@ def pledge_view(row: PledgeRow) -> dict[str, Any]:
         view["campaign_id"] = local_id(campaign_id)
     view["status"] = row.status
     view["last_refusal"] = row.refusal
+    if (
+        row.status == "pending"
+        and row.pending_since is not None
+        and row.pending_since < expire_before_ms
+    ):
+        view["status"] = "expired"
+        view["reason"] = "no_decision"
     if row.cancel is not None:
         view["seq"], view["reason"] = row.cancel["seq"], row.cancel["reason"]
     return view

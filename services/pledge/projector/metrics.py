@@ -24,11 +24,12 @@ class ReadModelMetrics:
     lag: Gauge
     held_campaigns: Gauge
     dead_letters: Counter
+    rebuilds: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ReadModelMetrics:
         """Register the projector's metrics in ``registry``."""
-        return cls(
+        metrics = cls(
             applied=Counter(
                 "pledgeflow_readmodel_events_applied",
                 "Events applied to the read model, by event type (redeliveries not counted).",
@@ -51,7 +52,22 @@ class ReadModelMetrics:
                 "Undecodable events routed to readmodel.dlq.",
                 registry=registry,
             ),
+            rebuilds=Counter(
+                "pledgeflow_readmodel_rebuilds",
+                "Rebuilds of the read model from the log by a running projector, by cause: "
+                "redis_empty (Redis lost the read model: restarted without its data, flushed) "
+                "or redis_replaced (another Redis, or another epoch of it, answers now).",
+                ["cause"],
+                registry=registry,
+            ),
         )
+        for cause in REBUILD_CAUSES:
+            metrics.rebuilds.labels(cause)
+        return metrics
+
+
+#: The causes of a rebuild (pre-created at 0, so a first rebuild is a rise).
+REBUILD_CAUSES = ("redis_empty", "redis_replaced")
 
 
 def readmodel_metrics(registry: CollectorRegistry | None = None) -> ReadModelMetrics:

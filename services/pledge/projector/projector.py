@@ -6,6 +6,13 @@ in one Lua script that checks the stored ``seq`` (a redelivery is a no-op). The 
 campaign it meets first with the seq Redis holds, and commits offsets only below the first
 held-back event of each partition, so a restart never skips one. Redis out of reach pauses
 the projector (the runs are handed again) instead of ending it.
+
+Redis coming back *empty* (restarted without its data, flushed, failed over to an empty
+replica) or replaced is noticed while running, not only at start: the read model carries an
+epoch marker the projector wrote, checked every ``epoch_check_seconds``. Gone or changed, the
+projector drops what it held, counts the rebuild by cause, and re-reads its partitions from
+the beginning (applying is idempotent by ``seq``, so rows that survived are kept). Without
+this, a missing row would be reloaded as seq 0 and every later event held back forever.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +67,7 @@ class Projector:
         metrics: ReadModelMetrics | None = None,
         stream_metrics: StreamMetrics | None = None,
         lag_every_seconds: float = 1.0,
+        epoch_check_seconds: float = 1.0,
     ) -> None:
         self.settings = settings
         self.topics = settings.topics()
@@ -78,15 +87,32 @@ class Projector:
         self._lag_at = -1e9
         self.lag_every = lag_every_seconds
         self._reader: OrderedStreamReader | None = None
+        #: The read model's epoch marker: its key and the value this projector holds.
+        self._marker = f"{self.keys.ns}rm:projector"
+        self._epoch: bytes | str | None = None
+        self._epoch_at = -1e9
+        self.epoch_check = epoch_check_seconds
+        self.rebuilds = 0
 
     async def start(self) -> None:
         await self.store.load_scripts()
-        # Redis may have restarted empty (it runs without persistence locally) while the
-        # group's offsets survive in Kafka: without the marker, replay from the beginning.
-        marker = f"{self.keys.ns}rm:projector"
-        if await self.client.set(marker, self.group, nx=True) and not self.from_beginning:
+        # Redis may have restarted empty while the group's offsets survive in Kafka: without
+        # the epoch marker, replay from the beginning.
+        if await self._new_epoch() and not self.from_beginning:
             log.info("read model empty for %s: replaying from the beginning", self.keys.ns)
             self.from_beginning = True
+        await self._start_reader()
+
+    async def _new_epoch(self) -> bool:
+        """Write a new epoch marker unless one exists; hold whichever is there. True when
+        this projector wrote it (the read model had none: it is empty or new)."""
+        epoch = f"{self.group}:{uuid.uuid4().hex}".encode()
+        written = bool(await self.client.set(self._marker, epoch, nx=True))
+        self._epoch = epoch if written else await self.client.get(self._marker)
+        self._epoch_at = time.monotonic()
+        return written
+
+    async def _start_reader(self) -> None:
         s = self.settings
         self._reader = OrderedStreamReader(
             bootstrap=s.kafka_bootstrap,
@@ -106,6 +132,32 @@ class Projector:
             metrics=self._stream_metrics,
         )
         await self._reader.start()
+
+    async def _check_epoch(self) -> None:
+        """Rebuild from the log when the epoch marker is gone (Redis lost the read model) or
+        another one (Redis replaced, or another projector began a rebuild)."""
+        self._epoch_at = time.monotonic()
+        current = await self.client.get(self._marker)
+        if current == self._epoch:
+            return
+        cause = "redis_empty" if current is None else "redis_replaced"
+        log.warning(
+            "read model of %s %s: rebuilding it from the log",
+            self.keys.ns,
+            "lost (epoch marker gone)" if current is None else "replaced (epoch marker changed)",
+        )
+        self.metrics.rebuilds.labels(cause).inc()
+        self.rebuilds += 1
+        reader = self._require()
+        self._reader = None
+        await reader.stop()
+        self._cache.clear()
+        if current is None:
+            await self._new_epoch()
+        else:
+            self._epoch = current
+        self.from_beginning = True
+        await self._start_reader()
 
     async def stop(self) -> None:
         if self._reader is not None:
@@ -146,6 +198,8 @@ class Projector:
 
     async def step(self, timeout_ms: int = 200) -> int:
         """One poll: hold, apply what became consecutive, commit; returns records read."""
+        if time.monotonic() - self._epoch_at >= self.epoch_check:
+            await self._check_epoch()
         reader = self._require()
         count = await reader.step(timeout_ms=timeout_ms)
         self._observe()

@@ -22,6 +22,7 @@ from services.pledge.config import PledgeSettings
 from services.pledge.metrics_api import ApiMetrics
 from services.pledge.processor.metrics import ProcessorMetrics
 from services.pledge.projector.metrics import ReadModelMetrics
+from services.settlement.metrics import settlement_metrics
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = REPO / "deploy" / "k8s" / "base"
@@ -50,6 +51,7 @@ def _exported_series() -> set[str]:
     ApiMetrics.create(registry)
     ReadModelMetrics.create(registry)
     NotifyMetrics.create(registry)
+    settlement_metrics(registry)
     names = set()
     for family in registry.collect():
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
@@ -168,12 +170,14 @@ def test_prometheus_rule_carries_the_rule_file_unchanged() -> None:
 def test_manifests_only_set_settings_that_exist() -> None:
     from services.audit.config import AuditSettings  # the checkpointer's settings
     from services.pledge.api.config import ApiSettings  # the API's (metrics host and port)
+    from services.settlement.config import SettlementSettings
 
     settings = [
         *PledgeSettings.model_fields,
         *AuditSettings.model_fields,
         *ApiSettings.model_fields,
         *NotifySettings.model_fields,
+        *SettlementSettings.model_fields,
     ]
     fields = {f"PLEDGEFLOW_{name.upper()}" for name in settings}
     text = "\n".join(path.read_text() for path in BASE.glob("*.yaml"))

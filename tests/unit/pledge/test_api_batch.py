@@ -31,10 +31,21 @@ ITEM = {
 }
 
 
-def expected_command(item: BatchItem, tenant: str, correlation: str, cid: str, pid: str) -> bytes:
+FINGERPRINT = "ab" * 32
+
+
+def expected_command(
+    item: BatchItem,
+    tenant: str,
+    correlation: str,
+    cid: str,
+    pid: str,
+    fingerprint: str | None = FINGERPRINT,
+) -> bytes:
     return encode_command(
         MakePledge(
             command_id=cid,
+            fingerprint=fingerprint,
             tenant_id=tenant,
             correlation_id=correlation,
             issued_at=NOW,
@@ -69,13 +80,19 @@ def test_command_bytes_equal_the_encoded_make_pledge(
     assert fields is not None
     model = BatchItem.model_validate(raw)
     assert fields == model_fields(model)
-    encoder = MakePledgeTemplate(
-        tenant_id=tenant, correlation_id=correlation, issued_at=format_timestamp(NOW)
-    )
     cid = "0f1e2d3c-4b5a-5968-8776-a5b4c3d2e1f0"
-    value = encoder.command(fields, cid, "p-x")
-    assert value == expected_command(model, tenant, correlation, cid, "p-x")
-    assert isinstance(decode_command(value), MakePledge)
+    for fingerprint in (FINGERPRINT, None):
+        encoder = MakePledgeTemplate(
+            tenant_id=tenant,
+            correlation_id=correlation,
+            issued_at=format_timestamp(NOW),
+            fingerprint=fingerprint,
+        )
+        value = encoder.command(fields, cid, "p-x")
+        assert value == expected_command(model, tenant, correlation, cid, "p-x", fingerprint)
+        assert decode_command(value) == decode_command(
+            expected_command(model, tenant, correlation, cid, "p-x", fingerprint)
+        )
 
 
 def test_pending_text_equals_the_dumped_result() -> None:

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 import orjson
 
-from services.pledge.domain import DEDUP_HORIZON, CampaignState
+from schemas.events import PledgeRejected, RejectionReason
+from services.pledge.domain import DEDUP_HORIZON, CampaignState, decide
 from tests.unit.pledge.conftest import T0, Campaign, cancel, close, launch, pledge, types
 
 
@@ -111,3 +112,85 @@ def test_the_remembered_command_ids_survive_a_snapshot_exactly(launched: Campaig
 
     assert restored.processed == state.processed
     assert list(restored.processed) == list(state.processed)
+
+
+# --- a command id reused for another request (the API's idempotency record was lost) ------------
+
+FP_1, FP_2 = "a1" * 32, "b2" * 32
+
+
+def test_a_command_id_reused_for_another_pledge_is_refused_as_idempotency_key_reused(
+    launched: Campaign,
+) -> None:
+    launched.given(pledge("p1", 5_000, command_id="k-1", fingerprint=FP_1))
+
+    events = launched.when(pledge("p2", 7_000, command_id="k-1", fingerprint=FP_2))
+
+    assert types(events) == ["PledgeRejected"]
+    refused = events[0].payload
+    assert isinstance(refused, PledgeRejected)
+    assert (refused.pledge_id, refused.reason) == ("p2", RejectionReason.IDEMPOTENCY_KEY_REUSED)
+    assert "k-1" in refused.detail
+    # Its own causation id: event ids stay unique, and a redelivery is recognised.
+    assert events[0].causation_id != "k-1"
+    assert events[0].event_id != launched.log[1].event_id
+    assert launched.state.pledge_count == 1
+
+
+def test_a_redelivered_reused_command_is_refused_once(launched: Campaign) -> None:
+    launched.given(pledge("p1", 5_000, command_id="k-1", fingerprint=FP_1))
+    reused = pledge("p2", 7_000, command_id="k-1", fingerprint=FP_2)
+    launched.given(reused)
+
+    assert launched.when(reused) == []
+
+
+def test_the_refused_reuse_does_not_burn_its_pledge_id(launched: Campaign) -> None:
+    launched.given(
+        pledge("p1", 5_000, command_id="k-1", fingerprint=FP_1),
+        pledge("p2", 7_000, command_id="k-1", fingerprint=FP_2),
+    )
+
+    assert types(launched.when(pledge("p2", 7_000, command_id="k-2"))) == ["PledgeMade"]
+
+
+def test_a_command_id_of_a_launch_reused_for_a_pledge_is_refused(campaign: Campaign) -> None:
+    campaign.given(launch(command_id="k-1"))
+
+    events = campaign.when(pledge("p1", 5_000, command_id="k-1", fingerprint=FP_2))
+
+    assert types(events) == ["PledgeRejected"]
+    assert events[0].payload.reason == RejectionReason.IDEMPOTENCY_KEY_REUSED  # type: ignore[union-attr]
+
+
+def test_a_retry_of_the_same_pledge_is_still_a_silent_duplicate(launched: Campaign) -> None:
+    launched.given(pledge("p1", 5_000, command_id="k-1", fingerprint=FP_1))
+
+    assert launched.when(pledge("p1", 5_000, command_id="k-1", fingerprint=FP_1)) == []
+
+
+def test_a_retry_of_a_pledge_refused_for_another_tenant_stays_a_duplicate(
+    launched: Campaign,
+) -> None:
+    launched.given(pledge("p1", 5_000, command_id="k-1", tenant_id="tenant-b"))
+
+    assert launched.when(pledge("p1", 5_000, command_id="k-1", tenant_id="tenant-b")) == []
+
+
+def test_the_reuse_check_survives_a_snapshot(launched: Campaign) -> None:
+    launched.given(pledge("p1", 5_000, command_id="k-1", fingerprint=FP_1))
+    restored = CampaignState.from_snapshot(orjson.loads(orjson.dumps(launched.state.to_snapshot())))
+
+    events = decide(restored, pledge("p2", 7_000, command_id="k-1", fingerprint=FP_2), T0)
+
+    assert types(events) == ["PledgeRejected"]
+
+
+def test_a_reused_command_id_is_forgotten_with_the_command_id(launched: Campaign) -> None:
+    launched.given(pledge("p1", 5_000, command_id="k-1", fingerprint=FP_1))
+    later = T0 + DEDUP_HORIZON + timedelta(minutes=1)
+    launched.given(pledge("p2", 1_000), at=later)  # an event past the horizon prunes
+
+    assert "k-1" not in launched.state.pledge_commands
+    restored = CampaignState.from_snapshot(orjson.loads(orjson.dumps(launched.state.to_snapshot())))
+    assert restored.pledge_commands == launched.state.pledge_commands

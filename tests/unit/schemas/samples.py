@@ -29,6 +29,13 @@ from schemas import (
     Tier,
     stamp,
 )
+from schemas.events import (
+    PaymentMethodUpdated,
+    RefundRequested,
+    RevenueShared,
+    RevenueShareLine,
+    SettlementCommandRejected,
+)
 
 T0 = datetime(2025, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -89,6 +96,22 @@ def sample_events() -> list[Event]:
             outcome="funded", gross=eur(1_000_000), commission=eur(50_000), fees=eur(38_000),
             payout=eur(912_000), captured_count=400, failed_count=1, refunded_count=0,
             ledger_debits_minor=1_000_000, ledger_credits_minor=1_000_000,
+        ),
+        PaymentMethodUpdated(pledge_id="pl-4", payment_token="tok_ok"),
+        RefundRequested(
+            refund_id="rf-1", pledge_id="pl-3", amount=eur(1000), reason="item_not_delivered",
+            requested_by="creator-1",
+        ),
+        RevenueShared(
+            period="2027-Q1", revenue=eur(100_000), shared=eur(10_000),
+            shares=(
+                RevenueShareLine(pledge_id="pl-3", backer_id="b-3", amount_minor=6_667),
+                RevenueShareLine(pledge_id="pl-7", backer_id="b-7", amount_minor=3_333),
+            ),
+        ),
+        SettlementCommandRejected(
+            command_id="cmd-9", command_type="RefundPledge", pledge_id="pl-5",
+            reason="pledge_not_captured", detail="pl-5 was released",
         ),
         NotificationSent(
             notification_id="n-1", cause_event_id=cause, channel="email",

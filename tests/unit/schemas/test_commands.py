@@ -101,3 +101,24 @@ def test_issued_at_must_be_aware() -> None:
     with pytest.raises(ValidationError, match="timezone-aware"):
         MakePledge(**{**COMMON, "issued_at": T0.replace(tzinfo=None)}, pledge_id="p",
                    backer_id="b", amount=eur(1))  # fmt: skip
+
+
+def test_a_command_from_before_fingerprints_decodes_without_one() -> None:
+    old = (
+        b'{"campaign_id":"camp-1","command_id":"tenant-a:key-1","command_type":"CloseCampaign",'
+        b'"correlation_id":"req-1","issued_at":"2025-05-01T12:00:00.123456Z",'
+        b'"reason":"creator_cancelled","tenant_id":"tenant-a"}'
+    )
+    assert decode_command(old).fingerprint is None
+
+
+def test_the_request_fingerprint_travels_in_the_command() -> None:
+    command = CloseCampaign(**COMMON, reason="creator_cancelled", fingerprint="0a" * 32)
+    data = encode_command(command)
+    assert b'"fingerprint":"' + b"0a" * 32 + b'"' in data
+    assert decode_command(data).fingerprint == "0a" * 32
+
+
+def test_a_fingerprint_is_a_sha256_hex_digest() -> None:
+    with pytest.raises(ValidationError):
+        CloseCampaign(**COMMON, reason="creator_cancelled", fingerprint="not-a-digest")

@@ -47,7 +47,7 @@ def test_streams_list_their_event_topics() -> None:
         "CampaignClosed",
     ]  # fmt: skip
     assert topics.for_stream("notify") == ["NotificationSent", "NotificationFailed"]
-    assert len(topics.for_stream("settlement")) == 5
+    assert len(topics.for_stream("settlement")) == 9
 
 
 def test_commands_are_kept_forever_and_snapshots_compacted() -> None:

@@ -3,10 +3,11 @@
 They keep the real adapters' rules, so a handler behaves against them as against Kafka and
 Redis: the gate is a token bucket per API key, then campaign ownership (from the read model's
 campaign rows), then the Idempotency-Key (pending / done with the stored response / another
-fingerprint), all in one step as the Lua script does; completing stores the response and
-writes pending pledge rows that a decided row is not overwritten by. ``down`` makes the fake
-Redis unreachable (redis-py's ``ConnectionError``), ``failure`` makes the log refuse appends,
-``hold`` keeps appends waiting (a request in flight).
+fingerprint / retryable after an unacknowledged append), all in one step as the Lua script
+does; completing stores the response and writes pending pledge rows that a decided row is
+not overwritten by. ``down`` makes the fake Redis unreachable (redis-py's
+``ConnectionError``), ``failure`` makes the log refuse appends, ``hold`` keeps appends waiting
+(a request in flight).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class FakeIngestGate:
         self.buckets: dict[str, tuple[float, float]] = {}
         #: (campaign, tenant) of the launches the gate accepted
         self.launched: set[tuple[str, str]] = set()
-        #: (tenant, key) -> ("P" | "D", fingerprint, stored response)
+        #: (tenant, key) -> ("P" | "R" | "D", fingerprint, stored response)
         self.keys: dict[tuple[str, str], tuple[str, str, bytes]] = {}
 
     async def gate(
@@ -177,7 +178,9 @@ class FakeIngestGate:
                 return GateResult("mismatch")
             if state == "D":
                 return GateResult("replay", stored=stored)
-            return GateResult("in_progress")
+            if state == "P":
+                return GateResult("in_progress")
+            # "R": the command was not acknowledged; the retry sends it again
         self.keys[(tenant_id, idempotency_key)] = ("P", fingerprint, b"")
         if launch:
             self.launched.update((c, tenant_id) for c in campaign_ids)
@@ -218,13 +221,16 @@ class FakeIngestGate:
         for campaign_id, pledge_id, doc in pending_pledges:
             if (campaign_id, pledge_id) not in self.readmodel.pledges:
                 self.readmodel.pledges[(campaign_id, pledge_id)] = PledgeRow(
-                    status="pending", doc=orjson.loads(doc), refusal=None
+                    status="pending",
+                    doc=orjson.loads(doc),
+                    refusal=None,
+                    pending_since=int(time.time() * 1000),
                 )
 
-    async def release(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
+    async def unsent(self, *, tenant_id: str, idempotency_key: str, fingerprint: str) -> None:
         self.readmodel._reach()
         if self.keys.get((tenant_id, idempotency_key)) == ("P", fingerprint, b""):
-            del self.keys[(tenant_id, idempotency_key)]
+            self.keys[(tenant_id, idempotency_key)] = ("R", fingerprint, b"")
 
     async def ready(self) -> bool:
         return not self.readmodel.down

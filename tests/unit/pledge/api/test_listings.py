@@ -6,6 +6,8 @@ The same rules against the real Redis (with the projector's index sets) are prov
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any
 
 import orjson
@@ -212,3 +214,22 @@ async def test_a_listing_costs_a_rate_limit_token_like_any_get(api: Api, url: st
     assert limited.status_code == 429
     assert limited.json()["type"] == PROBLEM_BASE + "rate-limited"
     assert (await api.client.get(url, headers=AUTH_B)).status_code != 429  # per API key
+
+
+async def test_a_listed_pledge_is_its_own_urls_body_expired_ones_included(api: Api) -> None:
+    _campaign(api, "c-1", "tenant-a")
+    _pledge(api, "c-1", "p-1", "pending")
+    _pledge(api, "c-1", "p-2", "pending")
+    stale = api.fakes.readmodel.pledges[("tenant-a/c-1", "p-1")]
+    api.fakes.readmodel.pledges[("tenant-a/c-1", "p-1")] = dataclasses.replace(
+        stale, pending_since=int(time.time() * 1000) - 10 * 24 * 3600 * 1000
+    )
+
+    listed = await _all(api, "/v1/campaigns/c-1/pledges", AUTH_A)
+    single = [
+        (await api.client.get(f"/v1/campaigns/c-1/pledges/{p}", headers=AUTH_A)).json()
+        for p in ("p-1", "p-2")
+    ]
+
+    assert listed == single
+    assert [p["status"] for p in listed] == ["expired", "pending"]

@@ -8,6 +8,8 @@ commands on the log (or none). The same rules against the real Kafka and Redis a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -326,7 +328,9 @@ async def test_redis_down_on_a_read_is_a_503_problem(api: Api) -> None:
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-async def test_log_down_is_a_503_and_frees_the_key_for_a_retry(api: Api, endpoint: str) -> None:
+async def test_log_down_is_a_503_and_a_retry_of_the_same_request_resends_at_once(
+    api: Api, endpoint: str
+) -> None:
     api.fakes.bus.failure = ConnectionError("broker unreachable")
     response = await post(api, endpoint, "k-1")
     assert response.status_code == 503
@@ -338,18 +342,63 @@ async def test_log_down_is_a_503_and_frees_the_key_for_a_retry(api: Api, endpoin
 
 
 @pytest.mark.parametrize("endpoint", ["pledge", "batch"])
-async def test_token_store_down_is_a_503_sends_nothing_and_frees_the_key(
+async def test_token_store_down_is_a_503_sends_nothing_and_keeps_the_key_for_a_retry(
     api: Api, endpoint: str
 ) -> None:
     api.fakes.tokens.down = True
     response = await post(api, endpoint, "k-1")
     assert response.status_code == 503
     assert problem_type(response) == "unavailable"
+    assert response.headers["retry-after"] == "1"
     assert api.fakes.bus.sent == []
     api.fakes.tokens.down = False
+    other = await post(api, endpoint, "k-1", other=True)
+    assert (other.status_code, problem_type(other)) == (422, "idempotency-key-reused")
     assert (await post(api, endpoint, "k-1")).status_code == 202
     assert list(api.fakes.tokens.tokens.values()) == ["tok_visa"]
     assert all(decode_command(value).payment_token is None for _, value in api.fakes.bus.sent)
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+async def test_a_key_whose_command_was_not_acknowledged_still_refuses_another_body(
+    api: Api, endpoint: str
+) -> None:
+    api.fakes.bus.failure = TimeoutError("the broker did not acknowledge the command in time")
+    assert (await post(api, endpoint, "k-1")).status_code == 503
+    api.fakes.bus.failure = None
+    other = await post(api, endpoint, "k-1", other=True)
+    assert other.status_code == 422
+    assert problem_type(other) == "idempotency-key-reused"
+    assert api.fakes.bus.sent == []
+
+
+async def test_the_request_fingerprint_travels_in_every_command(api: Api) -> None:
+    for endpoint in ENDPOINTS:
+        assert (await post(api, endpoint, f"k-{endpoint}")).status_code == 202
+    fingerprints = {decode_command(value).fingerprint for _, value in api.fakes.bus.sent}
+    assert None not in fingerprints
+    assert len(fingerprints) == len(ENDPOINTS)  # one per request
+
+
+async def test_a_pledge_left_pending_past_the_expiry_shows_expired(api: Api) -> None:
+    assert (await post(api, "pledge", "k-1")).status_code == 202
+    rows = api.fakes.readmodel.pledges
+    rows[(QA, "p-1")] = dataclasses.replace(
+        rows[(QA, "p-1")], pending_since=int(time.time() * 1000) - 3601 * 1000
+    )
+    view = await api.client.get(f"/v1/campaigns/{CAMPAIGN}/pledges/p-1", headers=AUTH_A)
+    assert view.status_code == 200
+    assert (view.json()["status"], view.json()["reason"]) == ("expired", "no_decision")
+
+
+async def test_a_pledge_pending_for_less_than_the_expiry_shows_pending(api: Api) -> None:
+    assert (await post(api, "pledge", "k-1")).status_code == 202
+    rows = api.fakes.readmodel.pledges
+    rows[(QA, "p-1")] = dataclasses.replace(
+        rows[(QA, "p-1")], pending_since=int(time.time() * 1000) - 3500 * 1000
+    )
+    view = await api.client.get(f"/v1/campaigns/{CAMPAIGN}/pledges/p-1", headers=AUTH_A)
+    assert view.json()["status"] == "pending"
 
 
 # --- Prefer: wait (through the decision reader) ---------------------------------------------------
@@ -403,6 +452,7 @@ async def test_ready_only_while_the_log_and_the_store_answer(api: Api) -> None:
     down = await api.client.get("/readyz")
     assert down.status_code == 503
     assert down.json()["detail"] == "not reachable: redis"
+    assert down.headers["retry-after"] == "1"
     api.fakes.readmodel.down = False
     api.fakes.bus.failure = ConnectionError("broker unreachable")
     assert (await api.client.get("/readyz")).json()["detail"] == "not reachable: kafka"
