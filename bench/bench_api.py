@@ -7,7 +7,15 @@ Servers (each its own uvicorn process, uvloop + httptools, access log off):
 (b) ``naive`` - FastAPI + pydantic body, one Redis ``SET NX`` for the Idempotency-Key, one
     awaited aiokafka send (acks=all, idempotent) per request, one worker;
 (c) ``real``  - ``services.pledge.api`` (auth, tenancy, idempotency, rate limit, durable
-    acks=all append), with ``API_WORKERS`` processes (default 1; (a) runs with the same count).
+    acks=all append), with ``API_WORKERS`` processes (default 1; (a) runs with the same count);
+(d) ``bare_asgi`` - a pure ASGI callable answering 202 (no framework: the server's own floor);
+(e) ``real_granian`` - (c) served by granian instead of uvicorn (same loop, same workers).
+
+CPU per request (server processes, /proc) is recorded for each: the target compares the real
+endpoint's with the bare ASGI app's (<= 1.5x) and its throughput with bare FastAPI's (>= 1x).
+The campaigns are launched through the typed client (``services.client``) before the load,
+and a client-driven run (``real_client``: every request through ``PledgeflowClient``, its
+Idempotency-Key, retries and model parsing) is measured beside the protocol-level load.
 
 Load: ``wrk`` closed loop (Debian package, installed with apt-get when missing and root) with
 a Lua script giving every request its own Idempotency-Key; p99 at fixed rates with an
@@ -92,6 +100,29 @@ def bare_app() -> Any:
     return app
 
 
+def bare_asgi_app() -> Any:
+    """(d) The server's floor: an ASGI callable that drains the body and answers 202."""
+    start = {
+        "type": "http.response.start",
+        "status": 202,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"20")],
+    }
+    body = {"type": "http.response.body", "body": b'{"status":"pending"}'}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send(start)
+        await send(body)
+
+    return app
+
+
 def naive_app() -> Any:
     """(b) The obvious implementation: pydantic body, SET NX, one awaited send per request."""
     from contextlib import asynccontextmanager
@@ -150,14 +181,21 @@ def free_port() -> int:
 class Server:
     """One uvicorn process."""
 
-    def __init__(self, target: str, workers: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, target: str, workers: int, env: dict[str, str], server: str = "uvicorn"
+    ) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            [PY, "-m", "uvicorn", target, "--factory", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", str(workers), "--loop", "uvloop",
-             "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-            cwd=REPO, env={**os.environ, **env},
-        )  # fmt: skip
+        if server == "granian":
+            command = [PY, "-m", "granian", "--interface", "asgi", "--factory",
+                       "--host", "127.0.0.1", "--port", str(self.port), "--workers",
+                       str(workers), "--loop", "uvloop", "--no-ws", "--no-access-log",
+                       "--log-level", "warning", target]  # fmt: skip
+        else:
+            command = [PY, "-m", "uvicorn", target, "--factory", "--host", "127.0.0.1",
+                       "--port", str(self.port), "--workers", str(workers), "--loop",
+                       "uvloop", "--http", "httptools", "--no-access-log", "--log-level",
+                       "warning"]  # fmt: skip
+        self.proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env})
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self) -> None:
@@ -489,26 +527,49 @@ async def cleanup(prefix: str, topics: list[str]) -> None:
         await admin.close()
 
 
-def launch_campaigns(url: str, count: int) -> None:
-    """Launch ``c-0`` .. ``c-<count-1>``: the API answers 404 to pledges for a campaign that
-    was never launched (no processor runs here; the API's launch marker lets them in)."""
-    import httpx
+CLIENT_REQUESTS = int(os.environ.get("BENCH_API_CLIENT_REQUESTS", "5000"))
+#: httpx's pool costs more CPU per request the more requests wait on it (64 in flight cost
+#: twice the client CPU of 8 on the dev box).
+CLIENT_CONCURRENCY = 8
 
-    with httpx.Client(base_url=url, timeout=10) as client:
+
+async def launch_campaigns(url: str, count: int) -> None:
+    """The set-up: campaigns c-0..c-{count-1} launched through the typed client."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.client import PledgeflowClient
+
+    deadline = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    async with PledgeflowClient(url, KEY) as client:
         for i in range(count):
-            response = client.post(
-                "/v1/campaigns",
-                headers={"Authorization": f"Bearer {KEY}", "Idempotency-Key": f"launch-c-{i}"},
-                json={
+            await client.launch_campaign(
+                {
                     "campaign_id": f"c-{i}",
                     "title": "Bench",
                     "creator_id": "u-1",
                     "goal": {"amount_minor": 10**9, "currency": "EUR"},
-                    "deadline": "2099-12-31T23:59:59Z",
+                    "deadline": deadline,
                     "funding_model": "all_or_nothing",
-                },
+                    "tiers": [{"tier_id": "t1", "title": "T", "min_amount_minor": 100}],
+                }
             )
-            assert response.status_code == 202, response.text
+
+
+async def client_load(url: str, requests: int) -> dict[str, float]:
+    """``requests`` pledges through :class:`PledgeflowClient`, ``CLIENT_CONCURRENCY`` at once."""
+    from services.client import PledgeflowClient
+
+    queue = iter(range(requests))
+    async with PledgeflowClient(url, KEY, max_connections=CLIENT_CONCURRENCY) as client:
+
+        async def worker() -> None:
+            for n in queue:
+                await client.make_pledge(f"c-{n % 100}", PLEDGE)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CLIENT_CONCURRENCY)))
+        elapsed = time.perf_counter() - started
+    return {"requests": requests, "seconds": round(elapsed, 2), "rps": round(requests / elapsed)}
 
 
 def main() -> None:
@@ -533,16 +594,19 @@ def main() -> None:
     path = "/v1/campaigns/c-{n}/pledges"
     results: dict[str, Any] = {}
     try:
-        for name, target, workers, env in (
-            ("bare", "bench.bench_api:bare_app", WORKERS, {}),
-            ("naive", "bench.bench_api:naive_app", 1, {"BENCH_NAIVE_TOPIC": f"{prefix}naive"}),
-            ("real", "services.pledge.api:create_app", WORKERS, real_env),
-        ):
-            server = Server(target, workers, env)
+        for name, target, workers, env, kind in (
+            ("bare_asgi", "bench.bench_api:bare_asgi_app", WORKERS, {}, "uvicorn"),
+            ("bare", "bench.bench_api:bare_app", WORKERS, {}, "uvicorn"),
+            ("naive", "bench.bench_api:naive_app", 1, {"BENCH_NAIVE_TOPIC": f"{prefix}naive"},
+             "uvicorn"),
+            ("real", "services.pledge.api:create_app", WORKERS, real_env, "uvicorn"),
+            ("real_granian", "services.pledge.api:create_app", WORKERS, real_env, "granian"),
+        ):  # fmt: skip
+            server = Server(target, workers, env, kind)
             try:
                 server.wait_ready()
                 if name == "real":
-                    launch_campaigns(server.url, 100)
+                    asyncio.run(launch_campaigns(server.url, 100))
                 run_wrk(server.url, path, body, CONNECTIONS, 2)  # warm-up
                 # CPU per request of the server: robust to other load on the machine, where
                 # req/s is not (the figures below record the load average too).
@@ -584,6 +648,14 @@ def main() -> None:
                     )
                     results["real_batch"] = batch
                     print(f"  batch: {batch}")
+                    cpu = server.cpu_seconds()
+                    through_client = asyncio.run(client_load(server.url, CLIENT_REQUESTS))
+                    cpu = server.cpu_seconds() - cpu
+                    through_client["cpu_us_per_req"] = round(
+                        cpu / max(through_client["requests"], 1) * 1e6, 1
+                    )
+                    results["real_client"] = through_client
+                    print(f"  through the client: {through_client}", flush=True)
             finally:
                 server.stop()
     finally:
@@ -620,6 +692,29 @@ def main() -> None:
             "bare FastAPI 202 endpoint, same rate", results["bare_open_loop_scaled"]["p99_ms"]
         ),
         target=Target(value=25, lower_is_better=True), extra=extra,
+    )  # fmt: skip
+    write_result(
+        "api_pledge_cpu_vs_bare_asgi",
+        "POST pledge server CPU per request vs a bare ASGI 202 app (uvicorn + httptools)",
+        "us/req", results["real"]["cpu_us_per_req"],
+        baseline=("bare ASGI 202 app, same server", results["bare_asgi"]["cpu_us_per_req"]),
+        target=Target(ratio=round(1 / 1.5, 3), lower_is_better=True), extra=extra,
+    )  # fmt: skip
+    write_result(
+        "api_pledge_vs_bare_fastapi", "POST pledge closed loop vs bare FastAPI 202 (throughput)",
+        "req/s", real, baseline=("bare FastAPI 202", bare), target=Target(ratio=1.0),
+        extra=extra,
+    )  # fmt: skip
+    write_result(
+        "api_pledge_granian_cpu", "POST pledge server CPU per request under granian",
+        "us/req", results["real_granian"]["cpu_us_per_req"],
+        baseline=("same app under uvicorn + httptools", results["real"]["cpu_us_per_req"]),
+        target=Target(lower_is_better=True), extra=extra,
+    )  # fmt: skip
+    write_result(
+        "api_pledge_client", f"POST pledge through PledgeflowClient ({CLIENT_CONCURRENCY} "
+        "concurrent calls)", "req/s", results["real_client"]["rps"],
+        baseline=("wrk closed loop, same endpoint", real), target=Target(), extra=extra,
     )  # fmt: skip
     write_result(
         "api_batch", "POST /v1/pledges/batch (1,000 pledges/request) throughput", "pledges/s",

@@ -8,7 +8,9 @@ globals deep inside.
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, SecretStr
 
 from services.pledge.processor.config import ProcessorSettings
 from services.pledge.projector.config import ProjectorSettings
@@ -26,6 +28,8 @@ class PledgeSettings(ProcessorSettings, ProjectorSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     #: uvicorn worker processes of ``pledgeflow api run``.
     api_workers: int = Field(default=1, ge=1)
+    #: ASGI server of ``pledgeflow api run``: ``uvicorn`` (uvloop + httptools) or ``granian``.
+    api_server: Literal["uvicorn", "granian"] = "uvicorn"
     #: Largest request body accepted (bytes); larger answers 413.
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Token bucket per API key: sustained requests per second and burst size.
@@ -50,3 +54,5 @@ class PledgeSettings(ProcessorSettings, ProjectorSettings):
     api_produce_interval_ms: float = Field(default=4.0, ge=0, le=1000)
     #: Most items in one ``POST /v1/pledges/batch``.
     api_batch_max_items: int = Field(default=1000, ge=1)
+    #: Key of the listing cursors' HMAC (unset: derived from ``api_keys``).
+    api_cursor_secret: SecretStr | None = None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from schemas.canonical import format_timestamp
+from schemas.codec import encode
 from schemas.envelope import Envelope
 from schemas.events import (
     CampaignClosed,
@@ -43,6 +44,7 @@ __all__ = [
     "project",
     "refusal_note",
     "rejected_pledge_row",
+    "with_listing_ops",
 ]
 
 
@@ -247,7 +249,7 @@ def project(
             pass  # another stream's event on a campaign topic: nothing to show
     summary["seq"] = seq
     ops.append((keys.decision(envelope.causation_id), "decide", dump(decision)))
-    return tenant, ops
+    return tenant, with_listing_ops(ops, envelope, tenant, keys)
 
 
 def _tier_taken(summary: dict[str, Any], tier_id: str | None, count: int) -> None:
@@ -261,3 +263,30 @@ def _tier_taken(summary: dict[str, Any], tier_id: str | None, count: int) -> Non
 def dump(value: dict[str, Any]) -> bytes:
     """Compact JSON bytes of a row (what the Lua script stores)."""
     return orjson.dumps(value)
+
+
+#: One change of :data:`APPLY_SCRIPT`: (key, op, value).
+Op = tuple[str, str, bytes]
+
+_PLEDGE_CHANGES = ("set:", "refuse", "cancel")
+
+
+def with_listing_ops(ops: list[Op], envelope: Envelope, tenant: str | None, keys: Keys) -> list[Op]:
+    """``ops`` of one event (the projection's pledge and decision changes) with the listing
+    upkeep added: each pledge change followed by its ``ix`` op, a launch or close by the
+    tenant's ``cx`` op, and the event itself (``ev``) for the events listing. Pure."""
+    campaign_id = envelope.campaign_id
+    pledge_prefix = keys.pledge(campaign_id, "")
+    index_base = keys.pledge_index(campaign_id, "")
+    out: list[Op] = []
+    for key, op, value in ops:
+        out.append((key, op, value))
+        if key.startswith(pledge_prefix) and op.startswith(_PLEDGE_CHANGES):
+            out.append((index_base, "ix:" + key[len(pledge_prefix) :], b""))
+    payload = envelope.payload
+    if tenant and isinstance(payload, CampaignLaunched | CampaignClosed):
+        status = b"open" if isinstance(payload, CampaignLaunched) else b"closed"
+        out.append((keys.campaign_index(tenant, ""), "cx:" + campaign_id, status))
+    # Its canonical encoding (the Kafka value, the hashed text): a reader can verify the chain.
+    out.append((keys.events(campaign_id), f"ev:{envelope.seq}", encode(envelope)))
+    return out

@@ -7,6 +7,7 @@ that the data is still there and the processor carries on from the log.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,10 +15,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from services.client import PledgeflowClient
+from services.pledge.api.models import CampaignView, EventView, PledgeDecided
 from tests.support.api import free_port
 from tests.support.infra import REPO, kafka_bootstrap, redis_url, unique_name
 
@@ -146,12 +150,27 @@ def test_make_run_serves_pledges_stops_on_ctrl_c_and_keeps_data(
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base}/healthz", timeout=2)
 
-    # A second run keeps the data and the processor resumes from the log (seq goes on).
-    with running_stack(env, log), httpx.Client(base_url=base, headers=headers, timeout=15) as c:
-        again = pledge(c, "c-e2e", 2)
-        assert again.status_code == 201, again.text
-        summary = c.get("/v1/campaigns/c-e2e").json()
-        assert summary["total"] == {"amount_minor": 5000, "currency": "EUR"}
-        assert summary["pledge_count"] == 2
-        assert summary["goal_reached_at"] is not None
-        assert again.json()["seq"] == 3
+    # A second run keeps the data and the processor resumes from the log (seq goes on); this
+    # time through the typed client, as an integrator would.
+    with running_stack(env, log):
+        again, summary, pledges, events = asyncio.run(second_run(base))
+    assert isinstance(again, PledgeDecided) and again.seq == 3
+    assert summary.total.amount_minor == 5000 and summary.total.currency == "EUR"
+    assert summary.pledge_count == 2
+    assert summary.goal_reached_at is not None
+    assert pledges == ["p-1", "p-2"]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.event_type for e in events][:3] == ["CampaignLaunched", "PledgeMade", "PledgeMade"]
+
+
+async def second_run(base: str) -> tuple[Any, CampaignView, list[str], list[EventView]]:
+    """Pledge again, read the campaign, list its pledges and events, through the client."""
+    async with PledgeflowClient(base, KEY, timeout=15) as api:
+        again = await api.make_pledge(
+            "c-e2e", {"pledge_id": "p-2", "backer_id": "b-2", "amount_minor": 2500,
+                      "currency": "EUR"}, wait=10,
+        )  # fmt: skip
+        summary = await api.get_campaign("c-e2e")
+        pledges = [p.pledge_id async for p in api.pledges("c-e2e", status="accepted")]
+        events = [e async for e in api.events("c-e2e")]
+    return again, summary, pledges, events

@@ -318,5 +318,62 @@ async def test_a_payment_token_is_on_no_topic_but_its_erasable_one(
     assert keys == [f"{qualified}/p1".encode(), f"{qualified}/p2".encode()]
     async for key in redis_client.scan_iter(match=f"{settings.topic_prefix}pf:*"):
         kind = await redis_client.type(key)
-        value = await redis_client.hgetall(key) if kind == b"hash" else await redis_client.get(key)
+        if kind == b"hash":
+            value: Any = await redis_client.hgetall(key)
+        elif kind == b"zset":  # the listings' indexes and the events a listing shows
+            value = await redis_client.zrange(key, 0, -1)
+        else:
+            value = await redis_client.get(key)
         assert token.encode() not in repr(value).encode(), key
+
+
+async def test_another_tenant_cannot_list_or_page_a_campaign_and_same_ids_list_apart(
+    stack: tuple[PledgeSettings, httpx.AsyncClient],
+) -> None:
+    """Listings under tenancy: tenant B, using A's very ids, neither lists A's campaign nor
+    pages it with A's cursor; both tenants' same-named campaigns list their own pledges."""
+    _settings, api = stack
+    campaign_id = new_id("lst")
+    assert (await launch(api, campaign_id, AUTH_A)).status_code == 201
+    for pledge_id in ("p1", "p2", "p3"):
+        assert (await pledge(api, campaign_id, pledge_id, AUTH_A)).status_code == 201
+    pledges = f"/v1/campaigns/{campaign_id}/pledges"
+    first = await api.get(pledges, params={"limit": 2}, headers=AUTH_A)
+    assert first.status_code == 200, first.text
+    page = first.json()
+    assert [p["pledge_id"] for p in page["data"]] == ["p1", "p2"]
+    assert {p["campaign_id"] for p in page["data"]} == {campaign_id}
+    cursor = page["next_cursor"]
+    # B has no campaign of that id: listing it, its events or paging with A's cursor is the
+    # same 404 as a campaign that does not exist, and B's campaign list does not show it.
+    absent = await api.get(f"/v1/campaigns/{new_id('none')}/pledges", headers=AUTH_B)
+    for path, params in (
+        (pledges, {}),
+        (pledges, {"cursor": cursor}),
+        (f"/v1/campaigns/{campaign_id}/events", {}),
+    ):
+        foreign = await api.get(path, params=params, headers=AUTH_B)
+        assert foreign.status_code == 404 == absent.status_code, foreign.text
+        assert foreign.json()["type"] == absent.json()["type"] == NOT_FOUND
+    listed = (await api.get("/v1/campaigns", params={"limit": 500}, headers=AUTH_B)).json()
+    assert campaign_id not in [c["campaign_id"] for c in listed["data"]]
+    # Once B launches the same id, A's cursor is still refused on B's listing.
+    assert (await launch(api, campaign_id, AUTH_B)).status_code == 201
+    assert (await pledge(api, campaign_id, "p9", AUTH_B)).status_code == 201
+    replayed = await api.get(pledges, params={"cursor": cursor}, headers=AUTH_B)
+    assert replayed.status_code == 400, replayed.text
+    assert replayed.json()["type"].endswith("/invalid-cursor")
+    a_rest = (await api.get(pledges, params={"cursor": cursor}, headers=AUTH_A)).json()
+    assert [p["pledge_id"] for p in a_rest["data"]] == ["p3"]
+    assert a_rest["next_cursor"] is None
+    b_all = (await api.get(pledges, headers=AUTH_B)).json()
+    assert [p["pledge_id"] for p in b_all["data"]] == ["p9"]
+    assert b_all["data"][0]["campaign_id"] == campaign_id
+    for auth in (AUTH_A, AUTH_B):
+        mine = (await api.get("/v1/campaigns", params={"limit": 500}, headers=auth)).json()
+        assert [c["campaign_id"] for c in mine["data"]].count(campaign_id) == 1
+        events = (await api.get(f"/v1/campaigns/{campaign_id}/events", headers=auth)).json()
+        assert events["data"] and {e["campaign_id"] for e in events["data"]} == {campaign_id}
+    a_events = await api.get(f"/v1/campaigns/{campaign_id}/events", headers=AUTH_A)
+    assert b'"p3"' in a_events.content and b'"p9"' not in a_events.content
+    assert b"tenant-a/" not in a_events.content  # the tenant's own ids, never qualified ones

@@ -103,8 +103,10 @@ CHARGE_SCRIPT = LuaScript(_BUCKET + "\nreturn {'ok'}\n")
 
 
 # KEYS[1] idempotency key, KEYS[2..] pledge hashes; ARGV[1] stored response, ARGV[2] TTL s,
-# ARGV[3..] pending pledge documents. A pledge row the projector already wrote is left alone;
-# a pending one records when (``pending_since``, ms): the API shows it expired after a while.
+# ARGV[3..#KEYS+1] pending pledge documents, then per pledge its index base and its id (the
+# pending row joins the campaign's ``all`` and ``pending`` listings, as the projector's 'ix'
+# op does). A pledge row the projector already wrote is left alone; a pending one records
+# when (``pending_since``, ms): the API shows it expired after a while.
 COMPLETE_SCRIPT = LuaScript(
     """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -112,7 +114,11 @@ local t = redis.call('TIME')
 local now = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 for i = 2, #KEYS do
   if redis.call('HSETNX', KEYS[i], 'status', 'pending') == 1 then
-    redis.call('HSET', KEYS[i], 'doc', ARGV[i + 1], 'pending_since', now)
+    local base = ARGV[#KEYS + (i - 2) * 2 + 2]
+    local member = ARGV[#KEYS + (i - 2) * 2 + 3]
+    redis.call('HSET', KEYS[i], 'doc', ARGV[i + 1], 'ix', 'pending', 'pending_since', now)
+    redis.call('ZADD', base .. 'pending', 0, member)
+    redis.call('ZADD', base .. 'all', 0, member)
   end
 end
 return 1
@@ -220,6 +226,8 @@ class IngestStore:
         for campaign_id, pledge_id, doc in pending_pledges:
             keys.append(self.keys.pledge(campaign_id, pledge_id))
             args.append(doc)
+        for campaign_id, pledge_id, _doc in pending_pledges:
+            args.extend((self.keys.pledge_index(campaign_id, ""), pledge_id))
         try:
             reply = self.pipeline.execute("EVALSHA", COMPLETE_SCRIPT.sha, len(keys), *keys, *args)
         except Exception as exc:  # e.g. no running pipeline connection can be queued on

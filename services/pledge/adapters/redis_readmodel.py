@@ -9,7 +9,20 @@ never see each other, and ``pledgeflow readmodel rebuild`` can wipe exactly one 
 * ``<ns>launch:<campaign_id>``: written by the API when it accepts a launch (kept the
   idempotency TTL), so that writes to a campaign the projector has not shown yet pass the gate;
 * ``<ns>rm:d:<command_id>``: the decision the processor made on a command (for ``Prefer: wait``),
-  kept ``readmodel_decision_ttl_seconds``.
+  kept ``readmodel_decision_ttl_seconds``;
+* ``<ns>rm:ci:<tenant>:<all|open|closed>``: sorted sets (score 0, ordered by campaign id) of a
+  tenant's campaigns, the ``GET /v1/campaigns`` listing;
+* ``<ns>rm:pi:<campaign_id>:<all|pending|accepted|rejected|cancelled>``: sorted sets (score 0,
+  ordered by pledge id) of a campaign's pledges; a pledge hash's ``ix`` field names the status
+  set it is in;
+* ``<ns>rm:e:<campaign_id>``: sorted set of the campaign's events (score = seq, member = the
+  event's public JSON), the ``GET /v1/campaigns/{id}/events`` listing.
+
+The index sets are named ``<base><status>``: the scripts append the status to a base built
+here (:meth:`Keys.campaign_index` / :meth:`Keys.pledge_index` with ``status=""``), so every
+key name still comes from :class:`Keys`. Listings page by member (``ZRANGEBYLEX``) or by seq
+(``ZRANGEBYSCORE``): a member never moves inside a set, so a page after a cursor neither
+repeats nor skips an item that existed when paging began, whatever arrives meanwhile.
 
 Campaign ids here are tenant-qualified (``<tenant>/<campaign>``, :mod:`schemas.tenancy`);
 ``/`` is outside the id alphabet, so ``<campaign>/<pledge>`` names exactly one pair (``:`` did
@@ -41,7 +54,12 @@ __all__ = [
 
 
 class Keys:
-    """Every Redis key of one namespace (one topic prefix)."""
+    """Every Redis key of one namespace (one topic prefix).
+
+    The listing scripts append to prefixes built here: a campaign's and a pledge's key must
+    end with its id (``campaign("")`` / ``pledge(c, "")`` are the row prefixes of a page), and
+    an index set's name with its status (``campaign_index(t, "")`` / ``pledge_index(c, "")``).
+    """
 
     def __init__(self, prefix: str = "") -> None:
         self.ns = f"{prefix}pf:"
@@ -61,6 +79,18 @@ class Keys:
 
     def decision(self, command_id: str) -> str:
         return f"{self.ns}rm:d:{command_id}"
+
+    def campaign_index(self, tenant_id: str, status: str = "all") -> str:
+        """A tenant's campaigns with ``status`` (``""``: the base the scripts append to)."""
+        return f"{self.ns}rm:ci:{tenant_id}:{status}"
+
+    def pledge_index(self, campaign_id: str, status: str = "all") -> str:
+        """A campaign's pledges with ``status`` (``""``: the base the scripts append to)."""
+        return f"{self.ns}rm:pi:{campaign_id}:{status}"
+
+    def events(self, campaign_id: str) -> str:
+        """A campaign's events by seq."""
+        return f"{self.ns}rm:e:{campaign_id}"
 
     def idempotency(self, tenant_id: str, idempotency_key: str) -> str:
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
@@ -83,6 +113,10 @@ class Keys:
 #   note    -> a refused operation on an existing pledge (cancellation refused): note only
 #   cancel  -> pledge cancelled: status cancelled + the cancellation (seq, reason)
 #   decide  -> decision key: first decision wins (a command's first event is its answer)
+#   ix:<pledge_id> -> pledge index base: move the pledge (the previous key) to the index set
+#              of its status now (its hash's 'ix' field says which set holds it)
+#   cx:<campaign_id> -> the tenant's campaign index base; value = 'open' | 'closed'
+#   ev:<seq> -> the campaign's events set: the event's JSON at score seq
 # Returns 1 applied, 0 already applied (redelivery), -1 stored seq is not the expected one.
 APPLY_SCRIPT = LuaScript(
     """
@@ -110,11 +144,46 @@ for i = 2, #KEYS do
     redis.call('HSET', KEYS[i], 'status', 'cancelled', 'cancel', val)
   elseif op == 'decide' then
     redis.call('SET', KEYS[i], val, 'NX', 'EX', ARGV[5])
+  elseif string.sub(op, 1, 3) == 'ix:' then
+    local member = string.sub(op, 4)
+    local s = redis.call('HGET', KEYS[i - 1], 'status')
+    local was = redis.call('HGET', KEYS[i - 1], 'ix')
+    if s and s ~= was then
+      if was then redis.call('ZREM', KEYS[i] .. was, member) end
+      redis.call('ZADD', KEYS[i] .. s, 0, member)
+      redis.call('ZADD', KEYS[i] .. 'all', 0, member)
+      redis.call('HSET', KEYS[i - 1], 'ix', s)
+    end
+  elseif string.sub(op, 1, 3) == 'cx:' then
+    local member = string.sub(op, 4)
+    redis.call('ZREM', KEYS[i] .. 'open', member)
+    redis.call('ZREM', KEYS[i] .. 'closed', member)
+    redis.call('ZADD', KEYS[i] .. val, 0, member)
+    redis.call('ZADD', KEYS[i] .. 'all', 0, member)
+  elseif string.sub(op, 1, 3) == 'ev:' then
+    redis.call('ZADD', KEYS[i], tonumber(string.sub(op, 4)), val)
   end
 end
 return 1
 """
 )
+
+
+# A listing page. KEYS[1] index set; ARGV[1] lower bound ('-' or '(<last id>'), ARGV[2] most
+# members, ARGV[3] the rows' key prefix (the member is appended), ARGV[4..] row fields.
+# Returns member, then its fields, per member (a member whose row is gone gives nils).
+PAGE_SCRIPT = """
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local out = {}
+for _, id in ipairs(ids) do
+  out[#out + 1] = id
+  local values = redis.call('HMGET', ARGV[3] .. id, unpack(fields))
+  for j = 1, #fields do out[#out + 1] = values[j] end
+end
+return out
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +222,7 @@ class ReadModelStore:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
+        self._page_script = client.register_script(PAGE_SCRIPT)
 
     async def load_scripts(self) -> None:
         await APPLY_SCRIPT.load(self.client)
@@ -187,18 +257,78 @@ class ReadModelStore:
 
     async def pledge(self, campaign_id: str, pledge_id: str) -> PledgeRow | None:
         status, doc, refusal, cancel, since = await self.client.hmget(
-            self.keys.pledge(campaign_id, pledge_id),
-            ["status", "doc", "refusal", "cancel", "pending_since"],
+            self.keys.pledge(campaign_id, pledge_id), _PLEDGE_FIELDS
         )
         if status is None or doc is None:
             return None
-        return PledgeRow(
-            status=_text(status) or "",
-            doc=orjson.loads(doc),
-            refusal=orjson.loads(refusal) if refusal else None,
-            cancel=orjson.loads(cancel) if cancel else None,
-            pending_since=int(since) if since else None,
+        return _pledge_row(status, doc, refusal, cancel, since)
+
+    async def campaign_page(
+        self, tenant_id: str, status: str, after: str, limit: int
+    ) -> tuple[list[CampaignRow], str | None]:
+        """Up to ``limit`` of the tenant's campaigns with ``status`` (``all``, ``open``,
+        ``closed``) whose id sorts after ``after`` (``""``: from the first), in id order, and
+        the id to resume after (None: no more)."""
+        index = self.keys.campaign_index(tenant_id, status)
+        found, more = await self._page(
+            index, self.keys.campaign(""), _CAMPAIGN_FIELDS, after, limit
         )
+        rows = [
+            CampaignRow(int(seq), _text(tenant), orjson.loads(doc) if doc else None)
+            for seq, tenant, doc in found
+            if seq is not None
+        ]
+        return rows, more
+
+    async def pledge_page(
+        self, campaign_id: str, status: str, after: str, limit: int
+    ) -> tuple[list[PledgeRow], str | None]:
+        """Up to ``limit`` of the campaign's pledges with ``status`` (or ``all``) whose id
+        sorts after ``after``, in id order, and the id to resume after (None: no more)."""
+        index = self.keys.pledge_index(campaign_id, status)
+        prefix = self.keys.pledge(campaign_id, "")
+        found, more = await self._page(index, prefix, _PLEDGE_FIELDS, after, limit)
+        rows = [
+            _pledge_row(row_status, doc, refusal, cancel, since)
+            for row_status, doc, refusal, cancel, since in found
+            if row_status is not None and doc is not None
+        ]
+        return rows, more
+
+    async def _page(
+        self, index: str, row_prefix: str, fields: list[str], after: str, limit: int
+    ) -> tuple[list[list[Any]], str | None]:
+        """One script call: the index's next ``limit`` members and their rows' ``fields``
+        (a consistent snapshot in one round trip: a pipeline of one HMGET per row cost the
+        API more CPU than the rest of a page)."""
+        low = f"({after}" if after else "-"
+        reply: list[Any] = await self._page_script(
+            keys=[index], args=[low, limit + 1, row_prefix, *fields]
+        )
+        width = len(fields) + 1
+        rows = [reply[i : i + width] for i in range(0, len(reply), width)]
+        more = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1][0]
+            more = last.decode() if isinstance(last, bytes) else str(last)
+        return [row[1:] for row in rows], more
+
+    async def event_page(
+        self, campaign_id: str, after_seq: int, limit: int
+    ) -> tuple[list[bytes], int | None]:
+        """Up to ``limit`` of the campaign's events after ``after_seq`` (stored JSON, in seq
+        order) and the seq to resume after (None: no more yet)."""
+        found: list[Any] = await self.client.zrangebyscore(
+            self.keys.events(campaign_id),
+            f"({after_seq}",
+            "+inf",
+            start=0,
+            num=limit + 1,
+            withscores=True,
+        )
+        more = int(found[limit - 1][1]) if len(found) > limit else None
+        return [bytes(member) for member, _seq in found[:limit]], more
 
     async def decision(self, command_id: str) -> dict[str, Any] | None:
         raw = await self.client.get(self.keys.decision(command_id))
@@ -216,6 +346,26 @@ class ReadModelStore:
         if batch:
             deleted += await self.client.unlink(*batch)
         return deleted
+
+
+_PLEDGE_FIELDS = ["status", "doc", "refusal", "cancel", "pending_since"]
+_CAMPAIGN_FIELDS = ["seq", "tenant", "doc"]
+
+
+def _pledge_row(
+    status: bytes | str,
+    doc: bytes | str,
+    refusal: bytes | str | None,
+    cancel: bytes | str | None,
+    since: bytes | str | None,
+) -> PledgeRow:
+    return PledgeRow(
+        status=_text(status) or "",
+        doc=orjson.loads(doc),
+        refusal=orjson.loads(refusal) if refusal else None,
+        cancel=orjson.loads(cancel) if cancel else None,
+        pending_since=int(since) if since else None,
+    )
 
 
 def _text(value: bytes | str | None) -> str | None:

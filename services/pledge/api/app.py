@@ -32,8 +32,10 @@ from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE, AutoPipel
 from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
 from services.pledge.api.auth import ApiKeys
 from services.pledge.api.config import ApiSettings, api_settings
+from services.pledge.api.cursors import CursorCodec
 from services.pledge.api.fastpath import FastWrites
 from services.pledge.api.ingest import Ingest
+from services.pledge.api.listing import add_listing_routes
 from services.pledge.api.models import (
     ID_PATTERN,
     BatchRequest,
@@ -259,6 +261,8 @@ def create_app(
         request: Request, campaign_id: str = _CampaignId, pledge_id: str = _PledgeId
     ) -> Response:
         return await ingest().get_pledge(request.scope, campaign_id, pledge_id)
+
+    add_listing_routes(app, ingest, CursorCodec(config.cursor_key()), _CampaignId)
 
     @app.post(
         "/v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel",

@@ -8,7 +8,10 @@ fields it needs.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import hashlib
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
 
 from services.streams.config import StreamSettings
 
@@ -24,6 +27,8 @@ class ApiSettings(StreamSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     #: uvicorn worker processes of ``pledgeflow api run``.
     api_workers: int = Field(default=1, ge=1)
+    #: ASGI server of ``pledgeflow api run``: ``uvicorn`` (uvloop + httptools) or ``granian``.
+    api_server: Literal["uvicorn", "granian"] = "uvicorn"
     #: Largest request body accepted (bytes); larger answers 413.
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Token bucket per API key: sustained requests per second and burst size.
@@ -48,6 +53,15 @@ class ApiSettings(StreamSettings):
     api_produce_interval_ms: float = Field(default=4.0, ge=0, le=1000)
     #: Most items in one ``POST /v1/pledges/batch``.
     api_batch_max_items: int = Field(default=1000, ge=1)
+    #: Key of the listing cursors' HMAC; every replica must share it. Unset: derived from
+    #: ``api_keys`` (already a secret every replica shares).
+    api_cursor_secret: SecretStr | None = None
+
+    def cursor_key(self) -> bytes:
+        """The HMAC key of listing cursors."""
+        if self.api_cursor_secret is not None:
+            return self.api_cursor_secret.get_secret_value().encode()
+        return hashlib.sha256(b"pledgeflow listing cursors\n" + self.api_keys.encode()).digest()
 
 
 def api_settings(settings: BaseModel | None = None) -> ApiSettings:

@@ -49,11 +49,18 @@ from services.pledge.api.reading import (
     read_body,
 )
 from services.pledge.api.responses import (
-    JSON,
     RawResponse,
     json_response,
     raw_headers,
     stored_response,
+)
+from services.pledge.api.views import (
+    campaign_etag,
+    conditional,
+    pledge_etag,
+    pledge_view,
+    pledge_visible,
+    visible_campaign,
 )
 from services.pledge.metrics_api import ApiMetrics
 from services.pledge.projection import pending_pledge_row
@@ -386,48 +393,29 @@ class Ingest:
 
     async def get_campaign(self, scope: Scope, campaign_id: str) -> Response:
         """``GET /v1/campaigns/{campaign_id}``: the tenant's own campaign, read under its
-        qualified id, and only shown when the stored document says it is that campaign."""
-        principal = await self.authenticate(scope, header_map(scope))
+        qualified id and only shown when the stored document says it is that campaign; the
+        ``ETag`` is its seq (``If-None-Match`` -> 304)."""
+        headers = header_map(scope)
+        principal = await self.authenticate(scope, headers)
         await self.pipeline.charge(principal, "/v1/campaigns/{campaign_id}")
         qualified = qualify(principal.tenant_id, campaign_id)
         row = await self.reads.campaign(qualified)
-        if (
-            row is None
-            or row.doc is None
-            or row.doc.get("status") not in ("open", "closed")
-            or row.tenant_id != principal.tenant_id
-            or row.doc.get("campaign_id") != qualified
-        ):
+        doc = visible_campaign(row, principal.tenant_id, qualified)
+        if row is None or doc is None:
             raise ProblemError("not-found", "no such campaign (or not projected yet)")
-        return Response(orjson.dumps({**row.doc, "campaign_id": campaign_id}), media_type=JSON)
+        return conditional(headers, orjson.dumps(doc), campaign_etag(row.seq))
 
     async def get_pledge(self, scope: Scope, campaign_id: str, pledge_id: str) -> Response:
-        """``GET /v1/campaigns/{campaign_id}/pledges/{pledge_id}``."""
-        principal = await self.authenticate(scope, header_map(scope))
+        """``GET /v1/campaigns/{campaign_id}/pledges/{pledge_id}`` (``ETag`` / 304)."""
+        headers = header_map(scope)
+        principal = await self.authenticate(scope, headers)
         await self.pipeline.charge(principal, "/v1/campaigns/{campaign_id}/pledges/{pledge_id}")
         qualified = qualify(principal.tenant_id, campaign_id)
         row = await self.reads.pledge(qualified, pledge_id)
         # The stored document must be this very (tenant, campaign, pledge): a key that some
         # other layout or writer let collide is never shown.
-        if (
-            row is None
-            or row.doc.get("campaign_id") != qualified
-            or row.doc.get("pledge_id") != pledge_id
-            or row.doc.get("tenant_id", principal.tenant_id) != principal.tenant_id
-        ):
+        if row is None or not pledge_visible(row, principal.tenant_id, qualified, pledge_id):
             raise ProblemError("not-found", "no such pledge")
-        view = {k: v for k, v in row.doc.items() if k != "tenant_id"}
-        view["campaign_id"] = campaign_id
-        view["status"] = row.status
-        view["last_refusal"] = row.refusal
-        if (
-            row.status == "pending"
-            and row.pending_since is not None
-            and time.time() * 1000 - row.pending_since > self.pending_expiry_ms
-        ):
-            # No decision came for far longer than a decision takes: say so, not "pending".
-            view["status"] = "expired"
-            view["reason"] = "no_decision"
-        if row.cancel is not None:
-            view["seq"], view["reason"] = row.cancel["seq"], row.cancel["reason"]
-        return Response(orjson.dumps(view), media_type=JSON)
+        expire_before_ms = time.time() * 1000 - self.pending_expiry_ms
+        body = orjson.dumps(pledge_view(row, expire_before_ms))
+        return conditional(headers, body, pledge_etag(body))

@@ -45,6 +45,7 @@ __all__ = [
     "BatchResponse",
     "CampaignAccepted",
     "CampaignDecided",
+    "CampaignPage",
     "CampaignView",
     "CancelAccepted",
     "CancelDecided",
@@ -52,11 +53,14 @@ __all__ = [
     "CloseAccepted",
     "CloseDecided",
     "CloseRequest",
+    "EventPage",
+    "EventView",
     "FieldError",
     "LaunchRequest",
     "MoneyBody",
     "PledgeAccepted",
     "PledgeDecided",
+    "PledgePage",
     "PledgeRequest",
     "PledgeView",
     "Problem",
@@ -318,6 +322,47 @@ class PledgeView(_Out):
     detail: str | None
     last_refusal: Refusal | None = Field(
         default=None, description="A later operation on it that was refused (a cancellation)."
+    )
+
+
+class EventView(_Out):
+    """One of a campaign's events as the processor wrote it (its envelope, hash chain too)."""
+
+    event_id: str
+    event_type: str
+    schema_version: int
+    campaign_id: str
+    stream: str
+    seq: int = Field(description="Position in the campaign's stream (1, 2, 3...).")
+    occurred_at: str
+    causation_id: str
+    correlation_id: str
+    prev_hash: str
+    hash: str
+    payload: dict[str, Any]
+
+
+class CampaignPage(_Out):
+    """A page of ``GET /v1/campaigns``."""
+
+    data: list[CampaignView]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: end.")
+
+
+class PledgePage(_Out):
+    """A page of ``GET /v1/campaigns/{campaign_id}/pledges``."""
+
+    data: list[PledgeView]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: end.")
+
+
+class EventPage(_Out):
+    """A page of ``GET /v1/campaigns/{campaign_id}/events``."""
+
+    data: list[EventView]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null: no newer event yet (poll again "
+        "with `after_seq` = the last `seq` seen)."
     )
 
 

@@ -18,6 +18,7 @@ from services.pledge.api.models import (
     BatchResponse,
     CampaignAccepted,
     CampaignDecided,
+    CampaignPage,
     CampaignView,
     CancelAccepted,
     CancelDecided,
@@ -25,14 +26,18 @@ from services.pledge.api.models import (
     CloseAccepted,
     CloseDecided,
     CloseRequest,
+    EventPage,
+    EventView,
     LaunchRequest,
     PledgeAccepted,
     PledgeDecided,
+    PledgePage,
     PledgeRequest,
     PledgeView,
     Problem,
     json_schema_of,
 )
+from services.pledge.api.openapi_docs import LICENSE, OPERATIONS, PROBLEM_EXAMPLE, SERVERS, TAGS
 from services.pledge.api.problems import PROBLEM_MEDIA_TYPE
 
 __all__ = [
@@ -153,6 +158,10 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         BatchResponse,
         CampaignView,
         PledgeView,
+        CampaignPage,
+        PledgePage,
+        EventPage,
+        EventView,
     )
     for model in models:
         model_schema = json_schema_of(model)
@@ -161,9 +170,34 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     components["securitySchemes"] = {
         "bearerAuth": {"type": "http", "scheme": "bearer", "description": "API key"}
     }
+    schema["servers"] = SERVERS
+    schema["tags"] = TAGS
+    schema["info"]["license"] = LICENSE
     for path, operations in schema["paths"].items():
-        if path.startswith("/v1/"):
-            for operation in operations.values():
-                operation["security"] = [{"bearerAuth": []}]
+        for method, operation in operations.items():
+            # The ops probes take no API key (``security: []`` overrides nothing global).
+            operation["security"] = [{"bearerAuth": []}] if path.startswith("/v1/") else []
+            _document(operation, OPERATIONS.get((method, path), {}))
     app.openapi_schema = schema
     return schema
+
+
+def _document(operation: dict[str, Any], docs: dict[str, Any]) -> None:
+    """Merge an operation's description and examples (``openapi_docs.OPERATIONS``) in."""
+    if docs.get("description"):
+        operation["description"] = docs["description"]
+    operation.setdefault("description", operation.get("summary", ""))
+    if "request" in docs:
+        for media in operation.get("requestBody", {}).get("content", {}).values():
+            media["example"] = docs["request"]
+    for status, response in operation.get("responses", {}).items():
+        for media_type, media in response.get("content", {}).items():
+            if media_type == PROBLEM_MEDIA_TYPE:
+                media["example"] = {**PROBLEM_EXAMPLE, "status": int(status)}
+                if status != "422":
+                    media["example"].pop("errors")
+                    media["example"]["type"] = "https://pledgeflow.dev/problems/unavailable"
+                    media["example"]["title"] = response["description"]
+                    media["example"]["detail"] = response["description"]
+            elif status in docs.get("responses", {}):
+                media["example"] = docs["responses"][status]

@@ -132,11 +132,33 @@ class DecisionReader(Protocol):
 
 
 class ReadModelReader(Protocol):
-    """The read model's rows behind the GET routes."""
+    """The read model's rows behind the GET routes and the listings (whose order never
+    changes under a cursor: ids sort lexically, events by seq)."""
 
     async def campaign(self, campaign_id: str) -> CampaignRow | None: ...
 
     async def pledge(self, campaign_id: str, pledge_id: str) -> PledgeRow | None: ...
+
+    async def campaign_page(
+        self, tenant_id: str, status: str, after: str, limit: int
+    ) -> tuple[list[CampaignRow], str | None]:
+        """The tenant's campaigns with ``status`` (or ``all``) after id ``after``, in id
+        order, and the id to resume after (None: no more)."""
+        ...
+
+    async def pledge_page(
+        self, campaign_id: str, status: str, after: str, limit: int
+    ) -> tuple[list[PledgeRow], str | None]:
+        """The campaign's pledges with ``status`` (or ``all``) after id ``after``, in id
+        order, and the id to resume after (None: no more)."""
+        ...
+
+    async def event_page(
+        self, campaign_id: str, after_seq: int, limit: int
+    ) -> tuple[list[bytes], int | None]:
+        """The campaign's events after ``after_seq`` as stored JSON, in seq order, and the
+        seq to resume after (None: no more yet)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ TYPES: dict[str, tuple[int, str]] = {
     "request-in-progress": (409, "A request with this Idempotency-Key is still in progress"),
     "unauthorized": (401, "Missing or unknown API key"),
     "not-found": (404, "Not found"),
+    "invalid-cursor": (400, "Cursor not issued for this listing"),
     "method-not-allowed": (405, "Method not allowed"),
     "payload-too-large": (413, "Request body too large"),
     "unsupported-media-type": (415, "Unsupported media type"),

@@ -63,6 +63,8 @@ class FakeReadModel:
     campaigns: dict[str, CampaignRow] = field(default_factory=dict)
     pledges: dict[tuple[str, str], PledgeRow] = field(default_factory=dict)
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: campaign id -> seq -> the event's public JSON
+    events: dict[str, dict[int, bytes]] = field(default_factory=dict)
     down: bool = False
 
     def launched(self, campaign_id: str, tenant_id: str) -> None:
@@ -88,6 +90,42 @@ class FakeReadModel:
     async def decision(self, command_id: str) -> dict[str, Any] | None:
         self._reach()
         return self.decisions.get(command_id)
+
+    async def campaign_page(
+        self, tenant_id: str, status: str, after: str, limit: int
+    ) -> tuple[list[CampaignRow], str | None]:
+        self._reach()
+        ids = sorted(
+            campaign_id
+            for campaign_id, row in self.campaigns.items()
+            if row.tenant_id == tenant_id
+            and row.doc is not None
+            and status in ("all", row.doc.get("status"))
+            and campaign_id > after
+        )
+        more = ids[limit - 1] if len(ids) > limit else None
+        return [self.campaigns[c] for c in ids[:limit]], more
+
+    async def pledge_page(
+        self, campaign_id: str, status: str, after: str, limit: int
+    ) -> tuple[list[PledgeRow], str | None]:
+        self._reach()
+        ids = sorted(
+            pledge_id
+            for (owner, pledge_id), row in self.pledges.items()
+            if owner == campaign_id and status in ("all", row.status) and pledge_id > after
+        )
+        more = ids[limit - 1] if len(ids) > limit else None
+        return [self.pledges[(campaign_id, p)] for p in ids[:limit]], more
+
+    async def event_page(
+        self, campaign_id: str, after_seq: int, limit: int
+    ) -> tuple[list[bytes], int | None]:
+        self._reach()
+        found = [(seq, raw) for seq, raw in sorted(self.events.get(campaign_id, {}).items())]
+        found = [(seq, raw) for seq, raw in found if seq > after_seq]
+        more = found[limit - 1][0] if len(found) > limit else None
+        return [raw for _seq, raw in found[:limit]], more
 
 
 class FakeIngestGate:
