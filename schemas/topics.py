@@ -277,8 +277,13 @@ async def ensure_topics(
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
+    # PLEDGEFLOW_KAFKA_* client security (TLS + SCRAM in prod), like every other client.
+    from services.streams.kafka_security import kafka_client_kwargs
+
     specs = topics.all() if isinstance(topics, Topics) else list(topics)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, **kafka_client_kwargs(), request_timeout_ms=timeout_ms
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -32,6 +32,7 @@ from services.audit.checkpoints import (
 )
 from services.audit.metrics import CheckpointerMetrics
 from services.audit.sources import KafkaSourceError, reading_consumer, stop_consumer
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = [
     "checkpoints_for_export",
@@ -106,7 +107,9 @@ async def publish(bootstrap: str, topic: str, checkpoints: list[Checkpoint]) -> 
     """Write checkpoints keyed by tenant (acks=all: a checkpoint that is not durable is none)."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, **kafka_client_kwargs(), acks="all", enable_idempotence=True
+    )
     await producer.start()
     try:
         for checkpoint in checkpoints:

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.streams.kafka_security import KafkaSecurity
+
 
 class AuditSettings(BaseSettings):
     """Where the auditor looks when no option says otherwise."""
@@ -14,6 +16,8 @@ class AuditSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PLEDGEFLOW_", extra="ignore")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    #: TLS + SCRAM client security (``PLEDGEFLOW_KAFKA_SECURITY_PROTOCOL`` etc., own prefix).
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     #: Prepended to every topic name (and read-model key namespace).
     topic_prefix: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -30,6 +30,7 @@ import orjson
 from services.audit.archive import Manifest, SegmentInfo, read_index, read_lines
 from services.audit.engine import Finding, PartitionAuditor, PartitionResult
 from services.audit.fold import CampaignFold
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = [
     "AuditRun",
@@ -276,6 +277,7 @@ def reading_consumer(bootstrap: str) -> Any:
 
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
+        **kafka_client_kwargs(),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
@@ -308,7 +310,9 @@ async def discover(bootstrap: str, topics: list[str]) -> int:
     counts differ (a campaign's events would then be split across partition numbers)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, **kafka_client_kwargs(), request_timeout_ms=10_000
+    )
     try:
         await admin.start()
     except Exception as exc:
@@ -395,7 +399,9 @@ async def _events_per_partition(
     across ``topics`` now: the progress total and the weight of balancing workers."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, **kafka_client_kwargs(), enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for topic in topics for p in partitions]

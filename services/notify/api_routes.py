@@ -27,6 +27,7 @@ from services.notify.registrations import InvalidRegistration, Registrations
 from services.pledge.api.auth import ApiKeys
 from services.pledge.api.openapi import COMMON, problem_content
 from services.pledge.api.problems import ProblemError
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["notify_router"]
 
@@ -98,6 +99,7 @@ def notify_router(settings: BaseSettings, keys: ApiKeys) -> APIRouter:
                 client = aioredis.Redis.from_url(notify.redis_url)
                 producer = AIOKafkaProducer(
                     bootstrap_servers=notify.kafka_bootstrap,
+                    **kafka_client_kwargs(),
                     acks="all",
                     enable_idempotence=True,
                     request_timeout_ms=10_000,

@@ -44,6 +44,7 @@ from services.notify.metrics import NotifyMetrics
 from services.notify.partitioning import partition_function
 from services.notify.worker import NotifyService, RegistrationFeed
 from services.streams import CoPartitionedAssignor, DeadLetter
+from services.streams.kafka_security import faust_broker_credentials, kafka_client_kwargs
 
 __all__ = ["NotifyFaustApp", "create_app", "main"]
 
@@ -147,7 +148,10 @@ class _Parts:
         s = self.settings
         await ensure_topics(s.kafka_bootstrap, self.topics)  # idempotent; registry-wide
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True
+            bootstrap_servers=s.kafka_bootstrap,
+            **kafka_client_kwargs(s.kafka_security),
+            acks="all",
+            enable_idempotence=True,
         )
         await self.producer.start()
         self.dispatcher = Dispatcher(
@@ -192,6 +196,7 @@ def create_app(
     app = NotifyFaustApp(
         f"{s.topic_prefix}{s.notify_group}",
         broker=f"kafka://{s.kafka_bootstrap}",
+        broker_credentials=faust_broker_credentials(s.kafka_security),
         store="memory://",
         datadir=s.notify_data_dir,
         web_enabled=False,

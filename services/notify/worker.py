@@ -39,6 +39,7 @@ from services.streams import (
     dead_letter,
     judge_event,
 )
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["NotifyService", "RegistrationFeed"]
 
@@ -189,6 +190,7 @@ class RegistrationFeed:
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
+            **kafka_client_kwargs(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from schemas.topics import Topics, TopicSpec
+from services.ops.kafka_users import kafka_users
 
 __all__ = [
     "CLUSTER",
@@ -96,6 +97,12 @@ def kafka_topics(topics: Topics | None = None) -> str:
     return _HEADER + body
 
 
+def kafka_users_yaml() -> str:
+    """The prod overlay's ``KafkaUser`` documents (services/ops/kafka_users.py)."""
+    body: str = yaml.safe_dump_all(kafka_users(), sort_keys=False, explicit_start=True)
+    return _HEADER + body
+
+
 def prometheus_rule(alerts_yaml: str) -> str:
     """The rule file ``alerts_yaml`` as a ``PrometheusRule`` of the Prometheus operator."""
     groups = yaml.safe_load(alerts_yaml)["groups"]
@@ -128,6 +135,7 @@ def render(repo: Path) -> list[Rendered]:
     alerts = (repo / "deploy" / "prometheus" / "alerts.yml").read_text(encoding="utf-8")
     return [
         Rendered(base / "kafka-topics.yaml", kafka_topics()),
+        Rendered(repo / "deploy/k8s/overlays/prod/kafka-users.yaml", kafka_users_yaml()),
         Rendered(base / "prometheus-rules.yaml", prometheus_rule(alerts)),
         Rendered(base / "dashboards" / "pledgeflow.json", dashboard),
     ]

@@ -6,14 +6,14 @@ kustomize, then checks every resource:
 * built-in kinds (Deployment, Service, NetworkPolicy, HPA...) against the Kubernetes API's
   own OpenAPI-derived JSON Schemas shipped in PyPI's ``kubernetes-validate``, in strict mode
   (an unknown or misspelt field is an error);
-* CRD kinds whose schemas a registry serves: KEDA's ``ScaledObject`` and the Prometheus
-  operator's ``ServiceMonitor``, ``PodMonitor``, ``PrometheusRule`` (npm
-  ``@kubernetes-models/*`` via ``deploy/check/validate-crds.mjs``);
+* CRD kinds whose schemas a registry serves: KEDA's ``ScaledObject`` and
+  ``TriggerAuthentication``, and the Prometheus operator's ``ServiceMonitor``, ``PodMonitor``,
+  ``PrometheusRule`` (npm ``@kubernetes-models/*`` via ``deploy/check/validate-crds.mjs``);
 * what no schema can say: a KEDA Kafka trigger names the bootstrap Service by its fully
   qualified name in the resource's own namespace (the operator resolves it from ``keda``),
   and the Kafka listener admits the KEDA operator's namespace.
 
-Strimzi's kinds (Kafka, KafkaNodePool, KafkaTopic) have no schema in a reachable registry
+Strimzi's kinds (Kafka, KafkaNodePool, KafkaTopic, KafkaUser) have no schema in a reachable registry
 (its Maven ``api`` jar holds Java classes): they are reported as not schema-checked.
 """
 
@@ -45,6 +45,7 @@ KUBERNETES_VERSION = "1.33"
 CRD_KINDS = frozenset(
     {
         "keda.sh/v1alpha1/ScaledObject",
+        "keda.sh/v1alpha1/TriggerAuthentication",
         "monitoring.coreos.com/v1/PodMonitor",
         "monitoring.coreos.com/v1/PrometheusRule",
         "monitoring.coreos.com/v1/ServiceMonitor",

@@ -8,6 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from schemas.topics import Topics, unserved
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["TopicsNotReady", "wait_for_topics"]
 
@@ -41,7 +42,9 @@ async def wait_for_topics(bootstrap: str, topics: Topics, within: float) -> None
 
 
 async def _missing(bootstrap: str, wanted: dict[str, int]) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, **kafka_client_kwargs(), request_timeout_ms=5000
+    )
     await admin.start()
     try:
         described = await admin.describe_topics(list(wanted))

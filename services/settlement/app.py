@@ -54,6 +54,7 @@ from services.streams import (
     replay_partition,
     stream_metrics,
 )
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["SettlementWorker", "build_gateway"]
 
@@ -130,6 +131,7 @@ class SettlementWorker:
         await ensure_topics(self.settings.kafka_bootstrap, self.topics)
         self._commands = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_client_kwargs(self.settings.kafka_security),
             isolation_level="read_committed",
             enable_auto_commit=False,
             group_id=None,
@@ -140,6 +142,7 @@ class SettlementWorker:
         )
         self._token_reader = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_client_kwargs(self.settings.kafka_security),
             isolation_level="read_committed",
             enable_auto_commit=False,
             group_id=None,

@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import Topics
+from services.streams.kafka_security import KafkaSecurity
 
 __all__ = ["StreamSettings"]
 
@@ -20,6 +21,8 @@ class StreamSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PLEDGEFLOW_", extra="ignore")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    #: TLS + SCRAM client security (``PLEDGEFLOW_KAFKA_SECURITY_PROTOCOL`` etc., own prefix).
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Prepended to every topic name (tests use a unique prefix per test on a shared broker).
     topic_prefix: str = ""

@@ -20,6 +20,7 @@ from schemas.codec import decode_raw, envelope_from_raw, message_key
 from schemas.envelope import Envelope
 from schemas.errors import DecodeError
 from schemas.events import EVENT_TYPES
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = [
     "Cause",
@@ -137,7 +138,10 @@ class DeadLetterSender:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True
+            bootstrap_servers=bootstrap,
+            **kafka_client_kwargs(),
+            acks="all",
+            enable_idempotence=True,
         )
 
     async def start(self) -> None:

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.partitioner import murmur2
 
 from schemas.topics import SNAPSHOT_MAX_MESSAGE_BYTES
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["key_partition", "read_to_end", "transactional_producer"]
 
@@ -28,6 +29,7 @@ def transactional_producer(
     same id and aborts its pending transaction (Kafka's zombie fencing)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
+        **kafka_client_kwargs(),
         transactional_id=transactional_id,
         enable_idempotence=True,
         acks="all",
@@ -62,6 +64,7 @@ async def read_to_end(
     tps = list(partitions)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
+        **kafka_client_kwargs(),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",

@@ -43,6 +43,7 @@ from schemas.envelope import Envelope
 from services.streams import transactional_marks
 from services.streams.assignor import CoPartitionedAssignor
 from services.streams.dead_letters import DeadLetterSender, Rejected, judge_event
+from services.streams.kafka_security import kafka_client_kwargs
 from services.streams.metrics import StreamMetrics, stream_metrics
 from services.streams.orderer import SeqOrderer, StreamKey
 
@@ -160,6 +161,7 @@ class OrderedStreamReader:
         await self._dlq.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
+            **kafka_client_kwargs(),
             group_id=self.group_id,
             isolation_level="read_committed",
             enable_auto_commit=False,

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from services.notify.adapters.kafka_topics import topic_partitions
 from services.notify.domain import Notification
 from services.notify.records import decode_notification, encode_notification
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["KafkaDeadLetters", "read_dead_letters"]
 
@@ -51,6 +52,7 @@ async def read_dead_letters(
     notification may be queued twice, and is sent with the same id)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
+        **kafka_client_kwargs(),
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.streams.kafka_security import kafka_client_kwargs
+
 __all__ = ["topic_partitions"]
 
 
 async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     """The partition numbers of ``topic``; LookupError if the broker does not have it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_client_kwargs())
     await admin.start()
     try:
         described = await admin.describe_topics([topic])

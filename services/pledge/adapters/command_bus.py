@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from schemas.codec import message_key
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["CommandBus", "CommandLogTimeout"]
 
@@ -56,6 +57,7 @@ class CommandBus:
         self.topic = topic
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
+            **kafka_client_kwargs(),
             acks="all",
             enable_idempotence=True,
             linger_ms=0,  # the flusher decides when batches leave

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from services.streams import read_to_end
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["KafkaPaymentTokens", "forget_payment_token", "load_payment_tokens"]
 
@@ -32,7 +33,11 @@ class KafkaPaymentTokens:
         self.topic = topic
         self._send_timeout = send_timeout_s
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+            bootstrap_servers=bootstrap,
+            **kafka_client_kwargs(),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
         )
 
     async def start(self) -> None:

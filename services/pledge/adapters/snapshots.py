@@ -29,6 +29,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from services.pledge.domain import CampaignState
 from services.streams import read_to_end
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = [
     "MANIFEST_KEY",
@@ -131,7 +132,7 @@ async def snapshot_limit(bootstrap: str, topic: str) -> int:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_client_kwargs())
     try:
         await admin.start()
         resource = ConfigResource(ConfigResourceType.TOPIC, topic)

@@ -43,6 +43,7 @@ from services.pledge.processor.metrics import ProcessorMetrics, processor_metric
 from services.pledge.processor.partition import Outbox, OwnedPartition, PoisonCommand
 from services.pledge.processor.recovery import recover_partition
 from services.streams import BeforeCommit, PartitionWriter
+from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["BeforeCommit", "Clock", "Processor", "utc_now"]
 
@@ -115,6 +116,7 @@ class Processor:
             gc.set_threshold(s.processor_gc_gen0_threshold, gen1, gen2)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
+            **kafka_client_kwargs(s.kafka_security),
             group_id=self.group_id,
             group_instance_id=s.processor_instance_id,
             enable_auto_commit=False,

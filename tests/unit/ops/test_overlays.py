@@ -49,15 +49,18 @@ def test_each_overlay_is_valid_and_says_which_kinds_were_checked(
     assert report.errors == []
     assert {"apps/v1/Deployment", "apps/v1/StatefulSet", "networking.k8s.io/v1/NetworkPolicy",
             "autoscaling/v2/HorizontalPodAutoscaler", "v1/Service"} <= report.builtin  # fmt: skip
+    # prod adds Kafka authentication: KEDA's TriggerAuthentication (schema-checked) and
+    # Strimzi KafkaUsers (no schema available).
+    prod_only = overlay == "prod"
     assert report.crds == {
         "keda.sh/v1alpha1/ScaledObject",
         "monitoring.coreos.com/v1/PodMonitor",
         "monitoring.coreos.com/v1/PrometheusRule",
         "monitoring.coreos.com/v1/ServiceMonitor",
-    }
+    } | ({"keda.sh/v1alpha1/TriggerAuthentication"} if prod_only else set())
     assert {kind.split("/")[-1] for kind in report.unchecked} == {
         "Kafka", "KafkaNodePool", "KafkaTopic",
-    }  # fmt: skip
+    } | ({"KafkaUser"} if prod_only else set())  # fmt: skip
 
 
 def test_a_misspelt_field_of_a_builtin_kind_is_an_error(prod: list[dict[str, Any]]) -> None:
@@ -81,7 +84,8 @@ def test_a_wrong_type_in_a_crd_is_an_error(prod: list[dict[str, Any]]) -> None:
 
 
 def test_keda_reaches_kafka_by_its_fully_qualified_name_in_each_overlay(kustomize: Path) -> None:
-    for overlay, namespace in (("dev", "pledgeflow-dev"), ("prod", "pledgeflow")):
+    # prod: the TLS + SCRAM listener on 9093 only (docs/security.md).
+    for overlay, namespace, port in (("dev", "pledgeflow-dev", 9092), ("prod", "pledgeflow", 9093)):
         resources = build(kustomize, OVERLAYS / overlay)
         servers = {
             trigger["metadata"]["bootstrapServers"]
@@ -89,8 +93,34 @@ def test_keda_reaches_kafka_by_its_fully_qualified_name_in_each_overlay(kustomiz
             if r["kind"] == "ScaledObject"
             for trigger in r["spec"]["triggers"]
         }
-        assert servers == {f"pledgeflow-kafka-bootstrap.{namespace}.svc.cluster.local:9092"}
+        assert servers == {f"pledgeflow-kafka-bootstrap.{namespace}.svc.cluster.local:{port}"}
         assert check_keda_reaches_kafka(resources) == []
+
+
+def test_prod_kafka_takes_only_tls_scram_clients_and_keda_authenticates(
+    prod: list[dict[str, Any]],
+) -> None:
+    kafka = _one(prod, "Kafka", "pledgeflow")["spec"]
+    assert [
+        (lst["port"], lst["tls"], lst["authentication"]) for lst in kafka["kafka"]["listeners"]
+    ] == [(9093, True, {"type": "scram-sha-512"})]
+    assert kafka["kafka"]["authorization"] == {"type": "simple"}
+    assert "userOperator" in kafka["entityOperator"]
+    for scaled in (r for r in prod if r["kind"] == "ScaledObject"):
+        assert scaled["spec"]["triggers"][0]["authenticationRef"] == {"name": "pledgeflow-kafka"}
+    for workload in (r for r in prod if r["kind"] in ("Deployment", "StatefulSet")):
+        pod = workload["spec"]["template"]["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if container["name"] in ("redis",):
+                continue
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env["PLEDGEFLOW_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL", container[
+                "name"
+            ]
+            user = env["PLEDGEFLOW_KAFKA_SASL_USERNAME"]["value"]
+            assert env["PLEDGEFLOW_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+                "name": user, "key": "password"
+            }  # fmt: skip
 
 
 def test_a_short_bootstrap_name_or_a_listener_closed_to_keda_is_an_error(
