@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer
 
 from services.pledge.adapters.redis_readmodel import Keys
 from tests.support.api import (
@@ -25,6 +24,7 @@ from tests.support.api import (
     new_id,
     pledge_body,
     read_model_whole,
+    topic_values,
     write_headers,
 )
 from tests.support.infra import kafka_bootstrap, redis_url, unique_name
@@ -32,26 +32,6 @@ from tests.support.infra import kafka_bootstrap, redis_url, unique_name
 pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
-
-
-async def topic_values(settings: Any, name: str) -> list[bytes]:
-    """Every committed record value of one topic of the settings' prefix."""
-    consumer = AIOKafkaConsumer(
-        f"{settings.topic_prefix}{name}",
-        bootstrap_servers=settings.kafka_bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        found: list[bytes] = []
-        while batch := await consumer.getmany(timeout_ms=1000):
-            for records in batch.values():
-                found.extend(r.value for r in records if r.value is not None)
-        return found
-    finally:
-        await consumer.stop()
 
 
 def batch(n: int, campaign_id: str = "c-1") -> dict[str, Any]:

@@ -139,10 +139,10 @@ async def processor(settings: PledgeSettings) -> AsyncIterator[Any]:
         await proc.stop()
 
 
-async def events_of(settings: PledgeSettings, event_type: str) -> list[Any]:
-    """Every committed event of one type on the settings' topics."""
+async def topic_values(settings: PledgeSettings, name: str) -> list[bytes]:
+    """Every committed record value of one topic of the settings' prefix."""
     consumer = AIOKafkaConsumer(
-        f"{settings.topic_prefix}{event_type}",
+        f"{settings.topic_prefix}{name}",
         bootstrap_servers=settings.kafka_bootstrap,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
@@ -150,13 +150,18 @@ async def events_of(settings: PledgeSettings, event_type: str) -> list[Any]:
     )
     await consumer.start()
     try:
-        found: list[Any] = []
+        found: list[bytes] = []
         while batch := await consumer.getmany(timeout_ms=1000):
             for records in batch.values():
-                found.extend(decode(r.value) for r in records)
+                found.extend(r.value for r in records if r.value is not None)
         return found
     finally:
         await consumer.stop()
+
+
+async def events_of(settings: PledgeSettings, event_type: str) -> list[Any]:
+    """Every committed event of one type on the settings' topics."""
+    return [decode(value) for value in await topic_values(settings, event_type)]
 
 
 def new_id(prefix: str) -> str:
