@@ -7,8 +7,12 @@ settled per currency (counters in minor units); time from close to settled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from schemas.events import EVENT_TYPES, CloseOutcome
+from services.settlement.domain import CallKind
 
 __all__ = ["SettlementMetrics", "settlement_metrics"]
 
@@ -33,8 +37,10 @@ class SettlementMetrics:
 
 
 def settlement_metrics(registry: CollectorRegistry = REGISTRY) -> SettlementMetrics:
-    """Register the instruments on ``registry`` (tests pass their own)."""
-    return SettlementMetrics(
+    """Register the instruments on ``registry`` (tests pass their own); every child with a
+    known label value starts at 0, so a first capture or settlement after a restart is a rise
+    ``increase()`` sees, and the dashboard has a series before it."""
+    metrics = SettlementMetrics(
         gateway_calls=Counter(
             "pledgeflow_settlement_gateway_calls_total",
             "Gateway calls answered, by kind (authorize/capture/void/charge/refund) and outcome",
@@ -93,3 +99,13 @@ def settlement_metrics(registry: CollectorRegistry = REGISTRY) -> SettlementMetr
             registry=registry,
         ),
     )
+    for kind in get_args(CallKind):
+        metrics.gateway_latency.labels(kind)
+        for outcome in ("ok", "declined"):
+            metrics.gateway_calls.labels(kind, outcome)
+    for close_outcome in get_args(CloseOutcome):
+        metrics.campaigns_settled.labels(close_outcome)
+    for event_type, model in EVENT_TYPES.items():
+        if model.stream == "settlement":
+            metrics.events.labels(event_type)
+    return metrics
