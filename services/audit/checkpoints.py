@@ -1,6 +1,9 @@
 """Signed checkpoints: Ed25519 signatures over every chain head of a tenant, and the check
 that an archive extends them.
 
+Kept as one module: the checkpoint format, its signature and the extension check must
+agree byte for byte; docs/spec/event-log.md is their normative twin.
+
 A hash chain only proves internal consistency: whoever rewrites a campaign from its first
 event and re-hashes everything gets a chain that verifies. A checkpoint pins each chain's head
 ``(seq, hash)`` at a moment, signed with the platform's key; an auditor who kept it can later

@@ -1,5 +1,8 @@
 """``pledgeflow audit``: export, replay, verify, report. Read-only towards Kafka and Redis.
 
+Kept as one module: one Typer group whose commands are thin wiring over the audit modules;
+the exit-code and one-line-error conventions live in one place.
+
 Exit codes: 0 clean, 1 the log breaks a rule (the first bad event is named), 2 bad usage or an
 unreachable source (one line naming the option).
 """

@@ -1,5 +1,8 @@
 """The auditor's hot loop: verify each stored line's hash and chain link, then fold it.
 
+Kept as one module: the fast path and its slow-path fallback are one proof (below) and
+must be read together.
+
 **Why the fast path is exact.** A stored line is the canonical envelope, hash included. The
 canonical form sorts keys, so the ``hash`` member sits right before ``,"occurred_at":"``:
 ``line = body[:at] + ',"hash":"<64 hex>"' + body[at:]`` where ``body`` is exactly the bytes

@@ -1,5 +1,8 @@
 """Where audited events come from: an archive folder or the Kafka topics, read in parallel.
 
+Kept as one module: the archive and Kafka readers share the partition fan-out and the
+way findings are named, which must stay identical for both sources.
+
 Every campaign's events sit in one partition number of every topic (co-partitioning), so each
 partition is an independent unit of work: worker processes (``fork``, one per core by
 default) verify and fold whole partitions and send back only per-campaign summaries and

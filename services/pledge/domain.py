@@ -1,5 +1,9 @@
 """The pure domain of the pledge processor: campaign state, ``decide`` and ``evolve``.
 
+Kept as one module: ``decide`` and ``evolve`` share the state's private layout and every
+rule has its decision and its fold side by side; split apart they are how live state and
+replay drift.
+
 No I/O, no clock, no randomness: the processor passes ``now`` in, and the state is exactly the
 fold of ``evolve`` over the campaign's own event stream (``replay``), so a processor that
 crashed resumes with the very state it had. A business refusal is an event

@@ -1,5 +1,8 @@
 """The settlement worker's composition root: the single writer of the ``settlement`` stream.
 
+Kept as one module: assignment, replay, the loop and the transactional writes share one
+per-partition bookkeeping, and the order of their steps is the worker's correctness.
+
 Wiring only (the rules are in ``domain.py``, the call bookkeeping in ``engine.py``):
 
 * **Assignment of partition p** (the shared runtime's co-partitioned reader): start p's

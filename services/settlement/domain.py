@@ -1,5 +1,8 @@
 """The pure settlement domain: what a campaign still owes at the gateway, and what happened.
 
+Kept as one module: ``plan``, ``decide`` and the ledger lines all read the same folded
+state, and a rule's gateway call, its events and its money must be read together.
+
 No I/O, no clock, no randomness: the worker passes ``now`` in. Two functions over the folded
 :class:`~services.settlement.state.SettlementState`:
 

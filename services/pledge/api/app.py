@@ -1,6 +1,9 @@
 """The FastAPI application (the API process's composition root): adapters, routes, error
 handlers, metrics middleware, lifespan.
 
+Kept as one module: the API process's composition root - wiring only, in the order the
+process starts it.
+
 Handlers (``ingest.py``) take the raw ASGI scope and validate bodies themselves with
 pydantic's JSON parser (one pass, strict, field-named errors); the request schemas are still
 published in ``/openapi.json`` (``openapi.py``).

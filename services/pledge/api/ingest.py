@@ -1,6 +1,9 @@
 """The endpoints: one small handler each, between HTTP and the ports. The API never decides
 a pledge.
 
+Kept as one module: one small handler per endpoint, side by side, so the endpoints read
+as one table of the same pipeline.
+
 Every write is the same pipeline (see :mod:`~services.pledge.api.pipeline`): authenticate ->
 read body -> gate -> append command -> answer -> store. The handlers take the raw ASGI
 ``scope`` and ``receive`` whoever serves the route (the ASGI front for the two hot routes,

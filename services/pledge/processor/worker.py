@@ -1,5 +1,8 @@
 """The campaign processor's worker: the single writer of campaign events.
 
+Kept as one module: the loop, rebalancing and commit handling share the partition map
+and its lock; their interleaving is the fencing argument.
+
 One worker consumes ``pledge-commands`` in a consumer group (``read_committed``, no
 auto-commit). For every partition *p* it owns it keeps:
 
