@@ -71,7 +71,6 @@ from services.pledge.api.ops_port import ops_port_of
 from services.pledge.api.ports import IngestPorts
 from services.pledge.api.problems import ProblemError, problem_body, problem_response
 from services.pledge.api.responses import MetricsMiddleware, RequestMetrics, error_response
-from services.pledge.config import PledgeSettings
 from services.pledge.metrics_api import ApiMetrics, api_metrics
 from services.streams.log_limits import limit_repeated_root_logs
 
@@ -104,7 +103,7 @@ PortsFactory = Callable[[], AbstractAsyncContextManager[IngestPorts]]
 
 
 def create_app(
-    settings: ApiSettings | PledgeSettings | None = None,
+    settings: ApiSettings | None = None,
     *,
     registry: CollectorRegistry | None = None,
     ports: PortsFactory | None = None,
