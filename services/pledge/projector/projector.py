@@ -138,6 +138,14 @@ class Projector:
         another one (Redis replaced, or another projector began a rebuild)."""
         self._epoch_at = time.monotonic()
         current = await self.client.get(self._marker)
+        if current is None and self._epoch is None:
+            # Rebuilding after a loss: the marker (which tells the API the read model is
+            # whole) is written only once the replay has caught up with the log.
+            reader = self._require()
+            lag = reader.lag()
+            if lag and not any(lag.values()) and reader.held == 0:
+                await self._new_epoch()
+            return
         if current == self._epoch:
             return
         cause = "redis_empty" if current is None else "redis_replaced"
@@ -152,10 +160,7 @@ class Projector:
         self._reader = None
         await reader.stop()
         self._cache.clear()
-        if current is None:
-            await self._new_epoch()
-        else:
-            self._epoch = current
+        self._epoch = current  # None after a loss: written again once the replay caught up
         self.from_beginning = True
         await self._start_reader()
 
