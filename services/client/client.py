@@ -78,16 +78,64 @@ class _Page(Protocol[T_co]):
     def next_cursor(self) -> str | None: ...
 
 
-async def _walk(fetch: Callable[[str | None], Awaitable[_Page[T]]]) -> AsyncIterator[T]:
-    """Every item of a cursor listing. The next page is requested as soon as this one's
-    cursor is known, so the server builds it while the caller consumes this one."""
-    page = await fetch(None)
-    while True:
-        upcoming = None
-        if page.next_cursor is not None:
-            upcoming = asyncio.ensure_future(fetch(page.next_cursor))
+class _PageModel(Protocol[T_co]):
+    def model_validate_json(self, json_data: bytes) -> _Page[T_co]: ...
+
+
+#: A page's raw body for a cursor (None: the first page); ``extensions`` go to httpx.
+_FetchPage = Callable[[str | None, dict[str, Any]], Awaitable[bytes]]
+_CURSOR_MEMBER = b'"next_cursor":'
+#: httpcore's trace events once a request has been written out (the server has it).
+_REQUEST_SENT = frozenset({"http11.send_request_body.complete", "http2.send_request_body.complete"})
+
+
+def _next_cursor(raw: bytes) -> str | None:
+    """A page's ``next_cursor`` without parsing its items: the API writes it as the page's
+    last member. Anything else (another order, a malformed page) is read by a full parse;
+    the page's validation then judges it. JSON escapes every quote inside a string, so
+    ``"next_cursor":`` can only be a member name."""
+    at = raw.rfind(_CURSOR_MEMBER)
+    tail = raw[at + len(_CURSOR_MEMBER) :].rstrip()
+    if at >= 0 and tail.endswith(b"}"):
         try:
-            for item in page.data:
+            value = orjson.loads(tail[:-1])
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if value is None or isinstance(value, str):
+                return value
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    cursor = doc.get("next_cursor") if isinstance(doc, dict) else None
+    return cursor if isinstance(cursor, str) else None
+
+
+async def _walk(fetch: _FetchPage, model: _PageModel[T]) -> AsyncIterator[T]:
+    """Every item of a cursor listing. The next page is requested as soon as this one's
+    cursor is read (before its items are validated), and its request is on the wire before
+    this page is validated and handed out: the server builds the next page while this
+    process parses and the caller consumes this one."""
+    raw = await fetch(None, {})
+    while True:
+        cursor = _next_cursor(raw)
+        upcoming = None
+        if cursor is not None:
+            sent = asyncio.Event()
+
+            async def trace(name: str, info: dict[str, Any], sent: asyncio.Event = sent) -> None:
+                if name in _REQUEST_SENT:
+                    sent.set()
+
+            upcoming = asyncio.ensure_future(fetch(cursor, {"trace": trace}))
+            on_the_wire = asyncio.ensure_future(sent.wait())
+            try:  # returns at once with transports that do not trace (in-process ASGI)
+                await asyncio.wait((upcoming, on_the_wire), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                on_the_wire.cancel()
+        try:
+            for item in model.model_validate_json(raw).data:
                 yield item
         except BaseException:  # the caller stopped early (or failed): drop the prefetch
             if upcoming is not None:
@@ -95,7 +143,7 @@ async def _walk(fetch: Callable[[str | None], Awaitable[_Page[T]]]) -> AsyncIter
             raise
         if upcoming is None:
             return
-        page = await upcoming
+        raw = await upcoming
 
 
 class PledgeflowClient:
@@ -145,10 +193,11 @@ class PledgeflowClient:
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        extensions: dict[str, Any] | None = None,
     ) -> httpx.Response:
         """One logical call: sent, retried while retryable, the answer (< 400 or 304) returned
         or its problem raised. Writes carry ``idempotency_key`` (generated when None) on every
-        attempt."""
+        attempt; ``extensions`` are httpx's request extensions (e.g. ``trace``)."""
         sent_headers = dict(headers or {})
         content = _json(body)
         if method == "POST":
@@ -160,7 +209,12 @@ class PledgeflowClient:
         while True:
             try:
                 response = await self._http.request(
-                    method, path, content=content, params=query, headers=sent_headers
+                    method,
+                    path,
+                    content=content,
+                    params=query,
+                    headers=sent_headers,
+                    extensions=extensions,
                 )
             except httpx.TransportError:
                 if attempt + 1 >= self.retry.attempts:
@@ -318,9 +372,16 @@ class PledgeflowClient:
         self, *, status: str | None = None, cursor: str | None = None, limit: int = 100
     ) -> CampaignPage:
         """One page of ``GET /v1/campaigns``."""
+        return CampaignPage.model_validate_json(
+            await self._campaign_page(status, cursor, limit, {})
+        )
+
+    async def _campaign_page(
+        self, status: str | None, cursor: str | None, limit: int, extensions: dict[str, Any]
+    ) -> bytes:
         params = {"status": status, "cursor": cursor, "limit": limit}
-        response = await self.request("GET", "/v1/campaigns", params=params)
-        return CampaignPage.model_validate_json(response.content)
+        response = await self.request("GET", "/v1/campaigns", params=params, extensions=extensions)
+        return response.content
 
     async def pledge_page(
         self,
@@ -331,9 +392,23 @@ class PledgeflowClient:
         limit: int = 100,
     ) -> PledgePage:
         """One page of ``GET /v1/campaigns/{id}/pledges``."""
+        return PledgePage.model_validate_json(
+            await self._pledge_page(campaign_id, status, cursor, limit, {})
+        )
+
+    async def _pledge_page(
+        self,
+        campaign_id: str,
+        status: str | None,
+        cursor: str | None,
+        limit: int,
+        extensions: dict[str, Any],
+    ) -> bytes:
         params = {"status": status, "cursor": cursor, "limit": limit}
-        response = await self.request("GET", f"/v1/campaigns/{campaign_id}/pledges", params=params)
-        return PledgePage.model_validate_json(response.content)
+        response = await self.request(
+            "GET", f"/v1/campaigns/{campaign_id}/pledges", params=params, extensions=extensions
+        )
+        return response.content
 
     async def event_page(
         self,
@@ -344,43 +419,56 @@ class PledgeflowClient:
         limit: int = 100,
     ) -> EventPage:
         """One page of ``GET /v1/campaigns/{id}/events``."""
+        return EventPage.model_validate_json(
+            await self._event_page(campaign_id, after_seq, cursor, limit, {})
+        )
+
+    async def _event_page(
+        self,
+        campaign_id: str,
+        after_seq: int,
+        cursor: str | None,
+        limit: int,
+        extensions: dict[str, Any],
+    ) -> bytes:
         params = {"after_seq": after_seq if cursor is None else None, "cursor": cursor}
         response = await self.request(
-            "GET", f"/v1/campaigns/{campaign_id}/events", params={**params, "limit": limit}
+            "GET",
+            f"/v1/campaigns/{campaign_id}/events",
+            params={**params, "limit": limit},
+            extensions=extensions,
         )
-        return EventPage.model_validate_json(response.content)
+        return response.content
 
     def campaigns(
         self, *, status: str | None = None, limit: int = 500
     ) -> AsyncIterator[CampaignView]:
         """Every campaign of the tenant (optionally by status), page after page."""
 
-        async def fetch(cursor: str | None) -> CampaignPage:
-            return await self.campaign_page(status=status, cursor=cursor, limit=limit)
+        async def fetch(cursor: str | None, extensions: dict[str, Any]) -> bytes:
+            return await self._campaign_page(status, cursor, limit, extensions)
 
-        return _walk(fetch)
+        return _walk(fetch, CampaignPage)
 
     def pledges(
         self, campaign_id: str, *, status: str | None = None, limit: int = 500
     ) -> AsyncIterator[PledgeView]:
         """Every pledge of the campaign (optionally by status), page after page."""
 
-        async def fetch(cursor: str | None) -> PledgePage:
-            return await self.pledge_page(campaign_id, status=status, cursor=cursor, limit=limit)
+        async def fetch(cursor: str | None, extensions: dict[str, Any]) -> bytes:
+            return await self._pledge_page(campaign_id, status, cursor, limit, extensions)
 
-        return _walk(fetch)
+        return _walk(fetch, PledgePage)
 
     def events(
         self, campaign_id: str, *, after_seq: int = 0, limit: int = 500
     ) -> AsyncIterator[EventView]:
         """The campaign's events after ``after_seq`` up to the newest one projected."""
 
-        async def fetch(cursor: str | None) -> EventPage:
-            return await self.event_page(
-                campaign_id, after_seq=after_seq, cursor=cursor, limit=limit
-            )
+        async def fetch(cursor: str | None, extensions: dict[str, Any]) -> bytes:
+            return await self._event_page(campaign_id, after_seq, cursor, limit, extensions)
 
-        return _walk(fetch)
+        return _walk(fetch, EventPage)
 
     async def ready(self) -> bool:
         """``GET /readyz``: True when the API reaches Kafka and Redis."""
