@@ -273,6 +273,12 @@ class CommandBus:
     async def _settled(self, touched: dict[_Batch, None]) -> None:
         """Wait for every batch in ``touched`` to be acknowledged; raise the first error."""
         loop = asyncio.get_running_loop()
+        if len(touched) == 1:  # one record's usual case: no gather
+            (only,) = touched
+            acked: asyncio.Future[None] = loop.create_future()
+            only.waiters.append(acked)
+            await acked
+            return
         waiters: list[asyncio.Future[None]] = []
         for batch in touched:
             waiter: asyncio.Future[None] = loop.create_future()
