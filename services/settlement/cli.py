@@ -48,6 +48,44 @@ def run() -> None:
     run_cli("settlement", main, bootstrap=settings.kafka_bootstrap)
 
 
+readmodel_app = typer.Typer(
+    no_args_is_help=True, help="The settlement read model (GET .../settlement, payment status)."
+)
+app.add_typer(readmodel_app, name="readmodel")
+
+
+@readmodel_app.command("run")
+def readmodel_run() -> None:
+    """Project the settlement stream into Redis until SIGTERM/SIGINT."""
+    from services.settlement.config import SettlementSettings
+    from services.settlement.projector import run_projector
+    from services.streams import configure_logging, run_cli
+
+    settings = _settings()
+    assert isinstance(settings, SettlementSettings)
+    configure_logging()
+    run_cli(
+        "settlement-readmodel",
+        lambda: run_projector(settings),
+        bootstrap=settings.kafka_bootstrap,
+    )
+
+
+@readmodel_app.command("rebuild")
+def readmodel_rebuild() -> None:
+    """Wipe the settlement read model (this topic prefix) and replay the settlement stream
+    (stop the running projector first)."""
+    from services.settlement.config import SettlementSettings
+    from services.settlement.projector import rebuild
+    from services.streams import configure_logging
+
+    settings = _settings()
+    assert isinstance(settings, SettlementSettings)
+    configure_logging("info")
+    applied = asyncio.run(rebuild(settings))
+    typer.echo(f"settlement read model rebuilt: {applied} events applied")
+
+
 def ledger(
     campaign: str = typer.Option(..., "--campaign", help="Campaign id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
