@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +34,7 @@ from services.settlement.projector import SettlementProjector
 from tests.support.api import (
     AUTH_A,
     AUTH_B,
+    KEY_A,
     api_client,
     api_settings,
     create_topics,
@@ -43,6 +46,7 @@ from tests.support.api import (
     processor,
     projector,
     topic_values,
+    uvicorn_server,
     write_headers,
 )
 from tests.support.infra import kafka_bootstrap, redis_url, unique_name
@@ -165,6 +169,33 @@ async def payment(api: httpx.AsyncClient, campaign_id: str, pledge_id: str) -> d
     return found
 
 
+async def ledger_table_shows(stack: Stack, campaign_id: str, view: SettlementView) -> None:
+    """``pledgeflow ledger --api-url`` against a real server prints the read model's table."""
+    async with uvicorn_server(stack.settings) as base_url:
+        env = {**os.environ, "PLEDGEFLOW_API_KEY": KEY_A, "PLEDGEFLOW_API_URL": base_url}
+        cli = [sys.executable, "-m", "services.cli", "ledger", "--campaign", campaign_id]
+        table = await asyncio.create_subprocess_exec(
+            *cli, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await table.communicate()
+        assert table.returncode == 0, err
+        text = out.decode()
+        assert "creator_payable" in text and "settled funded" in text
+        assert f"refunded {view.refunded_count}" in text
+        as_json = await asyncio.create_subprocess_exec(
+            *cli, "--json", env=env, stdout=asyncio.subprocess.PIPE
+        )
+        raw, _ = await as_json.communicate()
+        assert SettlementView.model_validate_json(raw) == view
+        missing = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "ledger", "--campaign", "nope",
+            env=env, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await missing.communicate()
+        assert missing.returncode == 2
+        assert err.decode().strip() == "ledger: campaign: no campaign 'nope' for this API key"
+
+
 def balanced(view: SettlementView) -> bool:
     return sum(line.debit_minor for line in view.ledger) == sum(
         line.credit_minor for line in view.ledger
@@ -210,6 +241,8 @@ async def test_a_settled_campaign_then_a_refund_after_payout(stack: Stack) -> No
     assert (await stack.sandbox.pledge_counts(qualify("tenant-a", campaign_id), "p-2"))[
         "refunded_minor"
     ] == 1500
+
+    await ledger_table_shows(stack, campaign_id, after)
 
     too_much = await api.post(
         f"/v1/campaigns/{campaign_id}/pledges/p-2/refund",
