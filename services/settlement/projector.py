@@ -81,8 +81,8 @@ class SettlementProjector:
         self.applied = 0
         self.ready = asyncio.Event()
         self._cache: dict[str, dict[str, Any]] = {}
-        self._registry = registry
         self._applied = registered(_create_applied, registry)
+        self._stream_metrics = stream_metrics(registry)  # once: a rebuild starts a new reader
         self._reader: OrderedStreamReader | None = None
         self._epoch: bytes | str | None = None
         self._epoch_at = -1e9
@@ -118,7 +118,7 @@ class SettlementProjector:
             from_beginning=self.from_beginning,
             max_event_bytes=s.max_event_bytes,
             hold_limit=s.hold_limit,
-            metrics=stream_metrics(self._registry),
+            metrics=self._stream_metrics,
         )
         await self._reader.start()
 
