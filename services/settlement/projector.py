@@ -49,6 +49,15 @@ def _create_applied(registry: CollectorRegistry) -> Counter:
     )
 
 
+def _create_rebuilds(registry: CollectorRegistry) -> Counter:
+    return Counter(
+        "pledgeflow_settlement_readmodel_rebuilds",
+        "Replays of the settlement stream by a running projector because Redis lost or "
+        "replaced the settlement read model (its epoch marker gone or changed).",
+        registry=registry,
+    )
+
+
 def _values(change: dict[str, Any]) -> bytes:
     # Numbers and booleans travel as strings (Lua keeps them exact); None deletes the field.
     return orjson.dumps(
@@ -82,6 +91,7 @@ class SettlementProjector:
         self.ready = asyncio.Event()
         self._cache: dict[str, dict[str, Any]] = {}
         self._applied = registered(_create_applied, registry)
+        self._rebuilds = registered(_create_rebuilds, registry)
         self._stream_metrics = stream_metrics(registry)  # once: a rebuild starts a new reader
         self._reader: OrderedStreamReader | None = None
         self._epoch: bytes | str | None = None
@@ -131,6 +141,7 @@ class SettlementProjector:
             return
         log.warning("settlement read model of %s lost or replaced: replaying", self.keys.ns)
         self.rebuilds += 1
+        self._rebuilds.inc()
         reader = self._require()
         self._reader = None
         await reader.stop()

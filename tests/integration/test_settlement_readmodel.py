@@ -119,9 +119,8 @@ async def test_projected_redelivered_and_rebuilt_identically(settings: Settlemen
 async def test_a_running_projector_rebuilds_what_redis_lost(settings: SettlementSettings) -> None:
     await write_settlement(settings, settled_log())
     client = aioredis.Redis.from_url(settings.redis_url)
-    projector = SettlementProjector(
-        settings, client, registry=CollectorRegistry(), epoch_check_seconds=0.2
-    )
+    registry = CollectorRegistry()
+    projector = SettlementProjector(settings, client, registry=registry, epoch_check_seconds=0.2)
     stop = asyncio.Event()
     await projector.start()
     task = asyncio.create_task(projector.run(stop))
@@ -138,6 +137,7 @@ async def test_a_running_projector_rebuilds_what_redis_lost(settings: Settlement
                 break
             await asyncio.sleep(0.05)
         assert again == first and projector.rebuilds == 1
+        assert registry.get_sample_value("pledgeflow_settlement_readmodel_rebuilds_total") == 1
     finally:
         stop.set()
         await task
