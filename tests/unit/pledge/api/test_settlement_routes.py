@@ -133,6 +133,17 @@ async def test_a_settled_campaign_shows_the_ledger_balances(api: Api) -> None:
     assert money[0] == money[1] + money[2] + money[3]
 
 
+async def test_the_settlement_is_revalidated_with_its_etag(api: Api) -> None:
+    campaign(api)
+    first = await api.client.get(SETTLEMENT, headers=AUTH_A)
+    etag = first.headers["etag"]
+    same = await api.client.get(SETTLEMENT, headers={**AUTH_A, "If-None-Match": etag})
+    assert same.status_code == 304
+    campaign(api, status="closed", outcome="funded")
+    changed = await api.client.get(SETTLEMENT, headers={**AUTH_A, "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["status"] == "settling"
+
+
 async def test_another_tenants_settlement_is_404(api: Api) -> None:
     campaign(api)
     response = await api.client.get(SETTLEMENT, headers=AUTH_B)
