@@ -101,7 +101,14 @@ class SettlementRoutes:
         doc = visible_campaign(row, principal.tenant_id, qualified)
         if doc is None:
             raise ProblemError("not-found", "no such campaign (or not projected yet)")
-        summary = await self._ports(ingest).reads.summary(qualified)
+        reads = self._ports(ingest).reads
+        summary = await reads.summary(qualified)
+        if summary is None and not await reads.whole():
+            raise ProblemError(
+                "unavailable",
+                "the settlement read model is being rebuilt; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         goal = doc.get("goal")
         currency = goal.get("currency") if isinstance(goal, dict) else None
         body = settlement_view(

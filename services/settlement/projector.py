@@ -134,10 +134,17 @@ class SettlementProjector:
 
     async def _check_epoch(self) -> None:
         """Replay from the beginning when the marker is gone or changed (Redis lost or
-        replaced the read model)."""
+        replaced the read model). After a loss the marker - which tells the API the read
+        model is whole - is written again only once the replay has caught up."""
         self._epoch_at = time.monotonic()
         current = await self.client.get(self.keys.epoch())
-        if current is not None and current == self._epoch:
+        if current is None and self._epoch is None:
+            reader = self._require()
+            lag = reader.lag()
+            if lag and not any(lag.values()) and reader.held == 0:
+                await self._new_epoch()
+            return
+        if current == self._epoch:
             return
         log.warning("settlement read model of %s lost or replaced: replaying", self.keys.ns)
         self.rebuilds += 1
@@ -146,7 +153,7 @@ class SettlementProjector:
         self._reader = None
         await reader.stop()
         self._cache.clear()
-        await self._new_epoch()
+        self._epoch = current  # None after a loss: written again once the replay caught up
         self.from_beginning = True
         await self._start_reader()
 

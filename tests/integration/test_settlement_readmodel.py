@@ -137,6 +137,13 @@ async def test_a_running_projector_rebuilds_what_redis_lost(settings: Settlement
                 break
             await asyncio.sleep(0.05)
         assert again == first and projector.rebuilds == 1
+        # The marker (the API's "read model whole") is back once the replay caught up.
+        marker = SettlementKeys(settings.topic_prefix).epoch()
+        for _ in range(100):
+            if await client.exists(marker):
+                break
+            await asyncio.sleep(0.05)
+        assert await client.exists(marker)
         assert registry.get_sample_value("pledgeflow_settlement_readmodel_rebuilds_total") == 1
     finally:
         stop.set()
