@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from redis.exceptions import NoScriptError
 
+from schemas.events import EVENT_TYPES
 from schemas.topics import ensure_topics
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
 from services.settlement.adapters.redis_readmodel import (
@@ -35,27 +37,53 @@ from services.settlement.projection import initial_summary, project
 from services.streams import OrderedStreamReader, Run, StreamKey, serve, stream_metrics
 from services.streams.metrics import registered
 
-__all__ = ["SettlementProjector", "SettlementProjectorProcess", "rebuild", "run_projector"]
+__all__ = [
+    "SettlementProjector",
+    "SettlementProjectorProcess",
+    "SettlementReadModelMetrics",
+    "rebuild",
+    "run_projector",
+    "settlement_readmodel_metrics",
+]
 
 log = logging.getLogger("pledgeflow.settlement.readmodel")
 
-
-def _create_applied(registry: CollectorRegistry) -> Counter:
-    return Counter(
-        "pledgeflow_settlement_readmodel_events_applied",
-        "Settlement events applied to the settlement read model, by event type.",
-        ["event_type"],
-        registry=registry,
-    )
+#: The event types of the settlement stream (the applied counter's label values).
+SETTLEMENT_EVENT_TYPES = tuple(t for t, m in EVENT_TYPES.items() if m.stream == "settlement")
 
 
-def _create_rebuilds(registry: CollectorRegistry) -> Counter:
-    return Counter(
-        "pledgeflow_settlement_readmodel_rebuilds",
-        "Replays of the settlement stream by a running projector because Redis lost or "
-        "replaced the settlement read model (its epoch marker gone or changed).",
-        registry=registry,
-    )
+@dataclass(frozen=True)
+class SettlementReadModelMetrics:
+    """What the settlement read model's projector reports (beside the stream runtime's reader
+    metrics for its group)."""
+
+    applied: Counter
+    rebuilds: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SettlementReadModelMetrics:
+        applied = Counter(
+            "pledgeflow_settlement_readmodel_events_applied",
+            "Settlement events applied to the settlement read model, by event type.",
+            ["event_type"],
+            registry=registry,
+        )
+        for event_type in SETTLEMENT_EVENT_TYPES:  # exported at 0 from the start
+            applied.labels(event_type)
+        rebuilds = Counter(
+            "pledgeflow_settlement_readmodel_rebuilds",
+            "Replays of the settlement stream by a running projector because Redis lost or "
+            "replaced the settlement read model (its epoch marker gone or changed).",
+            registry=registry,
+        )
+        return cls(applied=applied, rebuilds=rebuilds)
+
+
+def settlement_readmodel_metrics(
+    registry: CollectorRegistry | None = None,
+) -> SettlementReadModelMetrics:
+    """The projector's metrics in ``registry`` (default: the process-wide one, once)."""
+    return registered(SettlementReadModelMetrics.create, registry)
 
 
 def _values(change: dict[str, Any]) -> bytes:
@@ -90,8 +118,9 @@ class SettlementProjector:
         self.applied = 0
         self.ready = asyncio.Event()
         self._cache: dict[str, dict[str, Any]] = {}
-        self._applied = registered(_create_applied, registry)
-        self._rebuilds = registered(_create_rebuilds, registry)
+        metrics = settlement_readmodel_metrics(registry)
+        self._applied = metrics.applied
+        self._rebuilds = metrics.rebuilds
         self._stream_metrics = stream_metrics(registry)  # once: a rebuild starts a new reader
         self._reader: OrderedStreamReader | None = None
         self._epoch: bytes | str | None = None
