@@ -6,7 +6,6 @@ loses it."""
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -15,7 +14,6 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from schemas.codec import encode, message_key
 from schemas.envelope import Envelope
 from schemas.topics import ensure_topics
 from services.settlement.adapters.memory_gateway import MemoryGateway
@@ -23,28 +21,16 @@ from services.settlement.adapters.redis_readmodel import RedisSettlementReads, S
 from services.settlement.config import SettlementSettings
 from services.settlement.domain import Policy
 from services.settlement.projector import SettlementProjector, rebuild
-from services.streams import OutRecord, PartitionWriter, key_partition
 from tests.support.settlement import CampaignBook, settle
+from tests.support.settlement_kafka import write_campaigns
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 async def write_settlement(settings: SettlementSettings, envelopes: list[Envelope]) -> None:
     topics = settings.topics()
-    batches: dict[int, dict[str, list[OutRecord]]] = defaultdict(lambda: defaultdict(list))
-    for envelope in (e for e in envelopes if e.stream == "settlement"):
-        key = message_key(envelope.campaign_id)
-        partition = key_partition(key, topics.partitions)
-        batches[partition][topics.for_event(envelope.event_type)].append(
-            (key, encode(envelope), [])
-        )
-    for partition, records in batches.items():
-        writer = PartitionWriter(settings.kafka_bootstrap, "rm-test-writer", partition)
-        await writer.start()
-        try:
-            await writer.write(records)
-        finally:
-            await writer.close()
+    group = settings.topic_prefix + "rm-test"
+    await write_campaigns(settings.kafka_bootstrap, topics, group, envelopes, "settlement")
 
 
 @pytest.fixture

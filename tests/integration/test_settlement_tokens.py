@@ -18,7 +18,6 @@ from services.settlement.adapters.sandbox_gateway import SandboxGateway
 from services.settlement.app import SettlementWorker
 from services.settlement.config import SettlementSettings
 from services.settlement.domain import GatewayResult, Policy, plan
-from tests.integration.test_settlement_readmodel import write_settlement
 from tests.support.settlement import T0, CampaignBook, settle
 from tests.support.settlement_kafka import FakeClock, write_campaigns
 
@@ -64,7 +63,7 @@ async def test_a_starting_worker_erases_the_tokens_of_resolved_pledges(
         )
         log = settled.log + failing.log
         await write_campaigns(bootstrap, topics, prefix + "t", log)
-        await write_settlement(settings, log)
+        await write_campaigns(bootstrap, topics, prefix + "t", log, "settlement")
         await worker.start()
         left: dict[str, str] = {}
         for _ in range(100):
