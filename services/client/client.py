@@ -11,7 +11,10 @@ What every integrator would otherwise write again:
 * **Models**: requests and answers are the API's own pydantic models
   (:mod:`services.pledge.api.models`);
 * **Reads**: ``ETag`` revalidation (a 304 returns the cached object) and async iterators over
-  the cursor listings.
+  the cursor listings (:mod:`services.client.pages`).
+
+Kept as one module: the client is one class with one method per endpoint, its public surface
+read as one table; the walking of listings lives in :mod:`services.client.pages`.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 from pydantic import BaseModel
 
 from services.client.errors import PledgeflowError, error_for
+from services.client.pages import walk
 from services.client.retry import RetryPolicy, retry_after
 from services.pledge.api.models import (
     BatchRequest,
@@ -62,8 +66,6 @@ from services.settlement.api_models import (
 __all__ = ["PledgeflowClient", "RetryPolicy"]
 
 M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 Body = BaseModel | Mapping[str, Any]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -76,82 +78,6 @@ def _json(body: Body | None) -> bytes | None:
     if isinstance(body, BaseModel):
         return body.model_dump_json(exclude_unset=True).encode()
     return orjson.dumps(dict(body))
-
-
-class _Page(Protocol[T_co]):
-    @property
-    def data(self) -> Sequence[T_co]: ...
-
-    @property
-    def next_cursor(self) -> str | None: ...
-
-
-class _PageModel(Protocol[T_co]):
-    def model_validate_json(self, json_data: bytes) -> _Page[T_co]: ...
-
-
-#: A page's raw body for a cursor (None: the first page); ``extensions`` go to httpx.
-_FetchPage = Callable[[str | None, dict[str, Any]], Awaitable[bytes]]
-_CURSOR_MEMBER = b'"next_cursor":'
-#: httpcore's trace events once a request has been written out (the server has it).
-_REQUEST_SENT = frozenset({"http11.send_request_body.complete", "http2.send_request_body.complete"})
-
-
-def _next_cursor(raw: bytes) -> str | None:
-    """A page's ``next_cursor`` without parsing its items: the API writes it as the page's
-    last member. Anything else (another order, a malformed page) is read by a full parse;
-    the page's validation then judges it. JSON escapes every quote inside a string, so
-    ``"next_cursor":`` can only be a member name."""
-    at = raw.rfind(_CURSOR_MEMBER)
-    tail = raw[at + len(_CURSOR_MEMBER) :].rstrip()
-    if at >= 0 and tail.endswith(b"}"):
-        try:
-            value = orjson.loads(tail[:-1])
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            if value is None or isinstance(value, str):
-                return value
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    cursor = doc.get("next_cursor") if isinstance(doc, dict) else None
-    return cursor if isinstance(cursor, str) else None
-
-
-async def _walk(fetch: _FetchPage, model: _PageModel[T]) -> AsyncIterator[T]:
-    """Every item of a cursor listing. The next page is requested as soon as this one's
-    cursor is read (before its items are validated), and its request is on the wire before
-    this page is validated and handed out: the server builds the next page while this
-    process parses and the caller consumes this one."""
-    raw = await fetch(None, {})
-    while True:
-        cursor = _next_cursor(raw)
-        upcoming = None
-        if cursor is not None:
-            sent = asyncio.Event()
-
-            async def trace(name: str, info: dict[str, Any], sent: asyncio.Event = sent) -> None:
-                if name in _REQUEST_SENT:
-                    sent.set()
-
-            upcoming = asyncio.ensure_future(fetch(cursor, {"trace": trace}))
-            on_the_wire = asyncio.ensure_future(sent.wait())
-            try:  # returns at once with transports that do not trace (in-process ASGI)
-                await asyncio.wait((upcoming, on_the_wire), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                on_the_wire.cancel()
-        try:
-            for item in model.model_validate_json(raw).data:
-                yield item
-        except BaseException:  # the caller stopped early (or failed): drop the prefetch
-            if upcoming is not None:
-                upcoming.cancel()
-            raise
-        if upcoming is None:
-            return
-        raw = await upcoming
 
 
 class PledgeflowClient:
@@ -520,7 +446,7 @@ class PledgeflowClient:
         async def fetch(cursor: str | None, extensions: dict[str, Any]) -> bytes:
             return await self._campaign_page(status, cursor, limit, extensions)
 
-        return _walk(fetch, CampaignPage)
+        return walk(fetch, CampaignPage)
 
     def pledges(
         self, campaign_id: str, *, status: str | None = None, limit: int = 500
@@ -530,7 +456,7 @@ class PledgeflowClient:
         async def fetch(cursor: str | None, extensions: dict[str, Any]) -> bytes:
             return await self._pledge_page(campaign_id, status, cursor, limit, extensions)
 
-        return _walk(fetch, PledgePage)
+        return walk(fetch, PledgePage)
 
     def events(
         self, campaign_id: str, *, after_seq: int = 0, limit: int = 500
@@ -540,7 +466,7 @@ class PledgeflowClient:
         async def fetch(cursor: str | None, extensions: dict[str, Any]) -> bytes:
             return await self._event_page(campaign_id, after_seq, cursor, limit, extensions)
 
-        return _walk(fetch, EventPage)
+        return walk(fetch, EventPage)
 
     async def ready(self) -> bool:
         """``GET /readyz``: True when the API reaches Kafka and Redis."""
