@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-__all__ = ["FetchPage", "next_cursor", "walk"]
+__all__ = ["REQUEST_SENT", "FetchPage", "next_cursor", "walk"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -35,7 +35,7 @@ class _PageModel(Protocol[T_co]):
 FetchPage = Callable[[str | None, dict[str, Any]], Awaitable[bytes]]
 _CURSOR_MEMBER = b'"next_cursor":'
 #: httpcore's trace events once a request has been written out (the server has it).
-_REQUEST_SENT = frozenset({"http11.send_request_body.complete", "http2.send_request_body.complete"})
+REQUEST_SENT = frozenset({"http11.send_request_body.complete", "http2.send_request_body.complete"})
 
 
 def next_cursor(raw: bytes) -> str | None:
@@ -74,7 +74,7 @@ async def walk(fetch: FetchPage, model: _PageModel[T]) -> AsyncIterator[T]:
             sent = asyncio.Event()
 
             async def trace(name: str, info: dict[str, Any], sent: asyncio.Event = sent) -> None:
-                if name in _REQUEST_SENT:
+                if name in REQUEST_SENT:
                     sent.set()
 
             upcoming = asyncio.ensure_future(fetch(cursor, {"trace": trace}))
