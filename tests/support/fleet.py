@@ -70,6 +70,10 @@ class Member(ServiceProcess):
         self.down = True
         assert code == 0, f"exit code {code} after SIGTERM\n{self.logs()}"
 
+    def full_log(self) -> str:
+        """Everything the current run of this worker logged so far (``logs()`` is its tail)."""
+        return (self.log_dir / f"{self.name}-{self.starts}.log").read_text(errors="replace")
+
     def cpu_seconds(self) -> float:
         """User + system CPU time the running worker used so far (Linux /proc)."""
         assert self.proc is not None
