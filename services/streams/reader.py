@@ -456,6 +456,13 @@ class OrderedStreamReader:
 
     async def _assigned(self, assigned: list[TopicPartition]) -> None:
         consumer = self._require()
+        # One line per rebalance this member took part in (operators and the fault tests
+        # tell a rebalance from a static member's quiet restart by it).
+        log.info(
+            "group %s: assigned partitions %s",
+            self.group_id,
+            sorted({tp.partition for tp in assigned}),
+        )
         if self.from_beginning and assigned:
             await consumer.seek_to_beginning(*assigned)
         numbers = sorted({tp.partition for tp in assigned} - set(self._orderers))

@@ -255,6 +255,8 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
         assert zombie.starts == zombie_starts, "the zombie was restarted"
         faults["zombie writes fenced"] = zombie.full_log().count("fenced by a newer writer")
         figures["total_s"] = time.monotonic() - started
+        print(f"faults injected: {dict(faults)}")
+        print(f"campaigns={len(campaigns)} pledges={len(campaigns) * PLEDGES} figures={figures}")
 
         settlement = await stream_by_campaign(bootstrap, topics, "settlement")
         history = await stream_by_campaign(bootstrap, topics, "campaign")
@@ -268,8 +270,6 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
             assert len(done) == 1, (campaign, len(done))
             assert [e.seq for e in events] == list(range(1, len(events) + 1)), campaign
             assert audit_findings(history[campaign] + events) == [], campaign
-        print(f"faults injected: {dict(faults)}")
-        print(f"campaigns={len(campaigns)} pledges={len(campaigns) * PLEDGES} figures={figures}")
         fleet.stop_all()
 
         # The read model rebuilt from the committed log agrees with the audit's replay of it
