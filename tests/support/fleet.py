@@ -274,11 +274,14 @@ class StallWatch:
             self.stalls.append((since, now - since, tp.partition))
 
     def longest_after(self, moment: float, until: float | None = None) -> float:
-        """Longest stall that began at or after ``moment`` (and before ``until``)."""
+        """Longest stall that began at or after ``moment`` (and before ``until``), counting
+        the stalls still going on so far (a partition not yet taken over is the longest)."""
+        now = time.monotonic()
+        ongoing = [(since, now - since, tp.partition) for tp, since in self._since.items()]
         return max(
             (
                 seconds
-                for start, seconds, _ in self.stalls
+                for start, seconds, _ in self.stalls + ongoing
                 if start >= moment - self.every and (until is None or start < until)
             ),
             default=0.0,
