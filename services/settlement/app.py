@@ -251,6 +251,10 @@ class SettlementWorker:
 
     async def _seed(self, keys: list[StreamKey]) -> dict[StreamKey, int]:
         # What the assignment replay already applied: the reader drops redeliveries below it.
+        # A poll can bring a partition's first records with its assignment, before the loop
+        # rebuilt it: rebuild now (the reader's step runs before this turn stamps anything),
+        # or the answer would be 0 and the reader would wait for seq 1 forever.
+        await self._apply_partition_changes()
         out: dict[StreamKey, int] = {}
         for campaign_id, stream in keys:
             state = self.engine.states.get(campaign_id)
