@@ -12,16 +12,18 @@ point, ``pledgeflow settlement run``, sandbox gateway with a latency, static mem
    partitions back and the group does not rebalance (the other worker rebuilds nothing);
 3. the first SIGKILLed while captures are under way; its partitions move after the session
    timeout, then it restarts and rejoins;
-4. a zombie: the first frozen (SIGSTOP) until the other owns all partitions and settled every
-   campaign written by then, then resumed (SIGCONT) with its calls in flight and in-memory
-   state: its writers are fenced by the new owner's transactional ids, so nothing it writes
+4. a zombie: the first frozen (SIGSTOP) while it has gateway calls in flight, until the other
+   owns all partitions and settled every campaign written by then, then resumed (SIGCONT) with
+   its calls in flight and in-memory state: its writers are fenced by the new owner's
+   transactional ids (when it writes before it notices the rebalance), so nothing it writes
    survives; it drops the fenced partitions and rejoins the group without a restart.
 
 Afterwards: exactly one collection per pledge at the sandbox (none for declined cards), one
 ``CampaignSettled`` per campaign, gapless ``seq`` and intact chains per campaign (a second
 writer's events would break them), every worker alive (the zombie still its first process),
 and ``pledgeflow audit verify --from-kafka --against-readmodel`` clean against a read model
-rebuilt from the log. The test prints how often each fault was injected.
+rebuilt from the log. The test prints how often each fault was injected, and how long the
+partitions stood still (the campaign stream's committed offsets).
 """
 
 from __future__ import annotations
@@ -41,7 +43,17 @@ from schemas import Envelope, decode
 from schemas.events import CampaignSettled, PledgeCaptured
 from schemas.topics import Topics, ensure_topics
 from services.settlement.adapters.sandbox_gateway import SandboxGateway
-from tests.support.fleet import Fleet, Member, audit_verify, run_cli, service_env, wait_group
+from tests.support.api import free_port
+from tests.support.fleet import (
+    Fleet,
+    Member,
+    StallWatch,
+    audit_verify,
+    metric,
+    run_cli,
+    service_env,
+    wait_group,
+)
 from tests.support.invariants import wipe_namespace
 from tests.support.processor import read_topics
 from tests.support.settlement import CampaignBook
@@ -118,6 +130,10 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
     probe = aioredis.Redis.from_url(redis_server)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    # How long each partition's campaign events waited unread (written in transactions).
+    watch = StallWatch(
+        bootstrap, group, topics.for_stream("campaign"), PARTITIONS, transactional=True
+    )
     campaigns: list[str] = []
     figures: dict[str, float] = {}
     faults: Counter[str] = Counter()
@@ -174,19 +190,24 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
     writer = asyncio.create_task(load())
     try:
         # s1 first: it leads the group (a static leader's restart was seen to rebalance).
-        fleet.add("s1")
+        # s1 serves metrics: the zombie step freezes it while it has gateway calls in flight.
+        s1_port = free_port()
+        fleet.add("s1", {"PLEDGEFLOW_METRICS_PORT": str(s1_port)})
         await wait_group(admin, group, lambda v: v.stable_with({"s1"}, PARTITIONS), within=40,
                          fleet=fleet, what="s1")  # fmt: skip
+        await watch.start()
         await captures_under_way()
 
         # 1. A second worker mid-load; its own session timeout is longer (step 2 drains it).
         fleet.add("s2", {"PLEDGEFLOW_SETTLEMENT_SESSION_TIMEOUT_MS": str(RESTART_SESSION_MS)})
         faults["worker added mid-load"] += 1
+        t = time.monotonic()
         view, figures["join_s"] = await wait_group(
             admin, group, lambda v: v.stable_with({"s1", "s2"}, PARTITIONS), within=40,
             fleet=fleet, what="s2 joined",
         )  # fmt: skip
         await captures_under_way()
+        figures["join_stall_s"] = watch.longest_after(t, time.monotonic())
 
         # 2. SIGTERM mid-run and a restart within the session timeout: the same partitions,
         # no rebalance (s1 rebuilds nothing).
@@ -210,16 +231,20 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
         )  # fmt: skip
         assert view.owners == before, f"static restart moved partitions: {before} -> {view}"
         assert rebuilds(s1) == s1_rebuilds, "the static restart rebalanced the group"
+        figures["static_restart_stall_s"] = watch.longest_after(t - 1, time.monotonic())
         await captures_under_way()
 
         # 3. SIGKILL while captures are under way; restart once its partitions moved.
         victim = fleet.members["s1"]
         victim.kill()
         faults["SIGKILL"] += 1
+        t = time.monotonic()
         _, figures["kill_reassign_s"] = await wait_group(
             admin, group, lambda v: v.stable_with({"s2"}, PARTITIONS), within=40, fleet=fleet,
             what="the killed worker's partitions moved",
         )  # fmt: skip
+        await asyncio.sleep(1.0)
+        figures["kill_stall_s"] = watch.longest_after(t - 1, time.monotonic())
         victim.start()
         await wait_group(admin, group, lambda v: v.stable_with({"s1", "s2"}, PARTITIONS),
                          within=40, fleet=fleet, what="it rejoined")  # fmt: skip
@@ -230,8 +255,14 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
         zombie = fleet.members["s1"]
         zombie_starts = zombie.starts
         await captures_under_way()
+        deadline = time.monotonic() + 30
+        while await metric(s1_port, "pledgeflow_settlement_gateway_in_flight") == 0:
+            fleet.assert_alive()
+            assert time.monotonic() < deadline, "s1 never had gateway calls in flight"
+            await asyncio.sleep(0.01)
         zombie.pause()
         faults["zombie (SIGSTOP, SIGCONT)"] += 1
+        t = time.monotonic()
         try:
             _, figures["zombie_reassign_s"] = await wait_group(
                 admin, group, lambda v: v.stable_with({"s2"}, PARTITIONS), within=40,
@@ -247,6 +278,7 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
             fleet=fleet, what="the zombie rejoined",
         )  # fmt: skip
         assert zombie.alive() and zombie.starts == zombie_starts, zombie.logs()
+        figures["zombie_stall_s"] = watch.longest_after(t - 1, time.monotonic())
         writing = False
         await writer
         settlement = await settled(list(campaigns), within=40)
@@ -287,6 +319,7 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
         with contextlib.suppress(Exception):
             await writer
         fleet.stop_all()
+        await watch.stop()
         await admin.close()
         await sandbox.forget()
         await sandbox.aclose()
