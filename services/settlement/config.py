@@ -67,6 +67,12 @@ class SettlementSettings(StreamSettings):
     #: Consumer group session timeout (how soon a dead or frozen worker's partitions move).
     settlement_session_timeout_ms: int = Field(default=10_000, ge=1000)
 
+    #: Consumer group of the settlement read-model projector (``pledgeflow settlement
+    #: readmodel run``) on the settlement stream.
+    settlement_readmodel_group: str = "settlement-readmodel"
+    #: How long the projector keeps a settlement command's decision for ``Prefer: wait``.
+    settlement_decision_ttl_seconds: int = Field(default=600, ge=1)
+
     @field_validator("settlement_retry_schedule")
     @classmethod
     def _valid_schedule(cls, value: str) -> str:
