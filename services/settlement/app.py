@@ -442,6 +442,7 @@ class SettlementWorker:
             return key_partition(message_key(campaign_id), self.settings.partitions) not in gone
 
         self.engine.forget(keep)
+        self.eraser.forget(keep)
         self.heads.forget(lambda key: keep(key[0]))
         self._closed_at = {c: at for c, at in self._closed_at.items() if keep(c)}
         await self._assign_commands()

@@ -1,4 +1,5 @@
-"""A campaign whose events span a change of settlement worker still settles.
+"""A change of settlement worker: a campaign whose events span it still settles, and what a
+fenced worker had noted to erase is not erased.
 
 The new owner's first poll can bring the partition's records together with its assignment,
 before the worker has rebuilt the partition from the log: the reader then meets those
@@ -13,13 +14,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from schemas.events import CampaignSettled
+from schemas.tenancy import pledge_key
 from schemas.topics import ensure_topics
 from services.settlement.adapters.sandbox_gateway import SandboxGateway
 from services.settlement.app import SettlementWorker
 from services.settlement.config import SettlementSettings
+from services.settlement.token_eraser import TokenEraser
 from tests.support.settlement import CampaignBook
 from tests.support.settlement_kafka import FakeClock, read_stream, write_campaigns
 
@@ -92,3 +96,32 @@ async def test_a_campaign_spanning_a_hand_over_to_another_worker_settles(
         cleanup = SandboxGateway.from_url(redis_server, prefix=settings.sandbox_prefix)
         await cleanup.forget()
         await cleanup.aclose()
+
+
+async def test_the_tombstones_noted_for_a_fenced_partition_are_not_written(
+    bootstrap: str, unique: str
+) -> None:
+    # A fenced transaction's events never reached the log: its pledges are not resolved, so
+    # their payment tokens must stay (the partition's new owner may still need them).
+    topics = SettlementSettings(topic_prefix=f"{unique}.", partitions=1).topics()
+    await ensure_topics(bootstrap, topics)
+    eraser = TokenEraser(bootstrap, topics.payment_tokens)
+    await eraser.start()
+    try:
+        eraser.note("kept", "p1")
+        eraser.note("fenced", "p2")
+        eraser.forget(lambda campaign_id: campaign_id != "fenced")
+        await eraser.flush()
+    finally:
+        await eraser.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topics.payment_tokens, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        records = await consumer.getmany(tp, timeout_ms=5000)
+    finally:
+        await consumer.stop()
+    written = [(r.key, r.value) for r in records.get(tp, [])]
+    assert written == [(pledge_key("kept", "p1").encode(), None)]
