@@ -158,6 +158,8 @@ class SettlementProjector:
             max_event_bytes=s.max_event_bytes,
             hold_limit=s.hold_limit,
             metrics=self._stream_metrics,
+            group_instance_id=s.settlement_readmodel_instance_id,
+            session_timeout_ms=s.settlement_readmodel_session_timeout_ms,
         )
         await self._reader.start()
 
@@ -346,8 +348,10 @@ async def rebuild(settings: SettlementSettings) -> int:
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
         await RedisSettlementReads(client, SettlementKeys(settings.topic_prefix)).wipe()
+        # A one-off member: never under the running projector's static id.
+        one_off = settings.model_copy(update={"settlement_readmodel_instance_id": None})
         projector = SettlementProjector(
-            settings, client, from_beginning=True, registry=CollectorRegistry()
+            one_off, client, from_beginning=True, registry=CollectorRegistry()
         )
         await projector.start()
         try:
