@@ -11,7 +11,8 @@ Redis coming back *empty* (restarted without its data, flushed, failed over to a
 replica) or replaced is noticed while running, not only at start: the read model carries an
 epoch marker the projector wrote, checked every ``epoch_check_seconds``. Gone or changed, the
 projector drops what it held, counts the rebuild by cause, and re-reads its partitions from
-the beginning (applying is idempotent by ``seq``, so rows that survived are kept). Without
+the beginning, once per loss (the rewind is committed, so a later rebalance resumes the
+replay; applying is idempotent by ``seq``, so rows that survived are kept). Without
 this, a missing row would be reloaded as seq 0 and every later event held back forever.
 """
 
