@@ -93,7 +93,8 @@ async def run(
     *,
     receiver: WebhookReceiver | None = None,
 ) -> SimulationResult:
-    """The whole simulation. ``receiver``: serve this one (tests read it afterwards)."""
+    """The whole simulation. ``receiver``: use this one, already served (a caller that reads
+    it afterwards, as the e2e test does), instead of serving a new one for the run."""
     run_id = options.run_id or f"s{options.seed}-{datetime.now(UTC):%H%M%S}"
     scenario = generate(
         options.seed,
@@ -105,9 +106,9 @@ async def run(
     async with PledgeflowClient(options.api, options.api_key, timeout=options.wait + 15.0) as api:
         if not await api.ready():
             raise ConnectionError(f"--api: no ready Pledgeflow API at {options.api}")
-        if not options.webhooks:
-            return await _simulate(options, console, api, scenario, None)
-        async with serve_receiver(receiver, host=options.receiver_host) as served:
+        if not options.webhooks or receiver is not None:
+            return await _simulate(options, console, api, scenario, receiver)
+        async with serve_receiver(host=options.receiver_host) as served:
             return await _simulate(options, console, api, scenario, served)
 
 

@@ -48,18 +48,21 @@ KINDS: tuple[tuple[str, str, str], ...] = (
 )
 #: Currencies cycled with the kinds (0, 2 and 3 decimals), and a typical pledge in major units.
 CURRENCIES: tuple[tuple[str, float], ...] = (("EUR", 30.0), ("JPY", 4000.0), ("KWD", 9.0))
-#: Goal as a multiple of what the campaign will receive: below 1 is likely funded.
-GOAL_FACTORS = (0.6, 0.8, 1.5, 2.5)
+#: Goal as a multiple of what the campaign will receive (below 1: likely funded), cycled with
+#: the kinds so that every run of 3 campaigns or more has all-or-nothing ones on both sides.
+GOAL_FACTORS = (0.6, 0.8, 2.0, 1.5)
 TITLES = (
     "Jazz album", "Board game", "Documentary", "Solar lamp", "Comic book", "Bakery",
     "Theatre tour", "Bike light", "Poetry press", "Community garden", "Indie film", "Synth",
 )  # fmt: skip
 
-#: Shares of the crowd's behaviours.
+#: Shares of the crowd's behaviours. Retries and cancellations come every 20th pledge (5 %),
+#: at fixed places, so that even a short run has some.
 DECLINED_SHARE = 0.03
 FAIL_ONCE_SHARE = 0.03
-RETRY_SHARE = 0.05
-CANCEL_SHARE = 0.05
+EVERY = 20
+RETRY_AT = 3
+CANCEL_AT = 11
 INVALID_SHARE = 0.04
 Expect = Literal["invalid", "not_found", "refused"]
 #: Invalid requests: the flaw and what the API does with it.
@@ -302,16 +305,18 @@ def generate(seed: int, run_id: str, *, campaigns: int, duration: float, rate: f
             tier_id=tier_id,
             payment_token=token,
             locale=backer.locale,
-            retries=1 if rng.random() < RETRY_SHARE else 0,
+            retries=1 if pledge_no % EVERY == RETRY_AT else 0,
         )
-        pledge_no += 1
         actions.append(pledge)
         received[plan.campaign_id] += amount
-        if rng.random() < CANCEL_SHARE:
+        cancel = pledge_no % EVERY == CANCEL_AT
+        pledge_no += 1
+        if cancel:
             later = round(at + (plan.deadline_after * 0.97 - at) * rng.uniform(0.1, 0.6), 3)
             actions.append(CancelAction(later, plan.campaign_id, pledge.pledge_id, f"{key}:cancel"))
     plans = [
-        _with_goal(plan, received[plan.campaign_id], rng.choice(GOAL_FACTORS)) for plan in plans
+        _with_goal(plan, received[plan.campaign_id], GOAL_FACTORS[n % len(GOAL_FACTORS)])
+        for n, plan in enumerate(plans)
     ]
     actions.sort(key=lambda a: a.at)
     return Scenario(
