@@ -69,7 +69,7 @@ cat <<EOF
     API docs:     http://127.0.0.1:$port/docs      (key: $dev_key)
     e-mail:       $mail_ui      (mailpit: receipts, goal reached, closing, payouts)
     prometheus:   $prometheus      (try: sum(rate(pledgeflow_api_requests_total[1m])))
-    the log:      .venv/bin/pledgeflow audit verify --from-kafka --against-readmodel
+    audit again:  .venv/bin/pledgeflow audit verify --from-kafka --against-readmodel
     stack log:    $log
     again:        .venv/bin/pledgeflow simulate --seed 2 --mailpit $mail_ui
 

@@ -34,6 +34,12 @@ def _usage(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _console() -> Console:
+    """The terminal's width; piped into a file or a CI log, wide enough for the table."""
+    console = Console()
+    return console if console.is_terminal else Console(width=140)
+
+
 def options_from(flags: dict[str, Any]) -> SimulateOptions:
     """The options, or exit 2 with one line naming the first bad flag."""
     try:
@@ -88,7 +94,7 @@ def simulate(
         }
     )  # fmt: skip
     try:
-        result = asyncio.run(run(options, Console()))
+        result = asyncio.run(run(options, _console()))
     except ConnectionError as exc:
         _usage(str(exc))
     raise typer.Exit(0 if result.ok else 1)

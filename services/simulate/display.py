@@ -34,7 +34,7 @@ def live_panel(driver: Driver, now: float, duration: float) -> RenderableType:
     table.add_column(justify="right", style="bold")
     table.add_column()
     table.add_row("elapsed", f"{min(elapsed, duration):5.1f} s of {duration:.0f} s")
-    table.add_row("requests/s", f"{t.rate(now):7.1f}   ({t.requests} sent)")
+    table.add_row("pledges/s", f"{t.rate(now):7.1f}   ({t.requests} requests sent)")
     table.add_row("accepted", f"{len(t.accepted)}   pending {len(t.pending)}")
     table.add_row("refused", f"{sum(t.refused.values())}   ({refused})")
     table.add_row(

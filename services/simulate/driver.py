@@ -118,12 +118,14 @@ class Tally:
     settlement_available: bool | None = None
     recent: deque[float] = field(default_factory=deque)
 
-    def sent(self, now: float) -> None:
+    def sent(self, now: float, *, pledge: bool = True) -> None:
         self.requests += 1
-        self.recent.append(now)
+        if pledge:
+            self.recent.append(now)
 
     def rate(self, now: float, window: float = 5.0) -> float:
-        """Requests per second over the last ``window`` seconds."""
+        """Pledge requests (valid or not, retries included) per second over the last
+        ``window`` seconds."""
         while self.recent and self.recent[0] < now - window:
             self.recent.popleft()
         span = min(window, max(now - self.started, 1e-3))
@@ -268,7 +270,7 @@ class Driver:
                 )
 
     async def _cancel(self, action: CancelAction) -> None:
-        self.tally.sent(self._clock())
+        self.tally.sent(self._clock(), pledge=False)
         try:
             await self.api.cancel_pledge(
                 action.campaign_id,

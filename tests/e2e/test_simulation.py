@@ -44,6 +44,7 @@ from services.simulate.receiver import WebhookReceiver, serve_receiver
 from tests.e2e.test_dashboard_live import process, wait_until
 from tests.support.api import free_port
 from tests.support.infra import REPO, kafka_bootstrap, redis_url
+from tests.support.invariants import wipe_namespace
 from tests.support.mailpit import Mailpit, running_mailpit
 from tests.support.processor import read_topics
 
@@ -236,6 +237,7 @@ async def test_a_seeded_launch_day_keeps_every_promise(
             env=env, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert audit.returncode == 0, audit.stdout + audit.stderr
+    await wipe_namespace(redis_url(), prefix)  # the read model, notify's and the sandbox's keys
 
 
 def owed_webhooks(result: SimulationResult, events: list[Envelope]) -> set[str]:
