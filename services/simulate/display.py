@@ -42,7 +42,7 @@ def live_panel(driver: Driver, now: float, duration: float) -> RenderableType:
     )
     table.add_row("cancelled", f"{t.cancelled}   (refused {sum(t.cancel_refused.values())})")
     table.add_row("goals reached", f"{len(t.goals_reached)} / {n}")
-    table.add_row("closed", f"{len(t.closed)} / {n}")
+    table.add_row("closed", f"{len(t.closed)} / {n}   ({t.called_off} called off by the creator)")
     settled = f"{len(t.settled)} / {n}" if t.settlement_available is not False else "-"
     table.add_row("settled", settled)
     if driver.receiver is not None:

@@ -35,6 +35,7 @@ from services.pledge.api.models import CampaignView, PledgeDecided
 from services.simulate.receiver import WebhookReceiver
 from services.simulate.scenario import (
     CancelAction,
+    CloseAction,
     InvalidAction,
     PledgeAction,
     Scenario,
@@ -109,6 +110,7 @@ class Tally:
     replayed: int = 0
     cancelled: int = 0
     cancel_refused: Counter[str] = field(default_factory=Counter)
+    called_off: int = 0
     #: Answers that broke what the API promises (an invalid request accepted, a retry
     #: answered differently, a 5xx after the client's own retries...).
     unexpected: list[str] = field(default_factory=list)
@@ -223,7 +225,7 @@ class Driver:
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
 
-    async def _run(self, action: PledgeAction | CancelAction | InvalidAction) -> None:
+    async def _run(self, action: PledgeAction | CancelAction | InvalidAction | CloseAction) -> None:
         try:
             match action:
                 case PledgeAction():
@@ -232,6 +234,8 @@ class Driver:
                     await self._cancel(action)
                 case InvalidAction():
                     await self._invalid(action)
+                case CloseAction():
+                    await self._close(action)
         except (PledgeflowError, httpx.HTTPError) as exc:
             self.tally.unexpected.append(f"{type(action).__name__} {action.idempotency_key}: {exc}")
         finally:
@@ -286,6 +290,16 @@ class Driver:
             self.tally.cancel_refused["not_found"] += 1
             return
         self.tally.cancelled += 1
+
+    async def _close(self, action: CloseAction) -> None:
+        self.tally.sent(self._clock(), pledge=False)
+        await self.api.close_campaign(
+            action.campaign_id,
+            {"reason": action.reason},
+            wait=self.wait_seconds,
+            idempotency_key=action.idempotency_key,
+        )
+        self.tally.called_off += 1
 
     async def _invalid(self, action: InvalidAction) -> None:
         self.tally.sent(self._clock())

@@ -15,7 +15,9 @@ What a crowd holds, and why:
   an arcsine law), spread over campaigns by a heavy-tailed popularity;
 * goals set from the pledges each campaign will receive, so some are funded and some fail;
 * payment tokens that fail at capture (``tok_declined``, ``tok_fail_once``), client retries of
-  a pledge with the same Idempotency-Key, cancellations, and a share of invalid requests.
+  a pledge with the same Idempotency-Key, cancellations, and a share of invalid requests;
+* every sixth campaign called off by its creator before its deadline (the others close at
+  their deadline, by the processor's timer).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "Action",
     "CampaignPlan",
     "CancelAction",
+    "CloseAction",
     "InvalidAction",
     "Person",
     "PledgeAction",
@@ -56,6 +59,10 @@ TITLES = (
     "Theatre tour", "Bike light", "Poetry press", "Community garden", "Indie film", "Synth",
 )  # fmt: skip
 
+#: Every CALLED_OFF-th campaign (the 6th, 12th, ...) is called off by its creator at
+#: ``CALLED_OFF_AT`` of its life; the others close at their deadline (the processor's timer).
+CALLED_OFF = 6
+CALLED_OFF_AT = 0.6
 #: Shares of the crowd's behaviours. Retries and cancellations come every 20th pledge (5 %),
 #: at fixed places, so that even a short run has some.
 DECLINED_SHARE = 0.03
@@ -186,7 +193,17 @@ class InvalidAction:
     body: dict[str, Any]
 
 
-Action = PledgeAction | CancelAction | InvalidAction
+@dataclass(frozen=True, slots=True)
+class CloseAction:
+    """The creator calls the campaign off before its deadline (``POST .../close``)."""
+
+    at: float
+    campaign_id: str
+    idempotency_key: str
+    reason: str = "creator_cancelled"
+
+
+Action = PledgeAction | CancelAction | InvalidAction | CloseAction
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +331,15 @@ def generate(seed: int, run_id: str, *, campaigns: int, duration: float, rate: f
         if cancel:
             later = round(at + (plan.deadline_after * 0.97 - at) * rng.uniform(0.1, 0.6), 3)
             actions.append(CancelAction(later, plan.campaign_id, pledge.pledge_id, f"{key}:cancel"))
+    actions.extend(
+        CloseAction(
+            round(plan.deadline_after * CALLED_OFF_AT, 3),
+            plan.campaign_id,
+            f"{run_id}:close:{plan.campaign_id}",
+        )
+        for n, plan in enumerate(plans)
+        if n % CALLED_OFF == CALLED_OFF - 1
+    )
     plans = [
         _with_goal(plan, received[plan.campaign_id], GOAL_FACTORS[n % len(GOAL_FACTORS)])
         for n, plan in enumerate(plans)

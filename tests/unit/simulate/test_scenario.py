@@ -11,6 +11,7 @@ from schemas.money import currency_exponent
 from services.pledge.api.models import LaunchRequest, PledgeRequest
 from services.simulate.scenario import (
     CancelAction,
+    CloseAction,
     InvalidAction,
     PledgeAction,
     generate,
@@ -115,3 +116,12 @@ def test_nonsense_sizes_are_refused(bad: dict[str, float]) -> None:
     args: dict[str, float] = {"campaigns": 2, "duration": 10, "rate": 1, **bad}
     with pytest.raises(ValueError):
         generate(1, "r", **args)  # type: ignore[arg-type]
+
+
+def test_every_sixth_campaign_is_called_off_before_its_deadline() -> None:
+    s = generate(11, "r", campaigns=12, duration=60, rate=10)
+    closes = [a for a in s.actions if isinstance(a, CloseAction)]
+    deadlines = {c.campaign_id: c.deadline_after for c in s.campaigns}
+    assert [c.campaign_id for c in closes] == ["r-c5", "r-c11"]
+    assert all(0 < c.at < deadlines[c.campaign_id] for c in closes)
+    assert {c.reason for c in closes} == {"creator_cancelled"}
