@@ -47,12 +47,12 @@ class SimulationResult:
 
     @property
     def ok(self) -> bool:
-        """No broken promise seen, every campaign closed (and settled where the API serves
-        settlements), every webhook verified, the audit clean (when run)."""
+        """No broken promise seen: every answer as the API promises, every webhook verified,
+        the audit clean (when run). Campaigns still settling when the wait ends are reported,
+        not failed: with the default retry schedule a failed capture is retried a day later."""
         receiver = self.driver.receiver
         return (
             not self.driver.tally.unexpected
-            and self.settled_in_time
             and (receiver is None or not receiver.unverified)
             and (self.audit is None or self.audit.exit_code == 0)
         )
@@ -179,7 +179,11 @@ async def _simulate(
     for problem in driver.tally.unexpected[:10]:
         console.print(f"[red]unexpected:[/] {problem}")
     if not result.settled_in_time:
-        console.print("[yellow]not every campaign closed and settled within the wait")
+        console.print(
+            "[yellow]not every campaign closed and settled within the wait[/] (failed captures "
+            "are retried after PLEDGEFLOW_SETTLEMENT_RETRY_SCHEDULE, 1d,3d,7d unless shortened "
+            "as make demo does; --settle-timeout waits longer)"
+        )
     return result
 
 
