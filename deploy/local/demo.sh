@@ -3,15 +3,16 @@
 # (`pledgeflow simulate`, which ends with `pledgeflow audit verify --from-kafka
 # --against-readmodel`), then where to look; the stack keeps running until Ctrl-C.
 # Readiness is polled (run.sh prints "Pledgeflow is running." once every process is ready).
-# Settings: DEMO_SEED, DEMO_DURATION, DEMO_RATE, DEMO_CAMPAIGNS, and every PLEDGEFLOW_* of
-# run.sh (ports, topic prefix, API keys). Failed captures are retried after 2 s, 5 s and 10 s
-# (not days) so that campaigns settle while you watch.
+# Settings: DEMO_SEED, DEMO_DURATION, DEMO_RATE, DEMO_CAMPAIGNS, DEMO_LOG (the stack's log,
+# .local/demo-stack.log), and every PLEDGEFLOW_* of run.sh (ports, topic prefix, API keys).
+# Failed captures are retried after 2 s, 5 s and 10 s (not days) so that campaigns settle
+# while you watch.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cd "$repo"
 mkdir -p .local
-log="$repo/.local/demo-stack.log"
+log="${DEMO_LOG:-$repo/.local/demo-stack.log}"
 
 export PLEDGEFLOW_SETTLEMENT_RETRY_SCHEDULE="${PLEDGEFLOW_SETTLEMENT_RETRY_SCHEDULE:-2s,5s,10s}"
 # The simulation's webhook receiver listens on loopback: the API must accept such a URL.
