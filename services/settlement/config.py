@@ -61,6 +61,12 @@ class SettlementSettings(StreamSettings):
     #: Longest wait of one loop turn (also how late a due retry may start).
     settlement_tick_seconds: float = Field(default=0.2, gt=0)
 
+    #: Consumer group of the settlement read-model projector (``pledgeflow settlement
+    #: readmodel run``) on the settlement stream.
+    settlement_readmodel_group: str = "settlement-readmodel"
+    #: How long the projector keeps a settlement command's decision for ``Prefer: wait``.
+    settlement_decision_ttl_seconds: int = Field(default=600, ge=1)
+
     @field_validator("settlement_retry_schedule")
     @classmethod
     def _valid_schedule(cls, value: str) -> str:
