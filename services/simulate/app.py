@@ -192,11 +192,12 @@ async def _rows(driver: Driver, mailpit: str | None) -> list[CampaignRow]:
     for plan in driver.scenario.campaigns:
         view = driver.campaigns.get(plan.campaign_id)
         settlement = driver.settlements.get(plan.campaign_id)
-        payout = (
-            money(settlement.payout.amount_minor, settlement.payout.currency)
-            if settlement is not None and settlement.payout is not None
-            else "—"
-        )
+        if settlement is None:
+            payout = "—"
+        elif settlement.status != "settled":
+            payout = settlement.status
+        else:
+            payout = money(settlement.payout.amount_minor, settlement.payout.currency)
         emails = await mailpit_count(mailpit, plan.title) if mailpit else None
         rows.append(
             CampaignRow(

@@ -8,7 +8,7 @@ still undecided when the wait ends (202) is counted pending and read back at the
 retried pledge is sent again with the same Idempotency-Key and must get the same answer.
 
 Reading what happened (campaigns closing, goals reached, settlement) goes through the API
-too; settlement through :func:`read_settlement`, the one seam to ``GET .../settlement``.
+too; settlement through :func:`read_settlement` (``GET .../settlement``).
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict
 
 from services.client import (
     NotFound,
@@ -32,8 +30,10 @@ from services.client import (
     ValidationFailed,
 )
 from services.pledge.api.models import CampaignView, PledgeDecided
+from services.settlement.api_models import SettlementView
 from services.simulate.receiver import WebhookReceiver
 from services.simulate.scenario import (
+    CampaignPlan,
     CancelAction,
     CloseAction,
     InvalidAction,
@@ -59,41 +59,13 @@ WEBHOOK_EVENT_TYPES = (
 ENDPOINT_NAME = "sim"
 
 
-class _Money(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    amount_minor: int
-    currency: str
-
-
-class SettlementView(BaseModel):
-    """What the simulation reads of ``GET /v1/campaigns/{id}/settlement`` (issue 13's
-    shape; fields it does not use are ignored)."""
-
-    model_config = ConfigDict(extra="ignore")
-    status: str
-    outcome: str | None = None
-    gross: _Money | None = None
-    payout: _Money | None = None
-    captured_count: int = 0
-    failed_count: int = 0
-    released_count: int = 0
-    refunded_count: int = 0
-
-
 async def read_settlement(api: PledgeflowClient, campaign_id: str) -> SettlementView | None:
-    """The campaign's settlement, or None when the API has none for it (not settled yet, or a
-    deployment without the settlement read model)."""
-    typed: Callable[[str], Awaitable[Any]] | None = getattr(api, "get_settlement", None)
+    """The campaign's settlement (``GET /v1/campaigns/{id}/settlement``), or None when the
+    API has none for it yet (or a deployment without the settlement read model)."""
     try:
-        if typed is not None:
-            got = await typed(campaign_id)
-            return SettlementView.model_validate(
-                got.model_dump(mode="json") if isinstance(got, BaseModel) else got
-            )
-        response = await api.request("GET", f"/v1/campaigns/{campaign_id}/settlement")
+        return await api.get_settlement(campaign_id)
     except NotFound:
         return None
-    return SettlementView.model_validate_json(response.content)
 
 
 @dataclass
@@ -197,7 +169,7 @@ class Driver:
     async def launch(self, start: datetime) -> None:
         """Every campaign, deadlines counted from ``start`` (wall clock, UTC)."""
 
-        async def one(plan: Any) -> None:
+        async def one(plan: CampaignPlan) -> None:
             deadline = start + timedelta(seconds=plan.deadline_after)
             self.deadlines[plan.campaign_id] = deadline
             iso = deadline.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -9,7 +9,7 @@ the typed client (the same code the command runs) and checks, from the outside:
   model lists exactly those (cancelled ones as cancelled);
 * every closed campaign is settled: funded ones captured (or dropped after declines) with a
   balanced ledger and payout = gross - commission - fees; failed ones and the one its creator
-  called off released or refunded;
+  called off released or refunded; the API's settlement read model says the same;
 * each backer got exactly one receipt e-mail per accepted pledge (mailpit, by Message-ID);
 * every webhook verified (Standard Webhooks) and every one owed arrived, once;
 * ``pledgeflow audit verify --from-kafka --against-readmodel`` exits 0.
@@ -166,13 +166,11 @@ async def test_a_seeded_launch_day_keeps_every_promise(
     cli = str(REPO / ".venv" / "bin" / "pledgeflow")
     with ExitStack() as stack:
         mail = stack.enter_context(running_mailpit(tmp_path / "mailpit.log", max_messages=0))
-        ports = {
-            name: free_port() for name in ("api", "processor", "projector", "notify", "settle")
-        }
         workers: dict[str, tuple[list[str], dict[str, str]]] = {
             "processor": (["processor", "run"], {}),
             "projector": (["readmodel", "run"], {}),
             "settle": (["settlement", "run"], {}),
+            "settle-rm": (["settlement", "readmodel", "run"], {}),
             "notify": (
                 ["notify", "worker", "-l", "warn"],
                 {
@@ -182,6 +180,7 @@ async def test_a_seeded_launch_day_keeps_every_promise(
                 },
             ),
         }
+        ports = {name: free_port() for name in ("api", *workers)}
         procs = [
             stack.enter_context(
                 process(
@@ -220,6 +219,7 @@ async def test_a_seeded_launch_day_keeps_every_promise(
         check_webhooks(receiver, owed)
         await check_pledges(result, events, api, report)
         check_settlement(events)
+        check_settlement_read_back(result, events)
 
         expected = Counter(
             notification_id(e.event_id, "backer", e.payload.backer_id, "email")
@@ -239,6 +239,24 @@ async def test_a_seeded_launch_day_keeps_every_promise(
         )  # fmt: skip
         assert audit.returncode == 0, audit.stdout + audit.stderr
     await wipe_namespace(redis_url(), prefix)  # the read model, notify's and the sandbox's keys
+
+
+def check_settlement_read_back(result: SimulationResult, events: list[Envelope]) -> None:
+    """What the API's settlement read model answered is what the log says."""
+    settled = {
+        local_id(e.campaign_id): e.payload for e in events if isinstance(e.payload, CampaignSettled)
+    }
+    assert result.driver.tally.settled == set(settled), "settled in the log, not in the API"
+    for campaign_id, s in settled.items():
+        view = result.driver.settlements[campaign_id]
+        assert view.status == "settled" and view.outcome == s.outcome, campaign_id
+        assert (view.gross.amount_minor, view.payout.amount_minor) == (
+            s.gross.amount_minor,
+            s.payout.amount_minor,
+        ), campaign_id
+        assert sum(b.debit_minor for b in view.ledger) == sum(b.credit_minor for b in view.ledger)
+    rows = {r.campaign_id: r for r in result.rows}
+    assert all(rows[c].payout.endswith(settled[c].payout.currency) for c in settled)
 
 
 def owed_webhooks(result: SimulationResult, events: list[Envelope]) -> set[str]:

@@ -32,7 +32,8 @@ def test_make_demo_simulates_audits_says_where_to_look_and_stops_on_ctrl_c(
         name: free_port()
         for name in (
             "API", "PROCESSOR_METRICS", "PROJECTOR_METRICS", "NOTIFY_METRICS",
-            "SETTLEMENT_METRICS", "MAILPIT_SMTP", "MAILPIT_UI", "PROMETHEUS",
+            "SETTLEMENT_METRICS", "SETTLEMENT_READMODEL_METRICS", "MAILPIT_SMTP", "MAILPIT_UI",
+            "PROMETHEUS",
         )
     }  # fmt: skip
     env = {
