@@ -22,6 +22,7 @@ What a crowd holds, and why:
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -63,6 +64,7 @@ TITLES = (
 #: ``CALLED_OFF_AT`` of its life; the others close at their deadline (the processor's timer).
 CALLED_OFF = 6
 CALLED_OFF_AT = 0.6
+MAX_BACKERS = 5_000
 #: Shares of the crowd's behaviours. Retries and cancellations come every 20th pledge (5 %),
 #: at fixed places, so that even a short run has some.
 DECLINED_SHARE = 0.03
@@ -248,7 +250,8 @@ def generate(seed: int, run_id: str, *, campaigns: int, duration: float, rate: f
     if campaigns < 1 or duration <= 0 or rate <= 0:
         raise ValueError("campaigns, duration and rate must be positive")
     rng = random.Random(seed)
-    n_backers = max(10, int(rate * duration / 3))
+    # A backer pledges about three times; capped, since each one's contact is registered.
+    n_backers = min(MAX_BACKERS, max(10, int(rate * duration / 3)))
     backers = tuple(
         Person(f"{run_id}-b{n}", f"{run_id}-b{n}@backers.example", rng.choice(("en", "fr")))
         for n in range(n_backers)
@@ -281,14 +284,14 @@ def generate(seed: int, run_id: str, *, campaigns: int, duration: float, rate: f
             )
         )
         typicals[cid] = typical
-    popularity = [rng.paretovariate(1.2) for _ in plans]
+    popularity = list(itertools.accumulate(rng.paretovariate(1.2) for _ in plans))
 
     actions: list[Action] = []
     received: dict[str, int] = {p.campaign_id: 0 for p in plans}
     total_requests = max(campaigns, round(rate * duration))
     pledge_no = 0
     for n in range(total_requests):
-        plan = rng.choices(plans, weights=popularity)[0]
+        plan = rng.choices(plans, cum_weights=popularity)[0]
         at = round(_arrival(rng, plan.deadline_after), 3)
         key = f"{run_id}:req:{n}"
         if rng.random() < INVALID_SHARE:
