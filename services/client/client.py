@@ -372,9 +372,9 @@ class PledgeflowClient:
     # --- reads --------------------------------------------------------------------------------
 
     async def get_settlement(self, campaign_id: str) -> SettlementView:
-        """``GET /v1/campaigns/{id}/settlement``: status, money and ledger balances."""
-        response = await self.request("GET", f"/v1/campaigns/{campaign_id}/settlement")
-        return SettlementView.model_validate_json(response.content)
+        """``GET /v1/campaigns/{id}/settlement``: status, money and ledger balances
+        (ETag-revalidated)."""
+        return await self._get_cached(f"/v1/campaigns/{campaign_id}/settlement", SettlementView)
 
     async def get_campaign(self, campaign_id: str) -> CampaignView:
         """``GET /v1/campaigns/{id}`` (revalidated with its ETag when seen before)."""

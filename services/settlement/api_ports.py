@@ -32,6 +32,11 @@ class SettlementReads(Protocol):
         """The pledge's payment record, or None while settlement has recorded nothing."""
         ...
 
+    async def whole(self) -> bool:
+        """False while the read model is being rebuilt (its projector's epoch marker is
+        absent): a missing summary then means "not projected yet", not "none"."""
+        ...
+
     async def decision(self, command_id: str) -> dict[str, Any] | None:
         """The worker's decision on a settlement command (``Prefer: wait``), or None."""
         ...

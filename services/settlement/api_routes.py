@@ -34,7 +34,7 @@ from services.pledge.api.pipeline import WritePipeline
 from services.pledge.api.problems import ProblemError, refusal, validation_problem
 from services.pledge.api.reading import begin_write, header_map, read_body
 from services.pledge.api.responses import json_response, stored_response
-from services.pledge.api.views import visible_campaign
+from services.pledge.api.views import conditional, pledge_etag, visible_campaign
 from services.settlement.api_models import (
     PaymentMethodRequest,
     RefundBody,
@@ -101,7 +101,14 @@ class SettlementRoutes:
         doc = visible_campaign(row, principal.tenant_id, qualified)
         if doc is None:
             raise ProblemError("not-found", "no such campaign (or not projected yet)")
-        summary = await self._ports(ingest).reads.summary(qualified)
+        reads = self._ports(ingest).reads
+        summary = await reads.summary(qualified)
+        if summary is None and not await reads.whole():
+            raise ProblemError(
+                "unavailable",
+                "the settlement read model is being rebuilt; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         goal = doc.get("goal")
         currency = goal.get("currency") if isinstance(goal, dict) else None
         body = settlement_view(
@@ -111,7 +118,10 @@ class SettlementRoutes:
             campaign_outcome=doc.get("outcome"),
             campaign_currency=currency if isinstance(currency, str) else "",
         )
-        return json_response(200, orjson.dumps(body))
+        # Its ETag is a digest of the body (it changes with the campaign's close as well as
+        # with the settlement's seq): If-None-Match answers 304 while nothing changed.
+        payload = orjson.dumps(body)
+        return conditional(headers, payload, pledge_etag(payload))
 
     async def payment_method(self, request: Request, campaign_id: str, pledge_id: str) -> Response:
         """``POST .../pledges/{pledge_id}/payment-method``."""

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from redis.exceptions import NoScriptError
 
+from schemas.events import EVENT_TYPES
 from schemas.topics import ensure_topics
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
 from services.settlement.adapters.redis_readmodel import (
@@ -35,18 +37,53 @@ from services.settlement.projection import initial_summary, project
 from services.streams import OrderedStreamReader, Run, StreamKey, serve, stream_metrics
 from services.streams.metrics import registered
 
-__all__ = ["SettlementProjector", "SettlementProjectorProcess", "rebuild", "run_projector"]
+__all__ = [
+    "SettlementProjector",
+    "SettlementProjectorProcess",
+    "SettlementReadModelMetrics",
+    "rebuild",
+    "run_projector",
+    "settlement_readmodel_metrics",
+]
 
 log = logging.getLogger("pledgeflow.settlement.readmodel")
 
+#: The event types of the settlement stream (the applied counter's label values).
+SETTLEMENT_EVENT_TYPES = tuple(t for t, m in EVENT_TYPES.items() if m.stream == "settlement")
 
-def _create_applied(registry: CollectorRegistry) -> Counter:
-    return Counter(
-        "pledgeflow_settlement_readmodel_events_applied",
-        "Settlement events applied to the settlement read model, by event type.",
-        ["event_type"],
-        registry=registry,
-    )
+
+@dataclass(frozen=True)
+class SettlementReadModelMetrics:
+    """What the settlement read model's projector reports (beside the stream runtime's reader
+    metrics for its group)."""
+
+    applied: Counter
+    rebuilds: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SettlementReadModelMetrics:
+        applied = Counter(
+            "pledgeflow_settlement_readmodel_events_applied",
+            "Settlement events applied to the settlement read model, by event type.",
+            ["event_type"],
+            registry=registry,
+        )
+        for event_type in SETTLEMENT_EVENT_TYPES:  # exported at 0 from the start
+            applied.labels(event_type)
+        rebuilds = Counter(
+            "pledgeflow_settlement_readmodel_rebuilds",
+            "Replays of the settlement stream by a running projector because Redis lost or "
+            "replaced the settlement read model (its epoch marker gone or changed).",
+            registry=registry,
+        )
+        return cls(applied=applied, rebuilds=rebuilds)
+
+
+def settlement_readmodel_metrics(
+    registry: CollectorRegistry | None = None,
+) -> SettlementReadModelMetrics:
+    """The projector's metrics in ``registry`` (default: the process-wide one, once)."""
+    return registered(SettlementReadModelMetrics.create, registry)
 
 
 def _values(change: dict[str, Any]) -> bytes:
@@ -81,7 +118,9 @@ class SettlementProjector:
         self.applied = 0
         self.ready = asyncio.Event()
         self._cache: dict[str, dict[str, Any]] = {}
-        self._applied = registered(_create_applied, registry)
+        metrics = settlement_readmodel_metrics(registry)
+        self._applied = metrics.applied
+        self._rebuilds = metrics.rebuilds
         self._stream_metrics = stream_metrics(registry)  # once: a rebuild starts a new reader
         self._reader: OrderedStreamReader | None = None
         self._epoch: bytes | str | None = None
@@ -124,18 +163,26 @@ class SettlementProjector:
 
     async def _check_epoch(self) -> None:
         """Replay from the beginning when the marker is gone or changed (Redis lost or
-        replaced the read model)."""
+        replaced the read model). After a loss the marker - which tells the API the read
+        model is whole - is written again only once the replay has caught up."""
         self._epoch_at = time.monotonic()
         current = await self.client.get(self.keys.epoch())
-        if current is not None and current == self._epoch:
+        if current is None and self._epoch is None:
+            reader = self._require()
+            lag = reader.lag()
+            if lag and not any(lag.values()) and reader.held == 0:
+                await self._new_epoch()
+            return
+        if current == self._epoch:
             return
         log.warning("settlement read model of %s lost or replaced: replaying", self.keys.ns)
         self.rebuilds += 1
+        self._rebuilds.inc()
         reader = self._require()
         self._reader = None
         await reader.stop()
         self._cache.clear()
-        await self._new_epoch()
+        self._epoch = current  # None after a loss: written again once the replay caught up
         self.from_beginning = True
         await self._start_reader()
 

@@ -119,7 +119,7 @@ async def funded_campaign(
 ) -> str:
     """A campaign of tenant A whose deadline passes seconds from now with its goal reached."""
     campaign_id = new_id("c")
-    deadline = (datetime.now(UTC) + timedelta(seconds=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    deadline = (datetime.now(UTC) + timedelta(seconds=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
     body = launch_body(
         campaign_id,
         deadline=deadline,

@@ -6,7 +6,6 @@ loses it."""
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -15,7 +14,6 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from schemas.codec import encode, message_key
 from schemas.envelope import Envelope
 from schemas.topics import ensure_topics
 from services.settlement.adapters.memory_gateway import MemoryGateway
@@ -23,28 +21,16 @@ from services.settlement.adapters.redis_readmodel import RedisSettlementReads, S
 from services.settlement.config import SettlementSettings
 from services.settlement.domain import Policy
 from services.settlement.projector import SettlementProjector, rebuild
-from services.streams import OutRecord, PartitionWriter, key_partition
 from tests.support.settlement import CampaignBook, settle
+from tests.support.settlement_kafka import write_campaigns
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 async def write_settlement(settings: SettlementSettings, envelopes: list[Envelope]) -> None:
     topics = settings.topics()
-    batches: dict[int, dict[str, list[OutRecord]]] = defaultdict(lambda: defaultdict(list))
-    for envelope in (e for e in envelopes if e.stream == "settlement"):
-        key = message_key(envelope.campaign_id)
-        partition = key_partition(key, topics.partitions)
-        batches[partition][topics.for_event(envelope.event_type)].append(
-            (key, encode(envelope), [])
-        )
-    for partition, records in batches.items():
-        writer = PartitionWriter(settings.kafka_bootstrap, "rm-test-writer", partition)
-        await writer.start()
-        try:
-            await writer.write(records)
-        finally:
-            await writer.close()
+    group = settings.topic_prefix + "rm-test"
+    await write_campaigns(settings.kafka_bootstrap, topics, group, envelopes, "settlement")
 
 
 @pytest.fixture
@@ -119,9 +105,8 @@ async def test_projected_redelivered_and_rebuilt_identically(settings: Settlemen
 async def test_a_running_projector_rebuilds_what_redis_lost(settings: SettlementSettings) -> None:
     await write_settlement(settings, settled_log())
     client = aioredis.Redis.from_url(settings.redis_url)
-    projector = SettlementProjector(
-        settings, client, registry=CollectorRegistry(), epoch_check_seconds=0.2
-    )
+    registry = CollectorRegistry()
+    projector = SettlementProjector(settings, client, registry=registry, epoch_check_seconds=0.2)
     stop = asyncio.Event()
     await projector.start()
     task = asyncio.create_task(projector.run(stop))
@@ -138,6 +123,14 @@ async def test_a_running_projector_rebuilds_what_redis_lost(settings: Settlement
                 break
             await asyncio.sleep(0.05)
         assert again == first and projector.rebuilds == 1
+        # The marker (the API's "read model whole") is back once the replay caught up.
+        marker = SettlementKeys(settings.topic_prefix).epoch()
+        for _ in range(100):
+            if await client.exists(marker):
+                break
+            await asyncio.sleep(0.05)
+        assert await client.exists(marker)
+        assert registry.get_sample_value("pledgeflow_settlement_readmodel_rebuilds_total") == 1
     finally:
         stop.set()
         await task

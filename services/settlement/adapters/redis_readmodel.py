@@ -137,6 +137,9 @@ class RedisSettlementReads:
         raw = await self.client.hgetall(self.keys.pledge(campaign_id, pledge_id))
         return payment_record(raw)
 
+    async def whole(self) -> bool:
+        return bool(await self.client.exists(self.keys.epoch()))
+
     async def decision(self, command_id: str) -> dict[str, Any] | None:
         raw = await self.client.get(self.keys.decision(command_id))
         if raw is None:

@@ -257,6 +257,8 @@ class FakeSettlementReads:
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     payments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: False: the projector is rebuilding the read model (its epoch marker is absent).
+    is_whole: bool = True
 
     async def summary(self, campaign_id: str) -> dict[str, Any] | None:
         return self.summaries.get(campaign_id)
@@ -266,6 +268,9 @@ class FakeSettlementReads:
 
     async def decision(self, command_id: str) -> dict[str, Any] | None:
         return self.decisions.get(command_id)
+
+    async def whole(self) -> bool:
+        return self.is_whole
 
 
 @dataclass

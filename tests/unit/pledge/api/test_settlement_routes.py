@@ -133,6 +133,27 @@ async def test_a_settled_campaign_shows_the_ledger_balances(api: Api) -> None:
     assert money[0] == money[1] + money[2] + money[3]
 
 
+async def test_the_settlement_is_revalidated_with_its_etag(api: Api) -> None:
+    campaign(api)
+    first = await api.client.get(SETTLEMENT, headers=AUTH_A)
+    etag = first.headers["etag"]
+    same = await api.client.get(SETTLEMENT, headers={**AUTH_A, "If-None-Match": etag})
+    assert same.status_code == 304
+    campaign(api, status="closed", outcome="funded")
+    changed = await api.client.get(SETTLEMENT, headers={**AUTH_A, "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["status"] == "settling"
+
+
+async def test_a_settlement_not_projected_while_the_read_model_is_rebuilt_is_503(
+    api: Api,
+) -> None:
+    campaign(api)
+    api.fakes.settlement.is_whole = False
+    response = await api.client.get(SETTLEMENT, headers=AUTH_A)
+    assert (response.status_code, problem_type(response)) == (503, "unavailable")
+    assert response.headers["retry-after"] == "1"
+
+
 async def test_another_tenants_settlement_is_404(api: Api) -> None:
     campaign(api)
     response = await api.client.get(SETTLEMENT, headers=AUTH_B)
