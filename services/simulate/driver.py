@@ -27,6 +27,7 @@ from services.client import (
     PledgeflowClient,
     PledgeflowError,
     Refused,
+    Unavailable,
     ValidationFailed,
 )
 from services.pledge.api.models import CampaignView, PledgeDecided
@@ -64,7 +65,7 @@ async def read_settlement(api: PledgeflowClient, campaign_id: str) -> Settlement
     API has none for it yet (or a deployment without the settlement read model)."""
     try:
         return await api.get_settlement(campaign_id)
-    except NotFound:
+    except (NotFound, Unavailable):  # Unavailable: its read model is being rebuilt
         return None
 
 
@@ -333,7 +334,10 @@ class Driver:
         closed_at: float | None = None
         ids = [p.campaign_id for p in self.scenario.campaigns]
         while True:
-            await self.observe()
+            try:
+                await self.observe()
+            except (PledgeflowError, httpx.HTTPError) as exc:
+                self.notes.append(f"reading campaigns: {exc}")
             now = self._clock()
             if len(self.tally.closed) == len(ids):
                 closed_at = closed_at or now
