@@ -2,8 +2,9 @@
 maximum measured in the same run.
 
 The stack is the real processes (``python -m services.cli ...``): api, processor, projector,
-settlement and notify, on fresh topics (6 partitions) and a fresh Redis namespace, plus a
-webhook receiver (``bench/webhook_sink.py``, its own process, answering at once).
+settlement and notify, on fresh topics (6 partitions) and a private ``redis-server`` (the
+shared one is near its 512 MiB with everyone's data, and its other users' load is not this
+system's), plus a webhook receiver (``bench/webhook_sink.py``, its own process, answering at once).
 
 1. **Maximum**: a closed loop (``CONNECTIONS`` keep-alive connections, each sending its next
    pledge as soon as its 202 arrives) for ``MAX_SECONDS``; the rate of 202s is the maximum
@@ -53,8 +54,17 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.harness import Target, delete_topics, kafka_bootstrap, redis_url, write_result
-from bench.stack import MachineLoad, Service, free_port, stack_env, stop_all, wait_for
+from bench.harness import Target, delete_topics, kafka_bootstrap, write_result
+from bench.stack import (
+    MachineLoad,
+    PrivateRedis,
+    Service,
+    free_port,
+    group_lag,
+    stack_env,
+    stop_all,
+    wait_for,
+)
 from schemas.topics import Topics
 from services.client import PledgeflowClient
 
@@ -344,6 +354,7 @@ class Stack:
     """Every service of one run, the receiver, and the clients the bench uses."""
 
     def __init__(self, log_dir: Path) -> None:
+        self.redis = PrivateRedis(log_dir)
         self.bootstrap = kafka_bootstrap()
         self.prefix = f"bench-e2e-{uuid.uuid4().hex[:8]}."
         self.topics = Topics(prefix=self.prefix, partitions=PARTITIONS)
@@ -353,7 +364,7 @@ class Stack:
         self.arrivals = log_dir / "arrivals.log"
         env = stack_env(
             self.bootstrap,
-            redis_url(),
+            self.redis.url,
             self.prefix,
             PARTITIONS,
             PLEDGEFLOW_API_KEYS=f"{TENANT}:{KEY}",
@@ -362,8 +373,16 @@ class Stack:
             PLEDGEFLOW_NOTIFY_ALLOW_PRIVATE_URLS="true",
             PLEDGEFLOW_NOTIFY_DATA_DIR=str(log_dir / "notify-data"),
             # No rate limit in the way of the load (the API's own bench does the same).
-            PLEDGEFLOW_API_RATE_LIMIT_PER_SECOND="1000000",
-            PLEDGEFLOW_API_RATE_LIMIT_BURST="1000000",
+            PLEDGEFLOW_API_RATE_PER_SECOND="1e9",
+            PLEDGEFLOW_API_RATE_BURST="1000000000",
+        )
+        # Experiments: BENCH_E2E_PLEDGEFLOW_X=v runs every service with PLEDGEFLOW_X=v.
+        env.update(
+            {
+                key.removeprefix("BENCH_E2E_"): value
+                for key, value in os.environ.items()
+                if key.startswith("BENCH_E2E_PLEDGEFLOW_")
+            }
         )
         self.services = {
             name: Service(name, env, log_dir)
@@ -373,6 +392,7 @@ class Stack:
         self.sink: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
+        self.redis.start()
         self.services["api"].start()  # creates the topics
         await wait_for(self._api_ready, 90, "api not ready", self.services.values())
         for name in ("processor", "projector", "settlement", "notify"):
@@ -413,6 +433,17 @@ class Stack:
                   "event_types": ["PledgeMade"]},
         )  # fmt: skip
 
+    async def notify_caught_up(self, within: float) -> None:
+        """Notify's group at the end of ``PledgeMade`` (a commit marker may follow its last
+        offset; faust commits every few seconds)."""
+        topic = self.topics.for_event("PledgeMade")
+
+        async def done() -> bool:
+            lag = await group_lag(self.bootstrap, f"{self.prefix}notify", [topic], PARTITIONS)
+            return lag <= 2 * PARTITIONS
+
+        await wait_for(done, within, "notify not caught up", self.services.values(), 1.0)
+
     def cpu(self) -> dict[str, float]:
         return {name: s.cpu_seconds() for name, s in self.services.items()}
 
@@ -421,13 +452,7 @@ class Stack:
         if self.sink is not None:
             self.sink.terminate()
             self.sink.wait()
-        client = aioredis.Redis.from_url(redis_url())
-        try:
-            batch = [key async for key in client.scan_iter(match=f"{self.prefix}*", count=5000)]
-            for start in range(0, len(batch), 5000):
-                await client.unlink(*batch[start : start + 5000])
-        finally:
-            await client.aclose()
+        self.redis.stop()
         await delete_topics(self.bootstrap, self.prefix)
 
 
@@ -450,7 +475,7 @@ async def phase(
     accepted = [i for i in indexes if i in load.answered]
     visible = [(watch.visible[i] - load.answered[i]) * 1000 for i in accepted]
     made = {load.pledge(i)[1] for i in accepted}
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:  # the webhooks of this phase
         delivered = arrivals(stack.arrivals)
         if all(p in delivered for p in made):
@@ -490,7 +515,7 @@ async def check_sample(api: PledgeflowClient, watch: ReadModelWatch, load: Load)
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as logs:
         stack = Stack(Path(logs))
-        redis_client = aioredis.Redis.from_url(redis_url())
+        redis_client = aioredis.Redis.from_url(stack.redis.url)
         try:
             await stack.start()
             async with PledgeflowClient(stack.url, KEY) as api:
@@ -506,6 +531,7 @@ async def main() -> None:
                 print(f"maximum (closed loop, {CONNECTIONS} connections): {max_rate:,.0f} "
                       f"pledges/s; statuses {dict(load.statuses)}", flush=True)  # fmt: skip
                 await drain(watch, load, 300)
+                await stack.notify_caught_up(600)
                 await stack.register_webhook(api)
                 commits = CommitWatch(stack.bootstrap, stack.topics)
                 await commits.start()

@@ -3,7 +3,9 @@
 The stack is the real processes (``python -m services.cli ...``): api, processor, projector,
 settlement and notify, on fresh topics (6 partitions) and a fresh Redis namespace. Once every
 one is up (one campaign launched through the API and decided), each process's RSS is read from
-``/proc`` (the baseline, same run). Then ``CAMPAIGNS`` ``LaunchCampaign`` commands are written
+``/proc`` (the baseline, same run). Redis is a private ``redis-server`` of the run (the shared
+one's 512 MiB would not hold 100,000 campaigns beside everyone's data); its ``used_memory`` is
+reported too. Then ``CAMPAIGNS`` ``LaunchCampaign`` commands are written
 straight to ``pledge-commands`` with one batching producer (the log, not the API: the API holds
 no campaign state, and 100,000 launches through it would measure it instead), and once every
 service has caught up (the processor's and the projector's, settlement's and notify's consumer
@@ -32,8 +34,17 @@ import httpx
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from bench.harness import Target, delete_topics, kafka_bootstrap, redis_url, write_result
-from bench.stack import MachineLoad, Service, free_port, group_lag, stack_env, stop_all, wait_for
+from bench.harness import Target, delete_topics, kafka_bootstrap, write_result
+from bench.stack import (
+    MachineLoad,
+    PrivateRedis,
+    Service,
+    free_port,
+    group_lag,
+    stack_env,
+    stop_all,
+    wait_for,
+)
 from schemas import LaunchCampaign, encode_command, message_key
 from schemas.topics import Topics
 from services.client import PledgeflowClient
@@ -103,11 +114,12 @@ async def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     items = launches(CAMPAIGNS)
-    redis_client = aioredis.Redis.from_url(redis_url())
     with tempfile.TemporaryDirectory(prefix="bench-rss-") as logs:
+        private = PrivateRedis(Path(logs)).start()
+        redis_client = aioredis.Redis.from_url(private.url)
         env = stack_env(
             bootstrap,
-            redis_url(),
+            private.url,
             prefix,
             PARTITIONS,
             PLEDGEFLOW_API_KEYS=f"{TENANT}:{KEY}",
@@ -163,6 +175,7 @@ async def main() -> None:
             await wait_for(lambda: caught_up_with(1), 120, "idle stack", services.values())
             await asyncio.sleep(SETTLE_S)
             idle = rss(services)
+            redis_idle = private.used_memory()
             print("idle RSS MiB:", {k: round(v / 2**20, 1) for k, v in idle.items()}, flush=True)
             cpu0 = {name: s.cpu_seconds() for name, s in services.items()}
             machine = MachineLoad()
@@ -180,12 +193,11 @@ async def main() -> None:
                 await api.campaign_page(status="open")
             await asyncio.sleep(SETTLE_S)
             loaded = rss(services)
+            redis_loaded = private.used_memory()
         finally:
             stop_all(services.values())
-            keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*", count=5000)]
-            for start in range(0, len(keys), 5000):
-                await redis_client.unlink(*keys[start : start + 5000])
             await redis_client.aclose()
+            private.stop()
             await delete_topics(bootstrap, prefix)
     per: dict[str, Any] = {}
     for name in SERVICES:
@@ -209,11 +221,18 @@ async def main() -> None:
             "campaigns": CAMPAIGNS,
             "partitions": PARTITIONS,
             "services": per,
+            "redis_used_memory_mib": {
+                "idle": round(redis_idle / 2**20, 1),
+                "loaded": round(redis_loaded / 2**20, 1),
+                "bytes_per_campaign": round((redis_loaded - redis_idle) / CAMPAIGNS),
+            },
             "seconds_to_catch_up": round(took, 1),
             "machine_busy_cores": round(busy, 2),
             "load_average": os.getloadavg(),
         },
     )
+    print(f"redis used_memory {redis_idle / 2**20:.0f} MiB idle -> "
+          f"{redis_loaded / 2**20:.0f} MiB")  # fmt: skip
     print(f"total {total_idle / 2**20:.0f} MiB idle -> {total_loaded / 2**20:.0f} MiB at "
           f"{CAMPAIGNS:,} campaigns ({took:.0f} s to catch up)")  # fmt: skip
 

@@ -167,6 +167,50 @@ class Service:
             self.proc.wait()
 
 
+class PrivateRedis:
+    """A redis-server of the bench's own on a free port, no persistence, ``maxmemory`` of its
+    own: 100,000 campaigns' read model does not fit beside everyone's data in the shared
+    Redis (512 MiB, ``noeviction``: filling it would refuse other people's writes), and its
+    ``used_memory`` is a figure of the run."""
+
+    def __init__(self, log_dir: Path, maxmemory: str = "4gb") -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = log_dir / "redis.log"
+        self.maxmemory = maxmemory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrivateRedis:
+        import redis
+
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--maxmemory", self.maxmemory,
+                 "--maxmemory-policy", "noeviction", "--dir", str(self.log.parent)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"private redis-server not answering on {self.port}")
+
+    def used_memory(self) -> int:
+        import redis
+
+        return int(redis.Redis.from_url(self.url).info("memory")["used_memory"])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
 def stop_all(services: Iterable[Service]) -> None:
     for service in services:
         service.stop()
