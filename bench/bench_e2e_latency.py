@@ -143,6 +143,8 @@ class Load:
         self.port = int(port)
         self.run = run
         self.answered: dict[int, float] = {}
+        #: Answered 202 and not yet seen decided (the read-model watch takes them out).
+        self.pending: set[int] = set()
         self.statuses: collections.Counter[int] = collections.Counter()
         self.sent = 0
 
@@ -175,6 +177,7 @@ class Load:
         self.statuses[status] += 1
         if status == 202:
             self.answered[conn.index] = time.time()
+            self.pending.add(conn.index)
 
     async def closed_loop(self, seconds: float, first: int) -> tuple[int, float]:
         """Each connection sends its next pledge on its answer; returns (202s, seconds)."""
@@ -281,7 +284,7 @@ class ReadModelWatch:
 
     async def _run(self) -> None:
         while not self._stop.is_set():
-            pending = [i for i in self.load.answered if i not in self.visible]
+            pending = list(self.load.pending)
             for start in range(0, len(pending), 2000):
                 chunk = pending[start : start + 2000]
                 statuses = await self.script(keys=[self.key(i) for i in chunk])
@@ -289,6 +292,7 @@ class ReadModelWatch:
                 for i, status in zip(chunk, statuses, strict=True):
                     if status and status != b"pending":
                         self.visible[i] = now
+                        self.load.pending.discard(i)
                         self.outcomes[status.decode()] += 1
             await asyncio.sleep(WATCH_MS / 1000)
 
@@ -458,7 +462,7 @@ class Stack:
 
 async def drain(watch: ReadModelWatch, load: Load, within: float) -> None:
     async def done() -> bool:
-        return all(i in watch.visible for i in load.answered)
+        return not load.pending
 
     await wait_for(done, within, "pledges not all visible in the read model", every=0.5)
 
@@ -475,6 +479,12 @@ async def phase(
     accepted = [i for i in indexes if i in load.answered]
     visible = [(watch.visible[i] - load.answered[i]) * 1000 for i in accepted]
     made = {load.pledge(i)[1] for i in accepted}
+    # The two halves of (a): 202 -> PledgeMade committed (api, processor), then -> visible.
+    split = [
+        (commits.seen[p] - load.answered[i], watch.visible[i] - commits.seen[p])
+        for i in accepted
+        if (p := load.pledge(i)[1]) in commits.seen
+    ]
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:  # the webhooks of this phase
         delivered = arrivals(stack.arrivals)
@@ -492,6 +502,10 @@ async def phase(
         "visible_p50_ms": round(percentile(visible, 0.50), 1),
         "visible_p99_ms": round(percentile(visible, 0.99), 1),
         "visible_max_ms": round(max(visible, default=float("nan")), 1),
+        "committed_p50_ms": round(percentile([a * 1000 for a, _ in split], 0.50), 1),
+        "committed_p99_ms": round(percentile([a * 1000 for a, _ in split], 0.99), 1),
+        "commit_to_visible_p50_ms": round(percentile([b * 1000 for _, b in split], 0.50), 1),
+        "commit_to_visible_p99_ms": round(percentile([b * 1000 for _, b in split], 0.99), 1),
         "webhooks": len(webhook),
         "webhook_p50_ms": round(percentile(webhook, 0.50), 1),
         "webhook_p99_ms": round(percentile(webhook, 0.99), 1),
