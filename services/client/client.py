@@ -50,6 +50,14 @@ from services.pledge.api.models import (
     PledgeRequest,
     PledgeView,
 )
+from services.settlement.api_models import (
+    PaymentMethodRequest,
+    RefundBody,
+    RevenueBody,
+    SettlementCommandAccepted,
+    SettlementCommandDecided,
+    SettlementView,
+)
 
 __all__ = ["PledgeflowClient", "RetryPolicy"]
 
@@ -302,7 +310,71 @@ class PledgeflowClient:
         )
         return result
 
+    async def fix_payment_method(
+        self,
+        campaign_id: str,
+        pledge_id: str,
+        fix: PaymentMethodRequest | Mapping[str, Any],
+        *,
+        wait: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> SettlementCommandAccepted | SettlementCommandDecided:
+        """``POST /v1/campaigns/{id}/pledges/{pledge_id}/payment-method``."""
+        result: SettlementCommandAccepted | SettlementCommandDecided = await self._write(
+            f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}/payment-method",
+            fix,
+            SettlementCommandAccepted,
+            SettlementCommandDecided,
+            wait,
+            idempotency_key,
+        )
+        return result
+
+    async def refund_pledge(
+        self,
+        campaign_id: str,
+        pledge_id: str,
+        refund: RefundBody | Mapping[str, Any] | None = None,
+        *,
+        wait: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> SettlementCommandAccepted | SettlementCommandDecided:
+        """``POST /v1/campaigns/{id}/pledges/{pledge_id}/refund`` (no body: a full refund)."""
+        result: SettlementCommandAccepted | SettlementCommandDecided = await self._write(
+            f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}/refund",
+            refund if refund is not None else {},
+            SettlementCommandAccepted,
+            SettlementCommandDecided,
+            wait,
+            idempotency_key,
+        )
+        return result
+
+    async def report_revenue(
+        self,
+        campaign_id: str,
+        revenue: RevenueBody | Mapping[str, Any],
+        *,
+        wait: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> SettlementCommandAccepted | SettlementCommandDecided:
+        """``POST /v1/campaigns/{id}/revenue`` (coproduction campaigns)."""
+        result: SettlementCommandAccepted | SettlementCommandDecided = await self._write(
+            f"/v1/campaigns/{campaign_id}/revenue",
+            revenue,
+            SettlementCommandAccepted,
+            SettlementCommandDecided,
+            wait,
+            idempotency_key,
+        )
+        return result
+
     # --- reads --------------------------------------------------------------------------------
+
+    async def get_settlement(self, campaign_id: str) -> SettlementView:
+        """``GET /v1/campaigns/{id}/settlement``: status, money and ledger balances
+        (ETag-revalidated)."""
+        return await self._get_cached(f"/v1/campaigns/{campaign_id}/settlement", SettlementView)
 
     async def get_campaign(self, campaign_id: str) -> CampaignView:
         """``GET /v1/campaigns/{id}`` (revalidated with its ETag when seen before)."""

@@ -67,6 +67,7 @@ from services.pledge.api.views import (
 )
 from services.pledge.metrics_api import ApiMetrics
 from services.pledge.projection import pending_pledge_row
+from services.settlement.api_models import PENDING_PAYMENT
 
 __all__ = ["BATCH_ROUTE", "LAUNCH_ROUTE", "PLEDGE_ROUTE", "Ingest"]
 
@@ -420,5 +421,12 @@ class Ingest:
         if row is None or not pledge_visible(row, principal.tenant_id, qualified, pledge_id):
             raise ProblemError("not-found", "no such pledge")
         expire_before_ms = time.time() * 1000 - self.pending_expiry_ms
-        body = orjson.dumps(pledge_view(row, expire_before_ms))
+        view = pledge_view(row, expire_before_ms)
+        settlement = self.ports.settlement
+        if settlement is not None and row.status in ("accepted", "cancelled"):
+            # Where its money stands (services/settlement/projection.py); nothing recorded
+            # yet: pending (authorized, or being charged).
+            payment = await settlement.reads.payment(qualified, pledge_id)
+            view["payment"] = payment or PENDING_PAYMENT
+        body = orjson.dumps(view)
         return conditional(headers, body, pledge_etag(body))
