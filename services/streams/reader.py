@@ -37,7 +37,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from schemas.envelope import Envelope
 from services.streams import transactional_marks
@@ -485,10 +485,10 @@ class OrderedStreamReader:
         await consumer.seek_to_beginning(*partitions)
         if not self.commit:
             return
-        starts = await consumer.beginning_offsets(partitions)
-        try:
+        try:  # a failure here must not escape the rebalance listener (its orderers follow)
+            starts = await consumer.beginning_offsets(partitions)
             await consumer.commit(starts)
-        except CommitFailedError:
+        except KafkaError:
             log.warning("group %s: rewind not committed; rewinding again next time", self.group_id)
             return
         self._committed.update(starts)
