@@ -26,7 +26,7 @@ from redis.exceptions import NoScriptError
 from schemas.events import EVENT_TYPES
 from schemas.topics import ensure_topics
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
-from services.pledge.projector.rebuilding import RebuildingProjector
+from services.pledge.projector.rebuilding import ProjectorWorker, RebuildingProjector
 from services.settlement.adapters.redis_readmodel import (
     APPLY_SETTLEMENT,
     RedisSettlementReads,
@@ -256,31 +256,12 @@ class SettlementProjector(RebuildingProjector):
             self._cache.clear()
 
 
-class SettlementProjectorProcess:
+class SettlementProjectorProcess(ProjectorWorker[SettlementProjector]):
     """The projector as a stream-runtime worker (``serve`` runs it)."""
 
     def __init__(self, settings: SettlementSettings) -> None:
-        self.client = aioredis.Redis.from_url(settings.redis_url)
-        self.projector = SettlementProjector(settings, self.client)
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.projector.start()
-        self._task = asyncio.create_task(self.projector.run(self._stop), name="settlement-rm")
-
-    async def wait(self) -> None:
-        if self._task is not None:
-            await self._task
-
-    async def stop(self) -> None:
-        self._stop.set()
-        try:
-            if self._task is not None:
-                await self._task
-        finally:
-            await self.projector.stop()
-            await self.client.aclose()
+        client = aioredis.Redis.from_url(settings.redis_url)
+        super().__init__(client, SettlementProjector(settings, client), "settlement-rm")
 
 
 async def run_projector(settings: SettlementSettings) -> None:

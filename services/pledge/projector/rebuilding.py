@@ -10,13 +10,14 @@ import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
+from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
 
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
 from services.streams import OrderedStreamReader
 
-__all__ = ["RebuildingProjector"]
+__all__ = ["ProjectorWorker", "RebuildingProjector"]
 
 
 class RebuildingProjector(ABC):
@@ -47,6 +48,10 @@ class RebuildingProjector(ABC):
         self._epoch_at = -1e9
         self.epoch_check = epoch_check_seconds
         self.rebuilds = 0
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load what Redis needs, hold (or write) the epoch marker, start the reader."""
 
     @abstractmethod
     async def _start_reader(self) -> None:
@@ -127,3 +132,40 @@ class RebuildingProjector(ABC):
 
     async def _revoked(self, _partitions: list[int]) -> None:
         self._forget()  # another member may move those campaigns now
+
+
+P = TypeVar("P", bound=RebuildingProjector)
+
+
+class ProjectorWorker(Generic[P]):
+    """A projector as a stream-runtime worker (``serve`` runs it): its loop, its drain, and
+    its Redis client, closed last."""
+
+    def __init__(self, client: aioredis.Redis, projector: P, task_name: str) -> None:
+        self.client = client
+        self.projector = projector
+        self._task_name = task_name
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _started(self) -> None:
+        """Called once the projector has started, before its loop (a log line)."""
+
+    async def start(self) -> None:
+        await self.projector.start()
+        self._started()
+        self._task = asyncio.create_task(self.projector.run(self._stop), name=self._task_name)
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        """Finish the step in flight (its runs applied and committed), then leave."""
+        self._stop.set()
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            await self.projector.stop()
+            await self.client.aclose()
