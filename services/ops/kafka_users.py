@@ -73,11 +73,13 @@ def _roles(topics: Topics) -> dict[str, dict[str, Any]]:
             "transactions": [],
         },
         "notify": {
-            "read": [*registrations, *events["campaign"], *events["settlement"]],
+            # Its own stream too: a writer rebuilds its chain heads from it before appending.
+            "read": [*registrations, *every_event],
             "write": [*events["notify"], "notify.dlq"],
             # faust's group, and its internal topics (``notify-__assignor-__leader``...).
             "groups": ["notify"],
-            "transactions": [],
+            # The notify stream's transactional writers, ``notify-stream-<partition>``.
+            "transactions": ["notify-stream"],
             "prefixed_topics": ["notify-"],
         },
         # KEDA's Kafka scaler: reads the lag of the groups it scales on, nothing else.

@@ -60,3 +60,11 @@ def test_only_settlement_writes_payment_tokens_besides_the_api() -> None:
     users = _users()
     writers = {n for n, u in users.items() if PAYMENT_TOKENS_TOPIC in _allowed(u, "Write")}
     assert writers == {"api", "settlement"}
+
+
+def test_notify_writes_its_stream_transactionally_and_reads_it_back() -> None:
+    # Found by tests/integration/test_kafka_acls_live.py: notify's PartitionWriters are
+    # transactional (``notify-stream-<p>``) and rebuild their chain heads from the notify topics.
+    notify = _users()["notify"]
+    assert _allowed(notify, "Write", "transactionalId") == {"notify-stream"}
+    assert set(Topics().for_stream("notify")) <= _allowed(notify, "Read")
