@@ -73,11 +73,13 @@ def _roles(topics: Topics) -> dict[str, dict[str, Any]]:
             "transactions": [],
         },
         "notify": {
-            # Its own stream too: a writer rebuilds its chain heads from it before appending.
-            "read": [*registrations, *every_event],
+            # Its own stream too: a writer rebuilds its chain heads from it before appending;
+            # and its dead letters, which ``pledgeflow notify redrive`` (run in a notify pod)
+            # reads in the group ``notify-redrive``.
+            "read": [*registrations, *every_event, "notify.dlq"],
             "write": [*events["notify"], "notify.dlq"],
             # faust's group, and its internal topics (``notify-__assignor-__leader``...).
-            "groups": ["notify"],
+            "groups": ["notify", "notify-redrive"],
             # The notify stream's transactional writers, ``notify-stream-<partition>``.
             "transactions": ["notify-stream"],
             "prefixed_topics": ["notify-"],

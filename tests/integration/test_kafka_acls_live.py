@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -133,6 +134,30 @@ def wait_for(
             denied = "\n".join(broker.authorizer_denials()[-20:])
             pytest.fail(f"{what}: not within 45 s; authorization denials:\n{denied}")
         time.sleep(0.2)
+
+
+def cli(
+    broker: SecuredBroker, user: str, args: list[str], extra: dict[str, str] | None = None
+) -> str:
+    """``pledgeflow <args>`` as ``user``; its output (fails the test on a non-zero exit)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLEDGEFLOW_")}
+    env.update(broker.env(user), PLEDGEFLOW_PARTITIONS=str(PARTITIONS), **(extra or {}))
+    done = subprocess.run(
+        [PLEDGEFLOW, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, f"pledgeflow {args} as {user}: {done.stderr[-3000:]}"
+    return done.stdout
+
+
+async def produce_as_admin(broker: SecuredBroker, topic: str, value: bytes) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=broker.bootstrap, **kafka_client_kwargs(broker.security(ADMIN))
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, key=b"t/c-acl", value=value)
+    finally:
+        await producer.stop()
 
 
 async def committed_records(broker: SecuredBroker, topics: list[str]) -> dict[str, int]:
@@ -278,18 +303,16 @@ def test_every_process_runs_as_its_own_user_with_no_authorization_denied(
                 return counts if all(counts.values()) else None
 
             counts = wait(checkpointed, "the releases and a checkpoint")
-            exported = subprocess.run(
-                [PLEDGEFLOW, "audit", "export", str(tmp_path / "archive"), "--json"],
-                cwd=REPO,
-                env={
-                    **{k: v for k, v in os.environ.items() if not k.startswith("PLEDGEFLOW_")},
-                    **secured.env("pledgeflow-checkpointer"),
-                },
-                capture_output=True,
-                text=True,
-                timeout=60,
+            archive = str(tmp_path / "archive")
+            exported = json.loads(
+                cli(secured, "pledgeflow-checkpointer", ["audit", "export", archive, "--json"])
             )
-            assert exported.returncode == 0, exported.stderr[-3000:]
+            # An operator's redrive runs in a notify pod, as notify: one unreadable letter.
+            asyncio.run(produce_as_admin(secured, "notify.dlq", b"not a notification"))
+            redriven = cli(secured, "pledgeflow-notify", ["notify", "redrive"], common)
+        # launch, 2 pledges, close, 2 releases, 2 notifications at least; no seq gap.
+        assert exported["events"] >= 8 and exported["gaps"] == 0, exported
+        assert "requeued 0 dead letter(s); 1 not redrivable" in redriven, redriven
         assert campaign["pledge_count"] == 2, campaign
         assert settlement["outcome"] == "cancelled", settlement
         assert counts["PledgeReleased"] == 2, counts

@@ -68,3 +68,9 @@ def test_notify_writes_its_stream_transactionally_and_reads_it_back() -> None:
     notify = _users()["notify"]
     assert _allowed(notify, "Write", "transactionalId") == {"notify-stream"}
     assert set(Topics().for_stream("notify")) <= _allowed(notify, "Read")
+
+
+def test_notify_redrive_reads_the_dead_letters_in_its_own_group() -> None:
+    notify = _users()["notify"]
+    assert "notify.dlq" in _allowed(notify, "Read")
+    assert _allowed(notify, "Read", "group") == {"notify", "notify-redrive"}
