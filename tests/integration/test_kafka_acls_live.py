@@ -27,13 +27,16 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
+    GroupCoordinatorNotAvailableError,
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
 )
 
 from schemas.topics import Topics, ensure_topics
+from services.ops.topics_ready import wait_for_topics
 from services.streams.kafka_security import kafka_client_kwargs
 from tests.support.api import free_port
 from tests.support.infra import REPO, ScriptRedis
@@ -320,6 +323,48 @@ def test_every_process_runs_as_its_own_user_with_no_authorization_denied(
         assert secured.authorizer_denials()[denied_before:] == []
     finally:
         redis.stop()
+
+
+def test_every_pod_user_passes_wait_topics_and_keda_reads_the_lag_it_scales_on(
+    secured: SecuredBroker,
+) -> None:
+    """Each pod's ``wait-topics`` init container runs as the pod's user; KEDA's Kafka scaler
+    describes its groups, fetches their committed offsets and the topics' end offsets."""
+    for user in PROCESSES:
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in secured.env(user).items():
+                env.setenv(name, value)
+            asyncio.run(wait_for_topics(secured.bootstrap, Topics(partitions=PARTITIONS), 20))
+
+    async def lag_as_keda(group: str, topic: str) -> None:
+        security = kafka_client_kwargs(secured.security("pledgeflow-keda"))
+        admin = AIOKafkaAdminClient(bootstrap_servers=secured.bootstrap, **security)
+        consumer = AIOKafkaConsumer(bootstrap_servers=secured.bootstrap, **security)
+        await admin.start()
+        await consumer.start()
+        try:
+            # A fresh broker creates __consumer_offsets on the first coordinator lookup.
+            for _ in range(150):
+                try:
+                    await admin.describe_consumer_groups([group])
+                    break
+                except GroupCoordinatorNotAvailableError:
+                    await asyncio.sleep(0.2)
+            await admin.list_consumer_group_offsets(group)
+            await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    for group, topic in [
+        ("pledge-processor", "pledge-commands"),
+        ("pledge-readmodel", "PledgeMade"),
+        ("settlement", "settlement-commands"),
+        ("settlement-readmodel", "PledgeCaptured"),
+    ]:
+        asyncio.run(lag_as_keda(group, topic))
+    with pytest.raises(GroupAuthorizationFailedError):  # a group it does not scale
+        asyncio.run(lag_as_keda("notify", "PledgeMade"))
 
 
 #: One thing each user must be refused: (user, "read"|"write", topic).
