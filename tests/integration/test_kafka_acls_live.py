@@ -7,8 +7,10 @@ documents declare, so a role-table change in ``services/ops/kafka_users.py`` is 
 rendered. Then every process runs as its own user with the project's client settings
 (``PLEDGEFLOW_KAFKA_*``): the API, the processor, the projector, settlement and its read
 model, notify (faust) and the checkpointer, plus ``pledgeflow audit export``; a short flow
-(launch, pledge, webhook, early close, release, checkpoint) must go through with no
-authorization denial in the broker's log. Then each user is refused one thing it must not do.
+(launch, pledges with payment tokens, webhooks, a notify restart, early close, releases,
+checkpoint, export, forged records dead-lettered by every consumer, notify redrive) must go
+through with no authorization denial in the broker's log. Then each user is refused one
+thing it must not do.
 """
 
 from __future__ import annotations
@@ -310,12 +312,22 @@ def test_every_process_runs_as_its_own_user_with_no_authorization_denied(
             exported = json.loads(
                 cli(secured, "pledgeflow-checkpointer", ["audit", "export", archive, "--json"])
             )
-            # An operator's redrive runs in a notify pod, as notify: one unreadable letter.
-            asyncio.run(produce_as_admin(secured, "notify.dlq", b"not a notification"))
+            # Forged records: every consumer dead-letters them as its own user.
+            for topic in ("pledge-commands", "PledgeMade", "PledgeCaptured"):
+                asyncio.run(produce_as_admin(secured, topic, b"forged"))
+            dlqs = ["pledge-commands.dlq", "settlement.dlq", "readmodel.dlq", "notify.dlq"]
+
+            def dead_lettered() -> dict[str, int] | None:
+                counts = asyncio.run(committed_records(secured, dlqs))
+                return counts if all(counts.values()) else None
+
+            letters = wait(dead_lettered, "the forged records' dead letters")
+            # An operator's redrive runs in a notify pod, as notify.
             redriven = cli(secured, "pledgeflow-notify", ["notify", "redrive"], common)
         # launch, 2 pledges, close, 2 releases, 2 notifications at least; no seq gap.
         assert exported["events"] >= 8 and exported["gaps"] == 0, exported
-        assert "requeued 0 dead letter(s); 1 not redrivable" in redriven, redriven
+        assert f"requeued 0 dead letter(s); {letters['notify.dlq']} not redrivable" in redriven
+        assert letters["readmodel.dlq"] >= 2, letters  # the projector's and settlement's
         assert campaign["pledge_count"] == 2, campaign
         assert settlement["outcome"] == "cancelled", settlement
         assert counts["PledgeReleased"] == 2, counts
