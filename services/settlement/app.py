@@ -14,8 +14,15 @@ Wiring only (the rules are in ``domain.py``, the call bookkeeping in ``engine.py
   the gateway calls the domain plans for what changed, the answers that came back, settled
   campaigns; the events of the turn are stamped on their chains and written, per partition,
   in one Kafka transaction.
-* **Any failure to write** ends the worker (its supervisor restarts it): everything it knew
-  is in the two logs, and the gateway calls it had made are derived again with the same
+* **Fenced** (``ProducerFenced``: the group gave partition p away while this worker was frozen
+  or cut off, and p's new owner started its writer): the turn's events for p are dropped
+  unwritten, and so are p's writer and in-memory state; events the reader still hands for p
+  are ignored. The consumer rejoins at its next heartbeat and whatever it is given is rebuilt
+  from the log like any assignment, so the worker goes on without a restart. Its gateway calls
+  carry idempotency keys derived from the events, so a call it still makes for p is answered
+  from the gateway's record, not made twice.
+* **Any other failure to write** ends the worker (its supervisor restarts it): everything it
+  knew is in the two logs, and the gateway calls it had made are derived again with the same
   idempotency keys, so the gateway answers them from its record instead of moving money.
 """
 
@@ -29,6 +36,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ProducerFenced
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from schemas.codec import message_key
@@ -178,6 +186,8 @@ class SettlementWorker:
             max_event_bytes=self.settings.max_event_bytes,
             hold_limit=self.settings.hold_limit,
             metrics=stream_metrics(self._registry),
+            group_instance_id=self.settings.settlement_instance_id,
+            session_timeout_ms=self.settings.settlement_session_timeout_ms,
         )
         await self._reader.start()
         self._task = asyncio.ensure_future(self._loop())
@@ -234,7 +244,11 @@ class SettlementWorker:
                 self.ready.set()
 
     async def _on_runs(self, runs: list[Run]) -> None:
+        writers = self.writers
         for run in runs:
+            if run[0].partition not in writers:
+                # Not rebuilt yet (its rebuild replays these) or fenced (awaiting the rejoin).
+                continue
             for event in run:
                 self._apply(event.envelope)
 
@@ -245,6 +259,10 @@ class SettlementWorker:
 
     async def _seed(self, keys: list[StreamKey]) -> dict[StreamKey, int]:
         # What the assignment replay already applied: the reader drops redeliveries below it.
+        # A poll can bring a partition's first records with its assignment, before the loop
+        # rebuilt it: rebuild now (the reader's step runs before this turn stamps anything),
+        # or the answer would be 0 and the reader would wait for seq 1 forever.
+        await self._apply_partition_changes()
         out: dict[StreamKey, int] = {}
         for campaign_id, stream in keys:
             state = self.engine.states.get(campaign_id)
@@ -338,7 +356,19 @@ class SettlementWorker:
             writer = self.writers.get(partition)
             if writer is None:
                 raise RuntimeError(f"decided events for partition {partition} it does not own")
-            await writer.write(records)
+            try:
+                await writer.write(records)
+            except ProducerFenced:
+                await self._fenced(partition)
+
+    async def _fenced(self, partition: int) -> None:
+        """A newer owner of ``partition`` fenced its writer: stand down on it until the group
+        says otherwise (the rejoin revokes and reassigns, which rebuilds from the log)."""
+        log.warning(
+            "partition %d: fenced by a newer writer; dropping its state until the group rejoins",
+            partition,
+        )
+        await self._release([partition])
 
     # --- partitions ----------------------------------------------------------------------
 
@@ -412,6 +442,7 @@ class SettlementWorker:
             return key_partition(message_key(campaign_id), self.settings.partitions) not in gone
 
         self.engine.forget(keep)
+        self.eraser.forget(keep)
         self.heads.forget(lambda key: keep(key[0]))
         self._closed_at = {c: at for c, at in self._closed_at.items() if keep(c)}
         await self._assign_commands()

@@ -12,6 +12,7 @@ written then. A failed write is kept and tried again at the next flush.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 
@@ -38,7 +39,8 @@ class TokenEraser:
             acks="all",
             enable_idempotence=True,
         )
-        self._due: set[str] = set()
+        #: ``token key -> campaign id`` of the tombstones to write.
+        self._due: dict[str, str] = {}
         self.erased = 0
 
     async def start(self) -> None:
@@ -49,13 +51,18 @@ class TokenEraser:
 
     def note(self, campaign_id: str, pledge_id: str) -> None:
         """Erase this pledge's token at the next flush."""
-        self._due.add(pledge_key(campaign_id, pledge_id))
+        self._due[pledge_key(campaign_id, pledge_id)] = campaign_id
+
+    def forget(self, keep: Callable[[str], bool]) -> None:
+        """Drop the tombstones noted for campaigns ``keep`` refuses (a partition whose
+        transaction was fenced: its events were never written)."""
+        self._due = {key: c for key, c in self._due.items() if keep(c)}
 
     async def flush(self) -> None:
         """Write the tombstones noted so far; what fails is kept for the next flush."""
         if not self._due:
             return
-        due, self._due = self._due, set()
+        due, self._due = self._due, {}
         try:
             sent = [
                 await self._producer.send(self.topic, key=key.encode(), value=None) for key in due
@@ -64,6 +71,6 @@ class TokenEraser:
                 await delivery
         except Exception as exc:  # the tokens stay until the next flush (or their retention)
             log.warning("payment-token tombstones not written (%d kept): %r", len(due), exc)
-            self._due |= due
+            self._due.update(due)
             return
         self.erased += len(due)

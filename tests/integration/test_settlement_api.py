@@ -7,7 +7,6 @@ report distributed to the unit; the payment tokens erased once the pledges are r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -30,7 +29,6 @@ from services.settlement.adapters.sandbox_gateway import SandboxGateway
 from services.settlement.api_models import SettlementView
 from services.settlement.app import SettlementWorker
 from services.settlement.config import SettlementSettings
-from services.settlement.projector import SettlementProjector
 from tests.support.api import (
     AUTH_A,
     AUTH_B,
@@ -45,6 +43,7 @@ from tests.support.api import (
     pledge_body,
     processor,
     projector,
+    settlement_projector,
     topic_values,
     uvicorn_server,
     write_headers,
@@ -60,22 +59,6 @@ class Stack:
     settlement: SettlementSettings
     api: httpx.AsyncClient
     sandbox: SandboxGateway
-
-
-@contextlib.asynccontextmanager
-async def settlement_projector(settings: SettlementSettings) -> AsyncIterator[None]:
-    client = aioredis.Redis.from_url(settings.redis_url)
-    proj = SettlementProjector(settings, client, registry=CollectorRegistry())
-    await proj.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(proj.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
-        await proj.stop()
-        await client.aclose()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

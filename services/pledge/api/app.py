@@ -395,6 +395,7 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         flush_interval_ms=settings.api_produce_interval_ms,
         on_produce=metrics.produce_latency.labels("command").observe,
         send_timeout_s=settings.api_send_timeout_seconds,
+        record_topics=[topics.payment_tokens],
     )
     store = IngestStore(
         pipeline,
@@ -404,11 +405,8 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         lock_seconds=settings.api_idempotency_lock_seconds,
         ttl_seconds=settings.api_idempotency_ttl_seconds,
     )
-    tokens = KafkaPaymentTokens(
-        settings.kafka_bootstrap,
-        topics.payment_tokens,
-        send_timeout_s=settings.api_send_timeout_seconds,
-    )
+    # The tokens share the command bus: one producer, one flusher, shared produce requests.
+    tokens = KafkaPaymentTokens(settings.kafka_bootstrap, topics.payment_tokens, bus=bus)
     settlement_bus = CommandBus(
         settings.kafka_bootstrap,
         topics.settlement_commands,
@@ -418,7 +416,6 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
     )
     await store.load_scripts()
     await bus.start()
-    await tokens.start()
     await settlement_bus.start()
     try:
         yield IngestPorts(
@@ -434,7 +431,6 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         )
     finally:
         await settlement_bus.stop()
-        await tokens.stop()
         await bus.stop()
         await pipeline.aclose()
         await client.aclose()
