@@ -303,11 +303,12 @@ def test_every_process_runs_as_its_own_user_with_no_authorization_denied(
             wait(lambda: notifications() >= 2, "the restarted notify's NotificationSent")
 
             def checkpointed() -> dict[str, int] | None:
-                topics = ["PledgeReleased", "audit-checkpoints"]
+                topics = ["PledgeReleased", "audit-checkpoints", "payment-tokens"]
                 counts = asyncio.run(committed_records(secured, topics))
-                return counts if all(counts.values()) else None
+                # Two tokens stored by the API, then their tombstones written by settlement.
+                return counts if all(counts.values()) and counts["payment-tokens"] >= 4 else None
 
-            counts = wait(checkpointed, "the releases and a checkpoint")
+            counts = wait(checkpointed, "the releases, token tombstones and a checkpoint")
             archive = str(tmp_path / "archive")
             exported = json.loads(
                 cli(secured, "pledgeflow-checkpointer", ["audit", "export", archive, "--json"])
