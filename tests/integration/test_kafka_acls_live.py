@@ -53,7 +53,7 @@ from tests.support.webhook_receiver import receiver_in_thread
 pytestmark = pytest.mark.integration
 
 KEY = "acl-key-0123456789abcdef"
-PARTITIONS = 2
+PARTITIONS = 1
 PLEDGEFLOW = str(REPO / ".venv" / "bin" / "pledgeflow")
 #: KafkaUser -> the long-running process that runs as it (keda is KEDA's, not ours).
 PROCESSES = {
@@ -241,7 +241,10 @@ def test_every_process_runs_as_its_own_user_with_no_authorization_denied(
             "PLEDGEFLOW_API_KEYS": f"t:{KEY}",
             "PLEDGEFLOW_NOTIFY_ALLOW_PRIVATE_URLS": "true",  # the receiver is on loopback
         },
-        "pledgeflow-processor": {"PLEDGEFLOW_PROCESSOR_INSTANCE_ID": "processor-acl-0"},
+        "pledgeflow-processor": {
+            "PLEDGEFLOW_PROCESSOR_INSTANCE_ID": "processor-acl-0",
+            "PLEDGEFLOW_SNAPSHOT_EVERY_EVENTS": "1",  # snapshots in every transaction
+        },
         "pledgeflow-notify": {
             "PLEDGEFLOW_NOTIFY_ALLOW_PRIVATE_URLS": "true",
             "PLEDGEFLOW_NOTIFY_SMTP_PORT": str(free_port()),
@@ -292,10 +295,12 @@ def test_every_process_runs_as_its_own_user_with_no_authorization_denied(
             )  # fmt: skip
             flow.pledge(1)
             wait(lambda: notifications() >= 1, "notify's first NotificationSent")
-            # A restarted notify rebuilds its chain heads from its own stream before writing.
-            procs["pledgeflow-notify"].terminate()
-            procs["pledgeflow-notify"].wait(timeout=30)
-            procs["pledgeflow-notify"] = start("pledgeflow-notify")
+            # Restarted, notify rebuilds its chain heads from its own stream before writing,
+            # and the processor recovers from its snapshots and the campaign events.
+            for user in ("pledgeflow-notify", "pledgeflow-processor"):
+                procs[user].terminate()
+                procs[user].wait(timeout=30)
+                procs[user] = start(user)
             flow.pledge(2)
             flow.post("/v1/campaigns/c-acl/close", "close", {"reason": "creator_cancelled"}, 200)
             campaign = flow.client.get("/v1/campaigns/c-acl").json()
@@ -303,7 +308,12 @@ def test_every_process_runs_as_its_own_user_with_no_authorization_denied(
             wait(lambda: notifications() >= 2, "the restarted notify's NotificationSent")
 
             def checkpointed() -> dict[str, int] | None:
-                topics = ["PledgeReleased", "audit-checkpoints", "payment-tokens"]
+                topics = [
+                    "PledgeReleased",
+                    "audit-checkpoints",
+                    "payment-tokens",
+                    "pledge-snapshots",
+                ]
                 counts = asyncio.run(committed_records(secured, topics))
                 # Two tokens stored by the API, then their tombstones written by settlement.
                 return counts if all(counts.values()) and counts["payment-tokens"] >= 4 else None
