@@ -6,11 +6,11 @@ rendered prod overlay (``deploy/k8s/overlays/prod/kafka-users.yaml``) and exactl
 documents declare, so a role-table change in ``services/ops/kafka_users.py`` is tested once
 rendered. Then every process runs as its own user with the project's client settings
 (``PLEDGEFLOW_KAFKA_*``): the API, the processor, the projector, settlement and its read
-model, notify (faust) and the checkpointer, plus ``pledgeflow audit export``; a short flow
-(launch, pledges with payment tokens, webhooks, a notify restart, early close, releases,
-checkpoint, export, forged records dead-lettered by every consumer, notify redrive) must go
-through with no authorization denial in the broker's log. Then each user is refused one
-thing it must not do.
+model, notify (faust) and the checkpointer, plus ``pledgeflow audit export`` and ``notify
+redrive``. A short flow (launch, pledges with payment tokens, webhooks, notify and processor
+restarts, early close, releases, checkpoint, export, forged records dead-lettered by every
+consumer, redrive) must go through with no authorization denial in the broker's log. Then each
+user is refused one thing it must not do.
 """
 
 from __future__ import annotations
@@ -338,7 +338,9 @@ def test_every_process_runs_as_its_own_user_with_no_authorization_denied(
         # launch, 2 pledges, close, 2 releases, 2 notifications at least; no seq gap.
         assert exported["events"] >= 8 and exported["gaps"] == 0, exported
         assert f"requeued 0 dead letter(s); {letters['notify.dlq']} not redrivable" in redriven
-        assert letters["readmodel.dlq"] >= 2, letters  # the projector's and settlement's
+        assert letters["readmodel.dlq"] >= 2, (
+            letters
+        )  # the projector's and the settlement read model's
         assert campaign["pledge_count"] == 2, campaign
         assert settlement["outcome"] == "cancelled", settlement
         assert counts["PledgeReleased"] == 2, counts
@@ -390,8 +392,12 @@ def test_every_pod_user_passes_wait_topics_and_keda_reads_the_lag_it_scales_on(
         asyncio.run(lag_as_keda("notify", "PledgeMade"))
 
 
-#: One thing each user must be refused: (user, "read"|"write", topic).
+#: One thing each user must be refused: (user, "read"|"write"|"transact"|"join", resource):
+#: a topic, a transactional id (taking it would fence its owner) or a consumer group.
 FORBIDDEN = [
+    ("pledgeflow-projector", "transact", "pledge-processor-0"),
+    ("pledgeflow-notify", "transact", "settlement-0"),
+    ("pledgeflow-api", "join", "pledge-readmodel"),
     ("pledgeflow-api", "write", "PledgeMade"),  # forging the campaign stream
     ("pledgeflow-processor", "write", "PledgeCaptured"),  # settlement's stream
     ("pledgeflow-projector", "write", "CampaignLaunched"),
@@ -403,13 +409,32 @@ FORBIDDEN = [
 ]
 
 
-@pytest.mark.parametrize(("user", "action", "topic"), FORBIDDEN)
+@pytest.mark.parametrize(("user", "action", "resource"), FORBIDDEN)
 def test_each_user_is_refused_what_its_role_does_not_need(
-    secured: SecuredBroker, user: str, action: str, topic: str
+    secured: SecuredBroker, user: str, action: str, resource: str
 ) -> None:
+    topic = resource
+
     async def attempt() -> None:
         security = kafka_client_kwargs(secured.security(user))
-        if action == "write":
+        if action == "transact":
+            producer = AIOKafkaProducer(
+                bootstrap_servers=secured.bootstrap, transactional_id=topic, **security
+            )
+            try:
+                await producer.start()
+            finally:
+                await producer.stop()
+        elif action == "join":
+            consumer = AIOKafkaConsumer(
+                "PledgeMade", bootstrap_servers=secured.bootstrap, group_id=topic, **security
+            )
+            try:
+                await consumer.start()
+                await consumer.getmany(timeout_ms=5000)
+            finally:
+                await consumer.stop()
+        elif action == "write":
             producer = AIOKafkaProducer(bootstrap_servers=secured.bootstrap, **security)
             await producer.start()
             try:
