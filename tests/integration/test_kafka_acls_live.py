@@ -404,6 +404,7 @@ FORBIDDEN = [
     ("pledgeflow-settlement", "write", "PledgeMade"),
     ("pledgeflow-settlement-readmodel", "read", "payment-tokens"),
     ("pledgeflow-notify", "write", "PledgeMade"),
+    ("pledgeflow-notify", "write", "notify-endpoints"),  # redirecting the webhooks
     ("pledgeflow-checkpointer", "read", "payment-tokens"),
     ("pledgeflow-keda", "read", "PledgeMade"),
 ]
