@@ -145,13 +145,33 @@ def cli(
     broker: SecuredBroker, user: str, args: list[str], extra: dict[str, str] | None = None
 ) -> str:
     """``pledgeflow <args>`` as ``user``; its output (fails the test on a non-zero exit)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLEDGEFLOW_")}
-    env.update(broker.env(user), PLEDGEFLOW_PARTITIONS=str(PARTITIONS), **(extra or {}))
-    done = subprocess.run(
-        [PLEDGEFLOW, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, f"pledgeflow {args} as {user}: {done.stderr[-3000:]}"
-    return done.stdout
+    return clis(broker, [(user, args)], extra)[0]
+
+
+def clis(
+    broker: SecuredBroker, runs: list[tuple[str, list[str]]], extra: dict[str, str] | None = None
+) -> list[str]:
+    """Several ``pledgeflow`` commands at once, each as its user; their outputs."""
+    procs = []
+    for user, args in runs:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PLEDGEFLOW_")}
+        env.update(broker.env(user), PLEDGEFLOW_PARTITIONS=str(PARTITIONS), **(extra or {}))
+        procs.append(
+            subprocess.Popen(
+                [PLEDGEFLOW, *args],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = []
+    for (user, args), proc in zip(runs, procs, strict=True):
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, f"pledgeflow {args} as {user}: {err[-3000:]}"
+        outputs.append(out)
+    return outputs
 
 
 async def produce_as_admin(broker: SecuredBroker, topic: str, value: bytes) -> None:
@@ -335,6 +355,16 @@ def test_every_process_runs_as_its_own_user_with_no_authorization_denied(
             letters = wait(dead_lettered, "the forged records' dead letters")
             # An operator's redrive runs in a notify pod, as notify.
             redriven = cli(secured, "pledgeflow-notify", ["notify", "redrive"], common)
+        # The processes stopped, an operator rebuilds both read models in their pods.
+        rebuilt = clis(
+            secured,
+            [
+                ("pledgeflow-projector", ["readmodel", "rebuild"]),
+                ("pledgeflow-settlement-readmodel", ["settlement", "readmodel", "rebuild"]),
+            ],
+            common,
+        )
+        assert "read model rebuilt:" in rebuilt[0] and "read model rebuilt:" in rebuilt[1]
         # launch, 2 pledges, close, 2 releases, 2 notifications at least; no seq gap.
         assert exported["events"] >= 8 and exported["gaps"] == 0, exported
         assert f"requeued 0 dead letter(s); {letters['notify.dlq']} not redrivable" in redriven
