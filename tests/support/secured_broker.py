@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import SecretStr
 
 from services.streams.kafka_security import KafkaSecurity
 from tests.support.api import free_port
@@ -148,7 +149,7 @@ class SecuredBroker:
         return KafkaSecurity(
             security_protocol="SASL_SSL",
             sasl_username=user,
-            sasl_password=self.passwords[user],  # type: ignore[arg-type]
+            sasl_password=SecretStr(self.passwords[user]),
             ca_file=str(self.ca_file),
         )
 
@@ -211,6 +212,9 @@ class SecuredBroker:
     def start(self, timeout: float = 90.0) -> None:
         """Format (with every SCRAM user) and start; return once the admin user is served."""
         self.data.mkdir(parents=True, exist_ok=True)
+        if not (KAFKA_DIR / "lib" / ".fetched").exists():  # as kafka-up.sh does
+            subprocess.run([str(KAFKA_DIR / "fetch.sh")], check=True, capture_output=True)
+            (KAFKA_DIR / "lib" / ".fetched").touch()
         self.ca_file, broker_pem = _certificates(self.data)
         # The local broker's logging, plus every authorization denial (what a test reports).
         (self.data / "log4j2.yaml").write_text(
