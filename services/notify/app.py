@@ -100,7 +100,7 @@ class _Parts:
             )
         )
         self.queue = RedisDeliveryQueue(
-            self.redis, prefix=s.topic_prefix, partition_of=self.partition_of
+            self.redis, prefix=s.topic_prefix, partition_of=self.partition_of, fenced=True
         )
         self.directory = Directory()
         self.service = NotifyService(
@@ -123,6 +123,8 @@ class _Parts:
             f"{s.topic_prefix}{s.notify_group}-stream",
             self.topics,
             self.partition_of,
+            owns=self.queue.owns,
+            on_fenced=lambda _p: self.metrics.fenced.inc(),
         )
         self.poster = HttpWebhookSender(
             allow_private=s.notify_allow_private_urls,
@@ -208,6 +210,8 @@ def create_app(
         broker_commit_interval=0.5,
         broker_session_timeout=s.notify_session_timeout_seconds,
         broker_heartbeat_interval=min(3.0, s.notify_session_timeout_seconds / 3),
+        # static membership: a restart within the session timeout keeps the assignment
+        consumer_group_instance_id=s.notify_instance_id,
     )
     parts = app.notify = _Parts(s, registry or REGISTRY)
     names = parts.topics.for_stream("campaign") + parts.topics.for_stream("settlement")
@@ -243,13 +247,24 @@ def create_app(
 
     @app.on_partitions_assigned.connect  # type: ignore[untyped-decorator]
     async def on_assigned(_sender: Any, assigned: set[Any], **_: Any) -> None:
-        parts.owned |= {tp.partition for tp in assigned if tp.topic in names}
+        # Fence before delivering: a new owner token (an older owner's claims are refused),
+        # then the partitions' stream writers (an older owner's records are refused).
+        new = {tp.partition for tp in assigned if tp.topic in names}
+        parts.metrics.assignments.inc()
+        await parts.queue.acquire(sorted(new))
+        await parts.recorder.acquire(new)
+        parts.owned |= new
 
     @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
     async def on_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic in names}
         parts.owned -= gone
+        parts.queue.release(gone)
         parts.service.forget(gone)
+        # the sends in flight on them are recorded before their writers stop (a graceful
+        # move repeats nothing); bounded, as the group waits for this
+        if parts.dispatcher is not None:
+            await parts.dispatcher.quiesce(gone, s.notify_webhook_timeout_seconds + 5)
         await parts.recorder.release(gone)
 
     return app

@@ -12,6 +12,7 @@ docs/notify.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -29,7 +30,15 @@ from services.notify.config import NotifySettings
 from services.notify.domain import Notification
 from services.notify.mail import MailRenderer
 from services.notify.metrics import NotifyMetrics, SkipReason
-from services.notify.ports import DeadLetters, DeliveryQueue, Directory, Erased, Queued, Recorder
+from services.notify.ports import (
+    DeadLetters,
+    DeliveryQueue,
+    Directory,
+    Erased,
+    NotOwner,
+    Queued,
+    Recorder,
+)
 from services.notify.webhooks import body_bytes, signed_headers
 
 __all__ = ["Dispatcher", "backoff_seconds"]
@@ -98,6 +107,8 @@ class Dispatcher:
         #: E-mail lanes of persons with a message in flight (their next one waits).
         self._persons: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: deliveries in flight per partition (a revoked partition's are waited for)
+        self._by_partition: dict[int, int] = {}
 
     def _capacity(self, lane: str) -> int:
         s = self.settings
@@ -140,13 +151,15 @@ class Dispatcher:
             *(self.queue.claim(nid, part, now_ms, lease_ms) for nid, _, part in chosen)
         )
         started = 0
-        for (_, full_lane, _), item in zip(chosen, claims, strict=True):
+        still = set(self.owned())  # a partition revoked while claiming: leave it to its owner
+        for (_, full_lane, part), item in zip(chosen, claims, strict=True):
             lane = full_lane.partition("|")[0]
-            if item is None:
+            if item is None or part not in still:
                 self.breaker.cancel_probe(lane)
                 self._persons.discard(full_lane)
                 continue
             self._inflight[lane] = self._inflight.get(lane, 0) + 1
+            self._by_partition[part] = self._by_partition.get(part, 0) + 1
             task = asyncio.create_task(self._attempt(item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -188,6 +201,18 @@ class Dispatcher:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def quiesce(self, partitions: set[int], within: float) -> bool:
+        """Wait (up to ``within`` seconds) until no delivery of ``partitions`` is in flight, so
+        a revoked partition's sends are recorded before its writer stops; True if none is."""
+        deadline = time.monotonic() + within
+        while any(self._by_partition.get(p, 0) for p in partitions):
+            if time.monotonic() >= deadline:
+                return False
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), deadline - time.monotonic())
+        return True
+
     async def _attempt(self, item: Queued) -> None:
         # The lane's slot is held until the outcome is recorded: a send not yet recorded is
         # still "in flight" (a crash then repeats it), and settling must not pile up.
@@ -203,9 +228,12 @@ class Dispatcher:
             self._duration[lane] = 0.8 * self._duration.get(lane, took) + 0.2 * took
             try:
                 await self._settle(item, outcome)
+            except NotOwner:  # the partition moved on: its new owner sends it after the lease
+                log.info("notify: %s unrecorded: moved", item.notification.notification_id)
             except Exception:  # the lease runs out and the notification is tried again
                 log.exception("notify: recording %s failed", item.notification.notification_id)
         finally:
+            self._by_partition[item.partition] -= 1
             self._inflight[item.lane.partition("|")[0]] -= 1
             self._persons.discard(item.lane)
             self._freed.set()
