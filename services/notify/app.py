@@ -250,14 +250,17 @@ def create_app(
         # Fence before delivering: a new owner token (an older owner's claims are refused),
         # then the partitions' stream writers (an older owner's records are refused).
         new = {tp.partition for tp in assigned if tp.topic in names}
+        log.info("notify: partitions %s assigned", sorted(new))
         parts.metrics.assignments.inc()
         await parts.queue.acquire(sorted(new))
         await parts.recorder.acquire(new)
         parts.owned |= new
+        log.info("notify: partitions %s fenced and delivering", sorted(new))
 
     @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
     async def on_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic in names}
+        log.info("notify: partitions %s revoked", sorted(gone))
         parts.owned -= gone
         parts.queue.release(gone)
         parts.service.forget(gone)
@@ -266,6 +269,7 @@ def create_app(
         if parts.dispatcher is not None:
             await parts.dispatcher.quiesce(gone, s.notify_webhook_timeout_seconds + 5)
         await parts.recorder.release(gone)
+        log.info("notify: partitions %s released", sorted(gone))
 
     return app
 

@@ -123,6 +123,9 @@ class Dispatcher:
         chosen: list[tuple[str, str, int]] = []
         taken: dict[str, int] = {}
         candidates = await self.queue.due(now_ms, _BATCH, list(self.owned()))
+        # Oldest first across the worker's partitions: taken in partition order, a full lane
+        # would serve the first partitions' backlog and starve the last ones.
+        candidates.sort(key=lambda c: c[3])
         # Items that must wait move by one shift for all, so they keep their order (a
         # person's messages, a lane's backlog): the oldest becomes due in _BUSY_PUSH_BACK_MS.
         oldest = min((due for *_, due in candidates), default=now_ms)
