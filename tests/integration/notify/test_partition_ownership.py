@@ -1,21 +1,33 @@
 """Who may deliver and record a partition's notifications, on real Redis and Kafka: the owner
 token refuses an older owner's claims, a fenced recorder stands down instead of fencing the new
-owner back, and releasing a partition never leaves a record waiting for good."""
+owner back, releasing a partition never leaves a record waiting for good, and a worker's full
+lane serves its partitions oldest first (none starves)."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from uuid import uuid4
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
-from schemas.events import NotificationSent
+from schemas.events import NotificationFailed, NotificationSent
 from schemas.topics import Topics, ensure_topics
+from services.notify.adapters.http_webhook import PostOutcome
 from services.notify.adapters.kafka_recorder import NotifyStreamRecorder
 from services.notify.adapters.redis_queue import RedisDeliveryQueue
-from services.notify.domain import Notification
+from services.notify.adapters.smtp import SmtpTransport
+from services.notify.config import NotifySettings
+from services.notify.directory import Directory, endpoint_key, endpoint_value
+from services.notify.dispatch import Dispatcher
+from services.notify.domain import Notification, WebhookEndpoint
+from services.notify.mail import MailRenderer
+from services.notify.metrics import NotifyMetrics
 from services.notify.ports import NotOwner
+from services.notify.webhooks import new_secret
+from tests.support.api import eventually
 from tests.support.notify_worker import notify_stream
 from tests.unit.notify.events import NOW
 
@@ -156,3 +168,71 @@ async def test_releasing_a_partition_mid_write_leaves_no_record_waiting(
     finally:
         await recorder.close()
         await _wipe(client, unique)
+
+
+@dataclass
+class _Poster:
+    """Answers every POST at once and keeps the order of the webhook ids."""
+
+    ids: list[str] = field(default_factory=list)
+
+    async def post(self, url: str, headers: dict[str, str], body: bytes) -> PostOutcome:
+        self.ids.append(headers["webhook-id"])
+        return PostOutcome(True)
+
+
+@dataclass
+class _Recorder:
+    async def record(
+        self, campaign_id: str, events: list[NotificationSent | NotificationFailed], cause: str
+    ) -> None:
+        return None
+
+
+class _NoDeadLetters:
+    async def put(
+        self, notification: Notification, reason: str, detail: str, attempts: int
+    ) -> None:
+        raise AssertionError("nothing fails here")
+
+
+async def test_a_full_lane_serves_the_oldest_notification_of_any_partition_first(
+    redis_server: str, unique: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_server)
+    queue = RedisDeliveryQueue(client, prefix=unique, partition_of=lambda c: int(c[-1]))
+    directory = Directory()
+    endpoint = WebhookEndpoint(
+        "hook", "tenant-a", "http://127.0.0.1:9/hook", frozenset({"PledgeMade"}), new_secret()
+    )
+    directory.apply_endpoint(endpoint_key("tenant-a", "hook"), endpoint_value(endpoint))
+    poster = _Poster()
+    settings = NotifySettings(partitions=2, notify_endpoint_concurrency=1)
+    dispatcher = Dispatcher(
+        queue=queue,
+        directory=directory,
+        poster=poster,
+        transport=SmtpTransport("127.0.0.1", 1),
+        renderer=MailRenderer(sender="n@x.test", message_id_domain="x.test"),
+        recorder=_Recorder(),
+        dead_letters=_NoDeadLetters(),
+        settings=settings,
+        metrics=NotifyMetrics.create(CollectorRegistry()),
+    )
+    # partition 0 has a backlog; partition 1's one notification is older than all of it
+    for i in range(5):
+        await queue.enqueue(_notification(f"msg_new{i}", "c0"), 2_000 + i)
+    await queue.enqueue(_notification("msg_old", "c1"), 1_000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        await eventually(lambda: _true(len(poster.ids) == 6), within=10, every=0.05)
+    finally:
+        stop.set()
+        await task
+        await _wipe(client, unique)
+    assert poster.ids == ["msg_old", *(f"msg_new{i}" for i in range(5))]
+
+
+async def _true(value: bool) -> bool:
+    return value
