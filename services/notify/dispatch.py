@@ -47,6 +47,8 @@ log = logging.getLogger("pledgeflow.notify.dispatch")
 
 #: How long a due item of a saturated lane waits before it is looked at again.
 _BUSY_PUSH_BACK_MS = 100
+#: At most this much more for a full lane's items (a lane's timing may be off: see _attempt).
+_MAX_LANE_WAIT_MS = 1000
 _BATCH = 256
 #: How long the dispatcher lets slots free up together before it pumps again.
 _COALESCE_SECONDS = 0.002
@@ -140,7 +142,7 @@ class Dispatcher:
                 # a full lane frees a slot about every (send duration / slots): a slow
                 # endpoint's backlog is not rescanned every pump
                 per_slot_ms = self._duration.get(lane, 0.0) * 1000 / self._capacity(lane)
-                wait_ms = max(0.0, per_slot_ms - _BUSY_PUSH_BACK_MS)
+                wait_ms = min(_MAX_LANE_WAIT_MS, max(0.0, per_slot_ms - _BUSY_PUSH_BACK_MS))
                 later.setdefault(part, {})[nid] = due + shift + wait_ms
             elif not self.breaker.allows(lane, now):
                 reopen_ms = self.breaker.reopens_at(lane) * 1000
@@ -228,7 +230,10 @@ class Dispatcher:
                 log.exception("notify: delivery of %s raised", item.notification.notification_id)
                 outcome = PostOutcome(False, "internal_error", repr(exc)[:500])
             took = time.monotonic() - started
-            self._duration[lane] = 0.8 * self._duration.get(lane, took) + 0.2 * took
+            if took <= self.settings.notify_webhook_timeout_seconds:
+                # longer than any send may take: the process was frozen or starved (a zombie's
+                # send spans its freeze), which says nothing of the endpoint's speed
+                self._duration[lane] = 0.8 * self._duration.get(lane, took) + 0.2 * took
             try:
                 await self._settle(item, outcome)
             except NotOwner:  # the partition moved on: its new owner sends it after the lease
