@@ -11,8 +11,10 @@ leaves at most one send unrecorded). In order:
 2. n2 stopped with SIGTERM (it drains: what it sent is recorded) and restarted within its
    session timeout: as a static member it gets the same partitions back, and n1 sees no
    rebalance (its assignment count stays);
-3. n1 SIGKILLed mid-delivery; its partitions move after the session timeout; it restarts;
-4. a zombie: n1 frozen (SIGSTOP) until n2 owns every partition and delivers on them, then
+3. n1 SIGKILLed mid-delivery (the receiver answers slowly for a moment, so a send is in
+   flight); its partitions move after the session timeout; it restarts;
+4. a zombie: n1 frozen (SIGSTOP) mid-delivery likewise until n2 owns every partition and
+   delivers on them, then
    resumed (SIGCONT) with the delivery (and maybe the transaction) it held: n2's owner tokens
    and stream writers fenced it, so it claims nothing new and its record is refused; it
    rejoins.
@@ -139,6 +141,15 @@ async def test_notify_workers_survive_a_join_a_restart_a_kill_and_a_zombie(
                 },
             )
 
+        async def mid_send() -> None:
+            """Make sends slow for a moment, so that the next fault lands while the worker
+            waits for the receiver's answer (a send made but not recorded yet)."""
+            receiver.delay["hook"] = 1.0
+            await asyncio.sleep(1.5)
+
+        def fast() -> None:
+            receiver.delay["hook"] = 0.01
+
         async def assignments(name: str) -> float:
             return await metric(ports[name], "pledgeflow_notify_assignments_total")
 
@@ -178,7 +189,9 @@ async def test_notify_workers_survive_a_join_a_restart_a_kill_and_a_zombie(
 
             # 3. SIGKILL mid-delivery; restart once its partitions moved.
             victim = fleet.members["n1"]
+            await mid_send()
             victim.kill()
+            fast()
             faults["sigkill"] += 1
             _, figures["kill_reassign_s"] = await wait_group(
                 admin, group, lambda v: v.stable_with({"n2"}, PARTITIONS), within=60,
@@ -192,7 +205,9 @@ async def test_notify_workers_survive_a_join_a_restart_a_kill_and_a_zombie(
 
             # 4. The zombie: frozen until the other worker owns every partition and delivers.
             zombie = fleet.members["n1"]
+            await mid_send()
             zombie.pause()
+            fast()
             faults["zombie"] += 1
             try:
                 _, figures["zombie_reassign_s"] = await wait_group(
