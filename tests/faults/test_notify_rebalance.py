@@ -173,7 +173,8 @@ async def test_notify_workers_survive_a_join_a_restart_a_kill_and_a_zombie(
             before = view.owners
             n1_assignments = await assignments("n1")
             t = time.monotonic()
-            fleet.members["n2"].terminate()
+            # in a thread: the receiver runs on this loop and must answer the sends n2 drains
+            await asyncio.to_thread(fleet.members["n2"].terminate)
             faults["sigterm"] += 1
             figures["graceful_stop_s"] = time.monotonic() - t
             await asyncio.sleep(rng.uniform(0.2, 1.0))
