@@ -9,10 +9,10 @@ JARS := $(KAFKA_DIR)/lib/.fetched
 PYTEST_ARGS ?=
 NAME ?=
 
-.PHONY: lock help install test test-unit lint deploy-check run bench kafka-up kafka-down redis-up redis-down clean
+.PHONY: lock help install test test-unit lint deploy-check run demo bench kafka-up kafka-down redis-up redis-down clean
 
 help:
-	@echo "make install | test | lint | deploy-check | run | bench [NAME=x] | kafka-up | kafka-down | redis-up | redis-down | clean"
+	@echo "make install | test | lint | deploy-check | run | demo | bench [NAME=x] | kafka-up | kafka-down | redis-up | redis-down | clean"
 
 # Dependencies come from the hash-locked requirements-dev.lock (pip --require-hashes); the
 # editable install after it adds only what a newer pyproject.toml names and the lock does not
@@ -60,6 +60,11 @@ deploy-check: $(STAMP)
 
 run: install
 	deploy/local/run.sh
+
+# `make run`'s stack in the background, a short `pledgeflow simulate` and its audit, then
+# where to look; the stack runs until Ctrl-C (deploy/local/demo.sh).
+demo: install
+	deploy/local/demo.sh
 
 bench: install
 	deploy/local/with-services.sh $(PY) -m bench $(NAME)

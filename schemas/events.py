@@ -382,14 +382,16 @@ class PledgeRefunded(Event):
 
 class PaymentMethodUpdated(Event):
     """A backer replaced the payment method of a pledge whose capture failed; the next retry
-    uses ``payment_token``."""
+    uses the pledge's token in the payment-token store (where the API put the new one).
+
+    v2 dropped ``payment_token``: a token never enters the immutable log (v1 events are upcast
+    without it; their retry uses the store's token)."""
 
     event_type: ClassVar[str] = "PaymentMethodUpdated"
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
     stream: ClassVar[Stream] = "settlement"
 
     pledge_id: Ident
-    payment_token: Annotated[StrictStr, StringConstraints(max_length=500)] | None
 
 
 class RefundRequested(Event):

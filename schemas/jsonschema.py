@@ -62,6 +62,17 @@ def _without(*fields: str) -> Callable[[Payload], Payload]:
     return older
 
 
+def _payment_method_v1(schema: Payload) -> Payload:
+    """v1 carried the new token (v2 keeps tokens off the log)."""
+    schema = copy.deepcopy(schema)
+    schema["properties"]["payment_token"] = {
+        "anyOf": [{"maxLength": 500, "type": "string"}, {"type": "null"}],
+        "title": "Payment Token",
+    }
+    schema["required"] = [*schema.get("required", []), "payment_token"]
+    return schema
+
+
 #: Payload schemas of versions older than the model's that records on a log may still have:
 #: ``(event_type, version) -> derive it from the current payload schema`` (mirrors
 #: ``schemas.upcasters``; a test checks every upcast version has its schema).
@@ -71,6 +82,7 @@ PAST_VERSIONS: dict[tuple[str, int], Callable[[Payload], Payload]] = {
     ("PledgeCaptured", 1): _without("ledger"),
     ("PledgeRefunded", 1): _without("ledger"),
     ("CampaignSettled", 1): _without("ledger"),
+    ("PaymentMethodUpdated", 1): _payment_method_v1,  # v2 dropped payment_token
 }
 
 

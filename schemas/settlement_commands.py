@@ -50,11 +50,13 @@ class RefundPledge(_SettlementCommandFields):
 
 
 class UpdatePaymentMethod(_SettlementCommandFields):
-    """Replace the payment method of a pledge whose capture failed (before ``retry_until``)."""
+    """Replace the payment method of a pledge whose capture failed (before ``retry_until``).
+
+    Carries no token: the API wrote the new one to the payment-token store (keyed by the
+    pledge) before appending this command, and the worker reads it from there."""
 
     command_type: Literal["UpdatePaymentMethod"] = "UpdatePaymentMethod"
     pledge_id: Ident
-    payment_token: Annotated[str, Field(max_length=500)] | None
 
 
 class ReportRevenue(_SettlementCommandFields):

@@ -19,6 +19,7 @@ __all__ = [
     "Upcaster",
     "upcast",
     "upcast_campaign_settled_v1_v2",
+    "upcast_payment_method_updated_v1_v2",
     "upcast_pledge_captured_v1_v2",
     "upcast_pledge_made_v1_v2",
     "upcast_pledge_refunded_v1_v2",
@@ -73,12 +74,19 @@ def upcast_campaign_settled_v1_v2(payload: Payload) -> Payload:
     return {**payload, "ledger": _ledger_of(lambda: settled_lines(_minor(payload, "commission")))}
 
 
+def upcast_payment_method_updated_v1_v2(payload: Payload) -> Payload:
+    """PaymentMethodUpdated v1 carried the new token; v2 keeps tokens off the log (the token
+    of a v1 fix is not carried forward: the retry uses the payment-token store's)."""
+    return {k: v for k, v in payload.items() if k != "payment_token"}
+
+
 #: ``(event_type, from_version) -> step`` producing ``from_version + 1``.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     ("PledgeMade", 1): upcast_pledge_made_v1_v2,
     ("PledgeCaptured", 1): upcast_pledge_captured_v1_v2,
     ("PledgeRefunded", 1): upcast_pledge_refunded_v1_v2,
     ("CampaignSettled", 1): upcast_campaign_settled_v1_v2,
+    ("PaymentMethodUpdated", 1): upcast_payment_method_updated_v1_v2,
 }
 
 

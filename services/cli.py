@@ -18,6 +18,7 @@ def _register() -> None:
     from services.pledge.projector import readmodel_cli
     from services.settlement.cli import app as settlement_app
     from services.settlement.cli import ledger
+    from services.simulate.cli import register as register_simulate
 
     app.add_typer(schemas_app, name="schemas")
     app.add_typer(processor_app, name="processor")
@@ -28,6 +29,7 @@ def _register() -> None:
     app.add_typer(notify_app, name="notify")
     app.add_typer(settlement_app, name="settlement")
     app.command("ledger")(ledger)
+    register_simulate(app)
 
 
 def main() -> None:

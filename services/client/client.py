@@ -11,7 +11,10 @@ What every integrator would otherwise write again:
 * **Models**: requests and answers are the API's own pydantic models
   (:mod:`services.pledge.api.models`);
 * **Reads**: ``ETag`` revalidation (a 304 returns the cached object) and async iterators over
-  the cursor listings.
+  the cursor listings (:mod:`services.client.pages`).
+
+Kept as one module: the client is one class with one method per endpoint, its public surface
+read as one table; the walking of listings lives in :mod:`services.client.pages`.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 from pydantic import BaseModel
 
 from services.client.errors import PledgeflowError, error_for
+from services.client.pages import walk
 from services.client.retry import RetryPolicy, retry_after
 from services.pledge.api.models import (
     BatchRequest,
@@ -50,12 +54,18 @@ from services.pledge.api.models import (
     PledgeRequest,
     PledgeView,
 )
+from services.settlement.api_models import (
+    PaymentMethodRequest,
+    RefundBody,
+    RevenueBody,
+    SettlementCommandAccepted,
+    SettlementCommandDecided,
+    SettlementView,
+)
 
 __all__ = ["PledgeflowClient", "RetryPolicy"]
 
 M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 Body = BaseModel | Mapping[str, Any]
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -68,34 +78,6 @@ def _json(body: Body | None) -> bytes | None:
     if isinstance(body, BaseModel):
         return body.model_dump_json(exclude_unset=True).encode()
     return orjson.dumps(dict(body))
-
-
-class _Page(Protocol[T_co]):
-    @property
-    def data(self) -> Sequence[T_co]: ...
-
-    @property
-    def next_cursor(self) -> str | None: ...
-
-
-async def _walk(fetch: Callable[[str | None], Awaitable[_Page[T]]]) -> AsyncIterator[T]:
-    """Every item of a cursor listing. The next page is requested as soon as this one's
-    cursor is known, so the server builds it while the caller consumes this one."""
-    page = await fetch(None)
-    while True:
-        upcoming = None
-        if page.next_cursor is not None:
-            upcoming = asyncio.ensure_future(fetch(page.next_cursor))
-        try:
-            for item in page.data:
-                yield item
-        except BaseException:  # the caller stopped early (or failed): drop the prefetch
-            if upcoming is not None:
-                upcoming.cancel()
-            raise
-        if upcoming is None:
-            return
-        page = await upcoming
 
 
 class PledgeflowClient:
@@ -145,10 +127,11 @@ class PledgeflowClient:
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        extensions: dict[str, Any] | None = None,
     ) -> httpx.Response:
         """One logical call: sent, retried while retryable, the answer (< 400 or 304) returned
         or its problem raised. Writes carry ``idempotency_key`` (generated when None) on every
-        attempt."""
+        attempt; ``extensions`` are httpx's request extensions (e.g. ``trace``)."""
         sent_headers = dict(headers or {})
         content = _json(body)
         if method == "POST":
@@ -160,7 +143,12 @@ class PledgeflowClient:
         while True:
             try:
                 response = await self._http.request(
-                    method, path, content=content, params=query, headers=sent_headers
+                    method,
+                    path,
+                    content=content,
+                    params=query,
+                    headers=sent_headers,
+                    extensions=extensions,
                 )
             except httpx.TransportError:
                 if attempt + 1 >= self.retry.attempts:
@@ -302,7 +290,71 @@ class PledgeflowClient:
         )
         return result
 
+    async def fix_payment_method(
+        self,
+        campaign_id: str,
+        pledge_id: str,
+        fix: PaymentMethodRequest | Mapping[str, Any],
+        *,
+        wait: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> SettlementCommandAccepted | SettlementCommandDecided:
+        """``POST /v1/campaigns/{id}/pledges/{pledge_id}/payment-method``."""
+        result: SettlementCommandAccepted | SettlementCommandDecided = await self._write(
+            f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}/payment-method",
+            fix,
+            SettlementCommandAccepted,
+            SettlementCommandDecided,
+            wait,
+            idempotency_key,
+        )
+        return result
+
+    async def refund_pledge(
+        self,
+        campaign_id: str,
+        pledge_id: str,
+        refund: RefundBody | Mapping[str, Any] | None = None,
+        *,
+        wait: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> SettlementCommandAccepted | SettlementCommandDecided:
+        """``POST /v1/campaigns/{id}/pledges/{pledge_id}/refund`` (no body: a full refund)."""
+        result: SettlementCommandAccepted | SettlementCommandDecided = await self._write(
+            f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}/refund",
+            refund if refund is not None else {},
+            SettlementCommandAccepted,
+            SettlementCommandDecided,
+            wait,
+            idempotency_key,
+        )
+        return result
+
+    async def report_revenue(
+        self,
+        campaign_id: str,
+        revenue: RevenueBody | Mapping[str, Any],
+        *,
+        wait: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> SettlementCommandAccepted | SettlementCommandDecided:
+        """``POST /v1/campaigns/{id}/revenue`` (coproduction campaigns)."""
+        result: SettlementCommandAccepted | SettlementCommandDecided = await self._write(
+            f"/v1/campaigns/{campaign_id}/revenue",
+            revenue,
+            SettlementCommandAccepted,
+            SettlementCommandDecided,
+            wait,
+            idempotency_key,
+        )
+        return result
+
     # --- reads --------------------------------------------------------------------------------
+
+    async def get_settlement(self, campaign_id: str) -> SettlementView:
+        """``GET /v1/campaigns/{id}/settlement``: status, money and ledger balances
+        (ETag-revalidated)."""
+        return await self._get_cached(f"/v1/campaigns/{campaign_id}/settlement", SettlementView)
 
     async def get_campaign(self, campaign_id: str) -> CampaignView:
         """``GET /v1/campaigns/{id}`` (revalidated with its ETag when seen before)."""
@@ -318,9 +370,16 @@ class PledgeflowClient:
         self, *, status: str | None = None, cursor: str | None = None, limit: int = 100
     ) -> CampaignPage:
         """One page of ``GET /v1/campaigns``."""
+        return CampaignPage.model_validate_json(
+            await self._campaign_page(status, cursor, limit, {})
+        )
+
+    async def _campaign_page(
+        self, status: str | None, cursor: str | None, limit: int, extensions: dict[str, Any]
+    ) -> bytes:
         params = {"status": status, "cursor": cursor, "limit": limit}
-        response = await self.request("GET", "/v1/campaigns", params=params)
-        return CampaignPage.model_validate_json(response.content)
+        response = await self.request("GET", "/v1/campaigns", params=params, extensions=extensions)
+        return response.content
 
     async def pledge_page(
         self,
@@ -331,9 +390,23 @@ class PledgeflowClient:
         limit: int = 100,
     ) -> PledgePage:
         """One page of ``GET /v1/campaigns/{id}/pledges``."""
+        return PledgePage.model_validate_json(
+            await self._pledge_page(campaign_id, status, cursor, limit, {})
+        )
+
+    async def _pledge_page(
+        self,
+        campaign_id: str,
+        status: str | None,
+        cursor: str | None,
+        limit: int,
+        extensions: dict[str, Any],
+    ) -> bytes:
         params = {"status": status, "cursor": cursor, "limit": limit}
-        response = await self.request("GET", f"/v1/campaigns/{campaign_id}/pledges", params=params)
-        return PledgePage.model_validate_json(response.content)
+        response = await self.request(
+            "GET", f"/v1/campaigns/{campaign_id}/pledges", params=params, extensions=extensions
+        )
+        return response.content
 
     async def event_page(
         self,
@@ -344,43 +417,56 @@ class PledgeflowClient:
         limit: int = 100,
     ) -> EventPage:
         """One page of ``GET /v1/campaigns/{id}/events``."""
+        return EventPage.model_validate_json(
+            await self._event_page(campaign_id, after_seq, cursor, limit, {})
+        )
+
+    async def _event_page(
+        self,
+        campaign_id: str,
+        after_seq: int,
+        cursor: str | None,
+        limit: int,
+        extensions: dict[str, Any],
+    ) -> bytes:
         params = {"after_seq": after_seq if cursor is None else None, "cursor": cursor}
         response = await self.request(
-            "GET", f"/v1/campaigns/{campaign_id}/events", params={**params, "limit": limit}
+            "GET",
+            f"/v1/campaigns/{campaign_id}/events",
+            params={**params, "limit": limit},
+            extensions=extensions,
         )
-        return EventPage.model_validate_json(response.content)
+        return response.content
 
     def campaigns(
         self, *, status: str | None = None, limit: int = 500
     ) -> AsyncIterator[CampaignView]:
         """Every campaign of the tenant (optionally by status), page after page."""
 
-        async def fetch(cursor: str | None) -> CampaignPage:
-            return await self.campaign_page(status=status, cursor=cursor, limit=limit)
+        async def fetch(cursor: str | None, extensions: dict[str, Any]) -> bytes:
+            return await self._campaign_page(status, cursor, limit, extensions)
 
-        return _walk(fetch)
+        return walk(fetch, CampaignPage)
 
     def pledges(
         self, campaign_id: str, *, status: str | None = None, limit: int = 500
     ) -> AsyncIterator[PledgeView]:
         """Every pledge of the campaign (optionally by status), page after page."""
 
-        async def fetch(cursor: str | None) -> PledgePage:
-            return await self.pledge_page(campaign_id, status=status, cursor=cursor, limit=limit)
+        async def fetch(cursor: str | None, extensions: dict[str, Any]) -> bytes:
+            return await self._pledge_page(campaign_id, status, cursor, limit, extensions)
 
-        return _walk(fetch)
+        return walk(fetch, PledgePage)
 
     def events(
         self, campaign_id: str, *, after_seq: int = 0, limit: int = 500
     ) -> AsyncIterator[EventView]:
         """The campaign's events after ``after_seq`` up to the newest one projected."""
 
-        async def fetch(cursor: str | None) -> EventPage:
-            return await self.event_page(
-                campaign_id, after_seq=after_seq, cursor=cursor, limit=limit
-            )
+        async def fetch(cursor: str | None, extensions: dict[str, Any]) -> bytes:
+            return await self._event_page(campaign_id, after_seq, cursor, limit, extensions)
 
-        return _walk(fetch)
+        return walk(fetch, EventPage)
 
     async def ready(self) -> bool:
         """``GET /readyz``: True when the API reaches Kafka and Redis."""

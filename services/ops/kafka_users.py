@@ -61,9 +61,16 @@ def _roles(topics: Topics) -> dict[str, dict[str, Any]]:
         },
         "settlement": {
             "read": [SETTLEMENT_COMMANDS_TOPIC, PAYMENT_TOKENS_TOPIC, *every_event],
-            "write": [*events["settlement"], "settlement.dlq"],
+            # payment-tokens: the tombstones of resolved pledges' tokens.
+            "write": [*events["settlement"], "settlement.dlq", PAYMENT_TOKENS_TOPIC],
             "groups": ["settlement"],
             "transactions": ["settlement"],
+        },
+        "settlement-readmodel": {
+            "read": events["settlement"],
+            "write": ["readmodel.dlq"],
+            "groups": ["settlement-readmodel"],
+            "transactions": [],
         },
         "notify": {
             "read": [*registrations, *events["campaign"], *events["settlement"]],
@@ -79,7 +86,12 @@ def _roles(topics: Topics) -> dict[str, dict[str, Any]]:
             "write": [],
             "groups": [],
             "transactions": [],
-            "described_groups": ["pledge-processor", "pledge-readmodel", "settlement"],
+            "described_groups": [
+                "pledge-processor",
+                "pledge-readmodel",
+                "settlement",
+                "settlement-readmodel",
+            ],
         },
         "checkpointer": {
             "read": [spec.name for spec in topics if spec.kind != "secret"],

@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--projector", type=int, required=True)
     parser.add_argument("--notify", type=int, default=None)
     parser.add_argument("--settlement", type=int, default=None)
+    parser.add_argument("--settlement-readmodel", type=int, default=None)
     parser.add_argument("--namespace", default="local")
     args = parser.parse_args()
     ports = {
@@ -66,6 +67,7 @@ def main() -> None:
     for job, port in (
         ("pledgeflow-notify", args.notify),
         ("pledgeflow-settlement", args.settlement),
+        ("pledgeflow-settlement-readmodel", args.settlement_readmodel),
     ):
         if port is not None:
             ports[job] = port

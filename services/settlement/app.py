@@ -14,8 +14,15 @@ Wiring only (the rules are in ``domain.py``, the call bookkeeping in ``engine.py
   the gateway calls the domain plans for what changed, the answers that came back, settled
   campaigns; the events of the turn are stamped on their chains and written, per partition,
   in one Kafka transaction.
-* **Any failure to write** ends the worker (its supervisor restarts it): everything it knew
-  is in the two logs, and the gateway calls it had made are derived again with the same
+* **Fenced** (``ProducerFenced``: the group gave partition p away while this worker was frozen
+  or cut off, and p's new owner started its writer): the turn's events for p are dropped
+  unwritten, and so are p's writer and in-memory state; events the reader still hands for p
+  are ignored. The consumer rejoins at its next heartbeat and whatever it is given is rebuilt
+  from the log like any assignment, so the worker goes on without a restart. Its gateway calls
+  carry idempotency keys derived from the events, so a call it still makes for p is answered
+  from the gateway's record, not made twice.
+* **Any other failure to write** ends the worker (its supervisor restarts it): everything it
+  knew is in the two logs, and the gateway calls it had made are derived again with the same
   idempotency keys, so the gateway answers them from its record instead of moving money.
 """
 
@@ -29,13 +36,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ProducerFenced
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from schemas.codec import message_key
 from schemas.envelope import Envelope
 from schemas.errors import DecodeError
 from schemas.events import CampaignClosed, CampaignSettled
-from schemas.settlement_commands import decode_settlement_command
+from schemas.settlement_commands import UpdatePaymentMethod, decode_settlement_command
 from schemas.tenancy import pledge_key
 from schemas.topics import Topics, ensure_topics
 from services.pledge.adapters.payment_tokens import load_payment_tokens
@@ -46,6 +54,7 @@ from services.settlement.domain import GatewayCall, GatewayResult
 from services.settlement.engine import Decision, EngineHooks, SettlementEngine
 from services.settlement.gateway import PaymentGateway
 from services.settlement.metrics import SettlementMetrics, settlement_metrics
+from services.settlement.token_eraser import RESOLVED, TokenEraser
 from services.streams import (
     ChainHeads,
     OrderedStreamReader,
@@ -111,6 +120,10 @@ class SettlementWorker:
         #: ``pledge key -> token`` from the payment-tokens topic (loaded, then tailed).
         self.tokens: dict[str, str] = {}
         self._token_reader: AIOKafkaConsumer | None = None
+        #: Tombstones for the tokens of resolved pledges (written after each transaction).
+        self.eraser = TokenEraser(
+            settings.kafka_bootstrap, self.topics.payment_tokens, settings.kafka_security
+        )
         self.heads = ChainHeads()
         self.writers: dict[int, PartitionWriter] = {}
         self._pending: dict[int, dict[str, list[OutRecord]]] = defaultdict(
@@ -151,6 +164,7 @@ class SettlementWorker:
             group_id=None,
         )
         await self._token_reader.start()
+        await self.eraser.start()
         token_tps = [
             TopicPartition(self.topics.payment_tokens, p) for p in range(self.settings.partitions)
         ]
@@ -172,6 +186,8 @@ class SettlementWorker:
             max_event_bytes=self.settings.max_event_bytes,
             hold_limit=self.settings.hold_limit,
             metrics=stream_metrics(self._registry),
+            group_instance_id=self.settings.settlement_instance_id,
+            session_timeout_ms=self.settings.settlement_session_timeout_ms,
         )
         await self._reader.start()
         self._task = asyncio.ensure_future(self._loop())
@@ -194,6 +210,7 @@ class SettlementWorker:
             await self._commands.stop()
         if self._token_reader is not None:
             await self._token_reader.stop()
+        await self.eraser.stop()
         for writer in self.writers.values():
             await writer.close()
         await self.gateway.aclose()
@@ -221,12 +238,17 @@ class SettlementWorker:
             self.engine.drain(now, self._emit)
             self.engine.settle_ready(now, self._emit)
             await self._flush()
+            await self.eraser.flush()
             self._observe_waiting(now)
             if reader.assigned_partitions:
                 self.ready.set()
 
     async def _on_runs(self, runs: list[Run]) -> None:
+        writers = self.writers
         for run in runs:
+            if run[0].partition not in writers:
+                # Not rebuilt yet (its rebuild replays these) or fenced (awaiting the rejoin).
+                continue
             for event in run:
                 self._apply(event.envelope)
 
@@ -237,6 +259,10 @@ class SettlementWorker:
 
     async def _seed(self, keys: list[StreamKey]) -> dict[StreamKey, int]:
         # What the assignment replay already applied: the reader drops redeliveries below it.
+        # A poll can bring a partition's first records with its assignment, before the loop
+        # rebuilt it: rebuild now (the reader's step runs before this turn stamps anything),
+        # or the answer would be 0 and the reader would wait for seq 1 forever.
+        await self._apply_partition_changes()
         out: dict[StreamKey, int] = {}
         for campaign_id, stream in keys:
             state = self.engine.states.get(campaign_id)
@@ -244,11 +270,11 @@ class SettlementWorker:
                 out[(campaign_id, stream)] = state.campaign_seq
         return out
 
-    async def _read_tokens(self) -> None:
+    async def _read_tokens(self, timeout_ms: int = 0) -> None:
         reader = self._token_reader
         if reader is None:
             return
-        batches = await reader.getmany(timeout_ms=0, max_records=10_000)
+        batches = await reader.getmany(timeout_ms=timeout_ms, max_records=10_000)
         for records in batches.values():
             for record in records:
                 if record.key is None:
@@ -266,11 +292,11 @@ class SettlementWorker:
         if consumer is None or not consumer.assignment():
             return
         batches = await consumer.getmany(timeout_ms=0, max_records=1000)
-        now = self.clock()
+        commands = []
         for records in batches.values():
             for record in records:
                 try:
-                    command = decode_settlement_command(record.value or b"")
+                    commands.append(decode_settlement_command(record.value or b""))
                 except DecodeError as exc:
                     log.error(
                         "undecodable settlement command at %s@%d: %s",
@@ -278,8 +304,26 @@ class SettlementWorker:
                         record.offset,
                         exc,
                     )
-                    continue
-                self.engine.command(command, now, self._emit)
+        if any(isinstance(c, UpdatePaymentMethod) for c in commands):
+            # The API stored the new token before appending the command: read the token
+            # topic up to its end now, so the retry the fix makes due uses the new token.
+            await self._catch_up_tokens()
+        now = self.clock()
+        for command in commands:
+            self.engine.command(command, now, self._emit)
+
+    async def _catch_up_tokens(self) -> None:
+        reader = self._token_reader
+        if reader is None:
+            return
+        partitions = list(reader.assignment())
+        ends = await reader.end_offsets(partitions)
+        for _ in range(50):
+            positions = [await reader.position(tp) for tp in partitions]
+            if all(at >= ends[tp] for at, tp in zip(positions, partitions, strict=True)):
+                return
+            await self._read_tokens(timeout_ms=100)
+        log.warning("payment tokens not read to their end; a fix may retry with the old one")
 
     def _emit(self, decision: Decision) -> None:
         """Stamp a decision's events on the campaign's settlement chain, fold them, and queue
@@ -301,6 +345,8 @@ class SettlementWorker:
             pending[self.topics.for_event(envelope.event_type)].append((key, data, _NO_HEADERS))
             self.metrics.events.labels(envelope.event_type).inc()
             payload = envelope.payload
+            if envelope.event_type in RESOLVED:
+                self.eraser.note(decision.campaign_id, getattr(payload, "pledge_id", ""))
             if isinstance(payload, CampaignSettled):
                 self._observe_settled(decision.campaign_id, payload, now)
 
@@ -310,7 +356,19 @@ class SettlementWorker:
             writer = self.writers.get(partition)
             if writer is None:
                 raise RuntimeError(f"decided events for partition {partition} it does not own")
-            await writer.write(records)
+            try:
+                await writer.write(records)
+            except ProducerFenced:
+                await self._fenced(partition)
+
+    async def _fenced(self, partition: int) -> None:
+        """A newer owner of ``partition`` fenced its writer: stand down on it until the group
+        says otherwise (the rejoin revokes and reassigns, which rebuilds from the log)."""
+        log.warning(
+            "partition %d: fenced by a newer writer; dropping its state until the group rejoins",
+            partition,
+        )
+        await self._release([partition])
 
     # --- partitions ----------------------------------------------------------------------
 
@@ -343,6 +401,7 @@ class SettlementWorker:
             settlement = await replay_partition(
                 bootstrap, self.topics.for_stream("settlement"), partition, self._replayed
             )
+            self._erase_resolved(partition)
             for gap in campaign.gaps + settlement.gaps:
                 log.error("partition %d replay left a gap: %s", partition, gap)
             log.info(
@@ -352,6 +411,18 @@ class SettlementWorker:
                 settlement.applied,
             )
         await self._assign_commands()
+
+    def _erase_resolved(self, partition: int) -> None:
+        """Note the tokens still stored of the partition's resolved pledges (a tombstone a
+        crash kept from being written is written now)."""
+        for campaign_id, state in self.engine.states.items():
+            if key_partition(message_key(campaign_id), self.settings.partitions) != partition:
+                continue
+            for pledge in state.pledges.values():
+                if pledge.status in ("captured", "released", "refunded") and (
+                    pledge_key(campaign_id, pledge.pledge_id) in self.tokens
+                ):
+                    self.eraser.note(campaign_id, pledge.pledge_id)
 
     def _replayed(self, envelope: Envelope) -> None:
         self.heads.apply(envelope)
@@ -371,6 +442,7 @@ class SettlementWorker:
             return key_partition(message_key(campaign_id), self.settings.partitions) not in gone
 
         self.engine.forget(keep)
+        self.eraser.forget(keep)
         self.heads.forget(lambda key: keep(key[0]))
         self._closed_at = {c: at for c, at in self._closed_at.items() if keep(c)}
         await self._assign_commands()

@@ -48,15 +48,67 @@ def run() -> None:
     run_cli("settlement", main, bootstrap=settings.kafka_bootstrap)
 
 
+readmodel_app = typer.Typer(
+    no_args_is_help=True, help="The settlement read model (GET .../settlement, payment status)."
+)
+app.add_typer(readmodel_app, name="readmodel")
+
+
+@readmodel_app.command("run")
+def readmodel_run() -> None:
+    """Project the settlement stream into Redis until SIGTERM/SIGINT."""
+    from services.settlement.config import SettlementSettings
+    from services.settlement.projector import run_projector
+    from services.streams import configure_logging, run_cli
+
+    settings = _settings()
+    assert isinstance(settings, SettlementSettings)
+    configure_logging()
+    run_cli(
+        "settlement-readmodel",
+        lambda: run_projector(settings),
+        bootstrap=settings.kafka_bootstrap,
+    )
+
+
+@readmodel_app.command("rebuild")
+def readmodel_rebuild() -> None:
+    """Wipe the settlement read model (this topic prefix) and replay the settlement stream
+    (stop the running projector first)."""
+    from services.settlement.config import SettlementSettings
+    from services.settlement.projector import rebuild
+    from services.streams import configure_logging
+
+    settings = _settings()
+    assert isinstance(settings, SettlementSettings)
+    configure_logging("info")
+    applied = asyncio.run(rebuild(settings))
+    typer.echo(f"settlement read model rebuilt: {applied} events applied")
+
+
 def ledger(
     campaign: str = typer.Option(..., "--campaign", help="Campaign id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    api_url: str = typer.Option(
+        "",
+        "--api-url",
+        envvar="PLEDGEFLOW_API_URL",
+        help="Read GET /v1/campaigns/{id}/settlement of this API (the campaign id as the "
+        "tenant knows it); without it the settlement stream is read from Kafka (the "
+        "tenant-qualified id).",
+    ),
+    api_key: str = typer.Option(
+        "", "--api-key", envvar="PLEDGEFLOW_API_KEY", help="API key (with --api-url)."
+    ),
 ) -> None:
     """Print a campaign's ledger balances (and its settlement, once settled)."""
     import orjson
     from rich.console import Console
     from rich.table import Table
 
+    if api_url:
+        _ledger_from_api(campaign, as_json, api_url, api_key)
+        return
     from services.settlement.config import SettlementSettings
     from services.settlement.statement import read_statement
 
@@ -78,3 +130,68 @@ def ledger(
     console.print(table)
     for line in statement.summary():
         console.print(line)
+
+
+def _ledger_from_api(campaign: str, as_json: bool, api_url: str, api_key: str) -> None:
+    """``ledger --api-url``: the settlement read model through the typed client; every
+    failure is one line naming what is wrong."""
+    import re
+
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    from schemas.money import Money, format_money
+    from schemas.pledge_fields import ID_PATTERN
+    from services.client import NotFound, PledgeflowClient, PledgeflowError, RetryPolicy
+    from services.settlement.api_models import SettlementView
+
+    def fail(message: str) -> None:
+        typer.echo(f"ledger: {message}", err=True)
+        raise typer.Exit(2 if message.startswith(("campaign:", "api-key:", "api-url:")) else 1)
+
+    if not re.fullmatch(ID_PATTERN, campaign):
+        fail(f"campaign: {campaign!r} is not a campaign id ({ID_PATTERN})")
+    if not api_key:
+        fail("api-key: required with --api-url (or PLEDGEFLOW_API_KEY)")
+    if not api_url.startswith(("http://", "https://")):
+        fail(f"api-url: {api_url!r} is not an http(s) URL")
+
+    async def read() -> SettlementView:
+        retry = RetryPolicy(attempts=2)
+        async with PledgeflowClient(api_url, api_key, timeout=10.0, retry=retry) as client:
+            return await client.get_settlement(campaign)
+
+    try:
+        view = asyncio.run(read())
+    except NotFound:
+        fail(f"campaign: no campaign {campaign!r} for this API key")
+    except PledgeflowError as exc:
+        fail(f"api: {exc}")
+    except httpx.HTTPError as exc:
+        fail(f"api-url: {api_url} not reachable ({type(exc).__name__})")
+    if as_json:
+        typer.echo(view.model_dump_json(indent=2))
+        return
+
+    def money(minor: int) -> str:
+        return format_money(Money(amount_minor=minor, currency=view.gross.currency))
+
+    table = Table(title=f"Ledger of {campaign} ({view.gross.currency}, seq {view.seq})")
+    for column in ("account", "debits", "credits", "balance"):
+        table.add_column(column, justify="left" if column == "account" else "right")
+    for line in view.ledger:
+        debit, credit = line.debit_minor, line.credit_minor
+        balance = debit - credit if line.account == "backer_funds" else credit - debit
+        table.add_row(line.account, money(debit), money(credit), money(balance))
+    console = Console()
+    console.print(table)
+    console.print(
+        f"{view.status}{f' {view.outcome}' if view.outcome else ''}: gross "
+        f"{money(view.gross.amount_minor)}, commission {money(view.commission.amount_minor)}, "
+        f"fees {money(view.fees.amount_minor)}, payout {money(view.payout.amount_minor)}"
+    )
+    console.print(
+        f"captured {view.captured_count}, failed {view.failed_count}, released "
+        f"{view.released_count}, refunded {view.refunded_count}"
+    )

@@ -60,6 +60,18 @@ class SettlementSettings(StreamSettings):
     settlement_max_in_flight_per_campaign: int = Field(default=64, ge=1)
     #: Longest wait of one loop turn (also how late a due retry may start).
     settlement_tick_seconds: float = Field(default=0.2, gt=0)
+    #: Static group membership id of this worker (e.g. the pod name): a restarted worker takes
+    #: its partitions back at once instead of after a session timeout and a rebalance. Two
+    #: workers must never share one.
+    settlement_instance_id: str | None = None
+    #: Consumer group session timeout (how soon a dead or frozen worker's partitions move).
+    settlement_session_timeout_ms: int = Field(default=10_000, ge=1000)
+
+    #: Consumer group of the settlement read-model projector (``pledgeflow settlement
+    #: readmodel run``) on the settlement stream.
+    settlement_readmodel_group: str = "settlement-readmodel"
+    #: How long the projector keeps a settlement command's decision for ``Prefer: wait``.
+    settlement_decision_ttl_seconds: int = Field(default=600, ge=1)
 
     @field_validator("settlement_retry_schedule")
     @classmethod

@@ -441,11 +441,7 @@ def _on_command(
                     f"the retry window of pledge {pledge.pledge_id!r} has closed",
                     pledge.pledge_id,
                 )  # fmt: skip
-            return [
-                PaymentMethodUpdated(
-                    pledge_id=pledge.pledge_id, payment_token=command.payment_token
-                )
-            ]
+            return [PaymentMethodUpdated(pledge_id=pledge.pledge_id)]
         case ReportRevenue():
             return _share_revenue(state, command)
 

@@ -219,7 +219,9 @@ def _settlement_event(state: SettlementState, envelope: Envelope) -> None:
             )
         case PaymentMethodUpdated():
             pledge = state.pledges[payload.pledge_id]
-            pledge.payment_token = payload.payment_token
+            # The new token is in the payment-token store: the event carries none, and a token
+            # the pledge's own event carried (before tokens left the log) is stale now.
+            pledge.payment_token = None
             pledge.method_fixed = True
         case CampaignSettled():
             state.settled = payload

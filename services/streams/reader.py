@@ -81,7 +81,8 @@ class OrderedStreamReader:
     ``from_beginning`` re-reads every assigned partition from its start (rebuilds).
     ``hold_limit`` bounds the events held per partition: past it, the topic-partitions whose
     events wait are paused (their predecessors, on other topics, keep coming) until half of
-    them are released.
+    them are released. ``group_instance_id`` makes the member static (a restart within
+    ``session_timeout_ms`` gets its partitions back without a rebalance).
     """
 
     def __init__(
@@ -106,6 +107,8 @@ class OrderedStreamReader:
         commit: bool = True,
         lag_every_seconds: float = 1.0,
         metrics: StreamMetrics | None = None,
+        group_instance_id: str | None = None,
+        session_timeout_ms: int = 10_000,
     ) -> None:
         transactional_marks.install()
         self.bootstrap = bootstrap
@@ -130,6 +133,8 @@ class OrderedStreamReader:
         #: (``PartitionWriter.write(..., consumed=reader.consumed_offsets(p))``).
         self.commit = commit
         self.lag_every = lag_every_seconds
+        self.group_instance_id = group_instance_id
+        self.session_timeout_ms = session_timeout_ms
         self.metrics = metrics or stream_metrics()
         self.metrics.track_group(group_id)
         self._held_gauge = self.metrics.held.labels(group_id)
@@ -163,6 +168,10 @@ class OrderedStreamReader:
             bootstrap_servers=self.bootstrap,
             **kafka_client_kwargs(),
             group_id=self.group_id,
+            group_instance_id=self.group_instance_id,
+            session_timeout_ms=self.session_timeout_ms,
+            # aiokafka's default ratio (3 s of 10 s), for shorter timeouts too.
+            heartbeat_interval_ms=max(1000, self.session_timeout_ms * 3 // 10),
             isolation_level="read_committed",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -447,6 +456,13 @@ class OrderedStreamReader:
 
     async def _assigned(self, assigned: list[TopicPartition]) -> None:
         consumer = self._require()
+        # One line per rebalance this member took part in (operators and the fault tests
+        # tell a rebalance from a static member's quiet restart by it).
+        log.info(
+            "group %s: assigned partitions %s",
+            self.group_id,
+            sorted({tp.partition for tp in assigned}),
+        )
         if self.from_beginning and assigned:
             await consumer.seek_to_beginning(*assigned)
         numbers = sorted({tp.partition for tp in assigned} - set(self._orderers))

@@ -205,6 +205,7 @@ def test_every_dashboard_query_and_rule_evaluates_on_live_metrics(
                 },
             ),
             "settlement": (["settlement", "run"], {}),
+            "settlement-readmodel": (["settlement", "readmodel", "run"], {}),
         }
         ports = {name: free_port() for name in ("api", "prometheus", *workers)}
         jobs = {f"pledgeflow-{name}": ports[name] for name in ("api", *workers)}

@@ -67,6 +67,7 @@ JOBS = {
     "pledgeflow-projector",
     "pledgeflow-notify",
     "pledgeflow-settlement",
+    "pledgeflow-settlement-readmodel",
 }
 
 
@@ -111,6 +112,7 @@ def test_make_run_serves_pledges_stops_on_ctrl_c_and_keeps_data(
         "PLEDGEFLOW_PROJECTOR_METRICS_PORT": str(free_port()),
         "PLEDGEFLOW_NOTIFY_METRICS_PORT": str(free_port()),
         "PLEDGEFLOW_SETTLEMENT_METRICS_PORT": str(free_port()),
+        "PLEDGEFLOW_SETTLEMENT_READMODEL_METRICS_PORT": str(free_port()),
         "PLEDGEFLOW_MAILPIT_SMTP_PORT": str(free_port()),
         "PLEDGEFLOW_MAILPIT_UI_PORT": str(free_port()),
         "PLEDGEFLOW_API_KEYS": f"platform-e2e:{KEY}",

@@ -1,4 +1,4 @@
-"""schemathesis against /openapi.json of a real uvicorn server (with processor and projector):
+"""schemathesis against /openapi.json of a real uvicorn server (with processor and projectors):
 no 5xx for any generated input, and every response matches the documented schema."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from tests.support.api import (
     create_topics,
     processor,
     projector,
+    settlement_projector,
+    settlement_settings_for,
     uvicorn_server,
 )
 from tests.support.infra import kafka_bootstrap, redis_url, unique_name
@@ -44,7 +46,12 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     )
     await create_topics(settings)
     st = Path(sys.executable).with_name("st")
-    async with processor(settings), projector(settings), uvicorn_server(settings) as base:
+    async with (
+        processor(settings),
+        projector(settings),
+        settlement_projector(settlement_settings_for(settings)),
+        uvicorn_server(settings) as base,
+    ):
         proc = await asyncio.create_subprocess_exec(
             str(st), "run", f"{base}/openapi.json",
             "-H", f"Authorization: Bearer {KEY_A}",

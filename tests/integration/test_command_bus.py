@@ -10,6 +10,7 @@ from collections import defaultdict
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from services.pledge.adapters.command_bus import CommandBus
 
@@ -83,3 +84,41 @@ async def test_a_flush_waits_out_the_interval_after_the_previous_one(
         await bus.stop()
     assert first < interval
     assert both >= interval
+
+
+async def test_records_of_another_topic_share_the_bus_and_land_where_a_plain_producer_puts_them(
+    bootstrap: str, admin: AIOKafkaAdminClient, unique: str
+) -> None:
+    # The API's payment tokens ride on the command bus; a compacted topic needs every record
+    # of a key on the partition Kafka's default partitioner gives it, as before.
+    commands, tokens = f"{unique}.commands", f"{unique}.tokens"
+    await admin.create_topics([NewTopic(commands, 3, 1), NewTopic(tokens, 6, 1)])
+    bus = CommandBus(bootstrap, commands, flush_interval_ms=5, record_topics=[tokens])
+    await bus.start()
+    keys = [f"tenant-a/c-{i % 7}/p-{i}".encode() for i in range(300)]
+    try:
+        await asyncio.gather(
+            bus.send_records(tokens, [(key, b"tok-" + key) for key in keys[:150]]),
+            *(bus.send_records(tokens, [(key, b"tok-" + key)]) for key in keys[150:]),
+            *(bus.send(f"c-{i % 7}", b"%d" % i) for i in range(50)),
+        )
+    finally:
+        await bus.stop()
+    consumer = AIOKafkaConsumer(
+        tokens, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    placed: dict[bytes, int] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while len(placed) < len(keys) and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                for record in records:
+                    assert record.key is not None and record.value == b"tok-" + record.key
+                    placed[record.key] = tp.partition
+    finally:
+        await consumer.stop()
+    partitioner = DefaultPartitioner()
+    assert placed == {key: partitioner(key, list(range(6)), list(range(6))) for key in keys}
+    assert len(set(placed.values())) == 6
+    assert sum(len(v) for v in (await read_by_key(bootstrap, commands, 50)).values()) == 50

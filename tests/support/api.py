@@ -23,6 +23,7 @@ from services.pledge.adapters.redis_readmodel import Keys
 from services.pledge.api import create_app
 from services.pledge.config import PledgeSettings
 from services.pledge.projector import Projector
+from services.settlement.config import SettlementSettings
 
 KEY_A = "key-a-0123456789"
 KEY_B = "key-b-0123456789"
@@ -123,6 +124,36 @@ async def projector(settings: PledgeSettings) -> AsyncIterator[Projector]:
         await task
         await proj.stop()
         await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def settlement_projector(settings: SettlementSettings) -> AsyncIterator[None]:
+    """The settlement read model's projector running in the background."""
+    from services.settlement.projector import SettlementProjector
+
+    client = aioredis.Redis.from_url(settings.redis_url)
+    proj = SettlementProjector(settings, client, registry=CollectorRegistry())
+    await proj.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(proj.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+        await proj.stop()
+        await client.aclose()
+
+
+def settlement_settings_for(settings: PledgeSettings, **overrides: Any) -> SettlementSettings:
+    """Settlement settings sharing the API's broker, Redis and topic prefix."""
+    return SettlementSettings(
+        kafka_bootstrap=settings.kafka_bootstrap,
+        redis_url=settings.redis_url,
+        topic_prefix=settings.topic_prefix,
+        partitions=settings.partitions,
+        **overrides,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -70,6 +70,10 @@ class Member(ServiceProcess):
         self.down = True
         assert code == 0, f"exit code {code} after SIGTERM\n{self.logs()}"
 
+    def full_log(self) -> str:
+        """Everything the current run of this worker logged so far (``logs()`` is its tail)."""
+        return (self.log_dir / f"{self.name}-{self.starts}.log").read_text(errors="replace")
+
     def cpu_seconds(self) -> float:
         """User + system CPU time the running worker used so far (Linux /proc)."""
         assert self.proc is not None
@@ -270,11 +274,14 @@ class StallWatch:
             self.stalls.append((since, now - since, tp.partition))
 
     def longest_after(self, moment: float, until: float | None = None) -> float:
-        """Longest stall that began at or after ``moment`` (and before ``until``)."""
+        """Longest stall that began at or after ``moment`` (and before ``until``), counting
+        the stalls still going on so far (a partition not yet taken over is the longest)."""
+        now = time.monotonic()
+        ongoing = [(since, now - since, tp.partition) for tp, since in self._since.items()]
         return max(
             (
                 seconds
-                for start, seconds, _ in self.stalls
+                for start, seconds, _ in self.stalls + ongoing
                 if start >= moment - self.every and (until is None or start < until)
             ),
             default=0.0,

@@ -44,8 +44,9 @@ class Mailpit:
 
 
 @contextmanager
-def running_mailpit(log: Path) -> Iterator[Mailpit]:
-    """Start mailpit on free ports; stop it afterwards."""
+def running_mailpit(log: Path, *, max_messages: int | None = None) -> Iterator[Mailpit]:
+    """Start mailpit on free ports; stop it afterwards. It keeps its newest 500 messages
+    unless ``max_messages`` says otherwise."""
     subprocess.run([str(INSTALL)], check=True)
     smtp, http = free_port(), free_port()
     with log.open("wb") as out:
@@ -56,6 +57,7 @@ def running_mailpit(log: Path) -> Iterator[Mailpit]:
                 f"127.0.0.1:{smtp}",
                 "--listen",
                 f"127.0.0.1:{http}",
+                *(["--max", str(max_messages)] if max_messages is not None else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

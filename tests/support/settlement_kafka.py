@@ -30,19 +30,19 @@ class FakeClock:
 
 
 async def write_campaigns(
-    bootstrap: str, topics: Topics, group: str, envelopes: list[Envelope]
+    bootstrap: str, topics: Topics, group: str, envelopes: list[Envelope], stream: str = "campaign"
 ) -> None:
-    """The campaign-stream envelopes given (in order), each partition's in one transaction."""
+    """The ``stream`` envelopes given (in order), each partition's in one transaction."""
     batches: dict[int, dict[str, list[OutRecord]]] = defaultdict(lambda: defaultdict(list))
     for envelope in envelopes:
         key = message_key(envelope.campaign_id)
         partition = key_partition(key, topics.partitions)
-        if envelope.stream == "campaign":
+        if envelope.stream == stream:
             batches[partition][topics.for_event(envelope.event_type)].append(
                 (key, encode(envelope), [])
             )
     for partition, records in batches.items():
-        writer = PartitionWriter(bootstrap, f"{group}-campaign-writer", partition)
+        writer = PartitionWriter(bootstrap, f"{group}-{stream}-writer", partition)
         await writer.start()
         try:
             await writer.write(records)

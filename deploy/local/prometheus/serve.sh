@@ -20,7 +20,9 @@ mkdir -p "$data/tsdb"
   --processor "${PLEDGEFLOW_PROCESSOR_METRICS_PORT:-9101}" \
   --projector "${PLEDGEFLOW_PROJECTOR_METRICS_PORT:-9102}" \
   --notify "${PLEDGEFLOW_NOTIFY_METRICS_PORT:-9104}" \
-  --settlement "${PLEDGEFLOW_SETTLEMENT_METRICS_PORT:-9105}" > "$data/prometheus.yml" \
+  --settlement "${PLEDGEFLOW_SETTLEMENT_METRICS_PORT:-9105}" \
+  --settlement-readmodel "${PLEDGEFLOW_SETTLEMENT_READMODEL_METRICS_PORT:-9106}" \
+  > "$data/prometheus.yml" \
   || idle "no configuration"
 prometheus --config.file="$data/prometheus.yml" --storage.tsdb.path="$data/tsdb" \
   --web.listen-address="127.0.0.1:$port" --log.level=warn

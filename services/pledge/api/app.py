@@ -72,6 +72,9 @@ from services.pledge.api.ports import IngestPorts
 from services.pledge.api.problems import ProblemError, problem_body, problem_response
 from services.pledge.api.responses import MetricsMiddleware, RequestMetrics, error_response
 from services.pledge.metrics_api import ApiMetrics, api_metrics
+from services.settlement.adapters.redis_readmodel import RedisSettlementReads, SettlementKeys
+from services.settlement.api_ports import SettlementPorts
+from services.settlement.api_routes import add_settlement_routes
 from services.streams.log_limits import limit_repeated_root_logs
 
 __all__ = ["create_app"]
@@ -265,6 +268,7 @@ def create_app(
         return await ingest().get_pledge(request.scope, campaign_id, pledge_id)
 
     add_listing_routes(app, ingest, CursorCodec(config.cursor_key()), _CampaignId)
+    add_settlement_routes(app, ingest, _CampaignId, _PledgeId)  # services/settlement/api_routes
 
     @app.post(
         "/v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel",
@@ -391,6 +395,7 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         flush_interval_ms=settings.api_produce_interval_ms,
         on_produce=metrics.produce_latency.labels("command").observe,
         send_timeout_s=settings.api_send_timeout_seconds,
+        record_topics=[topics.payment_tokens],
     )
     store = IngestStore(
         pipeline,
@@ -400,14 +405,18 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         lock_seconds=settings.api_idempotency_lock_seconds,
         ttl_seconds=settings.api_idempotency_ttl_seconds,
     )
-    tokens = KafkaPaymentTokens(
+    # The tokens share the command bus: one producer, one flusher, shared produce requests.
+    tokens = KafkaPaymentTokens(settings.kafka_bootstrap, topics.payment_tokens, bus=bus)
+    settlement_bus = CommandBus(
         settings.kafka_bootstrap,
-        topics.payment_tokens,
+        topics.settlement_commands,
+        flush_interval_ms=settings.api_produce_interval_ms,
+        on_produce=metrics.produce_latency.labels("settlement_command").observe,
         send_timeout_s=settings.api_send_timeout_seconds,
     )
     await store.load_scripts()
     await bus.start()
-    await tokens.start()
+    await settlement_bus.start()
     try:
         yield IngestPorts(
             bus=bus,
@@ -415,9 +424,13 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
             decisions=RedisDecisions(pipeline, rm_keys),
             reads=ReadModelStore(client, rm_keys),
             tokens=tokens,
+            settlement=SettlementPorts(
+                commands=settlement_bus,
+                reads=RedisSettlementReads(client, SettlementKeys(settings.topic_prefix)),
+            ),
         )
     finally:
-        await tokens.stop()
+        await settlement_bus.stop()
         await bus.stop()
         await pipeline.aclose()
         await client.aclose()

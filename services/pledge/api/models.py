@@ -34,6 +34,7 @@ from schemas.pledge_fields import (
     PositiveAmount,
     Token,
 )
+from services.settlement.api_models import PaymentView
 
 __all__ = [
     "CURRENCIES",
@@ -322,6 +323,11 @@ class PledgeView(_Out):
     detail: str | None
     last_refusal: Refusal | None = Field(
         default=None, description="A later operation on it that was refused (a cancellation)."
+    )
+    payment: PaymentView | None = Field(
+        default=None,
+        description="Where its money stands (settlement read model; GET of one pledge only, "
+        "null unless accepted or cancelled).",
     )
 
 

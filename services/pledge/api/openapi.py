@@ -39,6 +39,7 @@ from services.pledge.api.models import (
 )
 from services.pledge.api.openapi_docs import LICENSE, OPERATIONS, PROBLEM_EXAMPLE, SERVERS, TAGS
 from services.pledge.api.problems import PROBLEM_MEDIA_TYPE
+from services.settlement.api_docs import SETTLEMENT_MODELS
 
 __all__ = [
     "COMMON",
@@ -162,6 +163,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         PledgePage,
         EventPage,
         EventView,
+        *SETTLEMENT_MODELS,
     )
     for model in models:
         model_schema = json_schema_of(model)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.settlement.api_docs import SETTLEMENT_OPERATIONS, SETTLEMENT_TAG
+
 __all__ = ["LICENSE", "OPERATIONS", "SERVERS", "TAGS"]
 
 SERVERS = [
@@ -19,6 +21,7 @@ TAGS = [
     {"name": "campaigns", "description": "Launch, read, list and close campaigns; their events."},
     {"name": "pledges", "description": "Make, read, list and cancel pledges."},
     {"name": "ops", "description": "Liveness, readiness and metrics (no API key)."},
+    SETTLEMENT_TAG,
 ]
 
 _DEADLINE = "2030-01-31T23:59:59Z"
@@ -237,3 +240,5 @@ PROBLEM_EXAMPLE = {
     "instance": "/v1/campaigns/c-42/pledges",
     "errors": [{"field": "amount_minor", "message": "Input should be greater than 0"}],
 }
+
+OPERATIONS.update(SETTLEMENT_OPERATIONS)  # services/settlement/api_docs.py

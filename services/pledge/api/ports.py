@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.pledge.adapters.redis_readmodel import CampaignRow, PledgeRow
+from services.settlement.api_ports import SettlementPorts
 
 __all__ = [
     "CommandLog",
@@ -171,3 +172,5 @@ class IngestPorts:
     reads: ReadModelReader
     #: None: tokens travel inside the commands and events (before issue 12; tests only).
     tokens: PaymentTokenStore | None = None
+    #: The settlement routes' command log and read model (None: those routes answer 503).
+    settlement: SettlementPorts | None = None

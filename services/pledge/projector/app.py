@@ -33,7 +33,9 @@ async def rebuild(settings: ProjectorSettings) -> int:
     try:
         store = ReadModelStore(client, Keys(settings.topic_prefix))
         await store.wipe()
-        projector = Projector(settings, client, from_beginning=True)
+        # A one-off member: never under the running projector's static id.
+        one_off = settings.model_copy(update={"readmodel_instance_id": None})
+        projector = Projector(one_off, client, from_beginning=True)
         await projector.start()
         try:
             await projector.run_until_caught_up()

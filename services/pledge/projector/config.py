@@ -17,3 +17,9 @@ class ProjectorSettings(StreamSettings):
     readmodel_group: str = "pledge-readmodel"
     #: How long the projector keeps a command's decision for ``Prefer: wait`` (seconds).
     readmodel_decision_ttl_seconds: int = Field(default=600, ge=1)
+    #: Static group membership id of this projector (e.g. the pod name): a restarted projector
+    #: takes its partitions back without a rebalance. Two projectors must never share one;
+    #: ``readmodel rebuild`` joins without it.
+    readmodel_instance_id: str | None = None
+    #: Consumer group session timeout (how soon a dead or frozen projector's partitions move).
+    readmodel_session_timeout_ms: int = Field(default=10_000, ge=1000)

@@ -130,6 +130,8 @@ class Projector:
             hold_limit=s.hold_limit,
             lag_every_seconds=self.lag_every,
             metrics=self._stream_metrics,
+            group_instance_id=s.readmodel_instance_id,
+            session_timeout_ms=s.readmodel_session_timeout_ms,
         )
         await self._reader.start()
 

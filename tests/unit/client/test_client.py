@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
+import orjson
 import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from schemas.commands import decode_command
 from schemas.tenancy import qualify
@@ -178,3 +180,56 @@ async def test_stopping_an_iteration_early_drops_the_prefetched_page(rig: Rig) -
     assert [p.pledge_id async for p in rig.client.pledges("c-1", limit=2)] == [
         f"p-{i}" for i in range(5)
     ]
+
+
+def _listing(pages: list[bytes], asked: list[str | None]) -> PledgeflowClient:
+    """A client whose pledge listing serves ``pages`` in turn (cursor ``"n"`` -> page n)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        cursor = request.url.params.get("cursor")
+        asked.append(cursor)
+        return httpx.Response(200, content=pages[int(cursor or 0)])
+
+    return PledgeflowClient("http://api", KEY_A, transport=httpx.MockTransport(handler))
+
+
+def _item(n: int) -> dict[str, object]:
+    doc = {**pledge_body(f"p-{n}"), "campaign_id": "c-1", "status": "accepted"}
+    item = _pledge(doc)
+    del item["tenant_id"]
+    return item
+
+
+async def test_the_next_page_is_on_its_way_before_the_first_item_of_this_one() -> None:
+    # The server builds page n+1 while the caller consumes page n.
+    pages = [
+        orjson.dumps({"data": [_item(2 * n), _item(2 * n + 1)], "next_cursor": str(n + 1)})
+        for n in range(2)
+    ] + [orjson.dumps({"data": [_item(4)], "next_cursor": None})]
+    asked: list[str | None] = []
+    async with _listing(pages, asked) as client:
+        walk = client.pledges("c-1", limit=2)
+        first = await anext(walk)
+        asked_by_first_item = list(asked)
+        rest = [p.pledge_id async for p in walk]
+
+    assert asked_by_first_item == [None, "1"]
+    assert [first.pledge_id, *rest] == [f"p-{i}" for i in range(5)]
+    assert asked == [None, "1", "2"]
+
+
+async def test_a_page_is_walked_whatever_the_order_of_its_members() -> None:
+    pages = [
+        b'{"next_cursor":"1","data":[%s]}' % orjson.dumps(_item(0)),
+        b'{"data":[%s],"next_cursor":"2" , "extra_last":1}' % orjson.dumps(_item(1)),
+        b'{"data":[%s],"next_cursor":null}\n' % orjson.dumps(_item(2)),
+    ]
+    asked: list[str | None] = []
+    async with _listing(pages, asked) as client:
+        with pytest.raises(ValidationError):  # the unknown member is still refused
+            [p.pledge_id async for p in client.pledges("c-1")]
+        pages[1] = b'{"data":[%s],"next_cursor":"2"}' % orjson.dumps(_item(1))
+        seen = [p.pledge_id async for p in client.pledges("c-1")]
+
+    assert seen == ["p-0", "p-1", "p-2"]
+    assert asked[-3:] == [None, "1", "2"]

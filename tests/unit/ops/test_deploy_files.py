@@ -23,6 +23,7 @@ from services.pledge.metrics_api import ApiMetrics
 from services.pledge.processor.metrics import ProcessorMetrics
 from services.pledge.projector.metrics import ReadModelMetrics
 from services.settlement.metrics import settlement_metrics
+from services.settlement.projector import SettlementReadModelMetrics
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = REPO / "deploy" / "k8s" / "base"
@@ -52,6 +53,7 @@ def _exported_series() -> set[str]:
     ReadModelMetrics.create(registry)
     NotifyMetrics.create(registry)
     settlement_metrics(registry)
+    SettlementReadModelMetrics.create(registry)
     names = set()
     for family in registry.collect():
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
@@ -137,6 +139,7 @@ def test_every_exported_metric_family_is_on_the_dashboard() -> None:
         ApiMetrics.create,
         ReadModelMetrics.create,
         NotifyMetrics.create,
+        SettlementReadModelMetrics.create,
     ):
         create(registry)
     text = "\n".join(_dashboard_exprs())

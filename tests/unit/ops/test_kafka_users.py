@@ -23,7 +23,8 @@ def _allowed(user: dict[str, Any], operation: str, kind: str = "topic") -> set[s
 def test_every_service_gets_a_scram_user_with_simple_acls() -> None:
     users = _users()
     assert set(users) == {
-        "api", "processor", "projector", "settlement", "notify", "keda", "checkpointer"
+        "api", "processor", "projector", "settlement", "settlement-readmodel", "notify", "keda",
+        "checkpointer",
     }  # fmt: skip
     for user in users.values():
         assert user["metadata"]["labels"] == {"strimzi.io/cluster": "pledgeflow"}
@@ -38,7 +39,7 @@ def test_only_the_stream_owner_writes_its_event_topics() -> None:
     writers = {name: _allowed(u, "Write") for name, u in users.items()}
     assert {n for n, w in writers.items() if w & campaign} == {"processor"}
     assert {n for n, w in writers.items() if w & settlement} == {"settlement"}
-    assert writers["projector"] == {"readmodel.dlq"}
+    assert writers["projector"] == writers["settlement-readmodel"] == {"readmodel.dlq"}
     assert writers["keda"] == set()
 
 
@@ -49,6 +50,13 @@ def test_payment_tokens_are_read_only_by_settlement_and_keda_reads_nothing() -> 
     assert _allowed(users["keda"], "Read") == set()
     assert _allowed(users["keda"], "Read", "group") == set()
     assert _allowed(users["keda"], "Describe", "group") == {
-        "pledge-processor", "pledge-readmodel", "settlement"
+        "pledge-processor", "pledge-readmodel", "settlement", "settlement-readmodel"
     }  # fmt: skip
     assert _allowed(users["processor"], "Write", "transactionalId") == {"pledge-processor"}
+
+
+def test_only_settlement_writes_payment_tokens_besides_the_api() -> None:
+    # The API stores tokens; settlement writes the tombstones of resolved pledges' tokens.
+    users = _users()
+    writers = {n for n, u in users.items() if PAYMENT_TOKENS_TOPIC in _allowed(u, "Write")}
+    assert writers == {"api", "settlement"}

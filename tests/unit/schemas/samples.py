@@ -97,7 +97,7 @@ def sample_events() -> list[Event]:
             payout=eur(912_000), captured_count=400, failed_count=1, refunded_count=0,
             ledger_debits_minor=1_000_000, ledger_credits_minor=1_000_000,
         ),
-        PaymentMethodUpdated(pledge_id="pl-4", payment_token="tok_ok"),
+        PaymentMethodUpdated(pledge_id="pl-4"),
         RefundRequested(
             refund_id="rf-1", pledge_id="pl-3", amount=eur(1000), reason="item_not_delivered",
             requested_by="creator-1",

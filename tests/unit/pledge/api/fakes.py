@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.pledge.adapters.redis_readmodel import CampaignRow, PledgeRow
 from services.pledge.api.ports import GateResult, IngestPorts, PendingPledge
+from services.settlement.api_ports import SettlementPorts
 
 
 class FakeCommandLog:
@@ -250,12 +251,37 @@ class FakePaymentTokens:
 
 
 @dataclass
+class FakeSettlementReads:
+    """The settlement read model: summaries, payment records, decisions on commands."""
+
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    payments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: False: the projector is rebuilding the read model (its epoch marker is absent).
+    is_whole: bool = True
+
+    async def summary(self, campaign_id: str) -> dict[str, Any] | None:
+        return self.summaries.get(campaign_id)
+
+    async def payment(self, campaign_id: str, pledge_id: str) -> dict[str, Any] | None:
+        return self.payments.get((campaign_id, pledge_id))
+
+    async def decision(self, command_id: str) -> dict[str, Any] | None:
+        return self.decisions.get(command_id)
+
+    async def whole(self) -> bool:
+        return self.is_whole
+
+
+@dataclass
 class FakePorts:
     """One set of fakes sharing one "Redis"; :meth:`opened` is ``create_app``'s ``ports``."""
 
     readmodel: FakeReadModel = field(default_factory=FakeReadModel)
     bus: FakeCommandLog = field(default_factory=FakeCommandLog)
     tokens: FakePaymentTokens = field(default_factory=FakePaymentTokens)
+    settlement_bus: FakeCommandLog = field(default_factory=FakeCommandLog)
+    settlement: FakeSettlementReads = field(default_factory=FakeSettlementReads)
     gate: FakeIngestGate = field(init=False)
 
     def __post_init__(self) -> None:
@@ -269,4 +295,5 @@ class FakePorts:
             decisions=self.readmodel,
             reads=self.readmodel,
             tokens=self.tokens,
+            settlement=SettlementPorts(commands=self.settlement_bus, reads=self.settlement),
         )

@@ -1,0 +1,359 @@
+"""The settlement read-model projector: the settlement stream -> summaries, payment records and
+command decisions in Redis (``pledgeflow settlement readmodel run|rebuild``).
+
+A stream-runtime reader (:class:`~services.streams.OrderedStreamReader`, its own group) of the
+settlement topics hands each campaign's events in ``seq`` order; each run is applied in one
+Lua script that checks the stored ``seq``, so a redelivery is a no-op and the read model is
+rebuildable from the log at any time (``rebuild`` wipes it and replays). Redis out of reach
+pauses the projector. Redis coming back empty is noticed by the epoch marker (checked every
+``epoch_check_seconds``): gone, the projector re-reads the stream from the beginning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from redis.exceptions import NoScriptError
+
+from schemas.events import EVENT_TYPES
+from schemas.topics import ensure_topics
+from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
+from services.settlement.adapters.redis_readmodel import (
+    APPLY_SETTLEMENT,
+    RedisSettlementReads,
+    SettlementKeys,
+)
+from services.settlement.config import SettlementSettings
+from services.settlement.projection import initial_summary, project
+from services.streams import OrderedStreamReader, Run, StreamKey, serve, stream_metrics
+from services.streams.metrics import registered
+
+__all__ = [
+    "SettlementProjector",
+    "SettlementProjectorProcess",
+    "SettlementReadModelMetrics",
+    "rebuild",
+    "run_projector",
+    "settlement_readmodel_metrics",
+]
+
+log = logging.getLogger("pledgeflow.settlement.readmodel")
+
+#: The event types of the settlement stream (the applied counter's label values).
+SETTLEMENT_EVENT_TYPES = tuple(t for t, m in EVENT_TYPES.items() if m.stream == "settlement")
+
+
+@dataclass(frozen=True)
+class SettlementReadModelMetrics:
+    """What the settlement read model's projector reports (beside the stream runtime's reader
+    metrics for its group)."""
+
+    applied: Counter
+    rebuilds: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SettlementReadModelMetrics:
+        applied = Counter(
+            "pledgeflow_settlement_readmodel_events_applied",
+            "Settlement events applied to the settlement read model, by event type.",
+            ["event_type"],
+            registry=registry,
+        )
+        for event_type in SETTLEMENT_EVENT_TYPES:  # exported at 0 from the start
+            applied.labels(event_type)
+        rebuilds = Counter(
+            "pledgeflow_settlement_readmodel_rebuilds",
+            "Replays of the settlement stream by a running projector because Redis lost or "
+            "replaced the settlement read model (its epoch marker gone or changed).",
+            registry=registry,
+        )
+        return cls(applied=applied, rebuilds=rebuilds)
+
+
+def settlement_readmodel_metrics(
+    registry: CollectorRegistry | None = None,
+) -> SettlementReadModelMetrics:
+    """The projector's metrics in ``registry`` (default: the process-wide one, once)."""
+    return registered(SettlementReadModelMetrics.create, registry)
+
+
+def _values(change: dict[str, Any]) -> bytes:
+    # Numbers and booleans travel as strings (Lua keeps them exact); None deletes the field.
+    return orjson.dumps(
+        {
+            k: (None if v is None else ("true" if v is True else "false" if v is False else str(v)))
+            for k, v in change.items()
+        }
+    )
+
+
+class SettlementProjector:
+    """Keeps one topic prefix's settlement read model up to date."""
+
+    def __init__(
+        self,
+        settings: SettlementSettings,
+        client: aioredis.Redis,
+        *,
+        from_beginning: bool = False,
+        registry: CollectorRegistry = REGISTRY,
+        epoch_check_seconds: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics()
+        self.keys = SettlementKeys(settings.topic_prefix)
+        self.client = client
+        self.group = f"{settings.topic_prefix}{settings.settlement_readmodel_group}"
+        self.from_beginning = from_beginning
+        self.decision_ttl = settings.settlement_decision_ttl_seconds
+        self.applied = 0
+        self.ready = asyncio.Event()
+        self._cache: dict[str, dict[str, Any]] = {}
+        metrics = settlement_readmodel_metrics(registry)
+        self._applied = metrics.applied
+        self._rebuilds = metrics.rebuilds
+        self._stream_metrics = stream_metrics(registry)  # once: a rebuild starts a new reader
+        self._reader: OrderedStreamReader | None = None
+        self._epoch: bytes | str | None = None
+        self._epoch_at = -1e9
+        self.epoch_check = epoch_check_seconds
+        self.rebuilds = 0
+
+    async def start(self) -> None:
+        await APPLY_SETTLEMENT.load(self.client)
+        if await self._new_epoch() and not self.from_beginning:
+            log.info("settlement read model empty for %s: replaying", self.keys.ns)
+            self.from_beginning = True
+        await self._start_reader()
+
+    async def _new_epoch(self) -> bool:
+        epoch = f"{self.group}:{uuid.uuid4().hex}".encode()
+        written = bool(await self.client.set(self.keys.epoch(), epoch, nx=True))
+        self._epoch = epoch if written else await self.client.get(self.keys.epoch())
+        self._epoch_at = time.monotonic()
+        return written
+
+    async def _start_reader(self) -> None:
+        s = self.settings
+        self._reader = OrderedStreamReader(
+            bootstrap=s.kafka_bootstrap,
+            group_id=self.group,
+            topics=self.topics.for_stream("settlement"),
+            topic_of=self.topics.event_topics(),
+            dead_letter_topic=self.topics.dead_letter("readmodel"),
+            handler=self._apply,
+            seed=self._seed,
+            on_revoked=self._revoked,
+            streams=("settlement",),
+            from_beginning=self.from_beginning,
+            max_event_bytes=s.max_event_bytes,
+            hold_limit=s.hold_limit,
+            metrics=self._stream_metrics,
+        )
+        await self._reader.start()
+
+    async def _check_epoch(self) -> None:
+        """Replay from the beginning when the marker is gone or changed (Redis lost or
+        replaced the read model). After a loss the marker - which tells the API the read
+        model is whole - is written again only once the replay has caught up."""
+        self._epoch_at = time.monotonic()
+        current = await self.client.get(self.keys.epoch())
+        if current is None and self._epoch is None:
+            reader = self._require()
+            lag = reader.lag()
+            if lag and not any(lag.values()) and reader.held == 0:
+                await self._new_epoch()
+            return
+        if current == self._epoch:
+            return
+        log.warning("settlement read model of %s lost or replaced: replaying", self.keys.ns)
+        self.rebuilds += 1
+        self._rebuilds.inc()
+        reader = self._require()
+        self._reader = None
+        await reader.stop()
+        self._cache.clear()
+        self._epoch = current  # None after a loss: written again once the replay caught up
+        self.from_beginning = True
+        await self._start_reader()
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            await self._reader.stop()
+
+    def _require(self) -> OrderedStreamReader:
+        if self._reader is None:
+            raise RuntimeError("SettlementProjector.start() first")
+        return self._reader
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Project until ``stop`` is set; Redis out of reach pauses (runs are handed again)."""
+        stop = stop or asyncio.Event()
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                await self.step(timeout_ms=200)
+                backoff = 0.1
+            except REDIS_UNAVAILABLE as exc:
+                log.warning("Redis unavailable (%r); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def run_until_caught_up(self, idle_ms: int = 1000) -> None:
+        await self._require().run_until_caught_up(idle_ms=idle_ms)
+
+    async def step(self, timeout_ms: int = 200) -> int:
+        if time.monotonic() - self._epoch_at >= self.epoch_check:
+            await self._check_epoch()
+        reader = self._require()
+        count = await reader.step(timeout_ms=timeout_ms)
+        if reader.assigned_partitions:
+            self.ready.set()
+        return count
+
+    async def _revoked(self, _partitions: list[int]) -> None:
+        self._cache.clear()
+
+    async def _seed(self, keys: list[StreamKey]) -> Mapping[StreamKey, int]:
+        await self._load([campaign_id for campaign_id, _ in keys])
+        return {key: int(self._cache[key[0]]["seq"]) for key in keys}
+
+    async def _load(self, campaign_ids: list[str]) -> None:
+        missing = [c for c in campaign_ids if c not in self._cache]
+        if not missing:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for campaign_id in missing:
+            pipe.hmget(self.keys.campaign(campaign_id), ["seq", "doc"])
+        rows = await pipe.execute()
+        for campaign_id, (seq, doc) in zip(missing, rows, strict=True):
+            summary = initial_summary(campaign_id) if doc is None else orjson.loads(doc)
+            summary["seq"] = int(seq or 0)
+            self._cache[campaign_id] = summary
+
+    async def _apply(self, runs: list[Run]) -> None:
+        """Each campaign's run in one Lua call (one pipeline for all); a campaign another
+        writer moved is reloaded and what is left of its run applied again."""
+        pending = {run[0].envelope.campaign_id: run for run in runs if run}
+        for _attempt in range(5):
+            if not pending:
+                return
+            await self._load(list(pending))
+            pipe = self.client.pipeline(transaction=False)
+            calls: list[tuple[str, Run]] = []
+            for campaign_id, run in pending.items():
+                summary = self._cache[campaign_id]
+                base = int(summary["seq"])
+                todo = [e for e in run if e.envelope.seq > base]
+                if not todo or todo[0].envelope.seq != base + 1:
+                    continue
+                keys = [self.keys.campaign(campaign_id)]
+                args: list[Any] = []
+                for event in todo:
+                    changes, decision = project(summary, event.envelope)
+                    for pledge_id, change in changes:
+                        keys.append(self.keys.pledge(campaign_id, pledge_id))
+                        args.extend(("pay", _values(change)))
+                    if decision is not None:
+                        keys.append(self.keys.decision(event.envelope.causation_id))
+                        args.extend(("decide", orjson.dumps(decision)))
+                head: list[Any] = [
+                    base,
+                    todo[-1].envelope.seq,
+                    orjson.dumps(summary),
+                    self.decision_ttl,
+                ]
+                pipe.evalsha(APPLY_SETTLEMENT.sha, len(keys), *keys, *head, *args)
+                calls.append((campaign_id, todo))
+            if not calls:
+                return
+            try:
+                results = await pipe.execute(raise_on_error=True)
+            except REDIS_UNAVAILABLE:
+                for campaign_id, _ in calls:
+                    self._cache.pop(campaign_id, None)
+                raise
+            except NoScriptError:
+                await APPLY_SETTLEMENT.load(self.client)
+                for campaign_id, _ in calls:
+                    self._cache.pop(campaign_id, None)
+                continue
+            retry: dict[str, Run] = {}
+            for (campaign_id, todo), result in zip(calls, results, strict=True):
+                if int(result) == -1:
+                    self._cache.pop(campaign_id, None)
+                    retry[campaign_id] = todo
+                    continue
+                if int(result) == 0:
+                    self._cache.pop(campaign_id, None)
+                for event in todo:
+                    self._applied.labels(event.envelope.event_type).inc()
+                self.applied += len(todo)
+            pending = retry
+        if len(self._cache) > 200_000:
+            self._cache.clear()
+
+
+class SettlementProjectorProcess:
+    """The projector as a stream-runtime worker (``serve`` runs it)."""
+
+    def __init__(self, settings: SettlementSettings) -> None:
+        self.client = aioredis.Redis.from_url(settings.redis_url)
+        self.projector = SettlementProjector(settings, self.client)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.projector.start()
+        self._task = asyncio.create_task(self.projector.run(self._stop), name="settlement-rm")
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        self._stop.set()
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            await self.projector.stop()
+            await self.client.aclose()
+
+
+async def run_projector(settings: SettlementSettings) -> None:
+    """Create missing topics, then project until SIGTERM/SIGINT."""
+    await ensure_topics(settings.kafka_bootstrap, settings.topics())
+    await serve(
+        SettlementProjectorProcess(settings),
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+    )
+
+
+async def rebuild(settings: SettlementSettings) -> int:
+    """Wipe this prefix's settlement read model and replay the settlement stream (stop the
+    running projector first). Returns the number of events applied."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await RedisSettlementReads(client, SettlementKeys(settings.topic_prefix)).wipe()
+        projector = SettlementProjector(
+            settings, client, from_beginning=True, registry=CollectorRegistry()
+        )
+        await projector.start()
+        try:
+            await projector.run_until_caught_up()
+        finally:
+            await projector.stop()
+        return projector.applied
+    finally:
+        await client.aclose()
