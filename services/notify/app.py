@@ -184,7 +184,7 @@ class _Parts:
         started = time.monotonic()
         self.stop.set()
         if self.dispatcher is not None:
-            await self.dispatcher.drain()  # what was sent is recorded (a graceful stop)
+            await self.dispatcher.stopped()  # what was sent is recorded (a graceful stop)
         drained = time.monotonic()
         await self.recorder.close()
         await self.poster.aclose()

@@ -111,6 +111,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         #: deliveries in flight per partition (a revoked partition's are waited for)
         self._by_partition: dict[int, int] = {}
+        self._running = False
+        self._ended = asyncio.Event()
 
     def _capacity(self, lane: str) -> int:
         s = self.settings
@@ -176,6 +178,7 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pump until ``stop`` is set, then wait for the deliveries in flight."""
+        self._running = True
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -199,6 +202,16 @@ class Dispatcher:
                     await asyncio.sleep(_COALESCE_SECONDS)
         finally:
             stopping.cancel()
+            try:
+                await self.drain()
+            finally:
+                self._ended.set()
+
+    async def stopped(self) -> None:
+        """Once ``stop`` is set: wait until :meth:`run` has ended (a pump under way may still
+        start deliveries) and every delivery in flight is recorded."""
+        if self._running:
+            await self._ended.wait()
         await self.drain()
 
     async def drain(self) -> None:
