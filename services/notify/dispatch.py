@@ -12,8 +12,10 @@ docs/notify.md.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -50,8 +52,26 @@ _BUSY_PUSH_BACK_MS = 100
 #: At most this much more for a full lane's items (a lane's timing may be off: see _attempt).
 _MAX_LANE_WAIT_MS = 1000
 _BATCH = 256
+#: A full lane remembers up to this many times its slots of its scanned due items.
+_LANE_MEMORY = 32
 #: How long the dispatcher lets slots free up together before it pumps again.
 _COALESCE_SECONDS = 0.002
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A due item of a full lane, already scanned: it starts when the lane has room."""
+
+    nid: str
+    full_lane: str
+    part: int
+    #: its due time in the queue (ms), moved on when pushed back
+    due: float
+
+    @property
+    def person(self) -> str:
+        """The person of an e-mail lane (``email|<person>``), else ''."""
+        return self.full_lane.partition("|")[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +129,9 @@ class Dispatcher:
         #: E-mail lanes of persons with a message in flight (their next one waits).
         self._persons: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: per lane, its scanned due items waiting for a slot, in order (claimed when started)
+        self._waiting: dict[str, collections.deque[_Waiting]] = {}
+        self._waiting_ids: dict[str, _Waiting] = {}
         #: deliveries in flight per partition (a revoked partition's are waited for)
         self._by_partition: dict[int, int] = {}
         self._running = False
@@ -119,54 +142,95 @@ class Dispatcher:
         return s.notify_email_concurrency if lane == "email" else s.notify_endpoint_concurrency
 
     async def pump(self) -> int:
-        """Start every due delivery its lane has room for; returns how many started."""
+        """Start every due delivery its lane has room for; returns how many started.
+
+        A full lane's due items are pushed back in the queue (so its backlog is not rescanned
+        by every pump) and the first of them are also remembered in order (``_waiting``): the
+        pump after a slot frees claims the next one at once, early, without waiting for the
+        queue's due time, so a fast endpoint's lane is refilled at the endpoint's pace.
+        """
         now = self.clock()
         now_ms = int(now * 1000)
         lease_ms = int(self.settings.notify_lease_seconds * 1000)
-        later: dict[int, dict[str, float]] = {}
-        chosen: list[tuple[str, str, int]] = []
-        taken: dict[str, int] = {}
-        candidates = await self.queue.due(now_ms, _BATCH, list(self.owned()))
+        owned = list(self.owned())
+        candidates = await self.queue.due(now_ms, _BATCH, owned)
         # Oldest first across the worker's partitions: taken in partition order, a full lane
         # would serve the first partitions' backlog and starve the last ones.
         candidates.sort(key=lambda c: c[3])
+        self._forget_unowned(set(owned))
+        fresh: dict[str, list[_Waiting]] = {}
+        lanes = {lane for lane in self._waiting if self._has_room(lane)}
+        for nid, full_lane, part, due in candidates:
+            known = self._waiting_ids.get(nid)
+            if known is not None:
+                known.due = due  # due again in the queue: it waits in its place, pushed again
+                lanes.add(full_lane.partition("|")[0])
+            else:
+                lane = full_lane.partition("|")[0]
+                fresh.setdefault(lane, []).append(_Waiting(nid, full_lane, part, due))
         # Items that must wait move by one shift for all, so they keep their order (a
         # person's messages, a lane's backlog): the oldest becomes due in _BUSY_PUSH_BACK_MS.
         oldest = min((due for *_, due in candidates), default=now_ms)
         shift = now_ms + _BUSY_PUSH_BACK_MS - oldest
-        for nid, full_lane, part, due in candidates:
-            # "email|<person>": the relay's lane, and a person whose mails go one at a time
-            lane, _, person = full_lane.partition("|")
-            used = self._inflight.get(lane, 0) + taken.get(lane, 0)
-            if person and full_lane in self._persons:
-                continue  # stays due, in place, behind the person's message in flight
-            if used >= self._capacity(lane):
-                # a full lane frees a slot about every (send duration / slots): a slow
-                # endpoint's backlog is not rescanned every pump
-                per_slot_ms = self._duration.get(lane, 0.0) * 1000 / self._capacity(lane)
-                wait_ms = min(_MAX_LANE_WAIT_MS, max(0.0, per_slot_ms - _BUSY_PUSH_BACK_MS))
-                later.setdefault(part, {})[nid] = due + shift + wait_ms
-            elif not self.breaker.allows(lane, now):
-                reopen_ms = self.breaker.reopens_at(lane) * 1000
-                later.setdefault(part, {})[nid] = due + max(shift, reopen_ms - oldest)
-            else:
-                taken[lane] = taken.get(lane, 0) + 1
-                if person:
-                    self._persons.add(full_lane)
-                chosen.append((nid, full_lane, part))
+        spread = max(1.0, (now_ms - oldest) / _BUSY_PUSH_BACK_MS)
+        later: dict[int, dict[str, float]] = {}
+        chosen: list[_Waiting] = []
+        for lane in lanes | set(fresh):
+            waiting = self._waiting.pop(lane, collections.deque())
+            order = [*waiting, *fresh.get(lane, ())]
+            waiting = collections.deque()
+            capacity = self._capacity(lane)
+            # a full lane frees a slot about every (send duration / slots): a slow endpoint's
+            # backlog is not rescanned every pump
+            per_slot_ms = self._duration.get(lane, 0.0) * 1000 / capacity
+            wait_ms = min(_MAX_LANE_WAIT_MS, max(0.0, per_slot_ms - _BUSY_PUSH_BACK_MS))
+            used = self._inflight.get(lane, 0)
+            for w in order:
+                known = w.nid in self._waiting_ids
+                if w.person and w.full_lane in self._persons:
+                    if known:  # stays due in place (or pushed), behind the person's message
+                        waiting.append(w)
+                    continue
+                if used >= capacity:
+                    remember = known or len(waiting) < capacity * _LANE_MEMORY
+                    if w.due <= now_ms:
+                        # a remembered item is claimed early, at this due time (its lease
+                        # then ends that much later): squeezed, in order, into one push-back
+                        age = (w.due - oldest) / (spread if remember else 1.0)
+                        w.due = now_ms + _BUSY_PUSH_BACK_MS + wait_ms + age
+                        later.setdefault(w.part, {})[w.nid] = w.due
+                    if remember:
+                        waiting.append(w)
+                elif not self.breaker.allows(lane, now):
+                    reopen_ms = self.breaker.reopens_at(lane) * 1000
+                    base = min(w.due, now_ms)  # a remembered item may be pushed already
+                    later.setdefault(w.part, {})[w.nid] = base + max(shift, reopen_ms - oldest)
+                else:
+                    used += 1
+                    if w.person:
+                        self._persons.add(w.full_lane)
+                    chosen.append(w)
+            if waiting:
+                self._waiting[lane] = waiting
+        self._waiting_ids = {w.nid: w for q in self._waiting.values() for w in q}
+        # an item pushed back earlier is claimed early: at its queue due time (the lease then
+        # ends that much later), never into another owner's lease (the token is checked)
         claims = await asyncio.gather(
-            *(self.queue.claim(nid, part, now_ms, lease_ms) for nid, _, part in chosen)
+            *(
+                self.queue.claim(w.nid, w.part, max(now_ms, math.ceil(w.due)), lease_ms)
+                for w in chosen
+            )
         )
         started = 0
         still = set(self.owned())  # a partition revoked while claiming: leave it to its owner
-        for (_, full_lane, part), item in zip(chosen, claims, strict=True):
-            lane = full_lane.partition("|")[0]
-            if item is None or part not in still:
+        for w, item in zip(chosen, claims, strict=True):
+            lane = w.full_lane.partition("|")[0]
+            if item is None or w.part not in still:
                 self.breaker.cancel_probe(lane)
-                self._persons.discard(full_lane)
+                self._persons.discard(w.full_lane)
                 continue
             self._inflight[lane] = self._inflight.get(lane, 0) + 1
-            self._by_partition[part] = self._by_partition.get(part, 0) + 1
+            self._by_partition[w.part] = self._by_partition.get(w.part, 0) + 1
             task = asyncio.create_task(self._attempt(item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -175,6 +239,20 @@ class Dispatcher:
             await self.queue.push_back(part, moved)
         self.metrics.open_circuits.set(self.breaker.open_count(now))
         return started
+
+    def _has_room(self, lane: str) -> bool:
+        return self._inflight.get(lane, 0) < self._capacity(lane)
+
+    def _forget_unowned(self, owned: set[int]) -> None:
+        """Drop remembered items of partitions this worker no longer owns (their new owner
+        scans them when due)."""
+        for lane in list(self._waiting):
+            kept = collections.deque(w for w in self._waiting[lane] if w.part in owned)
+            if kept:
+                self._waiting[lane] = kept
+            else:
+                del self._waiting[lane]
+        self._waiting_ids = {w.nid: w for q in self._waiting.values() for w in q}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pump until ``stop`` is set, then wait for the deliveries in flight."""
