@@ -186,13 +186,13 @@ class Dispatcher:
             wait_ms = min(_MAX_LANE_WAIT_MS, max(0.0, per_slot_ms - _BUSY_PUSH_BACK_MS))
             used = self._inflight.get(lane, 0)
             for w in order:
-                known = w.nid in self._waiting_ids
+                remembered = w.nid in self._waiting_ids
                 if w.person and w.full_lane in self._persons:
-                    if known:  # stays due in place (or pushed), behind the person's message
+                    if remembered:  # stays due in place (or pushed), behind the person's message
                         waiting.append(w)
                     continue
                 if used >= capacity:
-                    remember = known or len(waiting) < capacity * _LANE_MEMORY
+                    remember = remembered or len(waiting) < capacity * _LANE_MEMORY
                     if w.due <= now_ms:
                         # a remembered item is claimed early, at this due time (its lease
                         # then ends that much later): squeezed, in order, into one push-back
