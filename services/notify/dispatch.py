@@ -6,7 +6,8 @@ own slots. A delivery is **claimed** (leased) in the queue before it is sent and
 (``NotificationSent`` on the notify stream, then marked sent in the queue) after; a failed
 attempt is recorded (``NotificationFailed``) and retried with exponential backoff and jitter
 until the last attempt, which goes to ``notify.dlq``. The guarantee this gives is stated in
-docs/notify.md.
+docs/notify.md. One module (over 400 lines): the pump, the attempt and its settling share the
+lanes' state (slots, persons in flight, remembered items) and are only correct read together.
 """
 
 from __future__ import annotations

@@ -64,7 +64,9 @@ class DeliveryQueue(Protocol):
     async def claim(
         self, notification_id: str, partition: int, now_ms: int, lease_ms: int
     ) -> Queued | None:
-        """Lease a due item until ``now_ms + lease_ms``; None if not due or already final."""
+        """Lease a due item until ``now_ms + lease_ms``; None if not due or already final.
+        ``now_ms`` may be a later time, the due time an item was pushed back to: an early
+        claim of an item this worker remembered for its lane (see ``Dispatcher.pump``)."""
 
     async def retry_at(self, item: Queued, due_ms: int, attempts: int, now_ms: int) -> None:
         """Record a failed attempt and when to try again."""
