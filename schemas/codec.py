@@ -19,10 +19,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from schemas.canonical import GENESIS_HASH, chain_hash, dumps, format_timestamp
 from schemas.envelope import Envelope, stamp_encoded
@@ -30,11 +30,14 @@ from schemas.errors import DecodeError, describe_validation_error
 from schemas.events import EVENT_TYPES, Event, Stream
 from schemas.upcasters import upcast
 
+T = TypeVar("T")
+
 __all__ = [
     "ChainBreak",
     "ChainVerifier",
     "decode",
     "decode_raw",
+    "decode_validated",
     "encode",
     "envelope_body",
     "envelope_from_raw",
@@ -112,6 +115,16 @@ def decode_raw(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise DecodeError(f"<root>: expected a JSON object, got {type(raw).__name__}")
     return raw
+
+
+def decode_validated(adapter: TypeAdapter[T], data: bytes | bytearray | memoryview | str) -> T:
+    """One message parsed (:func:`decode_raw`) and validated by ``adapter`` (the commands'
+    discriminated unions); only :class:`DecodeError` escapes, naming the bad field."""
+    raw = decode_raw(data)
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        raise DecodeError(describe_validation_error(exc)) from None
 
 
 def envelope_from_raw(raw: Mapping[str, Any]) -> Envelope:

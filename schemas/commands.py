@@ -23,7 +23,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from schemas.canonical import UtcDatetime, dumps
-from schemas.errors import DecodeError, describe_validation_error
+from schemas.codec import decode_validated
 from schemas.events import CampaignTerms, CloseReason, Code, Ident
 from schemas.money import Money
 from schemas.pledge_fields import TOKEN_MAX_LENGTH, PledgeFields
@@ -190,13 +190,4 @@ def decode_command(
                     return command
             elif command_type is not LaunchCampaign:
                 return command
-    try:
-        raw = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"<root>: malformed JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise DecodeError(f"<root>: expected a JSON object, got {type(raw).__name__}")
-    try:
-        return _COMMAND.validate_python(raw)
-    except ValidationError as exc:
-        raise DecodeError(describe_validation_error(exc)) from None
+    return decode_validated(_COMMAND, data)

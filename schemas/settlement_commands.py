@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter
 
 from schemas.canonical import UtcDatetime, dumps
-from schemas.errors import DecodeError, describe_validation_error
+from schemas.codec import decode_validated
 from schemas.events import Code, Ident
 
 __all__ = [
@@ -87,13 +86,4 @@ def decode_settlement_command(
     data: bytes | bytearray | memoryview | str,
 ) -> RefundPledge | UpdatePaymentMethod | ReportRevenue:
     """Bytes from ``settlement-commands`` -> a validated command; only DecodeError escapes."""
-    try:
-        raw = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"<root>: malformed JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise DecodeError(f"<root>: expected a JSON object, got {type(raw).__name__}")
-    try:
-        return _ADAPTER.validate_python(raw)
-    except ValidationError as exc:
-        raise DecodeError(describe_validation_error(exc)) from None
+    return decode_validated(_ADAPTER, data)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from typing import Any
 
 import faust
@@ -100,7 +101,7 @@ class _Parts:
             )
         )
         self.queue = RedisDeliveryQueue(
-            self.redis, prefix=s.topic_prefix, partition_of=self.partition_of
+            self.redis, prefix=s.topic_prefix, partition_of=self.partition_of, fenced=True
         )
         self.directory = Directory()
         self.service = NotifyService(
@@ -123,6 +124,8 @@ class _Parts:
             f"{s.topic_prefix}{s.notify_group}-stream",
             self.topics,
             self.partition_of,
+            owns=self.queue.owns,
+            on_fenced=lambda _p: self.metrics.fenced.inc(),
         )
         self.poster = HttpWebhookSender(
             allow_private=s.notify_allow_private_urls,
@@ -178,14 +181,21 @@ class _Parts:
         return self.dispatcher
 
     async def close(self) -> None:
+        started = time.monotonic()
         self.stop.set()
         if self.dispatcher is not None:
-            await self.dispatcher.drain()
+            await self.dispatcher.stopped()  # what was sent is recorded (a graceful stop)
+        drained = time.monotonic()
         await self.recorder.close()
         await self.poster.aclose()
         if self.producer is not None:
             await self.producer.stop()
         await self.redis.aclose()
+        log.info(
+            "notify: stopped in %.1f s (deliveries in flight drained in %.1f s)",
+            time.monotonic() - started,
+            drained - started,
+        )
 
 
 def create_app(
@@ -208,6 +218,8 @@ def create_app(
         broker_commit_interval=0.5,
         broker_session_timeout=s.notify_session_timeout_seconds,
         broker_heartbeat_interval=min(3.0, s.notify_session_timeout_seconds / 3),
+        # static membership: a restart within the session timeout keeps the assignment
+        consumer_group_instance_id=s.notify_instance_id,
     )
     parts = app.notify = _Parts(s, registry or REGISTRY)
     names = parts.topics.for_stream("campaign") + parts.topics.for_stream("settlement")
@@ -243,14 +255,29 @@ def create_app(
 
     @app.on_partitions_assigned.connect  # type: ignore[untyped-decorator]
     async def on_assigned(_sender: Any, assigned: set[Any], **_: Any) -> None:
-        parts.owned |= {tp.partition for tp in assigned if tp.topic in names}
+        # Fence before delivering: a new owner token (an older owner's claims are refused),
+        # then the partitions' stream writers (an older owner's records are refused).
+        new = {tp.partition for tp in assigned if tp.topic in names}
+        log.info("notify: partitions %s assigned", sorted(new))
+        parts.metrics.assignments.inc()
+        await parts.queue.acquire(sorted(new))
+        await parts.recorder.acquire(new)
+        parts.owned |= new
+        log.info("notify: partitions %s fenced and delivering", sorted(new))
 
     @app.on_partitions_revoked.connect  # type: ignore[untyped-decorator]
     async def on_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic in names}
+        log.info("notify: partitions %s revoked", sorted(gone))
         parts.owned -= gone
+        parts.queue.release(gone)
         parts.service.forget(gone)
+        # the sends in flight on them are recorded before their writers stop (a graceful
+        # move repeats nothing); bounded, as the group waits for this
+        if parts.dispatcher is not None:
+            await parts.dispatcher.quiesce(gone, s.notify_webhook_timeout_seconds + 5)
         await parts.recorder.release(gone)
+        log.info("notify: partitions %s released", sorted(gone))
 
     return app
 

@@ -19,6 +19,9 @@ class NotifySettings(StreamSettings):
     notify_data_dir: str = ".local/notify-data"
     #: Consumer group session timeout of the worker (how soon a dead worker's partitions move).
     notify_session_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Static group membership (``group.instance.id``; the pod name in deploy/k8s): a worker
+    #: restarted within the session timeout gets its partitions back without a rebalance.
+    notify_instance_id: str | None = None
 
     # --- webhooks ---------------------------------------------------------------------------
     #: Let webhook URLs resolve to loopback/private/link-local addresses. On for `make run`

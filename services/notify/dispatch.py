@@ -12,6 +12,7 @@ docs/notify.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -29,7 +30,15 @@ from services.notify.config import NotifySettings
 from services.notify.domain import Notification
 from services.notify.mail import MailRenderer
 from services.notify.metrics import NotifyMetrics, SkipReason
-from services.notify.ports import DeadLetters, DeliveryQueue, Directory, Erased, Queued, Recorder
+from services.notify.ports import (
+    DeadLetters,
+    DeliveryQueue,
+    Directory,
+    Erased,
+    NotOwner,
+    Queued,
+    Recorder,
+)
 from services.notify.webhooks import body_bytes, signed_headers
 
 __all__ = ["Dispatcher", "backoff_seconds"]
@@ -38,6 +47,8 @@ log = logging.getLogger("pledgeflow.notify.dispatch")
 
 #: How long a due item of a saturated lane waits before it is looked at again.
 _BUSY_PUSH_BACK_MS = 100
+#: At most this much more for a full lane's items (a lane's timing may be off: see _attempt).
+_MAX_LANE_WAIT_MS = 1000
 _BATCH = 256
 #: How long the dispatcher lets slots free up together before it pumps again.
 _COALESCE_SECONDS = 0.002
@@ -98,6 +109,10 @@ class Dispatcher:
         #: E-mail lanes of persons with a message in flight (their next one waits).
         self._persons: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: deliveries in flight per partition (a revoked partition's are waited for)
+        self._by_partition: dict[int, int] = {}
+        self._running = False
+        self._ended = asyncio.Event()
 
     def _capacity(self, lane: str) -> int:
         s = self.settings
@@ -112,6 +127,9 @@ class Dispatcher:
         chosen: list[tuple[str, str, int]] = []
         taken: dict[str, int] = {}
         candidates = await self.queue.due(now_ms, _BATCH, list(self.owned()))
+        # Oldest first across the worker's partitions: taken in partition order, a full lane
+        # would serve the first partitions' backlog and starve the last ones.
+        candidates.sort(key=lambda c: c[3])
         # Items that must wait move by one shift for all, so they keep their order (a
         # person's messages, a lane's backlog): the oldest becomes due in _BUSY_PUSH_BACK_MS.
         oldest = min((due for *_, due in candidates), default=now_ms)
@@ -126,7 +144,7 @@ class Dispatcher:
                 # a full lane frees a slot about every (send duration / slots): a slow
                 # endpoint's backlog is not rescanned every pump
                 per_slot_ms = self._duration.get(lane, 0.0) * 1000 / self._capacity(lane)
-                wait_ms = max(0.0, per_slot_ms - _BUSY_PUSH_BACK_MS)
+                wait_ms = min(_MAX_LANE_WAIT_MS, max(0.0, per_slot_ms - _BUSY_PUSH_BACK_MS))
                 later.setdefault(part, {})[nid] = due + shift + wait_ms
             elif not self.breaker.allows(lane, now):
                 reopen_ms = self.breaker.reopens_at(lane) * 1000
@@ -140,13 +158,15 @@ class Dispatcher:
             *(self.queue.claim(nid, part, now_ms, lease_ms) for nid, _, part in chosen)
         )
         started = 0
-        for (_, full_lane, _), item in zip(chosen, claims, strict=True):
+        still = set(self.owned())  # a partition revoked while claiming: leave it to its owner
+        for (_, full_lane, part), item in zip(chosen, claims, strict=True):
             lane = full_lane.partition("|")[0]
-            if item is None:
+            if item is None or part not in still:
                 self.breaker.cancel_probe(lane)
                 self._persons.discard(full_lane)
                 continue
             self._inflight[lane] = self._inflight.get(lane, 0) + 1
+            self._by_partition[part] = self._by_partition.get(part, 0) + 1
             task = asyncio.create_task(self._attempt(item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -158,6 +178,7 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pump until ``stop`` is set, then wait for the deliveries in flight."""
+        self._running = True
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -181,12 +202,34 @@ class Dispatcher:
                     await asyncio.sleep(_COALESCE_SECONDS)
         finally:
             stopping.cancel()
+            try:
+                await self.drain()
+            finally:
+                self._ended.set()
+
+    async def stopped(self) -> None:
+        """Once ``stop`` is set: wait until :meth:`run` has ended (a pump under way may still
+        start deliveries) and every delivery in flight is recorded."""
+        if self._running:
+            await self._ended.wait()
         await self.drain()
 
     async def drain(self) -> None:
         """Wait for every delivery in flight."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def quiesce(self, partitions: set[int], within: float) -> bool:
+        """Wait (up to ``within`` seconds) until no delivery of ``partitions`` is in flight, so
+        a revoked partition's sends are recorded before its writer stops; True if none is."""
+        deadline = time.monotonic() + within
+        while any(self._by_partition.get(p, 0) for p in partitions):
+            if time.monotonic() >= deadline:
+                return False
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), deadline - time.monotonic())
+        return True
 
     async def _attempt(self, item: Queued) -> None:
         # The lane's slot is held until the outcome is recorded: a send not yet recorded is
@@ -200,12 +243,18 @@ class Dispatcher:
                 log.exception("notify: delivery of %s raised", item.notification.notification_id)
                 outcome = PostOutcome(False, "internal_error", repr(exc)[:500])
             took = time.monotonic() - started
-            self._duration[lane] = 0.8 * self._duration.get(lane, took) + 0.2 * took
+            if took <= self.settings.notify_webhook_timeout_seconds:
+                # longer than any send may take: the process was frozen or starved (a zombie's
+                # send spans its freeze), which says nothing of the endpoint's speed
+                self._duration[lane] = 0.8 * self._duration.get(lane, took) + 0.2 * took
             try:
                 await self._settle(item, outcome)
+            except NotOwner:  # the partition moved on: its new owner sends it after the lease
+                log.info("notify: %s unrecorded: moved", item.notification.notification_id)
             except Exception:  # the lease runs out and the notification is tried again
                 log.exception("notify: recording %s failed", item.notification.notification_id)
         finally:
+            self._by_partition[item.partition] -= 1
             self._inflight[item.lane.partition("|")[0]] -= 1
             self._persons.discard(item.lane)
             self._freed.set()

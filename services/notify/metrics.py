@@ -37,6 +37,8 @@ class NotifyMetrics:
     dead_letters: Counter
     open_circuits: Gauge
     skipped: Counter
+    fenced: Counter
+    assignments: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> NotifyMetrics:
@@ -79,6 +81,19 @@ class NotifyMetrics:
                 "Notifications not sent by design, by reason (contact_erased, no_contact, "
                 "endpoint_removed), and records not read, by dead-letter cause.",
                 ["reason"],
+                registry=registry,
+            ),
+            fenced=Counter(
+                "pledgeflow_notify_fenced",
+                "Times this worker's notify-stream writer of a partition was fenced by a newer "
+                "owner (it was a zombie, or lost the partition mid-write) and stood down.",
+                registry=registry,
+            ),
+            assignments=Counter(
+                "pledgeflow_notify_assignments",
+                "Partition assignments this worker received from its consumer group (one per "
+                "rebalance it took part in; a static member's restart within the session "
+                "timeout causes none in the others).",
                 registry=registry,
             ),
         )

@@ -16,6 +16,7 @@ __all__ = [
     "DeliveryQueue",
     "Directory",
     "Erased",
+    "NotOwner",
     "Queued",
     "Recorder",
 ]
@@ -90,8 +91,13 @@ class Directory(Protocol):
     ) -> Contact | Erased | None: ...
 
 
+class NotOwner(Exception):
+    """The campaign's partition is not (or no longer) this worker's: nothing was recorded."""
+
+
 class Recorder(Protocol):
-    """Appends notify-stream events (``seq`` + hash chain per (campaign, 'notify'))."""
+    """Appends notify-stream events (``seq`` + hash chain per (campaign, 'notify')); raises
+    :class:`NotOwner` when another worker owns the campaign's partition now."""
 
     async def record(
         self, campaign_id: str, events: list[NotificationSent | NotificationFailed], cause: str

@@ -5,7 +5,8 @@ reads or writes (event topics by the stream that writes them, command/secret/reg
 topics by kind), its consumer group and its transactional ids. Every user may Describe every
 topic: each pod's ``wait-topics`` init container checks the whole registry is served. The role
 table below is the one hand-written part: when a process starts using a topic, add it here and
-run ``pledgeflow deploy render``.
+run ``pledgeflow deploy render``; ``tests/integration/test_kafka_acls_live.py`` runs every
+process against a broker enforcing the rendered ACLs, so a missing grant fails there.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _roles(topics: Topics) -> dict[str, dict[str, Any]]:
             "write": [*events["campaign"], SNAPSHOTS_TOPIC, f"{COMMANDS_TOPIC}.dlq"],
             "groups": ["pledge-processor"],
             "transactions": ["pledge-processor"],
+            # The snapshot size limit is the topic's ``max.message.bytes``, read at start.
+            "described_configs": [SNAPSHOTS_TOPIC],
         },
         "projector": {
             "read": every_event,
@@ -73,12 +76,17 @@ def _roles(topics: Topics) -> dict[str, dict[str, Any]]:
             "transactions": [],
         },
         "notify": {
-            "read": [*registrations, *events["campaign"], *events["settlement"]],
+            # Its own stream too: a writer rebuilds its chain heads from it before appending;
+            # and its dead letters, which ``pledgeflow notify redrive`` (run in a notify pod)
+            # reads in the group ``notify-redrive``.
+            "read": [*registrations, *every_event, "notify.dlq"],
             "write": [*events["notify"], "notify.dlq"],
-            # faust's group, and its internal topics (``notify-__assignor-__leader``...).
-            "groups": ["notify"],
-            "transactions": [],
-            "prefixed_topics": ["notify-"],
+            # faust's group, and its internal topics (``notify-__assignor-__leader``; not
+            # ``notify-*``, which would let notify rewrite ``notify-endpoints``).
+            "groups": ["notify", "notify-redrive"],
+            # The notify stream's transactional writers, ``notify-stream-<partition>``.
+            "transactions": ["notify-stream"],
+            "prefixed_topics": ["notify-__"],
         },
         # KEDA's Kafka scaler: reads the lag of the groups it scales on, nothing else.
         "keda": {
@@ -119,7 +127,9 @@ def kafka_users(topics: Topics | None = None) -> list[dict[str, Any]]:
             ops.setdefault(name, set()).update(_READ)
         for name in role["write"]:
             ops.setdefault(name, set()).update(_WRITE)
-        acls = [_acl("topic", "*", ["Describe", "DescribeConfigs"])]
+        for name in role.get("described_configs", []):
+            ops.setdefault(name, set()).add("DescribeConfigs")
+        acls = [_acl("topic", "*", ["Describe"])]
         acls += [_acl("topic", name, sorted(ops[name])) for name in sorted(ops)]
         acls += [_acl("group", g, ["Read", "Describe"]) for g in role["groups"]]
         acls += [_acl("group", g, ["Describe"]) for g in role.get("described_groups", [])]

@@ -63,6 +63,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import starmap
 from typing import Any, Literal
 
 from schemas.canonical import GENESIS_HASH, format_timestamp, to_utc
@@ -230,6 +231,7 @@ class CampaignState:
         """Rebuild the state written by :meth:`to_snapshot` (after a JSON round trip)."""
         terms = data["terms"]
         reached = data["goal_reached_at"]
+        pledges: dict[str, list[Any]] = data["pledges"]
         state = cls(
             campaign_id=data["campaign_id"],
             seq=data["seq"],
@@ -240,10 +242,9 @@ class CampaignState:
             total_minor=data["total_minor"],
             pledge_count=data["pledge_count"],
             goal_reached_at=None if reached is None else to_utc(datetime.fromisoformat(reached)),
-            pledges={
-                pid: PledgeRecord(status, amount, tier, backer)
-                for pid, (status, amount, tier, backer) in data["pledges"].items()
-            },
+            # starmap: the records are built without a Python-level unpack per pledge (a
+            # third of a snapshot recovery's CPU was this line).
+            pledges=dict(zip(pledges, starmap(PledgeRecord, pledges.values()), strict=True)),
             tier_used=dict(data["tier_used"]),
             processed=_processed(data["processed"]),
             # Snapshots from before the reuse check: reuses of older command ids go unnoticed.

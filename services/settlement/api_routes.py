@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,8 +31,8 @@ from schemas.tenancy import pledge_key, qualify
 from services.pledge.api.ingest import Ingest
 from services.pledge.api.openapi import COMMON, WRITE, json_content, request_body
 from services.pledge.api.pipeline import WritePipeline
-from services.pledge.api.problems import ProblemError, refusal, validation_problem
-from services.pledge.api.reading import begin_write, header_map, read_body
+from services.pledge.api.problems import ProblemError, refusal
+from services.pledge.api.reading import header_map
 from services.pledge.api.responses import json_response, stored_response
 from services.pledge.api.views import conditional, pledge_etag, visible_campaign
 from services.settlement.api_models import (
@@ -180,18 +180,15 @@ class SettlementRoutes:
         build: Callable[[dict[str, Any], BaseModel], _SettlementCommand],
     ) -> Response:
         ingest = self._ingest()
-        scope = request.scope
-        headers = header_map(scope)
-        principal = await ingest.authenticate(scope, headers)
+        principal, body, write = await ingest.open_write(
+            request.scope,
+            request.receive,
+            route,
+            lambda raw: model.model_validate_json(raw or b"{}"),
+            lambda: self._pipeline(ingest),
+        )
         pipeline = self._pipeline(ingest)
         qualified = qualify(principal.tenant_id, campaign_id)
-        async with pipeline.refusals_charged(principal, route):
-            raw = await read_body(headers, request.receive, ingest.max_body_bytes)
-            try:
-                body = model.model_validate_json(raw or b"{}")
-            except ValidationError as exc:
-                raise validation_problem(exc) from None
-            write = begin_write(scope, headers, principal, raw, route, ingest.max_wait_seconds)
         gate = await pipeline.gate(write, [qualified])
         if gate.outcome == "replay":
             return stored_response(gate.stored)

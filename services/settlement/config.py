@@ -72,6 +72,11 @@ class SettlementSettings(StreamSettings):
     settlement_readmodel_group: str = "settlement-readmodel"
     #: How long the projector keeps a settlement command's decision for ``Prefer: wait``.
     settlement_decision_ttl_seconds: int = Field(default=600, ge=1)
+    #: Static group membership id of the read-model projector (e.g. the pod name), as
+    #: ``settlement_instance_id``; ``settlement readmodel rebuild`` joins without it.
+    settlement_readmodel_instance_id: str | None = None
+    #: Its consumer group session timeout.
+    settlement_readmodel_session_timeout_ms: int = Field(default=10_000, ge=1000)
 
     @field_validator("settlement_retry_schedule")
     @classmethod

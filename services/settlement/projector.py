@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from redis.exceptions import NoScriptError
 from schemas.events import EVENT_TYPES
 from schemas.topics import ensure_topics
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
+from services.pledge.projector.rebuilding import ProjectorWorker, RebuildingProjector
 from services.settlement.adapters.redis_readmodel import (
     APPLY_SETTLEMENT,
     RedisSettlementReads,
@@ -96,8 +96,10 @@ def _values(change: dict[str, Any]) -> bytes:
     )
 
 
-class SettlementProjector:
+class SettlementProjector(RebuildingProjector):
     """Keeps one topic prefix's settlement read model up to date."""
+
+    log = log
 
     def __init__(
         self,
@@ -111,9 +113,13 @@ class SettlementProjector:
         self.settings = settings
         self.topics = settings.topics()
         self.keys = SettlementKeys(settings.topic_prefix)
-        self.client = client
-        self.group = f"{settings.topic_prefix}{settings.settlement_readmodel_group}"
-        self.from_beginning = from_beginning
+        super().__init__(
+            client,
+            f"{settings.topic_prefix}{settings.settlement_readmodel_group}",
+            self.keys.epoch(),
+            from_beginning=from_beginning,
+            epoch_check_seconds=epoch_check_seconds,
+        )
         self.decision_ttl = settings.settlement_decision_ttl_seconds
         self.applied = 0
         self.ready = asyncio.Event()
@@ -122,11 +128,6 @@ class SettlementProjector:
         self._applied = metrics.applied
         self._rebuilds = metrics.rebuilds
         self._stream_metrics = stream_metrics(registry)  # once: a rebuild starts a new reader
-        self._reader: OrderedStreamReader | None = None
-        self._epoch: bytes | str | None = None
-        self._epoch_at = -1e9
-        self.epoch_check = epoch_check_seconds
-        self.rebuilds = 0
 
     async def start(self) -> None:
         await APPLY_SETTLEMENT.load(self.client)
@@ -134,13 +135,6 @@ class SettlementProjector:
             log.info("settlement read model empty for %s: replaying", self.keys.ns)
             self.from_beginning = True
         await self._start_reader()
-
-    async def _new_epoch(self) -> bool:
-        epoch = f"{self.group}:{uuid.uuid4().hex}".encode()
-        written = bool(await self.client.set(self.keys.epoch(), epoch, nx=True))
-        self._epoch = epoch if written else await self.client.get(self.keys.epoch())
-        self._epoch_at = time.monotonic()
-        return written
 
     async def _start_reader(self) -> None:
         s = self.settings
@@ -158,55 +152,17 @@ class SettlementProjector:
             max_event_bytes=s.max_event_bytes,
             hold_limit=s.hold_limit,
             metrics=self._stream_metrics,
+            group_instance_id=s.settlement_readmodel_instance_id,
+            session_timeout_ms=s.settlement_readmodel_session_timeout_ms,
         )
         await self._reader.start()
 
-    async def _check_epoch(self) -> None:
-        """Replay from the beginning when the marker is gone or changed (Redis lost or
-        replaced the read model). After a loss the marker - which tells the API the read
-        model is whole - is written again only once the replay has caught up."""
-        self._epoch_at = time.monotonic()
-        current = await self.client.get(self.keys.epoch())
-        if current is None and self._epoch is None:
-            reader = self._require()
-            lag = reader.lag()
-            if lag and not any(lag.values()) and reader.held == 0:
-                await self._new_epoch()
-            return
-        if current == self._epoch:
-            return
+    def _rebuild_noticed(self, lost: bool) -> None:
         log.warning("settlement read model of %s lost or replaced: replaying", self.keys.ns)
-        self.rebuilds += 1
         self._rebuilds.inc()
-        reader = self._require()
-        self._reader = None
-        await reader.stop()
+
+    def _forget(self) -> None:
         self._cache.clear()
-        self._epoch = current  # None after a loss: written again once the replay caught up
-        self.from_beginning = True
-        await self._start_reader()
-
-    async def stop(self) -> None:
-        if self._reader is not None:
-            await self._reader.stop()
-
-    def _require(self) -> OrderedStreamReader:
-        if self._reader is None:
-            raise RuntimeError("SettlementProjector.start() first")
-        return self._reader
-
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Project until ``stop`` is set; Redis out of reach pauses (runs are handed again)."""
-        stop = stop or asyncio.Event()
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                await self.step(timeout_ms=200)
-                backoff = 0.1
-            except REDIS_UNAVAILABLE as exc:
-                log.warning("Redis unavailable (%r); retrying in %.1f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
 
     async def run_until_caught_up(self, idle_ms: int = 1000) -> None:
         await self._require().run_until_caught_up(idle_ms=idle_ms)
@@ -219,9 +175,6 @@ class SettlementProjector:
         if reader.assigned_partitions:
             self.ready.set()
         return count
-
-    async def _revoked(self, _partitions: list[int]) -> None:
-        self._cache.clear()
 
     async def _seed(self, keys: list[StreamKey]) -> Mapping[StreamKey, int]:
         await self._load([campaign_id for campaign_id, _ in keys])
@@ -303,31 +256,12 @@ class SettlementProjector:
             self._cache.clear()
 
 
-class SettlementProjectorProcess:
+class SettlementProjectorProcess(ProjectorWorker[SettlementProjector]):
     """The projector as a stream-runtime worker (``serve`` runs it)."""
 
     def __init__(self, settings: SettlementSettings) -> None:
-        self.client = aioredis.Redis.from_url(settings.redis_url)
-        self.projector = SettlementProjector(settings, self.client)
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.projector.start()
-        self._task = asyncio.create_task(self.projector.run(self._stop), name="settlement-rm")
-
-    async def wait(self) -> None:
-        if self._task is not None:
-            await self._task
-
-    async def stop(self) -> None:
-        self._stop.set()
-        try:
-            if self._task is not None:
-                await self._task
-        finally:
-            await self.projector.stop()
-            await self.client.aclose()
+        client = aioredis.Redis.from_url(settings.redis_url)
+        super().__init__(client, SettlementProjector(settings, client), "settlement-rm")
 
 
 async def run_projector(settings: SettlementSettings) -> None:
@@ -346,8 +280,10 @@ async def rebuild(settings: SettlementSettings) -> int:
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
         await RedisSettlementReads(client, SettlementKeys(settings.topic_prefix)).wipe()
+        # A one-off member: never under the running projector's static id.
+        one_off = settings.model_copy(update={"settlement_readmodel_instance_id": None})
         projector = SettlementProjector(
-            settings, client, from_beginning=True, registry=CollectorRegistry()
+            one_off, client, from_beginning=True, registry=CollectorRegistry()
         )
         await projector.start()
         try:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import uvicorn
@@ -43,6 +44,10 @@ class WebhookReceiver:
     accepted_unsigned: int = 0
     by_campaign: Counter[str] = field(default_factory=Counter)
     by_type: Counter[str] = field(default_factory=Counter)
+    #: When set, each request's arrival (``time.time()``) and body are appended, one line each
+    #: (``<seconds> <body>``): the end-to-end bench measures latency against another process's
+    #: clock reading.
+    arrivals: IO[bytes] | None = None
 
     def url(self, name: str) -> str:
         return f"{self.base}/hook/{name}"
@@ -64,6 +69,9 @@ class WebhookReceiver:
         parts = scope["path"].strip("/").split("/")
         name = parts[1] if len(parts) > 1 else ""
         delay_ms = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
+        if self.arrivals is not None:
+            self.arrivals.write(b"%.6f %s\n" % (time.time(), body.replace(b"\n", b" ")))
+            self.arrivals.flush()
         status = self._receive(name, body, scope["headers"])
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)

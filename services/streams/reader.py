@@ -37,7 +37,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from schemas.envelope import Envelope
 from services.streams import transactional_marks
@@ -78,7 +78,9 @@ class OrderedStreamReader:
 
     ``topic_of`` is ``event_type -> topic`` (``Topics.event_topics()``), for the wrong-topic
     check. ``streams`` limits the streams handed over (others are read and skipped).
-    ``from_beginning`` re-reads every assigned partition from its start (rebuilds).
+    ``from_beginning`` re-reads every assigned partition from its start (rebuilds), once per
+    reader: the rewind is committed at once, so a partition assigned again (a rebalance, here
+    or at another member) resumes the replay where it got to instead of starting it over.
     ``hold_limit`` bounds the events held per partition: past it, the topic-partitions whose
     events wait are paused (their predecessors, on other topics, keep coming) until half of
     them are released. ``group_instance_id`` makes the member static (a restart within
@@ -147,6 +149,8 @@ class OrderedStreamReader:
         self._read: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
+        #: Partitions ``from_beginning`` rewound (and committed at their start) already.
+        self._rewound: set[TopicPartition] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: DeadLetterSender | None = None
         self._lag_at = -1e9
@@ -463,13 +467,32 @@ class OrderedStreamReader:
             self.group_id,
             sorted({tp.partition for tp in assigned}),
         )
-        if self.from_beginning and assigned:
-            await consumer.seek_to_beginning(*assigned)
+        if self.from_beginning:
+            await self._rewind(consumer, [tp for tp in assigned if tp not in self._rewound])
         numbers = sorted({tp.partition for tp in assigned} - set(self._orderers))
         for number in numbers:
             self._orderer(number)
         if self._on_assigned is not None and numbers:
             await self._on_assigned(numbers)
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
+        """Seek ``partitions`` to their start and commit that start, so the group's offset
+        tells any later owner how far the replay got (an uncommitted rewind would send it
+        back to the offset from before the replay). Without commits of its own (``commit``
+        False) the reader rewinds at every assignment."""
+        if not partitions:
+            return
+        await consumer.seek_to_beginning(*partitions)
+        if not self.commit:
+            return
+        try:  # a failure here must not escape the rebalance listener (its orderers follow)
+            starts = await consumer.beginning_offsets(partitions)
+            await consumer.commit(starts)
+        except KafkaError:
+            log.warning("group %s: rewind not committed; rewinding again next time", self.group_id)
+            return
+        self._committed.update(starts)
+        self._rewound.update(partitions)
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
         consumer = self._consumer

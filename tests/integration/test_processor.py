@@ -171,6 +171,31 @@ async def test_snapshot_then_replay_gives_the_state_of_a_full_replay(
     assert_gapless(events)
 
 
+async def test_a_processor_told_not_to_use_snapshots_rebuilds_from_the_first_event(
+    bootstrap: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = processor_settings(bootstrap, unique, snapshot_every_events=10)
+    topics = await create_topics(settings)
+    commands: list[Any] = [launch(f"c{i}") for i in range(6)]
+    commands += [pledge(f"c{i % 6}", f"p{i}") for i in range(60)]
+    async with running(settings):
+        await produce_commands(bootstrap, topics.commands, commands[:30])
+        await wait_for_events(bootstrap, topics, count(30))
+        await produce_commands(bootstrap, topics.commands, commands[30:])
+        events = await wait_for_events(bootstrap, topics, count(66))
+    snapshots = [await load_snapshot(bootstrap, topics.snapshots, p) for p in range(3)]
+    assert any(snapshots)
+    caplog.set_level("INFO", logger="services.pledge.processor")
+    caplog.clear()
+    async with running(settings.model_copy(update={"processor_use_snapshots": False})) as proc:
+        assert proc.states() == replay_all(events)
+    rebuilt = [r.getMessage() for r in caplog.records if " rebuilt: " in r.getMessage()]
+    assert len(rebuilt) == topics.partitions
+    assert not [line for line in rebuilt if "after a snapshot" in line]
+    replayed = sum(int(line.split(" campaigns, ")[1].split()[0]) for line in rebuilt)
+    assert replayed == len(events)
+
+
 async def test_a_campaign_snapshot_over_a_mebibyte_is_written_and_recovered_from(
     bootstrap: str, unique: str
 ) -> None:

@@ -314,3 +314,81 @@ async def test_projector_metrics_show_applied_events_held_campaigns_lag_and_dead
     assert sample("pledgeflow_readmodel_dead_letters_total") == 1
     topic = f"{settings.topic_prefix}PledgeMade"
     assert registry.get_sample_value("pledgeflow_readmodel_lag_events", {"topic": topic}) == 0
+
+
+async def test_after_a_loss_the_log_is_replayed_once_not_at_every_rebalance(
+    env: tuple[PledgeSettings, Any],
+) -> None:
+    """Redis lost the read model: the running projector replays its partitions once; a
+    member joining and leaving afterwards (two rebalances) reads nothing again."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from services.pledge.projector.metrics import ReadModelMetrics
+    from services.pledge.projector.projector import Projector
+    from services.streams import StreamMetrics
+
+    settings, (producer, store) = env
+    log = Log("c-once")
+    log.add(launched())
+    for i in range(20):
+        log.add(made(f"p-{i}", 2500 + i))
+    await write(settings, producer, log, list(range(1, 22)))
+
+    def member() -> tuple[Projector, StreamMetrics]:
+        registry = CollectorRegistry()
+        streams = StreamMetrics.create(registry)
+        proj = Projector(
+            settings,
+            store.client,
+            metrics=ReadModelMetrics.create(registry),
+            stream_metrics=streams,
+            epoch_check_seconds=0.2,
+        )
+        return proj, streams
+
+    def read(streams: StreamMetrics) -> float:
+        return sum(s.value for m in streams.records.collect() for s in m.samples
+                   if s.name.endswith("_total"))  # fmt: skip
+
+    first, first_reads = member()
+    stop = asyncio.Event()
+    await first.start()
+    task = asyncio.create_task(first.run(stop))
+    try:
+        await eventually(lambda: _at_seq(store, "c-once", 21), within=30)
+        await store.wipe()
+        await eventually(lambda: _at_seq(store, "c-once", 21), within=30)
+        marker = Keys(settings.topic_prefix).projector_epoch()
+        await eventually(lambda: store.client.exists(marker), within=30)
+        assert first.rebuilds == 1
+        replayed = read(first_reads)
+
+        second, second_reads = member()
+        second_stop = asyncio.Event()
+        await second.start()
+        second_task = asyncio.create_task(second.run(second_stop))
+
+        async def split() -> bool:
+            return bool(first._require().assigned_partitions) and bool(
+                second._require().assigned_partitions
+            )
+
+        await eventually(split, within=60)
+        await asyncio.sleep(1.0)
+        second_stop.set()
+        await second_task
+        await second.stop()
+
+        async def all_back() -> bool:
+            return len(first._require().assigned_partitions) == settings.partitions
+
+        await eventually(all_back, within=60)
+        await asyncio.sleep(1.0)
+        assert read(first_reads) == replayed and read(second_reads) == 0
+        assert first.rebuilds == 1
+    finally:
+        stop.set()
+        await task
+        await first.stop()

@@ -136,3 +136,33 @@ async def test_a_running_projector_rebuilds_what_redis_lost(settings: Settlement
         await task
         await projector.stop()
         await client.aclose()
+
+
+async def test_the_projector_joins_as_a_static_member(settings: SettlementSettings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from tests.support.fleet import wait_group
+
+    instance = f"{settings.topic_prefix}srm-0"
+    settings = settings.model_copy(
+        update={"settlement_readmodel_instance_id": instance, "settlement_readmodel_group": "s"}
+    )
+    group = f"{settings.topic_prefix}s"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    client = aioredis.Redis.from_url(settings.redis_url)
+    projector = SettlementProjector(settings, client, registry=CollectorRegistry())
+    stop = asyncio.Event()
+    await projector.start()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        view, _ = await wait_group(
+            admin, group, lambda v: v.stable_with([instance], 2), within=30, what=group
+        )
+        assert set(view.owners) == {instance}
+    finally:
+        stop.set()
+        await task
+        await projector.stop()
+        await client.aclose()
+        await admin.close()

@@ -211,8 +211,13 @@ async def launched(api: httpx.AsyncClient, base: str = "", **overrides: Any) -> 
     return campaign_id
 
 
+#: One deadline for the whole test run: computed per call, two calls straddling a second would
+#: send different bodies, and a retry with the same Idempotency-Key would be refused as reused.
+LAUNCH_DEADLINE = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def launch_body(campaign_id: str, **overrides: Any) -> dict[str, Any]:
-    deadline = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    deadline = LAUNCH_DEADLINE
     body: dict[str, Any] = {
         "campaign_id": campaign_id,
         "title": "Mon album",

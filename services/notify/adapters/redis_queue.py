@@ -8,6 +8,13 @@ pending|sent|dead|skipped). A claim moves the due time forward by the
 lease instead of removing the item, so a worker killed mid-send leaves it due again when the
 lease ends (the source of the "at most one repeat per crash" in docs/notify.md). Finished
 items keep their hash for ``keep_seconds`` so a redelivered event does not enqueue them again.
+
+**Fencing** (``fenced=True``, the worker): ``notify:owner:<p>`` holds partition *p*'s owner
+token. A worker takes a new token (INCR) when the group assigns it *p* (:meth:`acquire`), and
+its claims and push-backs on *p* are refused once another worker took a newer one: a zombie
+(a worker frozen until the group gave its partitions away, then resumed) claims nothing, so
+it sends nothing new. A push-back only ever moves an item later (``ZADD XX GT``), never into
+another worker's lease.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 """
 
 _CLAIM = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return nil end
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return nil end
 if redis.call('HGET', KEYS[2], 'state') ~= 'pending' then
@@ -64,6 +72,15 @@ if redis.call('HGET', KEYS[2], 'state') ~= 'pending' then
 end
 redis.call('ZADD', KEYS[1], ARGV[2] + ARGV[3], ARGV[1])
 return redis.call('HMGET', KEYS[2], 'data', 'lane', 'attempts', 'first_ms')
+"""
+
+
+_PUSH_BACK = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], 'XX', 'GT', ARGV[i + 1], ARGV[i])
+end
+return 1
 """
 
 
@@ -77,6 +94,7 @@ class RedisDeliveryQueue:
         prefix: str = "",
         partition_of: Callable[[str], int] = lambda _campaign: 0,
         keep_seconds: int = 30 * 86400,
+        fenced: bool = False,
     ) -> None:
         self._r = client
         self._due_prefix = f"{prefix}notify:due:"
@@ -87,6 +105,10 @@ class RedisDeliveryQueue:
         self._claim = client.register_script(_CLAIM)
         self._due_script = client.register_script(_DUE)
         self._finish = client.register_script(_FINISH)
+        self._push_back = client.register_script(_PUSH_BACK)
+        self._owner_prefix = f"{prefix}notify:owner:"
+        #: fenced: partition -> this worker's owner token (claims need one); else unfenced
+        self._tokens: dict[int, str] | None = {} if fenced else None
 
     def _due(self, partition: int) -> str:
         return f"{self._due_prefix}{partition}"
@@ -123,18 +145,60 @@ class RedisDeliveryQueue:
             for i in range(0, len(flat), 4)
         ]
 
+    async def acquire(self, partitions: Iterable[int]) -> None:
+        """Take a new owner token for each partition (the group assigned them to this worker):
+        from now on an older owner's claims on them are refused."""
+        if self._tokens is None:
+            return
+        for part in partitions:
+            token = await self._r.incr(self._owner_prefix + str(part))
+            self._tokens[part] = str(token)
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """Forget the tokens of partitions the group took away (no more claims on them)."""
+        if self._tokens is not None:
+            for part in partitions:
+                self._tokens.pop(part, None)
+
+    async def owns(self, partition: int) -> bool:
+        """Whether this worker's token on ``partition`` is still the newest (always, unfenced)."""
+        if self._tokens is None:
+            return True
+        mine = self._tokens.get(partition)
+        current = await self._r.get(self._owner_prefix + str(partition))
+        return mine is not None and current is not None and _text(current) == mine
+
+    def _token(self, partition: int) -> str | None:
+        """The token claims on ``partition`` carry ('' unfenced); None: not ours, no claim."""
+        if self._tokens is None:
+            return ""
+        return self._tokens.get(partition)
+
     async def push_back(self, partition: int, due: dict[str, float]) -> None:
-        if due:
-            await self._r.zadd(self._due(partition), dict(due), xx=True)
+        token = self._token(partition)
+        if due and token is not None:
+            args: list[str | float] = [token]
+            for nid, when in due.items():
+                args += [nid, when]
+            await self._push_back(
+                keys=[self._due(partition), self._owner_prefix + str(partition)], args=args
+            )
 
     async def claim(
         self, notification_id: str, partition: int, now_ms: int, lease_ms: int
     ) -> Queued | None:
+        token = self._token(partition)
+        if token is None:
+            return None
         row = cast(
             "list[Any] | None",
             await self._claim(
-                keys=[self._due(partition), self._item + notification_id],
-                args=[notification_id, now_ms, lease_ms],
+                keys=[
+                    self._due(partition),
+                    self._item + notification_id,
+                    self._owner_prefix + str(partition),
+                ],
+                args=[notification_id, now_ms, lease_ms, token],
             ),
         )
         if not row or row[0] is None:

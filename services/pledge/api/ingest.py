@@ -13,8 +13,9 @@ FastAPI for the others), so there is one path per endpoint.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import cast
+from typing import TypeVar, cast
 
 import orjson
 from pydantic import ValidationError
@@ -45,6 +46,7 @@ from services.pledge.api.ports import IngestPorts, ReadModelReader
 from services.pledge.api.problems import ProblemError, validation_problem
 from services.pledge.api.reading import (
     HeaderMap,
+    Write,
     begin_write,
     header,
     header_map,
@@ -76,6 +78,8 @@ PLEDGE_ROUTE = "/v1/campaigns/{campaign_id}/pledges"
 BATCH_ROUTE = "/v1/pledges/batch"
 CANCEL_ROUTE = "/v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel"
 CLOSE_ROUTE = "/v1/campaigns/{campaign_id}/close"
+
+B = TypeVar("B")
 
 
 class Ingest:
@@ -122,6 +126,30 @@ class Ingest:
             raise
 
     # --- writes ------------------------------------------------------------------------------
+
+    async def open_write(
+        self,
+        scope: Scope,
+        receive: Receive,
+        route: str,
+        parse: Callable[[bytes], B],
+        pipeline_of: Callable[[], WritePipeline] | None = None,
+    ) -> tuple[Principal, B, Write]:
+        """The opening of a write (all but the inlined pledge route): the caller, its body
+        parsed by ``parse`` (a pydantic error -> 422) and the write begun; a refusal in the
+        body steps pays a token. ``pipeline_of`` (default: this one) is asked after
+        authenticating."""
+        headers = header_map(scope)
+        principal = await self.authenticate(scope, headers)
+        pipeline = self.pipeline if pipeline_of is None else pipeline_of()
+        async with pipeline.refusals_charged(principal, route):
+            raw = await read_body(headers, receive, self.max_body_bytes)
+            try:
+                body = parse(raw)
+            except ValidationError as exc:
+                raise validation_problem(exc) from None
+            write = begin_write(scope, headers, principal, raw, route, self.max_wait_seconds)
+        return principal, body, write
 
     async def make_pledge(self, scope: Scope, receive: Receive, campaign_id: str) -> Response:
         """``POST /v1/campaigns/{campaign_id}/pledges``: the launch-day route.
@@ -204,16 +232,11 @@ class Ingest:
 
     async def launch(self, scope: Scope, receive: Receive) -> Response:
         """``POST /v1/campaigns``."""
-        headers = header_map(scope)
-        principal = await self.authenticate(scope, headers)
+        principal, body, write = await self.open_write(
+            scope, receive, LAUNCH_ROUTE, LaunchRequest.model_validate_json
+        )
         pipeline = self.pipeline
-        async with pipeline.refusals_charged(principal, LAUNCH_ROUTE):
-            raw = await read_body(headers, receive, self.max_body_bytes)
-            try:
-                body = LaunchRequest.model_validate_json(raw)
-            except ValidationError as exc:
-                raise validation_problem(exc) from None
-            write = begin_write(scope, headers, principal, raw, LAUNCH_ROUTE, self.max_wait_seconds)
+        async with pipeline.refusals_charged(principal, LAUNCH_ROUTE):  # the command's fields
             campaign_id = body.campaign_id or f"c-{write.command_id}"
             qualified = qualify(principal.tenant_id, campaign_id)
             fields = body.model_dump(exclude={"campaign_id"})
@@ -251,17 +274,14 @@ class Ingest:
         self, scope: Scope, receive: Receive, campaign_id: str, pledge_id: str
     ) -> Response:
         """``POST /v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel`` (body optional)."""
-        headers = header_map(scope)
-        principal = await self.authenticate(scope, headers)
+        principal, body, write = await self.open_write(
+            scope,
+            receive,
+            CANCEL_ROUTE,
+            lambda raw: CancelRequest.model_validate_json(raw) if raw.strip() else CancelRequest(),
+        )
         pipeline = self.pipeline
         qualified = qualify(principal.tenant_id, campaign_id)
-        async with pipeline.refusals_charged(principal, CANCEL_ROUTE):
-            raw = await read_body(headers, receive, self.max_body_bytes)
-            try:
-                body = CancelRequest.model_validate_json(raw) if raw.strip() else CancelRequest()
-            except ValidationError as exc:
-                raise validation_problem(exc) from None
-            write = begin_write(scope, headers, principal, raw, CANCEL_ROUTE, self.max_wait_seconds)
         gate = await pipeline.gate(write, [qualified])
         if gate.outcome == "replay":
             return stored_response(gate.stored)
@@ -285,17 +305,11 @@ class Ingest:
 
     async def close(self, scope: Scope, receive: Receive, campaign_id: str) -> Response:
         """``POST /v1/campaigns/{campaign_id}/close``."""
-        headers = header_map(scope)
-        principal = await self.authenticate(scope, headers)
+        principal, body, write = await self.open_write(
+            scope, receive, CLOSE_ROUTE, CloseRequest.model_validate_json
+        )
         pipeline = self.pipeline
         qualified = qualify(principal.tenant_id, campaign_id)
-        async with pipeline.refusals_charged(principal, CLOSE_ROUTE):
-            raw = await read_body(headers, receive, self.max_body_bytes)
-            try:
-                body = CloseRequest.model_validate_json(raw)
-            except ValidationError as exc:
-                raise validation_problem(exc) from None
-            write = begin_write(scope, headers, principal, raw, CLOSE_ROUTE, self.max_wait_seconds)
         gate = await pipeline.gate(write, [qualified])
         if gate.outcome == "replay":
             return stored_response(gate.stored)
@@ -333,14 +347,11 @@ class Ingest:
         """``POST /v1/pledges/batch``: up to ``batch_max_items`` pledges; each item is
         validated, owned-checked and sent on its own (one command each, so never
         half-applied) and answered in ``results``."""
-        headers = header_map(scope)
-        principal = await self.authenticate(scope, headers)
+        principal, items, write = await self.open_write(
+            scope, receive, BATCH_ROUTE, lambda raw: batch_items(raw, self.batch_max_items)
+        )
         pipeline = self.pipeline
         tenant_id = principal.tenant_id
-        async with pipeline.refusals_charged(principal, BATCH_ROUTE):
-            raw = await read_body(headers, receive, self.max_body_bytes)
-            items = batch_items(raw, self.batch_max_items)
-            write = begin_write(scope, headers, principal, raw, BATCH_ROUTE, self.max_wait_seconds)
         #: per item: its result (JSON text), or None while it is to be sent
         results: list[str | None] = [None] * len(items)
         valid, invalid = check_items(items, results)

@@ -86,7 +86,10 @@ class Listings:
         cursor: str | None,
         limit: int,
     ) -> Response:
-        """``GET /v1/campaigns/{campaign_id}/pledges``: its pledges in id order."""
+        """``GET /v1/campaigns/{campaign_id}/pledges``: its pledges in id order, each as its
+        own GET shows it. ``status=pending`` leaves out the rows its GET shows ``expired``
+        (still in the pending index: no decision came); such a page may hold fewer than
+        ``limit``, and its cursor resumes after the last row read, so paging is unchanged."""
         route = "/v1/campaigns/{campaign_id}/pledges"
         tenant, qualified = await self._campaign_owner(request, campaign_id, route)
         index = status or "all"
@@ -94,11 +97,12 @@ class Listings:
         after = self.cursors.decode(tenant, listing, cursor) if cursor else ""
         rows, more = await self.ingest.reads.pledge_page(qualified, index, after, limit)
         expire_before_ms = time.time() * 1000 - self.ingest.pending_expiry_ms
-        items = [
+        views = [
             pledge_view(row, expire_before_ms)
             for row in rows
             if pledge_visible(row, tenant, qualified, str(row.doc.get("pledge_id")))
         ]
+        items = [v for v in views if v["status"] == "pending"] if status == "pending" else views
         return self._page(items, tenant, listing, more)
 
     async def events(
@@ -188,8 +192,10 @@ def add_listing_routes(
         "/v1/campaigns/{campaign_id}/pledges",
         summary="List a campaign's pledges",
         description="The campaign's pledges in id order, pending ones included (a pledge "
-        "whose command is in Kafka but not decided yet). Paging is stable while pledges "
-        "arrive: none that existed when paging began is skipped or repeated.",
+        "whose command is in Kafka but not decided yet), each as its own GET shows it: "
+        "`status=pending` leaves out those shown `expired` (a page may then hold fewer than "
+        "`limit`; follow `next_cursor`). Paging is stable while pledges arrive: none that "
+        "existed when paging began is skipped or repeated.",
         response_model=None,
         responses={200: json_content(PledgePage, "A page of pledges."), **_LIST_ERRORS},
         tags=["pledges"],

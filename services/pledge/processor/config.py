@@ -19,6 +19,9 @@ class ProcessorSettings(StreamSettings):
     processor_batch_max: int = Field(default=2000, ge=1)
     #: Write a snapshot of a partition's campaigns every this many events.
     snapshot_every_events: int = Field(default=50_000, ge=1)
+    #: Rebuild from the latest snapshot round (false: fold every partition from its first
+    #: event, e.g. to rule out a suspect snapshot; ``bench_recovery`` measures both).
+    processor_use_snapshots: bool = True
     #: Seconds between deadline sweeps of open campaigns.
     deadline_sweep_seconds: float = Field(default=1.0, gt=0)
     #: Kickstarter's rule: refuse in the last 24 h a cancellation that drops the total below goal.

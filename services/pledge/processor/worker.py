@@ -244,7 +244,9 @@ class Processor:
             # Fences older writers of the partition and aborts their open transaction, so
             # the log read below is final.
             await writer.start()
-            recovered = await recover_partition(s.kafka_bootstrap, self.topics, number)
+            recovered = await recover_partition(
+                s.kafka_bootstrap, self.topics, number, use_snapshot=s.processor_use_snapshots
+            )
             assert self._consumer is not None
             tp = TopicPartition(self._commands_topic, number)
             committed = await self._consumer.committed(tp)

@@ -17,6 +17,7 @@ from schemas.topics import ensure_topics
 from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
 from services.pledge.projector.config import ProjectorSettings
 from services.pledge.projector.projector import Projector
+from services.pledge.projector.rebuilding import ProjectorWorker
 from services.streams import configure_logging, run_cli, serve
 
 __all__ = ["ProjectorProcess", "readmodel_cli", "rebuild", "run_projector"]
@@ -46,38 +47,20 @@ async def rebuild(settings: ProjectorSettings) -> int:
         await client.aclose()
 
 
-class ProjectorProcess:
+class ProjectorProcess(ProjectorWorker[Projector]):
     """The projector as a stream-runtime worker: its Redis client, its loop, its drain."""
 
     def __init__(self, settings: ProjectorSettings) -> None:
         self.settings = settings
-        self.client = aioredis.Redis.from_url(settings.redis_url)
-        self.projector = Projector(settings, self.client)
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        client = aioredis.Redis.from_url(settings.redis_url)
+        super().__init__(client, Projector(settings, client), "projector")
 
-    async def start(self) -> None:
-        await self.projector.start()
+    def _started(self) -> None:
         log.info(
             "projecting %s* into Redis (group %s)",
             self.settings.topic_prefix,
             self.projector.group,
         )
-        self._task = asyncio.create_task(self.projector.run(self._stop), name="projector")
-
-    async def wait(self) -> None:
-        if self._task is not None:
-            await self._task
-
-    async def stop(self) -> None:
-        """Finish the step in flight (its runs applied and committed), then leave."""
-        self._stop.set()
-        try:
-            if self._task is not None:
-                await self._task
-        finally:
-            await self.projector.stop()
-            await self.client.aclose()
 
 
 async def run_projector(settings: ProjectorSettings) -> None:

@@ -11,7 +11,8 @@ Redis coming back *empty* (restarted without its data, flushed, failed over to a
 replica) or replaced is noticed while running, not only at start: the read model carries an
 epoch marker the projector wrote, checked every ``epoch_check_seconds``. Gone or changed, the
 projector drops what it held, counts the rebuild by cause, and re-reads its partitions from
-the beginning (applying is idempotent by ``seq``, so rows that survived are kept). Without
+the beginning, once per loss (the rewind is committed, so a later rebalance resumes the
+replay; applying is idempotent by ``seq``, so rows that survived are kept). Without
 this, a missing row would be reloaded as seq 0 and every later event held back forever.
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +38,7 @@ from services.pledge.adapters.redis_readmodel import (
 from services.pledge.projection import dump, initial_summary, project
 from services.pledge.projector.config import ProjectorSettings
 from services.pledge.projector.metrics import ReadModelMetrics, readmodel_metrics
+from services.pledge.projector.rebuilding import RebuildingProjector
 from services.streams import OrderedStreamReader, Run, StreamKey, StreamMetrics
 
 __all__ = ["Projector"]
@@ -54,8 +55,10 @@ class _Cached:
     tenant: str | None
 
 
-class Projector:
+class Projector(RebuildingProjector):
     """Keeps the read model of one topic prefix up to date."""
+
+    log = log
 
     def __init__(
         self,
@@ -73,9 +76,13 @@ class Projector:
         self.topics = settings.topics()
         self.keys = Keys(settings.topic_prefix)
         self.store = ReadModelStore(client, self.keys)
-        self.client = client
-        self.group = group or f"{settings.topic_prefix}{settings.readmodel_group}"
-        self.from_beginning = from_beginning
+        super().__init__(
+            client,
+            group or f"{settings.topic_prefix}{settings.readmodel_group}",
+            self.keys.projector_epoch(),
+            from_beginning=from_beginning,
+            epoch_check_seconds=epoch_check_seconds,
+        )
         self.decision_ttl = settings.readmodel_decision_ttl_seconds
         self._cache: dict[str, _Cached] = {}
         self.applied = 0
@@ -86,13 +93,6 @@ class Projector:
         self._applied_by_type: dict[str, Any] = {}
         self._lag_at = -1e9
         self.lag_every = lag_every_seconds
-        self._reader: OrderedStreamReader | None = None
-        #: The read model's epoch marker: its key and the value this projector holds.
-        self._marker = self.keys.projector_epoch()
-        self._epoch: bytes | str | None = None
-        self._epoch_at = -1e9
-        self.epoch_check = epoch_check_seconds
-        self.rebuilds = 0
 
     async def start(self) -> None:
         await self.store.load_scripts()
@@ -102,15 +102,6 @@ class Projector:
             log.info("read model empty for %s: replaying from the beginning", self.keys.ns)
             self.from_beginning = True
         await self._start_reader()
-
-    async def _new_epoch(self) -> bool:
-        """Write a new epoch marker unless one exists; hold whichever is there. True when
-        this projector wrote it (the read model had none: it is empty or new)."""
-        epoch = f"{self.group}:{uuid.uuid4().hex}".encode()
-        written = bool(await self.client.set(self._marker, epoch, nx=True))
-        self._epoch = epoch if written else await self.client.get(self._marker)
-        self._epoch_at = time.monotonic()
-        return written
 
     async def _start_reader(self) -> None:
         s = self.settings
@@ -135,67 +126,20 @@ class Projector:
         )
         await self._reader.start()
 
-    async def _check_epoch(self) -> None:
-        """Rebuild from the log when the epoch marker is gone (Redis lost the read model) or
-        another one (Redis replaced, or another projector began a rebuild)."""
-        self._epoch_at = time.monotonic()
-        current = await self.client.get(self._marker)
-        if current is None and self._epoch is None:
-            # Rebuilding after a loss: the marker (which tells the API the read model is
-            # whole) is written only once the replay has caught up with the log.
-            reader = self._require()
-            lag = reader.lag()
-            if lag and not any(lag.values()) and reader.held == 0:
-                await self._new_epoch()
-            return
-        if current == self._epoch:
-            return
-        cause = "redis_empty" if current is None else "redis_replaced"
+    def _rebuild_noticed(self, lost: bool) -> None:
         log.warning(
             "read model of %s %s: rebuilding it from the log",
             self.keys.ns,
-            "lost (epoch marker gone)" if current is None else "replaced (epoch marker changed)",
+            "lost (epoch marker gone)" if lost else "replaced (epoch marker changed)",
         )
-        self.metrics.rebuilds.labels(cause).inc()
-        self.rebuilds += 1
-        reader = self._require()
-        self._reader = None
-        await reader.stop()
+        self.metrics.rebuilds.labels("redis_empty" if lost else "redis_replaced").inc()
+
+    def _forget(self) -> None:
         self._cache.clear()
-        self._epoch = current  # None after a loss: written again once the replay caught up
-        self.from_beginning = True
-        await self._start_reader()
-
-    async def stop(self) -> None:
-        if self._reader is not None:
-            await self._reader.stop()
-
-    def _require(self) -> OrderedStreamReader:
-        if self._reader is None:
-            raise RuntimeError("Projector.start() first")
-        return self._reader
 
     def held_campaigns(self) -> list[str]:
         """Campaigns with events waiting for their predecessor."""
         return [campaign_id for campaign_id, _stream in self._require().held_keys()]
-
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Project until ``stop`` is set (or forever).
-
-        Redis out of reach (restarting, failing over) pauses the projector instead of ending
-        it: offsets are committed only below what was applied, and the runs not applied are
-        handed again once Redis answers.
-        """
-        stop = stop or asyncio.Event()
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                await self.step(timeout_ms=200)
-                backoff = 0.1
-            except REDIS_UNAVAILABLE as exc:
-                log.warning("Redis unavailable (%r); retrying in %.1f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
 
     async def run_until_caught_up(self, idle_ms: int = 1000) -> None:
         """Project until every partition is read up to where it ended when this started."""
@@ -229,9 +173,6 @@ class Projector:
                 by_topic[tp.topic] = by_topic.get(tp.topic, 0) + lag
             for topic, lag in by_topic.items():
                 self.metrics.lag.labels(topic).set(lag)
-
-    async def _revoked(self, _partitions: list[int]) -> None:
-        self._cache.clear()  # another member may move those campaigns now
 
     async def _seed(self, keys: list[StreamKey]) -> Mapping[StreamKey, int]:
         """The seq Redis holds for campaigns the reader meets first (loaded into the cache)."""

@@ -243,3 +243,48 @@ def test_workloads_run_commands_the_cli_has() -> None:
     for group, command in sorted(commands):
         result = runner.invoke(app, [group, command, "--help"])
         assert result.exit_code == 0, (group, command, result.output)
+
+
+#: The group consumers of the base, by command: each is a static group member.
+_GROUP_CONSUMERS = {
+    ("processor", "run"): "PLEDGEFLOW_PROCESSOR_INSTANCE_ID",
+    ("readmodel", "run"): "PLEDGEFLOW_READMODEL_INSTANCE_ID",
+    ("settlement", "run"): "PLEDGEFLOW_SETTLEMENT_INSTANCE_ID",
+    ("settlement", "readmodel"): "PLEDGEFLOW_SETTLEMENT_READMODEL_INSTANCE_ID",
+}
+
+
+def test_group_consumers_are_statefulsets_whose_pod_name_is_their_static_member_id() -> None:
+    documents = _base_documents()
+    found = set()
+    for doc in documents:
+        if doc["kind"] not in {"Deployment", "StatefulSet"}:
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            command = tuple(container.get("args", [])[:2])
+            if command not in _GROUP_CONSUMERS:
+                continue
+            found.add(command)
+            name = doc["metadata"]["name"]
+            assert doc["kind"] == "StatefulSet", name
+            env = {e["name"]: e for e in container.get("env", [])}
+            source = env[_GROUP_CONSUMERS[command]]["valueFrom"]["fieldRef"]["fieldPath"]
+            assert source == "metadata.name", name
+            service = [
+                d
+                for d in documents
+                if d["kind"] == "Service" and d["metadata"]["name"] == doc["spec"]["serviceName"]
+            ]
+            assert service and service[0]["spec"]["clusterIP"] == "None", name
+            for scaled in documents:
+                if scaled["kind"] == "ScaledObject" and scaled["metadata"]["name"] == name:
+                    assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet", name
+    assert found == set(_GROUP_CONSUMERS)
+
+
+def test_make_run_gives_every_group_consumer_a_local_static_member_id() -> None:
+    procfile = (REPO / "deploy" / "local" / "Procfile").read_text(encoding="utf-8")
+    for command, variable in _GROUP_CONSUMERS.items():
+        run = f"pledgeflow {' '.join(command)}"
+        line = next(line for line in procfile.splitlines() if run in line)
+        assert f"{variable}=" in line, command

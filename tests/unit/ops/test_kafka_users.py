@@ -60,3 +60,35 @@ def test_only_settlement_writes_payment_tokens_besides_the_api() -> None:
     users = _users()
     writers = {n for n, u in users.items() if PAYMENT_TOKENS_TOPIC in _allowed(u, "Write")}
     assert writers == {"api", "settlement"}
+
+
+def test_notify_writes_its_stream_transactionally_and_reads_it_back() -> None:
+    # Found by tests/integration/test_kafka_acls_live.py: notify's PartitionWriters are
+    # transactional (``notify-stream-<p>``) and rebuild their chain heads from the notify topics.
+    notify = _users()["notify"]
+    assert _allowed(notify, "Write", "transactionalId") == {"notify-stream"}
+    assert set(Topics().for_stream("notify")) <= _allowed(notify, "Read")
+
+
+def test_notify_redrive_reads_the_dead_letters_in_its_own_group() -> None:
+    notify = _users()["notify"]
+    assert "notify.dlq" in _allowed(notify, "Read")
+    assert _allowed(notify, "Read", "group") == {"notify", "notify-redrive"}
+
+
+def test_notify_creates_only_fausts_internal_topics_not_the_registrations() -> None:
+    # ``notify-*`` also matched notify-endpoints: notify could have rewritten webhook URLs.
+    notify = _users()["notify"]
+    prefixed = {
+        acl["resource"]["name"]
+        for acl in notify["spec"]["authorization"]["acls"]
+        if acl["resource"]["patternType"] == "prefix" and acl["resource"]["type"] == "topic"
+    }
+    assert prefixed == {"notify-__"}
+    assert "notify-endpoints" not in _allowed(notify, "Write")
+
+
+def test_only_the_processor_reads_a_topic_config_its_snapshot_limit() -> None:
+    users = _users()
+    readers = {n: _allowed(u, "DescribeConfigs") for n, u in users.items()}
+    assert {n: r for n, r in readers.items() if r} == {"processor": {"pledge-snapshots"}}

@@ -233,3 +233,27 @@ async def test_a_listed_pledge_is_its_own_urls_body_expired_ones_included(api: A
 
     assert listed == single
     assert [p["status"] for p in listed] == ["expired", "pending"]
+
+
+async def test_status_pending_leaves_out_pledges_whose_pending_state_expired(api: Api) -> None:
+    _campaign(api, "c-1", "tenant-a")
+    for i in range(6):
+        _pledge(api, "c-1", f"p-{i}", "pending")
+    rows = api.fakes.readmodel.pledges
+    for i in (0, 2, 3):  # expired, between and around the live ones
+        rows[("tenant-a/c-1", f"p-{i}")] = dataclasses.replace(
+            rows[("tenant-a/c-1", f"p-{i}")], pending_since=int(time.time() * 1000) - 3601 * 1000
+        )
+
+    pending = await _all(api, "/v1/campaigns/c-1/pledges", AUTH_A, limit=2, status="pending")
+    single = [
+        (await api.client.get(f"/v1/campaigns/c-1/pledges/{p['pledge_id']}", headers=AUTH_A)).json()
+        for p in pending
+    ]
+
+    assert [p["pledge_id"] for p in pending] == ["p-1", "p-4", "p-5"]
+    assert pending == single and {p["status"] for p in single} == {"pending"}
+    every = await _all(api, "/v1/campaigns/c-1/pledges", AUTH_A, limit=2)
+    assert [p["status"] for p in every] == ["expired", "pending", "expired", "expired"] + [
+        "pending"
+    ] * 2

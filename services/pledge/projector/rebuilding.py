@@ -1,0 +1,171 @@
+"""What the two read-model projectors (campaign: :mod:`services.pledge.projector.projector`;
+settlement: :mod:`services.settlement.projector`) share: the epoch marker by which a running
+projector notices that Redis lost or replaced its read model, the replay it then starts, and
+the run loop that Redis out of reach pauses instead of ending."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from abc import ABC, abstractmethod
+from typing import Generic, TypeVar
+
+import redis.asyncio as aioredis
+
+from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
+from services.streams import OrderedStreamReader
+
+__all__ = ["ProjectorWorker", "RebuildingProjector"]
+
+
+class RebuildingProjector(ABC):
+    """A projector over one :class:`OrderedStreamReader` that replays the log from the
+    beginning when its read model's epoch marker is gone or changed (checked every
+    ``epoch_check`` seconds). Subclasses start the reader, drop their cache, and log and
+    count a rebuild."""
+
+    #: The subclass's logger (its module's).
+    log: logging.Logger
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        group: str,
+        marker: str,
+        *,
+        from_beginning: bool,
+        epoch_check_seconds: float,
+    ) -> None:
+        self.client = client
+        self.group = group
+        self.from_beginning = from_beginning
+        self._reader: OrderedStreamReader | None = None
+        #: The read model's epoch marker: its key and the value this projector holds.
+        self._marker = marker
+        self._epoch: bytes | str | None = None
+        self._epoch_at = -1e9
+        self.epoch_check = epoch_check_seconds
+        self.rebuilds = 0
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load what Redis needs, hold (or write) the epoch marker, start the reader."""
+
+    @abstractmethod
+    async def _start_reader(self) -> None:
+        """Create ``self._reader`` (``from_beginning`` as now) and start it."""
+
+    @abstractmethod
+    def _forget(self) -> None:
+        """Drop what was cached of the read model."""
+
+    @abstractmethod
+    def _rebuild_noticed(self, lost: bool) -> None:
+        """Log and count a rebuild: the marker ``lost`` (gone) or replaced."""
+
+    @abstractmethod
+    async def step(self, timeout_ms: int = 200) -> int:
+        """One poll (checking the marker when due)."""
+
+    async def _new_epoch(self) -> bool:
+        """Write a new epoch marker unless one exists; hold whichever is there. True when
+        this projector wrote it (the read model had none: it is empty or new)."""
+        epoch = f"{self.group}:{uuid.uuid4().hex}".encode()
+        written = bool(await self.client.set(self._marker, epoch, nx=True))
+        self._epoch = epoch if written else await self.client.get(self._marker)
+        self._epoch_at = time.monotonic()
+        return written
+
+    async def _check_epoch(self) -> None:
+        """Rebuild from the log when the epoch marker is gone (Redis lost the read model) or
+        another one (Redis replaced, or another projector began a rebuild)."""
+        self._epoch_at = time.monotonic()
+        current = await self.client.get(self._marker)
+        if current is None and self._epoch is None:
+            # Rebuilding after a loss: the marker (which tells the API the read model is
+            # whole) is written only once the replay has caught up.
+            reader = self._require()
+            lag = reader.lag()
+            if lag and not any(lag.values()) and reader.held == 0:
+                await self._new_epoch()
+            return
+        if current == self._epoch:
+            return
+        self._rebuild_noticed(current is None)
+        self.rebuilds += 1
+        reader = self._require()
+        self._reader = None
+        await reader.stop()
+        self._forget()
+        self._epoch = current  # None after a loss: written again once the replay caught up
+        self.from_beginning = True
+        await self._start_reader()
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            await self._reader.stop()
+
+    def _require(self) -> OrderedStreamReader:
+        if self._reader is None:
+            raise RuntimeError(f"{type(self).__name__}.start() first")
+        return self._reader
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Project until ``stop`` is set (or forever).
+
+        Redis out of reach (restarting, failing over) pauses the projector instead of ending
+        it: offsets are committed only below what was applied, and the runs not applied are
+        handed again once Redis answers.
+        """
+        stop = stop or asyncio.Event()
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                await self.step(timeout_ms=200)
+                backoff = 0.1
+            except REDIS_UNAVAILABLE as exc:
+                self.log.warning("Redis unavailable (%r); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _revoked(self, _partitions: list[int]) -> None:
+        self._forget()  # another member may move those campaigns now
+
+
+P = TypeVar("P", bound=RebuildingProjector)
+
+
+class ProjectorWorker(Generic[P]):
+    """A projector as a stream-runtime worker (``serve`` runs it): its loop, its drain, and
+    its Redis client, closed last."""
+
+    def __init__(self, client: aioredis.Redis, projector: P, task_name: str) -> None:
+        self.client = client
+        self.projector = projector
+        self._task_name = task_name
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _started(self) -> None:
+        """Called once the projector has started, before its loop (a log line)."""
+
+    async def start(self) -> None:
+        await self.projector.start()
+        self._started()
+        self._task = asyncio.create_task(self.projector.run(self._stop), name=self._task_name)
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        """Finish the step in flight (its runs applied and committed), then leave."""
+        self._stop.set()
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            await self.projector.stop()
+            await self.client.aclose()
