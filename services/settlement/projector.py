@@ -11,9 +11,7 @@ pauses the projector. Redis coming back empty is noticed by the epoch marker (ch
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,8 +119,6 @@ class SettlementProjector(RebuildingProjector):
             epoch_check_seconds=epoch_check_seconds,
         )
         self.decision_ttl = settings.settlement_decision_ttl_seconds
-        self.applied = 0
-        self.ready = asyncio.Event()
         self._cache: dict[str, dict[str, Any]] = {}
         metrics = settlement_readmodel_metrics(registry)
         self._applied = metrics.applied
@@ -163,18 +159,6 @@ class SettlementProjector(RebuildingProjector):
 
     def _forget(self) -> None:
         self._cache.clear()
-
-    async def run_until_caught_up(self, idle_ms: int = 1000) -> None:
-        await self._require().run_until_caught_up(idle_ms=idle_ms)
-
-    async def step(self, timeout_ms: int = 200) -> int:
-        if time.monotonic() - self._epoch_at >= self.epoch_check:
-            await self._check_epoch()
-        reader = self._require()
-        count = await reader.step(timeout_ms=timeout_ms)
-        if reader.assigned_partitions:
-            self.ready.set()
-        return count
 
     async def _seed(self, keys: list[StreamKey]) -> Mapping[StreamKey, int]:
         await self._load([campaign_id for campaign_id, _ in keys])

@@ -18,7 +18,6 @@ this, a missing row would be reloaded as seq 0 and every later event held back f
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -85,8 +84,6 @@ class Projector(RebuildingProjector):
         )
         self.decision_ttl = settings.readmodel_decision_ttl_seconds
         self._cache: dict[str, _Cached] = {}
-        self.applied = 0
-        self.ready = asyncio.Event()
         self._beat = -1e9
         self.metrics = metrics or readmodel_metrics()
         self._stream_metrics = stream_metrics
@@ -142,26 +139,18 @@ class Projector(RebuildingProjector):
         return [campaign_id for campaign_id, _stream in self._require().held_keys()]
 
     async def run_until_caught_up(self, idle_ms: int = 1000) -> None:
-        """Project until every partition is read up to where it ended when this started."""
-        reader = self._require()
-        await reader.run_until_caught_up(idle_ms=idle_ms)
+        await super().run_until_caught_up(idle_ms=idle_ms)
         self._observe()
 
-    async def step(self, timeout_ms: int = 200) -> int:
-        """One poll: hold, apply what became consecutive, commit; returns records read."""
-        if time.monotonic() - self._epoch_at >= self.epoch_check:
-            await self._check_epoch()
-        reader = self._require()
-        count = await reader.step(timeout_ms=timeout_ms)
+    async def _stepped(self, reader: OrderedStreamReader) -> None:
         self._observe()
+        await super()._stepped(reader)
         if reader.assigned_partitions:
-            self.ready.set()
             now = time.monotonic()
             if now - self._beat > 10:
                 # Liveness for `make run` and probes: this projector owns partitions.
                 self._beat = now
                 await self.client.set(f"{self.keys.ns}projector:alive", self.group, ex=30)
-        return count
 
     def _observe(self) -> None:
         reader = self._require()

@@ -23,8 +23,8 @@ __all__ = ["ProjectorWorker", "RebuildingProjector"]
 class RebuildingProjector(ABC):
     """A projector over one :class:`OrderedStreamReader` that replays the log from the
     beginning when its read model's epoch marker is gone or changed (checked every
-    ``epoch_check`` seconds). Subclasses start the reader, drop their cache, and log and
-    count a rebuild."""
+    ``epoch_check`` seconds, before each poll). Subclasses start the reader, drop their
+    cache, and log and count a rebuild."""
 
     #: The subclass's logger (its module's).
     log: logging.Logger
@@ -48,6 +48,9 @@ class RebuildingProjector(ABC):
         self._epoch_at = -1e9
         self.epoch_check = epoch_check_seconds
         self.rebuilds = 0
+        #: Events applied; ``ready`` is set once the reader owns partitions.
+        self.applied = 0
+        self.ready = asyncio.Event()
 
     @abstractmethod
     async def start(self) -> None:
@@ -65,9 +68,24 @@ class RebuildingProjector(ABC):
     def _rebuild_noticed(self, lost: bool) -> None:
         """Log and count a rebuild: the marker ``lost`` (gone) or replaced."""
 
-    @abstractmethod
     async def step(self, timeout_ms: int = 200) -> int:
-        """One poll (checking the marker when due)."""
+        """One poll (checking the marker when due): hold, apply what became consecutive,
+        commit; returns records read."""
+        if time.monotonic() - self._epoch_at >= self.epoch_check:
+            await self._check_epoch()
+        reader = self._require()
+        count = await reader.step(timeout_ms=timeout_ms)
+        await self._stepped(reader)
+        return count
+
+    async def _stepped(self, reader: OrderedStreamReader) -> None:
+        """After each poll: ready once the reader owns partitions."""
+        if reader.assigned_partitions:
+            self.ready.set()
+
+    async def run_until_caught_up(self, idle_ms: int = 1000) -> None:
+        """Project until every partition is read up to where it ended when this started."""
+        await self._require().run_until_caught_up(idle_ms=idle_ms)
 
     async def _new_epoch(self) -> bool:
         """Write a new epoch marker unless one exists; hold whichever is there. True when
