@@ -10,21 +10,32 @@ import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
-from services.streams import OrderedStreamReader
+from services.streams import OrderedStreamReader, Run
 
 __all__ = ["ProjectorWorker", "RebuildingProjector"]
 
 
-class RebuildingProjector(ABC):
+#: A projector's cached campaign (what its ``_load`` puts in ``_cache``).
+C = TypeVar("C")
+
+#: Cached campaigns kept at most; beyond, the cache is dropped (reloaded from Redis as met).
+_CACHE_LIMIT = 200_000
+
+
+class RebuildingProjector(ABC, Generic[C]):
     """A projector over one :class:`OrderedStreamReader` that replays the log from the
     beginning when its read model's epoch marker is gone or changed (checked every
-    ``epoch_check`` seconds, before each poll). Subclasses start the reader, drop their
-    cache, and log and count a rebuild."""
+    ``epoch_check`` seconds, before each poll), and applies each campaign's run in one Lua
+    call. Subclasses start the reader, load campaigns into ``_cache``, queue a run's call,
+    and log and count a rebuild."""
 
     #: The subclass's logger (its module's).
     log: logging.Logger
@@ -51,6 +62,8 @@ class RebuildingProjector(ABC):
         #: Events applied; ``ready`` is set once the reader owns partitions.
         self.applied = 0
         self.ready = asyncio.Event()
+        self._cache: dict[str, C] = {}
+        self._applied_by_type: dict[str, Any] = {}
 
     @abstractmethod
     async def start(self) -> None:
@@ -61,8 +74,76 @@ class RebuildingProjector(ABC):
         """Create ``self._reader`` (``from_beginning`` as now) and start it."""
 
     @abstractmethod
+    async def _load_scripts(self) -> None:
+        """Load the read model's Lua scripts into Redis."""
+
+    @abstractmethod
+    async def _load(self, campaign_ids: list[str]) -> None:
+        """Cache the campaigns not in ``_cache`` as Redis holds them."""
+
+    @abstractmethod
+    def _queue(self, pipe: Pipeline, campaign_id: str, run: Run) -> Run | None:
+        """Queue on ``pipe`` the Lua call applying what of ``run`` Redis lacks (advancing the
+        cached campaign); the events queued, or None when there is nothing to apply now."""
+
+    @abstractmethod
+    def _applied_counter(self) -> Counter:
+        """The events-applied counter (labelled by event type)."""
+
     def _forget(self) -> None:
         """Drop what was cached of the read model."""
+        self._cache.clear()
+
+    async def _apply(self, runs: list[Run]) -> None:
+        """Apply each campaign's run in one Lua call (all in one pipeline); a campaign another
+        writer moved is reloaded and what is left of its run applied again."""
+        pending = {run[0].envelope.campaign_id: run for run in runs if run}
+        for _attempt in range(5):
+            if not pending:
+                break
+            await self._load(list(pending))
+            pipe = self.client.pipeline(transaction=False)
+            calls: list[tuple[str, Run]] = []
+            for campaign_id, run in pending.items():
+                todo = self._queue(pipe, campaign_id, run)
+                if todo:
+                    calls.append((campaign_id, todo))
+            if not calls:
+                break
+            try:
+                results = await pipe.execute(raise_on_error=True)
+            except REDIS_UNAVAILABLE:
+                # The campaigns were advanced in memory for events Redis may not have: forget
+                # them, so that the retry reloads what Redis really holds.
+                for campaign_id, _ in calls:
+                    self._cache.pop(campaign_id, None)
+                raise
+            except NoScriptError:  # Redis lost its scripts (restart, failover): load, retry
+                await self._load_scripts()
+                for campaign_id, _ in calls:
+                    self._cache.pop(campaign_id, None)
+                continue
+            retry: dict[str, Run] = {}
+            for (campaign_id, todo), result in zip(calls, results, strict=True):
+                if int(result) == -1:
+                    # Another writer moved this campaign: reload it and try again.
+                    self._cache.pop(campaign_id, None)
+                    retry[campaign_id] = todo
+                    continue
+                if int(result) == 0:
+                    self._cache.pop(campaign_id, None)
+                for event in todo:
+                    self._count_applied(event.envelope.event_type)
+                self.applied += len(todo)
+            pending = retry
+        if len(self._cache) > _CACHE_LIMIT:
+            self._cache.clear()
+
+    def _count_applied(self, event_type: str) -> None:
+        child = self._applied_by_type.get(event_type)
+        if child is None:
+            child = self._applied_by_type[event_type] = self._applied_counter().labels(event_type)
+        child.inc()
 
     @abstractmethod
     def _rebuild_noticed(self, lost: bool) -> None:
@@ -152,7 +233,7 @@ class RebuildingProjector(ABC):
         self._forget()  # another member may move those campaigns now
 
 
-P = TypeVar("P", bound=RebuildingProjector)
+P = TypeVar("P", bound=RebuildingProjector[Any])
 
 
 class ProjectorWorker(Generic[P]):
