@@ -23,7 +23,7 @@ from redis.asyncio.client import Pipeline
 
 from schemas.events import EVENT_TYPES
 from schemas.topics import ensure_topics
-from services.pledge.projector.rebuilding import ProjectorWorker, RebuildingProjector
+from services.pledge.projector.rebuilding import ProjectorWorker, RebuildingProjector, replay
 from services.settlement.adapters.redis_readmodel import (
     APPLY_SETTLEMENT,
     RedisSettlementReads,
@@ -230,14 +230,8 @@ async def rebuild(settings: SettlementSettings) -> int:
         await RedisSettlementReads(client, SettlementKeys(settings.topic_prefix)).wipe()
         # A one-off member: never under the running projector's static id.
         one_off = settings.model_copy(update={"settlement_readmodel_instance_id": None})
-        projector = SettlementProjector(
-            one_off, client, from_beginning=True, registry=CollectorRegistry()
+        return await replay(
+            SettlementProjector(one_off, client, from_beginning=True, registry=CollectorRegistry())
         )
-        await projector.start()
-        try:
-            await projector.run_until_caught_up()
-        finally:
-            await projector.stop()
-        return projector.applied
     finally:
         await client.aclose()

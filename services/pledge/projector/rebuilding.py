@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
 from services.streams import OrderedStreamReader, Run
 
-__all__ = ["ProjectorWorker", "RebuildingProjector"]
+__all__ = ["ProjectorWorker", "RebuildingProjector", "replay"]
 
 
 #: A projector's cached campaign (what its ``_load`` puts in ``_cache``).
@@ -231,6 +231,17 @@ class RebuildingProjector(ABC, Generic[C]):
 
     async def _revoked(self, _partitions: list[int]) -> None:
         self._forget()  # another member may move those campaigns now
+
+
+async def replay(projector: RebuildingProjector[Any]) -> int:
+    """Start ``projector``, project until caught up, stop it; the events it applied (the
+    ``rebuild`` commands, once the read model is wiped)."""
+    await projector.start()
+    try:
+        await projector.run_until_caught_up()
+    finally:
+        await projector.stop()
+    return projector.applied
 
 
 P = TypeVar("P", bound=RebuildingProjector[Any])
