@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Coroutine
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
@@ -19,6 +20,7 @@ from redis.exceptions import NoScriptError
 
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
 from services.streams import OrderedStreamReader, Run
+from services.streams.process import LoopWorker
 
 __all__ = ["ProjectorWorker", "RebuildingProjector", "replay"]
 
@@ -247,35 +249,27 @@ async def replay(projector: RebuildingProjector[Any]) -> int:
 P = TypeVar("P", bound=RebuildingProjector[Any])
 
 
-class ProjectorWorker(Generic[P]):
+class ProjectorWorker(LoopWorker, Generic[P]):
     """A projector as a stream-runtime worker (``serve`` runs it): its loop, its drain, and
     its Redis client, closed last."""
 
     def __init__(self, client: aioredis.Redis, projector: P, task_name: str) -> None:
+        super().__init__(task_name)
         self.client = client
         self.projector = projector
-        self._task_name = task_name
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def _started(self) -> None:
         """Called once the projector has started, before its loop (a log line)."""
 
-    async def start(self) -> None:
+    async def _open(self) -> None:
         await self.projector.start()
         self._started()
-        self._task = asyncio.create_task(self.projector.run(self._stop), name=self._task_name)
 
-    async def wait(self) -> None:
-        if self._task is not None:
-            await self._task
+    def _loop(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+        return self.projector.run(stop)
 
-    async def stop(self) -> None:
-        """Finish the step in flight (its runs applied and committed), then leave."""
-        self._stop.set()
-        try:
-            if self._task is not None:
-                await self._task
-        finally:
-            await self.projector.stop()
-            await self.client.aclose()
+    async def _close(self) -> None:
+        """After the step in flight (its runs applied and committed): the reader, then the
+        Redis client."""
+        await self.projector.stop()
+        await self.client.aclose()
