@@ -15,13 +15,12 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import orjson
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from typer.core import TyperCommand
 
 from schemas.events import EVENT_TYPES
 from schemas.topics import Topics
@@ -29,18 +28,10 @@ from services.audit.archive import DEFAULT_SEGMENT_EVENTS, ArchiveError
 from services.audit.config import AuditSettings
 from services.audit.rules import RULES
 from services.audit.sources import AuditRun, KafkaSourceError, audit_archive, audit_kafka
+from services.usage_errors import OneLineErrors as _OneLineErrors
+from services.usage_errors import usage as _usage
 
 __all__ = ["app"]
-
-
-class _OneLineErrors(TyperCommand):
-    """Usage errors as one line naming the option, exit 2 (no usage box)."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except typer.TyperException as exc:  # click's UsageError family, as typer bundles it
-            _usage(exc.format_message().replace("\n", " "))
 
 
 app = typer.Typer(
@@ -49,11 +40,6 @@ app = typer.Typer(
     help="Auditors' tools: export topics to an archive, replay, verify, report (read-only).",
 )
 _err = Console(stderr=True)
-
-
-def _usage(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 # --- shared options ------------------------------------------------------------------------

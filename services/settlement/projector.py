@@ -11,9 +11,7 @@ pauses the projector. Redis coming back empty is noticed by the epoch marker (ch
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +19,11 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
-from redis.exceptions import NoScriptError
+from redis.asyncio.client import Pipeline
 
 from schemas.events import EVENT_TYPES
 from schemas.topics import ensure_topics
-from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
-from services.pledge.projector.rebuilding import ProjectorWorker, RebuildingProjector
+from services.pledge.projector.rebuilding import ProjectorWorker, RebuildingProjector, replay
 from services.settlement.adapters.redis_readmodel import (
     APPLY_SETTLEMENT,
     RedisSettlementReads,
@@ -96,7 +93,7 @@ def _values(change: dict[str, Any]) -> bytes:
     )
 
 
-class SettlementProjector(RebuildingProjector):
+class SettlementProjector(RebuildingProjector[dict[str, Any]]):
     """Keeps one topic prefix's settlement read model up to date."""
 
     log = log
@@ -121,16 +118,13 @@ class SettlementProjector(RebuildingProjector):
             epoch_check_seconds=epoch_check_seconds,
         )
         self.decision_ttl = settings.settlement_decision_ttl_seconds
-        self.applied = 0
-        self.ready = asyncio.Event()
-        self._cache: dict[str, dict[str, Any]] = {}
         metrics = settlement_readmodel_metrics(registry)
         self._applied = metrics.applied
         self._rebuilds = metrics.rebuilds
         self._stream_metrics = stream_metrics(registry)  # once: a rebuild starts a new reader
 
     async def start(self) -> None:
-        await APPLY_SETTLEMENT.load(self.client)
+        await self._load_scripts()
         if await self._new_epoch() and not self.from_beginning:
             log.info("settlement read model empty for %s: replaying", self.keys.ns)
             self.from_beginning = True
@@ -161,21 +155,6 @@ class SettlementProjector(RebuildingProjector):
         log.warning("settlement read model of %s lost or replaced: replaying", self.keys.ns)
         self._rebuilds.inc()
 
-    def _forget(self) -> None:
-        self._cache.clear()
-
-    async def run_until_caught_up(self, idle_ms: int = 1000) -> None:
-        await self._require().run_until_caught_up(idle_ms=idle_ms)
-
-    async def step(self, timeout_ms: int = 200) -> int:
-        if time.monotonic() - self._epoch_at >= self.epoch_check:
-            await self._check_epoch()
-        reader = self._require()
-        count = await reader.step(timeout_ms=timeout_ms)
-        if reader.assigned_partitions:
-            self.ready.set()
-        return count
-
     async def _seed(self, keys: list[StreamKey]) -> Mapping[StreamKey, int]:
         await self._load([campaign_id for campaign_id, _ in keys])
         return {key: int(self._cache[key[0]]["seq"]) for key in keys}
@@ -193,67 +172,36 @@ class SettlementProjector(RebuildingProjector):
             summary["seq"] = int(seq or 0)
             self._cache[campaign_id] = summary
 
-    async def _apply(self, runs: list[Run]) -> None:
-        """Each campaign's run in one Lua call (one pipeline for all); a campaign another
-        writer moved is reloaded and what is left of its run applied again."""
-        pending = {run[0].envelope.campaign_id: run for run in runs if run}
-        for _attempt in range(5):
-            if not pending:
-                return
-            await self._load(list(pending))
-            pipe = self.client.pipeline(transaction=False)
-            calls: list[tuple[str, Run]] = []
-            for campaign_id, run in pending.items():
-                summary = self._cache[campaign_id]
-                base = int(summary["seq"])
-                todo = [e for e in run if e.envelope.seq > base]
-                if not todo or todo[0].envelope.seq != base + 1:
-                    continue
-                keys = [self.keys.campaign(campaign_id)]
-                args: list[Any] = []
-                for event in todo:
-                    changes, decision = project(summary, event.envelope)
-                    for pledge_id, change in changes:
-                        keys.append(self.keys.pledge(campaign_id, pledge_id))
-                        args.extend(("pay", _values(change)))
-                    if decision is not None:
-                        keys.append(self.keys.decision(event.envelope.causation_id))
-                        args.extend(("decide", orjson.dumps(decision)))
-                head: list[Any] = [
-                    base,
-                    todo[-1].envelope.seq,
-                    orjson.dumps(summary),
-                    self.decision_ttl,
-                ]
-                pipe.evalsha(APPLY_SETTLEMENT.sha, len(keys), *keys, *head, *args)
-                calls.append((campaign_id, todo))
-            if not calls:
-                return
-            try:
-                results = await pipe.execute(raise_on_error=True)
-            except REDIS_UNAVAILABLE:
-                for campaign_id, _ in calls:
-                    self._cache.pop(campaign_id, None)
-                raise
-            except NoScriptError:
-                await APPLY_SETTLEMENT.load(self.client)
-                for campaign_id, _ in calls:
-                    self._cache.pop(campaign_id, None)
-                continue
-            retry: dict[str, Run] = {}
-            for (campaign_id, todo), result in zip(calls, results, strict=True):
-                if int(result) == -1:
-                    self._cache.pop(campaign_id, None)
-                    retry[campaign_id] = todo
-                    continue
-                if int(result) == 0:
-                    self._cache.pop(campaign_id, None)
-                for event in todo:
-                    self._applied.labels(event.envelope.event_type).inc()
-                self.applied += len(todo)
-            pending = retry
-        if len(self._cache) > 200_000:
-            self._cache.clear()
+    def _queue(self, pipe: Pipeline, campaign_id: str, run: Run) -> Run | None:
+        summary = self._cache[campaign_id]
+        base = int(summary["seq"])
+        todo = [e for e in run if e.envelope.seq > base]
+        if not todo or todo[0].envelope.seq != base + 1:
+            return None
+        keys = [self.keys.campaign(campaign_id)]
+        args: list[Any] = []
+        for event in todo:
+            changes, decision = project(summary, event.envelope)
+            for pledge_id, change in changes:
+                keys.append(self.keys.pledge(campaign_id, pledge_id))
+                args.extend(("pay", _values(change)))
+            if decision is not None:
+                keys.append(self.keys.decision(event.envelope.causation_id))
+                args.extend(("decide", orjson.dumps(decision)))
+        head: list[Any] = [
+            base,
+            todo[-1].envelope.seq,
+            orjson.dumps(summary),
+            self.decision_ttl,
+        ]
+        pipe.evalsha(APPLY_SETTLEMENT.sha, len(keys), *keys, *head, *args)
+        return todo
+
+    async def _load_scripts(self) -> None:
+        await APPLY_SETTLEMENT.load(self.client)
+
+    def _applied_counter(self) -> Counter:
+        return self._applied
 
 
 class SettlementProjectorProcess(ProjectorWorker[SettlementProjector]):
@@ -282,14 +230,8 @@ async def rebuild(settings: SettlementSettings) -> int:
         await RedisSettlementReads(client, SettlementKeys(settings.topic_prefix)).wipe()
         # A one-off member: never under the running projector's static id.
         one_off = settings.model_copy(update={"settlement_readmodel_instance_id": None})
-        projector = SettlementProjector(
-            one_off, client, from_beginning=True, registry=CollectorRegistry()
+        return await replay(
+            SettlementProjector(one_off, client, from_beginning=True, registry=CollectorRegistry())
         )
-        await projector.start()
-        try:
-            await projector.run_until_caught_up()
-        finally:
-            await projector.stop()
-        return projector.applied
     finally:
         await client.aclose()

@@ -7,31 +7,17 @@ the output); 2 a bad flag or no API to talk to (one line naming the flag).
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from typer.core import TyperCommand
 
 from services.simulate.config import SimulateOptions, default_api, default_api_key
+from services.usage_errors import OneLineErrors as _OneLineErrors
+from services.usage_errors import usage as _usage
 
 __all__ = ["simulate"]
-
-
-class _OneLineErrors(TyperCommand):
-    """Usage errors as one line naming the option, exit 2 (no usage box)."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except typer.TyperException as exc:  # click's UsageError family, as typer bundles it
-            _usage(exc.format_message().replace("\n", " "))
-
-
-def _usage(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _console() -> Console:

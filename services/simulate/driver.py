@@ -30,6 +30,7 @@ from services.client import (
     Unavailable,
     ValidationFailed,
 )
+from services.notify.domain import WEBHOOK_EVENT_TYPES as NOTIFY_WEBHOOK_EVENT_TYPES
 from services.pledge.api.models import CampaignView, PledgeDecided
 from services.settlement.api_models import SettlementView
 from services.simulate.receiver import WebhookReceiver
@@ -44,19 +45,9 @@ from services.simulate.scenario import (
 
 __all__ = ["Driver", "SettlementView", "Tally", "read_settlement"]
 
-#: Event types the simulation's webhook endpoint subscribes to (what a platform would want).
-WEBHOOK_EVENT_TYPES = (
-    "CampaignLaunched",
-    "PledgeMade",
-    "PledgeCancelled",
-    "GoalReached",
-    "CampaignClosed",
-    "PledgeCaptured",
-    "PledgeCaptureFailed",
-    "PledgeReleased",
-    "PledgeRefunded",
-    "CampaignSettled",
-)
+#: Event types the simulation's webhook endpoint subscribes to (what a platform would want):
+#: every type notify can send but ``PledgeRejected``.
+WEBHOOK_EVENT_TYPES = tuple(t for t in NOTIFY_WEBHOOK_EVENT_TYPES if t != "PledgeRejected")
 ENDPOINT_NAME = "sim"
 
 

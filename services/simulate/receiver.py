@@ -26,7 +26,7 @@ import uvicorn
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-__all__ = ["WebhookReceiver", "serve_receiver"]
+__all__ = ["WebhookReceiver", "serve_app", "serve_receiver"]
 
 
 @dataclass
@@ -105,16 +105,14 @@ class WebhookReceiver:
 
 
 @contextlib.asynccontextmanager
-async def serve_receiver(
-    receiver: WebhookReceiver | None = None, *, host: str = "127.0.0.1", port: int = 0
-) -> AsyncIterator[WebhookReceiver]:
-    """Serve ``receiver`` (a new one when None) with uvicorn on ``host:port`` (0: a free
-    port) in this event loop; ``receiver.base`` is its URL while the block runs."""
-    receiver = receiver or WebhookReceiver()
+async def serve_app(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve the ASGI ``app`` with uvicorn on ``host:port`` (0: a free port, bound here so no
+    other process can take it first) in this event loop; yields its base URL once it
+    listens, and stops it when the block ends."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(receiver, log_level="warning", lifespan="off", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -123,9 +121,20 @@ async def serve_receiver(
                 task.result()
                 raise RuntimeError("the webhook receiver stopped while starting")
             await asyncio.sleep(0.02)
-        receiver.base = f"http://{host}:{sock.getsockname()[1]}"
-        yield receiver
+        yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         await task
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_receiver(
+    receiver: WebhookReceiver | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[WebhookReceiver]:
+    """Serve ``receiver`` (a new one when None) with uvicorn on ``host:port`` (0: a free
+    port) in this event loop; ``receiver.base`` is its URL while the block runs."""
+    receiver = receiver or WebhookReceiver()
+    async with serve_app(receiver, host=host, port=port) as base:
+        receiver.base = base
+        yield receiver

@@ -36,6 +36,7 @@ from services.streams.reader import OrderedStreamReader
 
 __all__ = [
     "JsonFormatter",
+    "LoopWorker",
     "ProcessServer",
     "ReaderWorker",
     "Readiness",
@@ -168,22 +169,29 @@ class Worker(Protocol):
         ...
 
 
-class ReaderWorker:
-    """An :class:`~services.streams.reader.OrderedStreamReader` as a :class:`Worker`:
-    ``start`` joins the group and runs the reader in the background, ``stop`` lets the step in
-    flight finish (its runs handed and committed) and leaves the group."""
+class LoopWorker:
+    """A :class:`Worker` that runs one loop task until its stop event: ``start`` opens what
+    the loop needs and starts the task, ``stop`` sets the event, lets the loop finish the
+    step in flight, then closes (even when the loop failed). Subclasses give the three."""
 
-    def __init__(self, reader: OrderedStreamReader, *, poll_ms: int = 200) -> None:
-        self.reader = reader
-        self._poll_ms = poll_ms
+    def __init__(self, task_name: str) -> None:
+        self._task_name = task_name
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    async def _open(self) -> None:
+        """What comes before the loop (joining a group...)."""
+
+    def _loop(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+        """The loop, run until ``stop`` is set."""
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        """What comes after the loop (leaving a group, closing clients...)."""
+
     async def start(self) -> None:
-        await self.reader.start()
-        self._task = asyncio.create_task(
-            self.reader.run(self._stop, poll_ms=self._poll_ms), name=self.reader.group_id
-        )
+        await self._open()
+        self._task = asyncio.create_task(self._loop(self._stop), name=self._task_name)
 
     async def wait(self) -> None:
         if self._task is not None:
@@ -195,7 +203,27 @@ class ReaderWorker:
             if self._task is not None:
                 await self._task
         finally:
-            await self.reader.stop()
+            await self._close()
+
+
+class ReaderWorker(LoopWorker):
+    """An :class:`~services.streams.reader.OrderedStreamReader` as a :class:`Worker`:
+    ``start`` joins the group and runs the reader in the background, ``stop`` lets the step in
+    flight finish (its runs handed and committed) and leaves the group."""
+
+    def __init__(self, reader: OrderedStreamReader, *, poll_ms: int = 200) -> None:
+        super().__init__(reader.group_id)
+        self.reader = reader
+        self._poll_ms = poll_ms
+
+    async def _open(self) -> None:
+        await self.reader.start()
+
+    def _loop(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+        return self.reader.run(stop, poll_ms=self._poll_ms)
+
+    async def _close(self) -> None:
+        await self.reader.stop()
 
 
 async def serve(

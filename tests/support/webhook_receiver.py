@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import uvicorn
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from tests.support.api import free_port
+from services.simulate.receiver import serve_app
 
 
 @dataclass
@@ -99,25 +98,12 @@ def _json(body: bytes) -> dict[str, Any] | None:
 
 @contextlib.asynccontextmanager
 async def running_receiver() -> AsyncIterator[Receiver]:
-    """A :class:`Receiver` served by uvicorn on a free loopback port."""
+    """A :class:`Receiver` served by uvicorn on a free loopback port (the simulation's
+    :func:`~services.simulate.receiver.serve_app`)."""
     receiver = Receiver()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(receiver, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
-    receiver.base = f"http://127.0.0.1:{port}"
-    try:
+    async with serve_app(receiver) as base:
+        receiver.base = base
         yield receiver
-    finally:
-        server.should_exit = True
-        await task
 
 
 @contextlib.contextmanager

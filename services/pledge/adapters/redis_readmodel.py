@@ -50,6 +50,7 @@ __all__ = [
     "PledgeOp",
     "PledgeRow",
     "ReadModelStore",
+    "unlink_matching",
 ]
 
 
@@ -336,16 +337,22 @@ class ReadModelStore:
 
     async def wipe(self) -> int:
         """Delete every read-model key of this namespace; returns how many."""
-        deleted = 0
-        batch: list[bytes] = []
-        async for key in self.client.scan_iter(match=self.keys.readmodel_pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += await self.client.unlink(*batch)
-                batch = []
-        if batch:
-            deleted += await self.client.unlink(*batch)
-        return deleted
+        return await unlink_matching(self.client, self.keys.readmodel_pattern)
+
+
+async def unlink_matching(client: aioredis.Redis, pattern: str) -> int:
+    """Delete every key matching the glob ``pattern`` (SCAN, UNLINK by 1000: no long block of
+    the server); returns how many. What a read model's rebuild wipes."""
+    deleted = 0
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += await client.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += await client.unlink(*batch)
+    return deleted
 
 
 _PLEDGE_FIELDS = ["status", "doc", "refusal", "cancel", "pending_since"]

@@ -17,7 +17,7 @@ from schemas.topics import ensure_topics
 from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
 from services.pledge.projector.config import ProjectorSettings
 from services.pledge.projector.projector import Projector
-from services.pledge.projector.rebuilding import ProjectorWorker
+from services.pledge.projector.rebuilding import ProjectorWorker, replay
 from services.streams import configure_logging, run_cli, serve
 
 __all__ = ["ProjectorProcess", "readmodel_cli", "rebuild", "run_projector"]
@@ -36,13 +36,7 @@ async def rebuild(settings: ProjectorSettings) -> int:
         await store.wipe()
         # A one-off member: never under the running projector's static id.
         one_off = settings.model_copy(update={"readmodel_instance_id": None})
-        projector = Projector(one_off, client, from_beginning=True)
-        await projector.start()
-        try:
-            await projector.run_until_caught_up()
-        finally:
-            await projector.stop()
-        return projector.applied
+        return await replay(Projector(one_off, client, from_beginning=True))
     finally:
         await client.aclose()
 

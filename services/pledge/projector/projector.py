@@ -18,7 +18,6 @@ this, a missing row would be reloaded as seq 0 and every later event held back f
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -26,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from prometheus_client import Counter
+from redis.asyncio.client import Pipeline
 
-from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE
 from services.pledge.adapters.redis_readmodel import (
     APPLY_SCRIPT,
     CampaignRow,
@@ -55,7 +54,7 @@ class _Cached:
     tenant: str | None
 
 
-class Projector(RebuildingProjector):
+class Projector(RebuildingProjector[_Cached]):
     """Keeps the read model of one topic prefix up to date."""
 
     log = log
@@ -84,18 +83,14 @@ class Projector(RebuildingProjector):
             epoch_check_seconds=epoch_check_seconds,
         )
         self.decision_ttl = settings.readmodel_decision_ttl_seconds
-        self._cache: dict[str, _Cached] = {}
-        self.applied = 0
-        self.ready = asyncio.Event()
         self._beat = -1e9
         self.metrics = metrics or readmodel_metrics()
         self._stream_metrics = stream_metrics
-        self._applied_by_type: dict[str, Any] = {}
         self._lag_at = -1e9
         self.lag_every = lag_every_seconds
 
     async def start(self) -> None:
-        await self.store.load_scripts()
+        await self._load_scripts()
         # Redis may have restarted empty while the group's offsets survive in Kafka: without
         # the epoch marker, replay from the beginning.
         if await self._new_epoch() and not self.from_beginning:
@@ -134,34 +129,23 @@ class Projector(RebuildingProjector):
         )
         self.metrics.rebuilds.labels("redis_empty" if lost else "redis_replaced").inc()
 
-    def _forget(self) -> None:
-        self._cache.clear()
-
     def held_campaigns(self) -> list[str]:
         """Campaigns with events waiting for their predecessor."""
         return [campaign_id for campaign_id, _stream in self._require().held_keys()]
 
     async def run_until_caught_up(self, idle_ms: int = 1000) -> None:
-        """Project until every partition is read up to where it ended when this started."""
-        reader = self._require()
-        await reader.run_until_caught_up(idle_ms=idle_ms)
+        await super().run_until_caught_up(idle_ms=idle_ms)
         self._observe()
 
-    async def step(self, timeout_ms: int = 200) -> int:
-        """One poll: hold, apply what became consecutive, commit; returns records read."""
-        if time.monotonic() - self._epoch_at >= self.epoch_check:
-            await self._check_epoch()
-        reader = self._require()
-        count = await reader.step(timeout_ms=timeout_ms)
+    async def _stepped(self, reader: OrderedStreamReader) -> None:
         self._observe()
+        await super()._stepped(reader)
         if reader.assigned_partitions:
-            self.ready.set()
             now = time.monotonic()
             if now - self._beat > 10:
                 # Liveness for `make run` and probes: this projector owns partitions.
                 self._beat = now
                 await self.client.set(f"{self.keys.ns}projector:alive", self.group, ex=30)
-        return count
 
     def _observe(self) -> None:
         reader = self._require()
@@ -193,82 +177,42 @@ class Projector(RebuildingProjector):
                 summary["seq"] = row.seq
                 self._cache[campaign_id] = _Cached(summary, row.tenant_id)
 
-    async def _apply(self, runs: list[Run]) -> None:
-        """Apply each campaign's run in one Lua call (all in one pipeline); a campaign another
-        writer moved is reloaded and what is left of its run applied again."""
-        pending = {run[0].envelope.campaign_id: run for run in runs if run}
-        for _attempt in range(5):
-            if not pending:
-                break
-            await self._load(list(pending))
-            pipe = self.client.pipeline(transaction=False)
-            calls: list[tuple[str, Run]] = []
-            for campaign_id, run in pending.items():
-                cached = self._cache[campaign_id]
-                base = int(cached.summary["seq"])
-                todo = [e for e in run if e.envelope.seq > base]  # below: applied before
-                if not todo:
-                    continue
-                if todo[0].envelope.seq != base + 1:
-                    log.warning(
-                        "campaign %s: Redis holds seq %d, the next event read is seq %d",
-                        campaign_id,
-                        base,
-                        todo[0].envelope.seq,
-                    )
-                    continue
-                ops: list[tuple[str, str, bytes]] = []
-                for event in todo:
-                    cached.tenant, new_ops = project(
-                        cached.summary, cached.tenant, event.envelope, self.keys
-                    )
-                    ops.extend(new_ops)
-                args: list[Any] = [
-                    base,
-                    todo[-1].envelope.seq,
-                    cached.tenant or "",
-                    dump(cached.summary),
-                    self.decision_ttl,
-                ]
-                keys = [self.keys.campaign(campaign_id)]
-                for key, op, value in ops:
-                    keys.append(key)
-                    args.extend((op, value))
-                pipe.evalsha(APPLY_SCRIPT.sha, len(keys), *keys, *args)
-                calls.append((campaign_id, todo))
-            if not calls:
-                break
-            try:
-                results = await pipe.execute(raise_on_error=True)
-            except REDIS_UNAVAILABLE:
-                # The summaries were advanced in memory for events Redis may not have: forget
-                # them, so that the retry reloads what Redis really holds.
-                for campaign_id, _ in calls:
-                    self._cache.pop(campaign_id, None)
-                raise
-            except NoScriptError:  # Redis lost its scripts (restart, failover): load, retry
-                await self.store.load_scripts()
-                for campaign_id, _ in calls:
-                    self._cache.pop(campaign_id, None)
-                continue
-            retry: dict[str, Run] = {}
-            for (campaign_id, todo), result in zip(calls, results, strict=True):
-                if int(result) == -1:
-                    # Another writer moved this campaign: reload it and try again.
-                    self._cache.pop(campaign_id, None)
-                    retry[campaign_id] = todo
-                    continue
-                if int(result) == 0:
-                    self._cache.pop(campaign_id, None)
-                for event in todo:
-                    self._count_applied(event.envelope.event_type)
-                self.applied += len(todo)
-            pending = retry
-        if len(self._cache) > 200_000:
-            self._cache.clear()
+    def _queue(self, pipe: Pipeline, campaign_id: str, run: Run) -> Run | None:
+        cached = self._cache[campaign_id]
+        base = int(cached.summary["seq"])
+        todo = [e for e in run if e.envelope.seq > base]  # below: applied before
+        if not todo:
+            return None
+        if todo[0].envelope.seq != base + 1:
+            log.warning(
+                "campaign %s: Redis holds seq %d, the next event read is seq %d",
+                campaign_id,
+                base,
+                todo[0].envelope.seq,
+            )
+            return None
+        ops: list[tuple[str, str, bytes]] = []
+        for event in todo:
+            cached.tenant, new_ops = project(
+                cached.summary, cached.tenant, event.envelope, self.keys
+            )
+            ops.extend(new_ops)
+        args: list[Any] = [
+            base,
+            todo[-1].envelope.seq,
+            cached.tenant or "",
+            dump(cached.summary),
+            self.decision_ttl,
+        ]
+        keys = [self.keys.campaign(campaign_id)]
+        for key, op, value in ops:
+            keys.append(key)
+            args.extend((op, value))
+        pipe.evalsha(APPLY_SCRIPT.sha, len(keys), *keys, *args)
+        return todo
 
-    def _count_applied(self, event_type: str) -> None:
-        child = self._applied_by_type.get(event_type)
-        if child is None:
-            child = self._applied_by_type[event_type] = self.metrics.applied.labels(event_type)
-        child.inc()
+    async def _load_scripts(self) -> None:
+        await self.store.load_scripts()
+
+    def _applied_counter(self) -> Counter:
+        return self.metrics.applied

@@ -26,6 +26,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from services.pledge.adapters.redis_pipeline import LuaScript
+from services.pledge.adapters.redis_readmodel import unlink_matching
 
 __all__ = ["APPLY_SETTLEMENT", "RedisSettlementReads", "SettlementKeys"]
 
@@ -149,13 +150,4 @@ class RedisSettlementReads:
 
     async def wipe(self) -> int:
         """Delete every key of this namespace's settlement read model; returns how many."""
-        deleted = 0
-        batch: list[bytes] = []
-        async for key in self.client.scan_iter(match=self.keys.pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += await self.client.unlink(*batch)
-                batch = []
-        if batch:
-            deleted += await self.client.unlink(*batch)
-        return deleted
+        return await unlink_matching(self.client, self.keys.pattern)
