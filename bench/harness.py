@@ -124,6 +124,30 @@ def write_result(
     return result
 
 
+async def produce(
+    bootstrap: str,
+    topic: str,
+    items: list[tuple[bytes, bytes]],
+    *,
+    linger_ms: int,
+    max_batch_size: int,
+) -> None:
+    """Write ``(key, value)`` records to ``topic`` (``acks=all``) and wait for all of them:
+    the commands a bench preloads before it starts a clock."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_batch_size=max_batch_size
+    )
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 class Stopwatch:
     """Wall-clock seconds of a block; `perf_counter` so it is monotonic."""
 
