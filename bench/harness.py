@@ -10,7 +10,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,32 @@ async def produce(
         await producer.flush()
     finally:
         await producer.stop()
+
+
+def launch_command(campaign_id: str, title: str) -> bytes:
+    """An encoded keep-it-all ``LaunchCampaign`` of ``campaign_id`` (tenant ``tenant-1``, a
+    goal no bench reaches, deadline a month out): the campaign a bench's probes pledge to."""
+    from schemas import LaunchCampaign, encode_command
+
+    now = datetime.now(UTC)
+    return encode_command(
+        LaunchCampaign.model_validate(
+            {
+                "command_id": f"launch-{campaign_id}",
+                "tenant_id": "tenant-1",
+                "correlation_id": f"corr-{campaign_id}",
+                "issued_at": now,
+                "campaign_id": campaign_id,
+                "creator_id": "creator-1",
+                "title": title,
+                "goal": {"amount_minor": 10**9, "currency": "EUR"},
+                "deadline": now + timedelta(days=30),
+                "funding_model": "keep_it_all",
+                "settlement_mode": "authorize_then_capture",
+                "commission_bps": 500,
+            }
+        )
+    )
 
 
 class Stopwatch:
