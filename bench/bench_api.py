@@ -49,6 +49,7 @@ import orjson
 from pydantic import BaseModel
 
 from bench.harness import Target, kafka_bootstrap, redis_url, write_result
+from bench.stack import children, cpu_seconds, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -169,15 +170,6 @@ def naive_app() -> Any:
 # --- servers -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Server:
     """One uvicorn process."""
 
@@ -215,21 +207,12 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server and its worker processes so far (/proc)."""
-        tick = os.sysconf("SC_CLK_TCK")
-        pids = [self.proc.pid]
-        try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        except OSError:
-            pass
         total = 0.0
-        for pid in pids:
+        for pid in [self.proc.pid, *children(self.proc.pid)]:
             try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                total += cpu_seconds(pid)
             except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / tick
+                continue  # a worker that just ended
         return total
 
     def stop(self) -> None:

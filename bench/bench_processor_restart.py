@@ -32,6 +32,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.harness import Target, delete_topics, kafka_bootstrap, launch_command, write_result
+from bench.stack import cpu_seconds
 from schemas import MakePledge, Money, encode_command, message_key
 from schemas.topics import Topics, ensure_topics
 
@@ -39,12 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = 6
 TRIALS = 3
 BOUND_S = 3.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a running process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def launch(campaign_id: str) -> bytes:
