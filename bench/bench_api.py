@@ -50,7 +50,7 @@ from pydantic import BaseModel
 
 from bench.harness import Target, kafka_bootstrap, redis_url, write_result
 from bench.http_load import KeepAliveConnection
-from bench.stack import children, cpu_seconds, free_port
+from bench.stack import free_port, tree_cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -208,13 +208,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server and its worker processes so far (/proc)."""
-        total = 0.0
-        for pid in [self.proc.pid, *children(self.proc.pid)]:
-            try:
-                total += cpu_seconds(pid)
-            except OSError:
-                continue  # a worker that just ended
-        return total
+        return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
