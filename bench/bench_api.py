@@ -49,6 +49,8 @@ import orjson
 from pydantic import BaseModel
 
 from bench.harness import Target, kafka_bootstrap, redis_url, write_result
+from bench.http_load import KeepAliveConnection
+from bench.stack import free_port, tree_cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -169,15 +171,6 @@ def naive_app() -> Any:
 # --- servers -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Server:
     """One uvicorn process."""
 
@@ -215,22 +208,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server and its worker processes so far (/proc)."""
-        tick = os.sysconf("SC_CLK_TCK")
-        pids = [self.proc.pid]
-        try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        except OSError:
-            pass
-        total = 0.0
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / tick
-        return total
+        return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -307,47 +285,24 @@ def run_wrk(url: str, path: str, body: bytes, connections: int, seconds: int) ->
     }
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection of the open-loop generator: one request at a time,
-    the answer parsed from ``data_received`` (no task, stream or buffer copy per request)."""
+class _Connection(KeepAliveConnection):
+    """A connection of the open-loop generator: the latency of an answer counts from when its
+    request was due."""
 
     def __init__(self, done: Any) -> None:
+        super().__init__()
         self.done = done
-        self.transport: Any = None
-        self.buffer = b""
         self.due = 0.0
-        self.head: bytes | None = None
-        self.length = 0
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.ready.set_result(None)
 
     def send(self, request: bytes, due: float) -> None:
         self.due = due
         self.transport.write(request)
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if self.head is None:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            self.head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
-            self.length = 0
-            for line in self.head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    self.length = int(line[15:])
-                    break
-        if len(self.buffer) < self.length:
-            return
-        status = int(self.head.split(b" ", 2)[1])
-        self.head, self.buffer = None, self.buffer[self.length :]
+    def answered(self, status: int) -> None:
         self.done(self, status, time.perf_counter() - self.due)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+        super().connection_lost(exc)
         if self.head is not None or self.due:
             self.done(self, 0, time.perf_counter() - self.due)
 

@@ -55,6 +55,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.harness import Target, delete_topics, kafka_bootstrap, write_result
+from bench.http_load import KeepAliveConnection
 from bench.stack import (
     MachineLoad,
     PrivateRedis,
@@ -90,48 +91,20 @@ def percentile(values: list[float], q: float) -> float:
 # --- the load generator --------------------------------------------------------------------
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection: one request at a time, the answer parsed in
-    ``data_received`` (no task or stream per request)."""
+class _Connection(KeepAliveConnection):
+    """A connection of the load: remembers which pledge index its request carries."""
 
     def __init__(self, done: Callable[[_Connection, int], None]) -> None:
+        super().__init__()
         self.done = done
-        self.transport: Any = None
-        self.buffer = b""
-        self.head: bytes | None = None
-        self.length = 0
         self.index = -1
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.ready.set_result(None)
 
     def send(self, request: bytes, index: int) -> None:
         self.index = index
         self.transport.write(request)
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            if self.head is None:
-                end = self.buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                self.head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
-                self.length = 0
-                for line in self.head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        self.length = int(line[15:])
-                        break
-            if len(self.buffer) < self.length:
-                return
-            status = int(self.head.split(b" ", 2)[1])
-            self.head, self.buffer = None, self.buffer[self.length :]
-            self.done(self, status)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+    def answered(self, status: int) -> None:
+        self.done(self, status)
 
 
 class Load:

@@ -32,9 +32,8 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
 
-from bench.harness import Target, delete_topics, kafka_bootstrap, write_result
+from bench.harness import Target, delete_topics, kafka_bootstrap, produce, write_result
 from bench.stack import (
     MachineLoad,
     PrivateRedis,
@@ -88,19 +87,6 @@ def launches(n: int) -> list[tuple[bytes, bytes]]:
         )
         out.append((message_key(cid), encode_command(command)))
     return out
-
-
-async def write_commands(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1024 * 1024
-    )
-    await producer.start()
-    try:
-        for key, value in items:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 def rss(services: dict[str, Service]) -> dict[str, int]:
@@ -180,7 +166,9 @@ async def main() -> None:
             cpu0 = {name: s.cpu_seconds() for name, s in services.items()}
             machine = MachineLoad()
             started = time.monotonic()
-            await write_commands(bootstrap, topics.commands, items)
+            await produce(
+                bootstrap, topics.commands, items, linger_ms=20, max_batch_size=1024 * 1024
+            )
             await wait_for(
                 lambda: caught_up_with(CAMPAIGNS + 1), 1800, "not caught up", services.values(), 1
             )

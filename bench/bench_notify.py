@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from bench.harness import Target, delete_topics, kafka_bootstrap, redis_url, write_result
+from bench.stack import free_port
 from schemas.events import NotificationFailed, NotificationSent
 from schemas.topics import Topics, ensure_topics
 from services.notify.adapters.http_webhook import HttpWebhookSender
@@ -52,12 +52,6 @@ N_ONE = 1000
 N_LATENCY = 1100
 #: Arrivals per second of the latency runs: steady, well under the throughput measured above.
 RATE = 100.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

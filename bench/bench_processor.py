@@ -26,10 +26,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from bench.harness import Target, delete_topics, kafka_bootstrap, write_result
+from bench.harness import Target, delete_topics, kafka_bootstrap, produce, write_result
 
 N = int(os.environ.get("BENCH_PROCESSOR_N", "100000"))
 N_NAIVE = int(os.environ.get("BENCH_PROCESSOR_N_NAIVE", "20000"))
@@ -83,16 +83,7 @@ def commands(n: int, tag: str) -> list[tuple[bytes, bytes]]:
 
 
 async def preload(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024
-    )
-    await producer.start()
-    try:
-        for key, value in items:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await produce(bootstrap, topic, items, linger_ms=5, max_batch_size=512 * 1024)
 
 
 async def count_events(bootstrap: str, topics: list[str]) -> int:

@@ -25,14 +25,15 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.harness import Target, delete_topics, kafka_bootstrap, write_result
-from schemas import LaunchCampaign, MakePledge, Money, encode_command, message_key
+from bench.harness import Target, delete_topics, kafka_bootstrap, launch_command, write_result
+from bench.stack import cpu_seconds
+from schemas import MakePledge, Money, encode_command, message_key
 from schemas.topics import Topics, ensure_topics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,32 +42,8 @@ TRIALS = 3
 BOUND_S = 3.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a running process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def launch(campaign_id: str) -> bytes:
-    now = datetime.now(UTC)
-    return encode_command(
-        LaunchCampaign.model_validate(
-            {
-                "command_id": f"launch-{campaign_id}",
-                "tenant_id": "tenant-1",
-                "correlation_id": f"corr-{campaign_id}",
-                "issued_at": now,
-                "campaign_id": campaign_id,
-                "creator_id": "creator-1",
-                "title": "Bench",
-                "goal": {"amount_minor": 10**9, "currency": "EUR"},
-                "deadline": now + timedelta(days=30),
-                "funding_model": "keep_it_all",
-                "settlement_mode": "authorize_then_capture",
-                "commission_bps": 500,
-            }
-        )
-    )
+    return launch_command(campaign_id, "Bench")
 
 
 def pledge(campaign_id: str, pledge_id: str) -> bytes:

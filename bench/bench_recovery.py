@@ -34,16 +34,22 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.harness import Target, delete_topics, kafka_bootstrap, redis_url, write_result
+from bench.harness import (
+    Target,
+    delete_topics,
+    kafka_bootstrap,
+    launch_command,
+    redis_url,
+    write_result,
+)
 from bench.stack import MachineLoad, Service, stack_env
-from schemas import LaunchCampaign, encode_command, message_key
+from schemas import message_key
 from schemas.topics import Topics, ensure_topics
 from services.streams import key_partition
 
@@ -103,25 +109,7 @@ def probe_ids(tag: str) -> list[str]:
 
 
 def launch(campaign_id: str) -> bytes:
-    now = datetime.now(UTC)
-    return encode_command(
-        LaunchCampaign.model_validate(
-            {
-                "command_id": f"launch-{campaign_id}",
-                "tenant_id": "tenant-1",
-                "correlation_id": f"corr-{campaign_id}",
-                "issued_at": now,
-                "campaign_id": campaign_id,
-                "creator_id": "creator-1",
-                "title": "Recovery probe",
-                "goal": {"amount_minor": 10**9, "currency": "EUR"},
-                "deadline": now + timedelta(days=30),
-                "funding_model": "keep_it_all",
-                "settlement_mode": "authorize_then_capture",
-                "commission_bps": 500,
-            }
-        )
-    )
+    return launch_command(campaign_id, "Recovery probe")
 
 
 async def trial(

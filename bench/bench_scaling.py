@@ -31,24 +31,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.bench_processor import CAMPAIGNS, PARTITIONS, commands, preload
 from bench.harness import Target, delete_topics, kafka_bootstrap, write_result
+from bench.stack import cpu_seconds, machine_ticks
 
 N = int(os.environ.get("BENCH_SCALING_N", "60000"))
 WORKERS = (1, 2, 3)
 REPO = Path(__file__).resolve().parents[1]
 SEED = 18
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
 
 
 async def committed_total(admin: AIOKafkaAdminClient, group: str, topic: str) -> int:

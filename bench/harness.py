@@ -10,7 +10,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,56 @@ def write_result(
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return result
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    items: list[tuple[bytes, bytes]],
+    *,
+    linger_ms: int,
+    max_batch_size: int,
+) -> None:
+    """Write ``(key, value)`` records to ``topic`` (``acks=all``) and wait for all of them:
+    the commands a bench preloads before it starts a clock."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_batch_size=max_batch_size
+    )
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def launch_command(campaign_id: str, title: str) -> bytes:
+    """An encoded keep-it-all ``LaunchCampaign`` of ``campaign_id`` (tenant ``tenant-1``, a
+    goal no bench reaches, deadline a month out): the campaign a bench's probes pledge to."""
+    from schemas import LaunchCampaign, encode_command
+
+    now = datetime.now(UTC)
+    return encode_command(
+        LaunchCampaign.model_validate(
+            {
+                "command_id": f"launch-{campaign_id}",
+                "tenant_id": "tenant-1",
+                "correlation_id": f"corr-{campaign_id}",
+                "issued_at": now,
+                "campaign_id": campaign_id,
+                "creator_id": "creator-1",
+                "title": title,
+                "goal": {"amount_minor": 10**9, "currency": "EUR"},
+                "deadline": now + timedelta(days=30),
+                "funding_model": "keep_it_all",
+                "settlement_mode": "authorize_then_capture",
+                "commission_bps": 500,
+            }
+        )
+    )
 
 
 class Stopwatch:

@@ -68,6 +68,18 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its direct children (a server's workers); a child that
+    just ended counts nothing."""
+    total = 0.0
+    for one in [pid, *children(pid)]:
+        try:
+            total += cpu_seconds(one)
+        except OSError:
+            continue
+    return total
+
+
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of all cores since boot."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -140,13 +152,7 @@ class Service:
             raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{tail}")
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for pid in self.pids():
-            try:
-                total += cpu_seconds(pid)
-            except OSError:
-                continue  # a child that just ended
-        return total
+        return tree_cpu_seconds(self.pid)
 
     def rss_bytes(self) -> int:
         return sum(rss_bytes(pid) for pid in self.pids())

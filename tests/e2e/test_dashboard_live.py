@@ -17,10 +17,9 @@ import asyncio
 import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from tests.support.api import free_port
 from tests.support.infra import REPO, kafka_bootstrap, redis_url
 from tests.support.mailpit import running_mailpit
 from tests.support.prometheus import ensure_prometheus
+from tests.support.subprocesses import process, wait_until
 from tests.support.webhook_receiver import Receiver, receiver_in_thread
 
 pytestmark = pytest.mark.integration
@@ -76,36 +76,6 @@ def variable_values(dashboard: dict[str, Any], namespace: str) -> dict[str, str]
             values["$" + variable["name"]] = variable["allValue"]
     assert "$namespace" in values, "the dashboard has no namespace variable"
     return values
-
-
-@contextmanager
-def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_until(probe: Any, what: str, procs: list[subprocess.Popen[bytes]], within: float) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            value = probe()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        for proc in procs:
-            assert proc.poll() is None, f"{proc.args} exited while waiting for {what}"
-        assert time.monotonic() < deadline, f"{what}: not within {within}s"
-        time.sleep(0.2)
 
 
 def query(prometheus: str, expr: str) -> dict[str, Any]:

@@ -42,12 +42,12 @@ from services.simulate.app import SimulationResult, run
 from services.simulate.config import SimulateOptions
 from services.simulate.driver import WEBHOOK_EVENT_TYPES
 from services.simulate.receiver import WebhookReceiver, serve_receiver
-from tests.e2e.test_dashboard_live import process, wait_until
 from tests.support.api import free_port
 from tests.support.infra import REPO, kafka_bootstrap, redis_url
 from tests.support.invariants import wipe_namespace
 from tests.support.mailpit import Mailpit, running_mailpit
 from tests.support.processor import read_topics
+from tests.support.subprocesses import process, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

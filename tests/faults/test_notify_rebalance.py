@@ -45,6 +45,7 @@ from services.notify.domain import notification_id
 from tests.support.api import eventually, free_port
 from tests.support.fleet import Fleet, metric, wait_group
 from tests.support.infra import REPO
+from tests.support.invariants import wipe_namespace
 from tests.support.notify_worker import CampaignLog, register, worker_env
 from tests.support.processor import read_topics
 from tests.support.webhook_receiver import running_receiver
@@ -296,11 +297,7 @@ async def test_notify_workers_survive_a_join_a_restart_a_kill_and_a_zombie(
     audit = await asyncio.to_thread(audit_kafka, bootstrap, topics.for_stream("notify"), workers=1)
     assert audit.events == len(recorded)
     assert [f for f in audit.findings if f.stream == "notify"] == []
-    client = aioredis.Redis.from_url(redis_server)
-    keys = [k async for k in client.scan_iter(match=f"{unique}notify:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+    await wipe_namespace(redis_server, f"{unique}notify:")
 
 
 async def _true(value: bool) -> bool:

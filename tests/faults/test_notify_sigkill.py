@@ -17,6 +17,7 @@ from schemas.events import NotificationSent
 from schemas.topics import Topics, ensure_topics
 from services.notify.domain import notification_id
 from tests.support.api import eventually
+from tests.support.invariants import wipe_namespace
 from tests.support.notify_worker import (
     CampaignLog,
     notify_stream,
@@ -118,11 +119,7 @@ async def test_notify_worker_sigkilled_mid_run_delivers_everything_with_bounded_
     for campaign in {e.campaign_id for e in recorded}:
         seqs = sorted(e.seq for e in recorded if e.campaign_id == campaign)
         assert seqs == list(range(1, len(seqs) + 1))
-    client = aioredis.Redis.from_url(redis_server)
-    keys = [k async for k in client.scan_iter(match=f"{unique}notify:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+    await wipe_namespace(redis_server, f"{unique}notify:")
 
 
 async def _more(receiver: object, before: int) -> bool:

@@ -4,7 +4,6 @@ exactly one command on ``pledge-commands`` per logical call."""
 
 from __future__ import annotations
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
@@ -12,7 +11,6 @@ from prometheus_client import CollectorRegistry
 
 from schemas.commands import decode_command
 from schemas.tenancy import qualify
-from services.client import PledgeflowClient, RetryPolicy
 from services.pledge.api import create_app
 from tests.support.api import (
     KEY_A,
@@ -22,7 +20,7 @@ from tests.support.api import (
     new_id,
     pledge_body,
 )
-from tests.support.flaky import Flaky
+from tests.support.flaky import client_through_flaky
 from tests.support.infra import kafka_bootstrap, redis_url
 
 pytestmark = pytest.mark.integration
@@ -66,25 +64,16 @@ async def test_one_command_per_logical_call_across_injected_503s(
     settings = api_settings(kafka_bootstrap(), redis_url(), unique)
     topics = await create_topics(settings)
     app = create_app(settings, registry=CollectorRegistry())
-    flaky = Flaky(app)
     slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-
     campaign_id = new_id("c")
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=flaky)
-        async with PledgeflowClient(
-            "http://api", KEY_A, transport=transport, sleep=sleep, retry=RetryPolicy(attempts=4)
-        ) as api:
-            flaky.plan = ["after", "after", "pass"]
-            await api.launch_campaign(launch_body(campaign_id))
-            for n in range(3):
-                flaky.plan = ["before", "after", "pass"]
-                await api.make_pledge(campaign_id, pledge_body(f"p-{n}", tier_id=None))
-            flaky.plan = ["after", "pass"]
-            await api.close_campaign(campaign_id, {"reason": "creator_cancelled"})
+    async with client_through_flaky(app, KEY_A, attempts=4, slept=slept) as (flaky, api):
+        flaky.plan = ["after", "after", "pass"]
+        await api.launch_campaign(launch_body(campaign_id))
+        for n in range(3):
+            flaky.plan = ["before", "after", "pass"]
+            await api.make_pledge(campaign_id, pledge_body(f"p-{n}", tier_id=None))
+        flaky.plan = ["after", "pass"]
+        await api.close_campaign(campaign_id, {"reason": "creator_cancelled"})
 
     sent = await _commands(settings.kafka_bootstrap, topics.commands)
     await _drop_namespace(settings.redis_url, settings.topic_prefix)

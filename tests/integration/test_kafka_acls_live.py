@@ -48,6 +48,7 @@ from tests.support.secured_broker import (
     acl_bindings,
     rendered_kafka_users,
 )
+from tests.support.subprocesses import process
 from tests.support.webhook_receiver import receiver_in_thread
 
 pytestmark = pytest.mark.integration
@@ -99,19 +100,8 @@ def running(
     """``pledgeflow <process of user>`` with only ``user``'s Kafka credentials."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLEDGEFLOW_")}
     env.update(broker.env(user), PLEDGEFLOW_PARTITIONS=str(PARTITIONS), **extra)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [PLEDGEFLOW, *PROCESSES[user]], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
+    with process([PLEDGEFLOW, *PROCESSES[user]], env, log) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def wait_for(

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import httpx
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["Flaky"]
+from services.client import PledgeflowClient, RetryPolicy
+
+__all__ = ["Flaky", "client_through_flaky"]
 
 _UNAVAILABLE = (
     b'{"type":"https://pledgeflow.dev/problems/unavailable","title":"A dependency is '
@@ -52,3 +58,28 @@ class Flaky:
             await send({"type": "http.response.body", "body": _UNAVAILABLE})
             return
         await self.app(scope, receive, send)
+
+
+@asynccontextmanager
+async def client_through_flaky(
+    app: Starlette, key: str, *, attempts: int = 5, slept: list[float] | None = None
+) -> AsyncIterator[tuple[Flaky, PledgeflowClient]]:
+    """The typed client with ``key``, talking to ``app`` (its lifespan running) through a
+    :class:`Flaky` in process; it retries up to ``attempts`` times without waiting, the waits
+    it asked for appended to ``slept``."""
+    flaky = Flaky(app)
+
+    async def sleep(seconds: float) -> None:
+        if slept is not None:
+            slept.append(seconds)
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=flaky)
+        async with PledgeflowClient(
+            "http://api",
+            key,
+            transport=transport,
+            sleep=sleep,
+            retry=RetryPolicy(attempts=attempts),
+        ) as client:
+            yield flaky, client

@@ -31,6 +31,7 @@ from services.notify.domain import Notification, WebhookEndpoint
 from services.notify.mail import MailRenderer
 from services.notify.metrics import NotifyMetrics
 from services.notify.webhooks import new_secret
+from tests.support.invariants import wipe_namespace
 
 pytestmark = pytest.mark.integration
 
@@ -124,9 +125,7 @@ async def rig(redis_server: str, unique: str, poster: Poster) -> AsyncIterator[R
         yield Rig(dispatcher, queue, poster, recorder, now_ms, ids)
     finally:
         await dispatcher.drain()
-        keys = [k async for k in client.scan_iter(match=f"{unique}notify:*")]
-        if keys:
-            await client.delete(*keys)
+        await wipe_namespace(redis_server, f"{unique}notify:")
         await client.aclose()
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.events import NotificationFailed, NotificationSent
@@ -19,6 +18,7 @@ from services.audit.sources import audit_kafka
 from services.notify.config import NotifySettings
 from services.notify.redrive import redrive
 from tests.support.api import eventually
+from tests.support.invariants import wipe_namespace
 from tests.support.mailpit import Mailpit
 from tests.support.notify_worker import (
     CampaignLog,
@@ -181,11 +181,7 @@ async def test_goal_reached_end_to_end_through_the_worker(
         )
         assert audit.events == len(recorded)
         assert [f for f in audit.findings if f.stream == "notify"] == []
-    client = aioredis.Redis.from_url(redis_server)
-    keys = [k async for k in client.scan_iter(match=f"{unique}notify:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+    await wipe_namespace(redis_server, f"{unique}notify:")
 
 
 async def _true(value: bool) -> bool:

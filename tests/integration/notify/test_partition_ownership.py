@@ -28,6 +28,7 @@ from services.notify.metrics import NotifyMetrics
 from services.notify.ports import NotOwner
 from services.notify.webhooks import new_secret
 from tests.support.api import eventually
+from tests.support.invariants import wipe_namespace
 from tests.support.notify_worker import notify_stream
 from tests.unit.notify.events import NOW
 
@@ -62,13 +63,6 @@ def _sent(nid: str) -> NotificationSent:
     )
 
 
-async def _wipe(client: aioredis.Redis, prefix: str) -> None:
-    keys = [k async for k in client.scan_iter(match=f"{prefix}notify:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
 async def test_an_older_owner_claims_nothing_and_never_moves_a_lease_back(
     redis_server: str, unique: str
 ) -> None:
@@ -98,7 +92,8 @@ async def test_an_older_owner_claims_nothing_and_never_moves_a_lease_back(
         # a worker never assigned a partition claims nothing on it
         assert await new.claim("msg_a", 1, 99_000, 1) is None
     finally:
-        await _wipe(client, unique)
+        await wipe_namespace(redis_server, f"{unique}notify:")
+        await client.aclose()
 
 
 async def test_a_fenced_recorder_stands_down_and_the_new_owner_goes_on(
@@ -135,7 +130,8 @@ async def test_a_fenced_recorder_stands_down_and_the_new_owner_goes_on(
     finally:
         await old.close()
         await new.close()
-        await _wipe(client, unique)
+        await wipe_namespace(redis_server, f"{unique}notify:")
+        await client.aclose()
 
 
 async def test_releasing_a_partition_mid_write_leaves_no_record_waiting(
@@ -167,7 +163,8 @@ async def test_releasing_a_partition_mid_write_leaves_no_record_waiting(
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
     finally:
         await recorder.close()
-        await _wipe(client, unique)
+        await wipe_namespace(redis_server, f"{unique}notify:")
+        await client.aclose()
 
 
 @dataclass
@@ -230,7 +227,8 @@ async def test_a_full_lane_serves_the_oldest_notification_of_any_partition_first
     finally:
         stop.set()
         await task
-        await _wipe(client, unique)
+        await wipe_namespace(redis_server, f"{unique}notify:")
+        await client.aclose()
     assert poster.ids == ["msg_old", *(f"msg_new{i}" for i in range(5))]
 
 

@@ -30,6 +30,7 @@ from services.notify.metrics import NotifyMetrics
 from services.notify.redrive import redrive
 from services.notify.webhooks import new_secret, signed_headers
 from tests.support.api import eventually
+from tests.support.invariants import wipe_namespace
 from tests.support.webhook_receiver import Receiver, running_receiver
 from tests.unit.notify.events import Stream, goal, launch, pledge
 
@@ -126,9 +127,7 @@ async def rig(
             await task
             await poster.aclose()
             await producer.stop()
-            keys = [k async for k in client.scan_iter(match=f"{unique}notify:*")]
-            if keys:
-                await client.delete(*keys)
+            await wipe_namespace(redis_server, f"{unique}notify:")
             await client.aclose()
 
 

@@ -23,7 +23,6 @@ from services.client import (
     InvalidCursor,
     NotFound,
     PledgeflowClient,
-    RetryPolicy,
     Unavailable,
     ValidationFailed,
 )
@@ -32,7 +31,7 @@ from services.pledge.api import create_app
 from services.pledge.api.config import ApiSettings
 from services.pledge.api.models import PledgeAccepted
 from tests.support.api import KEY_A, KEY_B, launch_body, pledge_body
-from tests.support.flaky import Flaky
+from tests.support.flaky import Flaky, client_through_flaky
 from tests.unit.pledge.api.fakes import FakePorts
 
 #: How the server stores tenant-a's campaign c-1 (tenant-qualified; the client never sees it).
@@ -52,18 +51,9 @@ async def rig() -> AsyncIterator[Rig]:
     fakes = FakePorts()
     settings = ApiSettings(api_keys=f"tenant-a:{KEY_A},tenant-b:{KEY_B}")
     app = create_app(settings, registry=CollectorRegistry(), ports=fakes.opened)
-    flaky = Flaky(app)
     slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=flaky)
-        async with PledgeflowClient(
-            "http://api", KEY_A, transport=transport, sleep=sleep, retry=RetryPolicy(attempts=5)
-        ) as client:
-            yield Rig(fakes, flaky, client, slept)
+    async with client_through_flaky(app, KEY_A, slept=slept) as (flaky, client):
+        yield Rig(fakes, flaky, client, slept)
 
 
 async def test_each_logical_call_is_one_command_across_injected_503s(rig: Rig) -> None:

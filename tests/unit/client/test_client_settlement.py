@@ -7,14 +7,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from schemas.settlement_commands import RefundPledge, ReportRevenue, decode_settlement_command
 from schemas.tenancy import qualify
-from services.client import NotFound, PledgeflowClient, Refused, RetryPolicy, ValidationFailed
+from services.client import NotFound, PledgeflowClient, Refused, ValidationFailed
 from services.pledge.adapters.redis_readmodel import CampaignRow
 from services.pledge.api import create_app
 from services.pledge.api.command_ids import command_id_for
@@ -25,7 +24,7 @@ from services.settlement.api_models import (
     SettlementView,
 )
 from tests.support.api import KEY_A, KEY_B
-from tests.support.flaky import Flaky
+from tests.support.flaky import Flaky, client_through_flaky
 from tests.unit.pledge.api.fakes import FakePorts
 
 STORED = qualify("tenant-a", "c-1")
@@ -54,17 +53,8 @@ async def rig() -> AsyncIterator[Rig]:
     )
     settings = ApiSettings(api_keys=f"tenant-a:{KEY_A},tenant-b:{KEY_B}", api_max_wait_seconds=5)
     app = create_app(settings, registry=CollectorRegistry(), ports=fakes.opened)
-    flaky = Flaky(app)
-
-    async def sleep(_seconds: float) -> None:
-        return None
-
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=flaky)
-        async with PledgeflowClient(
-            "http://api", KEY_A, transport=transport, sleep=sleep, retry=RetryPolicy(attempts=5)
-        ) as client:
-            yield Rig(fakes, flaky, client)
+    async with client_through_flaky(app, KEY_A) as (flaky, client):
+        yield Rig(fakes, flaky, client)
 
 
 async def test_get_settlement_is_the_shared_model(rig: Rig) -> None:
