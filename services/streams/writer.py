@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import IllegalOperation, ProducerFenced
 
 from schemas.canonical import GENESIS_HASH
 from schemas.envelope import Envelope, Stamped, stamp_chain
@@ -83,6 +84,7 @@ class PartitionWriter:
         """
         producer = self.producer
         number = self.partition
+        pending: list[tuple[str, int, asyncio.Future[Any]]] = []
         try:
             await producer.begin_transaction()
             if consumed:
@@ -91,7 +93,6 @@ class PartitionWriter:
                 # CONCURRENT_TRANSACTIONS, sent to aiokafka's older produce version as a
                 # retriable NOT_ENOUGH_REPLICAS (dozens of retries and warnings a minute).
                 await producer.send_offsets_to_transaction(dict(consumed), self.group_id)
-            pending: list[tuple[str, int, asyncio.Future[Any]]] = []
             for topic, batch_records in records.items():
                 batch = producer.create_batch()
                 count = 0
@@ -113,9 +114,15 @@ class PartitionWriter:
             if self._before_commit is not None:
                 await self._before_commit(number)
             await producer.commit_transaction()
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
+            if isinstance(error, IllegalOperation) and _fenced(pending):
+                # Fenced while this transaction was open: aiokafka's sender fails the batches
+                # already sent with ProducerFenced and leaves the transaction in a fatal state,
+                # so the next send says only "not in transaction". Name the cause: the caller
+                # stands down on a fenced partition, but ends on an unknown failure.
+                raise ProducerFenced() from error
             raise
         ends: dict[str, int] = {}
         for (topic, count, _), meta in zip(pending, delivered, strict=True):
@@ -123,6 +130,14 @@ class PartitionWriter:
             if end > ends.get(topic, 0):
                 ends[topic] = end
         return ends
+
+
+def _fenced(pending: Sequence[tuple[str, int, asyncio.Future[Any]]]) -> bool:
+    """Whether a record batch already sent in this transaction failed as fenced."""
+    return any(
+        future.done() and not future.cancelled() and isinstance(future.exception(), ProducerFenced)
+        for _, _, future in pending
+    )
 
 
 class ChainHeads:
