@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Path
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from redis.exceptions import ResponseError as RedisResponseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -198,7 +199,9 @@ def create_app(
     app.add_exception_handler(ProblemError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    for redis_error in REDIS_UNAVAILABLE:
+    # Redis errors are answered here, not by the catch-all below (Starlette re-raises what
+    # reaches that one): a full Redis (OOM) is a 503 on reads too, never a 500.
+    for redis_error in (*REDIS_UNAVAILABLE, RedisResponseError):
         app.add_exception_handler(redis_error, on_error)
     app.add_exception_handler(Exception, on_error)
     request_metrics = RequestMetrics(metrics)
