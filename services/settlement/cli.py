@@ -4,6 +4,7 @@ campaign's ledger balances, read from the settlement stream)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import typer
 from pydantic import ValidationError
@@ -110,11 +111,16 @@ def ledger(
         _ledger_from_api(campaign, as_json, api_url, api_key)
         return
     from services.settlement.config import SettlementSettings
-    from services.settlement.statement import read_statement
+    from services.settlement.statement import StatementSourceError, read_statement
 
     settings = _settings()
     assert isinstance(settings, SettlementSettings)
-    statement = asyncio.run(read_statement(settings, campaign))
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures: our one line below
+    try:
+        statement = asyncio.run(read_statement(settings, campaign))
+    except StatementSourceError as exc:
+        typer.echo(f"ledger: {exc}", err=True)
+        raise typer.Exit(2) from None
     if statement is None:
         typer.echo(f"ledger: no settlement events for campaign {campaign!r}", err=True)
         raise typer.Exit(1)
