@@ -1,7 +1,7 @@
 """The settlement read model on the real broker and Redis: projected from the settlement
 stream, unchanged by a redelivery of everything (a second group reading from the start),
-rebuilt identically by ``rebuild`` after a wipe, and rebuilt by a running projector when Redis
-loses it."""
+rebuilt identically by ``rebuild`` after a wipe, rebuilt by a running projector when Redis
+loses it, and deaf to a record whose key is not its campaign's (dead-lettered ``wrong_key``)."""
 
 from __future__ import annotations
 
@@ -166,3 +166,38 @@ async def test_the_projector_joins_as_a_static_member(settings: SettlementSettin
         await projector.stop()
         await client.aclose()
         await admin.close()
+
+
+async def test_a_record_keyed_for_another_campaign_is_dead_lettered_not_applied(
+    settings: SettlementSettings,
+) -> None:
+    from schemas.codec import encode, message_key
+    from services.streams import PartitionWriter, key_partition
+    from tests.support.processor import read_topics
+
+    log = settled_log()
+    settlement = [e for e in log if e.stream == "settlement"]
+    last = settlement[-1]
+    await write_settlement(settings, [e for e in log if e is not last])
+    # The campaign's next event, keyed as another campaign (so in that one's partition).
+    topics = settings.topics()
+    wrong = message_key("camp-2")
+    writer = PartitionWriter(
+        settings.kafka_bootstrap,
+        settings.topic_prefix + "forger",
+        key_partition(wrong, topics.partitions),
+    )
+    await writer.start()
+    try:
+        await writer.write({topics.for_event(last.event_type): [(wrong, encode(last), [])]})
+    finally:
+        await writer.close()
+    await project_once(settings, "rm-key")
+    summary = (await snapshot(settings, []))["summary"]
+    assert summary is not None and summary["seq"] == last.seq - 1  # the forged one not applied
+    letters = await read_topics(
+        settings.kafka_bootstrap, [topics.dead_letter("readmodel")], topics.partitions
+    )
+    causes = [dict(headers)["dlq.cause"] for *_, headers in letters]
+    assert causes == [b"wrong_key"]
+    assert letters[0][3] == wrong and letters[0][4] == encode(last)
