@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(name="pledgeflow", no_args_is_help=True, help="Pledgeflow command line.")
+from services.usage_errors import OneLineGroup
+
+app = typer.Typer(
+    name="pledgeflow", cls=OneLineGroup, no_args_is_help=True, help="Pledgeflow command line."
+)
 
 
 def _register() -> None:

@@ -1,14 +1,20 @@
-"""Usage errors of the typer sub-commands (``pledgeflow audit``, ``pledgeflow simulate``): one
-line naming the option on stderr, exit 2, never click's usage box (the CLI's promise)."""
+"""Usage errors of ``pledgeflow``: one line naming the option on stderr, exit 2, never click's
+usage box (the CLI's promise). :class:`OneLineGroup` (the root group) does it for every
+sub-command, naming the command; :class:`OneLineErrors` keeps the shorter ``error: message``
+of ``pledgeflow audit`` and ``pledgeflow simulate``."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NoReturn
 
 import typer
-from typer.core import TyperCommand
 
-__all__ = ["OneLineErrors", "usage"]
+# typer 0.29 bundles its own click: its exceptions live here (typer exports only their base).
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.core import TyperCommand, TyperGroup
+
+__all__ = ["OneLineErrors", "OneLineGroup", "usage"]
 
 
 def usage(message: str) -> NoReturn:
@@ -25,3 +31,45 @@ class OneLineErrors(TyperCommand):
             return super().parse_args(ctx, args)
         except typer.TyperException as exc:  # click's UsageError family, as typer bundles it
             usage(exc.format_message().replace("\n", " "))
+
+
+class OneLineGroup(TyperGroup):
+    """The root group: any usage error below it (an unknown option, command or a bad value)
+    is ``error: <command path>: <message>`` on one line, exit 2. ``--help`` and a bare group
+    still print the help."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else _path(prog_name, args)
+            message = exc.format_message().replace("\n", " ")
+            typer.echo(f"error: {where}: {message}", err=True)
+            sys.exit(2)
+        except typer.TyperException as exc:  # the rest of click's exceptions (a file error)
+            typer.echo(f"error: {exc}".replace("\n", " "), err=True)
+            sys.exit(getattr(exc, "exit_code", 1))
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _path(prog_name: str | None, args: Any) -> str:
+    """The command path typed (the words before the first option), for an error click raised
+    without its context (a missing option value)."""
+    words = list(sys.argv[1:] if args is None else args)
+    first = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
+    return " ".join([prog_name or "pledgeflow", *words[:first]])
