@@ -9,12 +9,13 @@ import sys
 from typing import Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 
 # typer 0.29 bundles its own click: its exceptions live here (typer exports only their base).
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperCommand, TyperGroup
 
-__all__ = ["OneLineErrors", "OneLineGroup", "usage"]
+__all__ = ["OneLineErrors", "OneLineGroup", "setting_error", "usage"]
 
 
 def usage(message: str) -> NoReturn:
@@ -61,6 +62,11 @@ class OneLineGroup(TyperGroup):
         except typer.TyperException as exc:  # the rest of click's exceptions (a file error)
             typer.echo(f"error: {exc}".replace("\n", " "), err=True)
             sys.exit(getattr(exc, "exit_code", 1))
+        except ValidationError as exc:
+            if not exc.title.endswith("Settings"):
+                raise  # not the environment's fault: a bug, keep its traceback
+            typer.echo(f"error: {_path(prog_name, args)}: {setting_error(exc)}", err=True)
+            sys.exit(2)
         except typer.Abort:
             typer.echo("Aborted!", err=True)
             sys.exit(1)
@@ -73,3 +79,16 @@ def _path(prog_name: str | None, args: Any) -> str:
     words = list(sys.argv[1:] if args is None else args)
     first = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
     return " ".join([prog_name or "pledgeflow", *words[:first]])
+
+
+def setting_error(error: ValidationError) -> str:
+    """A settings class's validation error as one line naming the environment variable and
+    the value it had: ``PLEDGEFLOW_PARTITIONS: Input should be a valid integer (got 'abc')``."""
+    first = error.errors(include_url=False)[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    name = f"PLEDGEFLOW_{field.upper()}" if field else error.title
+    more = error.error_count() - 1
+    suffix = f" (+{more} more)" if more else ""
+    got = first.get("input")
+    shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+    return f"{name}: {first['msg'].removeprefix('Value error, ')}{shown}{suffix}"

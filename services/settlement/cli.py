@@ -7,9 +7,6 @@ import asyncio
 import logging
 
 import typer
-from pydantic import ValidationError
-
-from schemas.errors import describe_validation_error
 
 __all__ = ["app", "ledger"]
 
@@ -17,13 +14,11 @@ app = typer.Typer(no_args_is_help=True, help="The settlement worker (captures, r
 
 
 def _settings() -> object:
+    """The settings; a bad PLEDGEFLOW_* value raises, answered as one line naming it by the
+    root group (services.usage_errors.OneLineGroup)."""
     from services.settlement.config import SettlementSettings
 
-    try:
-        return SettlementSettings()
-    except ValidationError as exc:
-        typer.echo(f"settlement: {describe_validation_error(exc)}", err=True)
-        raise typer.Exit(2) from None
+    return SettlementSettings()
 
 
 @app.command("run")

@@ -54,3 +54,23 @@ def test_help_and_a_bare_group_still_show_the_help(runner: CliRunner) -> None:
 def test_the_audit_and_simulate_messages_are_unchanged(runner: CliRunner) -> None:
     result = runner.invoke(app, ["audit", "verify", "--bogus"], prog_name="pledgeflow")
     assert (result.exit_code, result.output.strip()) == (2, "error: No such option: --bogus")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["notify", "redrive"],
+        ["readmodel", "rebuild"],
+        ["processor", "run"],
+        ["api", "run"],
+        ["deploy", "wait-topics"],
+        ["settlement", "readmodel", "rebuild"],
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_its_variable(runner: CliRunner, args: list[str]) -> None:
+    env = {"PLEDGEFLOW_PARTITIONS": "abc"}
+    result = runner.invoke(app, args, prog_name="pledgeflow", env=env)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "PLEDGEFLOW_PARTITIONS" in lines[0], result.output
+    assert "Traceback" not in result.output and "abc" in lines[0]
