@@ -73,12 +73,17 @@ def readmodel_rebuild() -> None:
     (stop the running projector first)."""
     from services.settlement.config import SettlementSettings
     from services.settlement.projector import rebuild
-    from services.streams import configure_logging
+    from services.streams import SourceError, configure_logging
 
     settings = _settings()
     assert isinstance(settings, SettlementSettings)
     configure_logging("info")
-    applied = asyncio.run(rebuild(settings))
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures: our one line below
+    try:
+        applied = asyncio.run(rebuild(settings))
+    except SourceError as exc:
+        typer.echo(f"settlement readmodel rebuild: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"settlement read model rebuilt: {applied} events applied")
 
 
@@ -106,14 +111,15 @@ def ledger(
         _ledger_from_api(campaign, as_json, api_url, api_key)
         return
     from services.settlement.config import SettlementSettings
-    from services.settlement.statement import StatementSourceError, read_statement
+    from services.settlement.statement import read_statement
+    from services.streams import SourceError
 
     settings = _settings()
     assert isinstance(settings, SettlementSettings)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures: our one line below
     try:
         statement = asyncio.run(read_statement(settings, campaign))
-    except StatementSourceError as exc:
+    except SourceError as exc:
         typer.echo(f"ledger: {exc}", err=True)
         raise typer.Exit(2) from None
     if statement is None:

@@ -31,7 +31,15 @@ from services.settlement.adapters.redis_readmodel import (
 )
 from services.settlement.config import SettlementSettings
 from services.settlement.projection import initial_summary, project
-from services.streams import OrderedStreamReader, Run, StreamKey, serve, stream_metrics
+from services.streams import (
+    OrderedStreamReader,
+    Run,
+    StreamKey,
+    check_redis,
+    serve,
+    stream_metrics,
+    topic_partitions,
+)
 from services.streams.metrics import registered
 
 __all__ = [
@@ -224,9 +232,17 @@ async def run_projector(settings: SettlementSettings) -> None:
 
 async def rebuild(settings: SettlementSettings) -> int:
     """Wipe this prefix's settlement read model and replay the settlement stream (stop the
-    running projector first). Returns the number of events applied."""
+    running projector first). Returns the number of events applied; raises
+    :class:`~services.streams.SourceError`, wiping nothing, when it could not replay."""
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
+        # Wipe only once the replay can run: Redis answers, Kafka is in reach, the topics exist.
+        await check_redis(client, settings.redis_url)
+        await topic_partitions(
+            settings.kafka_bootstrap,
+            settings.topics().for_stream("settlement"),
+            settings.topic_prefix,
+        )
         await RedisSettlementReads(client, SettlementKeys(settings.topic_prefix)).wipe()
         # A one-off member: never under the running projector's static id.
         one_off = settings.model_copy(update={"settlement_readmodel_instance_id": None})

@@ -12,12 +12,7 @@ from schemas.events import CampaignSettled
 from schemas.ledger import LedgerAccount, LedgerLine, balances
 from schemas.money import Money, format_money
 
-__all__ = ["Statement", "StatementSourceError", "read_statement"]
-
-
-class StatementSourceError(Exception):
-    """The settlement stream cannot be read: its message is one line naming the setting
-    (the broker unreachable, or no settlement topics under the topic prefix)."""
+__all__ = ["Statement", "read_statement"]
 
 
 @dataclass
@@ -86,13 +81,14 @@ async def read_statement(settings: Any, campaign_id: str) -> Statement | None:
     """The statement of ``campaign_id`` from the broker, or None if it has no settlement
     events. ``settings`` is a :class:`~services.settlement.config.SettlementSettings`.
 
-    The topics are described first: a missing one is a :class:`StatementSourceError` at
-    once (a consumer assigned to it would wait for its metadata forever), and the campaign's
-    partition is computed from the topics' real partition count, not the configured one."""
-    from services.streams import key_partition, replay_partition
+    The topics are described first: a missing one (or Kafka out of reach) is a
+    :class:`~services.streams.SourceError` at once (a consumer assigned to it would wait for
+    its metadata forever), and the campaign's partition is computed from the topics' real
+    partition count, not the configured one."""
+    from services.streams import key_partition, replay_partition, topic_partitions
 
     names = settings.topics().for_stream("settlement")
-    partitions = await _partition_count(settings.kafka_bootstrap, names, settings.topic_prefix)
+    partitions = await topic_partitions(settings.kafka_bootstrap, names, settings.topic_prefix)
     statement = Statement(campaign_id)
     partition = key_partition(message_key(campaign_id), partitions)
 
@@ -102,33 +98,3 @@ async def read_statement(settings: Any, campaign_id: str) -> Statement | None:
 
     await replay_partition(settings.kafka_bootstrap, names, partition, keep)
     return statement if statement.seq else None
-
-
-async def _partition_count(bootstrap: str, names: list[str], prefix: str) -> int:
-    """The settlement topics' partition count; StatementSourceError naming the setting when
-    the broker is out of reach or a topic is missing."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from services.streams.kafka_security import kafka_client_kwargs
-
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, **kafka_client_kwargs(), request_timeout_ms=10_000
-    )
-    try:
-        await admin.start()
-    except Exception as exc:
-        raise StatementSourceError(
-            f"PLEDGEFLOW_KAFKA_BOOTSTRAP: cannot reach Kafka at {bootstrap} ({type(exc).__name__})"
-        ) from None
-    try:
-        described = await admin.describe_topics(names)
-    finally:
-        await admin.close()
-    counts = {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
-    missing = [name for name in names if not counts.get(name)]
-    if missing:
-        raise StatementSourceError(
-            f"PLEDGEFLOW_TOPIC_PREFIX: no settlement topic {missing[0]!r} under prefix "
-            f"{prefix!r} on {bootstrap}"
-        )
-    return max(counts.values())

@@ -67,6 +67,7 @@ from services.streams.dead_letters import (
 from services.streams.kafka_log import key_partition, read_to_end, transactional_producer
 from services.streams.metrics import StreamMetrics, stream_metrics
 from services.streams.orderer import Gap, Pushed, SeqOrderer, StreamKey
+from services.streams.preflight import SourceError, check_redis, topic_partitions
 from services.streams.process import (
     JsonFormatter,
     ProcessServer,
@@ -110,11 +111,13 @@ __all__ = [
     "RunHandler",
     "Seeder",
     "SeqOrderer",
+    "SourceError",
     "StreamEvent",
     "StreamKey",
     "StreamMetrics",
     "StreamSettings",
     "Worker",
+    "check_redis",
     "configure_logging",
     "correlation_id",
     "dead_letter",
@@ -127,5 +130,6 @@ __all__ = [
     "serve",
     "stamp_chain",
     "stream_metrics",
+    "topic_partitions",
     "transactional_producer",
 ]

@@ -18,7 +18,14 @@ from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
 from services.pledge.projector.config import ProjectorSettings
 from services.pledge.projector.projector import Projector
 from services.pledge.projector.rebuilding import ProjectorWorker, replay
-from services.streams import configure_logging, run_cli, serve
+from services.streams import (
+    SourceError,
+    check_redis,
+    configure_logging,
+    run_cli,
+    serve,
+    topic_partitions,
+)
 
 __all__ = ["ProjectorProcess", "readmodel_cli", "rebuild", "run_projector"]
 
@@ -28,10 +35,18 @@ log = logging.getLogger("pledgeflow.readmodel")
 async def rebuild(settings: ProjectorSettings) -> int:
     """Wipe this prefix's read model and replay every campaign topic from the beginning.
 
-    Stop the running projector first. Returns the number of events applied.
+    Stop the running projector first. Returns the number of events applied; raises
+    :class:`~services.streams.SourceError`, wiping nothing, when it could not replay.
     """
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
+        # Wipe only once the replay can run: Redis answers, Kafka is in reach, the topics exist.
+        await check_redis(client, settings.redis_url)
+        await topic_partitions(
+            settings.kafka_bootstrap,
+            settings.topics().for_stream("campaign"),
+            settings.topic_prefix,
+        )
         store = ReadModelStore(client, Keys(settings.topic_prefix))
         await store.wipe()
         # A one-off member: never under the running projector's static id.
@@ -85,8 +100,14 @@ def readmodel_cli() -> Any:
     @cli.command("rebuild")
     def rebuild_command() -> None:
         """Wipe the read model (this topic prefix) and replay the topics from the beginning."""
+        settings = ProjectorSettings()
         configure_logging("info")
-        applied = asyncio.run(rebuild(ProjectorSettings()))
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures: one line below
+        try:
+            applied = asyncio.run(rebuild(settings))
+        except SourceError as exc:
+            typer.echo(f"readmodel rebuild: {exc}", err=True)
+            raise typer.Exit(2) from None
         typer.echo(f"read model rebuilt: {applied} events applied")
 
     return cli
