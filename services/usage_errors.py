@@ -81,6 +81,10 @@ def _path(prog_name: str | None, args: Any) -> str:
     return " ".join([prog_name or "pledgeflow", *words[:first]])
 
 
+#: Settings whose value is not repeated in an error (it may hold a credential).
+_SECRET_WORDS = ("key", "secret", "password", "token", "url", "sasl", "credential")
+
+
 def setting_error(error: ValidationError) -> str:
     """A settings class's validation error as one line naming the environment variable and
     the value it had: ``PLEDGEFLOW_PARTITIONS: Input should be a valid integer (got 'abc')``."""
@@ -90,5 +94,6 @@ def setting_error(error: ValidationError) -> str:
     more = error.error_count() - 1
     suffix = f" (+{more} more)" if more else ""
     got = first.get("input")
-    shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+    secret = any(word in field for word in _SECRET_WORDS)  # never echo a key or a password
+    shown = f" (got {got!r})" if isinstance(got, str | int | float) and not secret else ""
     return f"{name}: {first['msg'].removeprefix('Value error, ')}{shown}{suffix}"

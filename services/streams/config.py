@@ -6,7 +6,7 @@ built once at the entry point and passed down.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import Topics
@@ -37,6 +37,14 @@ class StreamSettings(BaseSettings):
     max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Most events a stream reader holds back waiting for their predecessor, per partition.
     hold_limit: int = Field(default=100_000, ge=1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        # Caught here, one line naming the variable; redis-py's own refusal is a traceback.
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
 
     def topics(self) -> Topics:
         """The topic registry under this prefix and partition count."""

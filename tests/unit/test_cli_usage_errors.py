@@ -74,3 +74,22 @@ def test_a_bad_setting_is_one_line_naming_its_variable(runner: CliRunner, args: 
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "PLEDGEFLOW_PARTITIONS" in lines[0], result.output
     assert "Traceback" not in result.output and "abc" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["readmodel", "rebuild"], ["settlement", "readmodel", "rebuild"], ["notify", "redrive"]],
+)
+def test_a_redis_url_without_a_redis_scheme_is_one_line(runner: CliRunner, args: list[str]) -> None:
+    result = runner.invoke(app, args, prog_name="pledgeflow", env={"PLEDGEFLOW_REDIS_URL": "nope"})
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "PLEDGEFLOW_REDIS_URL" in lines[0], result.output
+    assert "nope" not in lines[0]  # a URL may hold a password: never repeated
+
+
+def test_a_bad_secret_setting_is_named_not_repeated(runner: CliRunner) -> None:
+    env = {"PLEDGEFLOW_API_KEYS": "no-colon-sup3r-secret"}  # checked before Kafka is asked
+    result = runner.invoke(app, ["api", "run"], prog_name="pledgeflow", env=env)
+    assert result.exit_code == 2, result.output
+    assert "PLEDGEFLOW_API_KEYS" in result.output and "sup3r" not in result.output

@@ -26,10 +26,15 @@ def run(
     import uvicorn
 
     from schemas.topics import Topics, ensure_topics
+    from services.pledge.api.auth import ApiKeys
 
     settings = ApiSettings()
     if not settings.api_keys:
         raise typer.BadParameter("PLEDGEFLOW_API_KEYS is empty: set tenant:key pairs")
+    try:  # before anything is started: the app factory would raise it inside uvicorn
+        ApiKeys.parse(settings.api_keys)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     asyncio.run(
         ensure_topics(
             settings.kafka_bootstrap,
