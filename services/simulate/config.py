@@ -39,7 +39,7 @@ def default_api_key() -> str:
 class SimulateOptions(BaseModel):
     """Every knob of a simulation; the field names are the flags' (``--max-in-flight``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     api: str
     seed: int = 1

@@ -79,6 +79,18 @@ def test_a_bad_flag_is_one_line_naming_it(args: list[str], field: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], result.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["--duration", "nan"], ["--rate", "nan"], ["--settle-timeout", "nan"],
+     ["--settle-timeout", "inf"]],
+)  # fmt: skip
+def test_a_number_that_is_not_finite_is_named_so(args: list[str]) -> None:
+    result = CliRunner().invoke(cli(), ["simulate", "--api-key", "k", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines == [f"error: {args[0]}: Input should be a finite number"], result.output
+
+
 def test_no_key_anywhere_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     monkeypatch.delenv("PLEDGEFLOW_API_KEYS", raising=False)
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
