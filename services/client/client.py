@@ -20,6 +20,7 @@ read as one table; the walking of listings lives in :mod:`services.client.pages`
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -29,6 +30,7 @@ import httpx
 import orjson
 from pydantic import BaseModel
 
+from schemas.pledge_fields import ID_PATTERN
 from services.client.errors import PledgeflowError, error_for
 from services.client.pages import walk
 from services.client.retry import RetryPolicy, retry_after
@@ -78,6 +80,18 @@ def _json(body: Body | None) -> bytes | None:
     if isinstance(body, BaseModel):
         return body.model_dump_json(exclude_unset=True).encode()
     return orjson.dumps(dict(body))
+
+
+_ID = re.compile(ID_PATTERN)
+
+
+def _path(template: str, **ids: str) -> str:
+    """``template`` with its ids in; ValueError naming an id that is not one (a ``/``, ``..``,
+    ``?`` or ``#`` in it would address another resource or add a query)."""
+    for name, value in ids.items():
+        if not isinstance(value, str) or not _ID.fullmatch(value):
+            raise ValueError(f"{name}: {value!r} is not an id ({ID_PATTERN})")
+    return template.format(**ids)
 
 
 class PledgeflowClient:
@@ -233,7 +247,7 @@ class PledgeflowClient:
     ) -> PledgeAccepted | PledgeDecided:
         """``POST /v1/campaigns/{id}/pledges``; a refusal (with ``wait``) raises Refused."""
         result: PledgeAccepted | PledgeDecided = await self._write(
-            f"/v1/campaigns/{campaign_id}/pledges",
+            _path("/v1/campaigns/{campaign_id}/pledges", campaign_id=campaign_id),
             pledge,
             PledgeAccepted,
             PledgeDecided,
@@ -262,7 +276,11 @@ class PledgeflowClient:
     ) -> CancelAccepted | CancelDecided:
         """``POST /v1/campaigns/{id}/pledges/{pledge_id}/cancel``."""
         result: CancelAccepted | CancelDecided = await self._write(
-            f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel",
+            _path(
+                "/v1/campaigns/{campaign_id}/pledges/{pledge_id}/cancel",
+                campaign_id=campaign_id,
+                pledge_id=pledge_id,
+            ),
             cancel if cancel is not None else {},
             CancelAccepted,
             CancelDecided,
@@ -281,7 +299,7 @@ class PledgeflowClient:
     ) -> CloseAccepted | CloseDecided:
         """``POST /v1/campaigns/{id}/close``."""
         result: CloseAccepted | CloseDecided = await self._write(
-            f"/v1/campaigns/{campaign_id}/close",
+            _path("/v1/campaigns/{campaign_id}/close", campaign_id=campaign_id),
             close,
             CloseAccepted,
             CloseDecided,
@@ -301,7 +319,11 @@ class PledgeflowClient:
     ) -> SettlementCommandAccepted | SettlementCommandDecided:
         """``POST /v1/campaigns/{id}/pledges/{pledge_id}/payment-method``."""
         result: SettlementCommandAccepted | SettlementCommandDecided = await self._write(
-            f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}/payment-method",
+            _path(
+                "/v1/campaigns/{campaign_id}/pledges/{pledge_id}/payment-method",
+                campaign_id=campaign_id,
+                pledge_id=pledge_id,
+            ),
             fix,
             SettlementCommandAccepted,
             SettlementCommandDecided,
@@ -321,7 +343,11 @@ class PledgeflowClient:
     ) -> SettlementCommandAccepted | SettlementCommandDecided:
         """``POST /v1/campaigns/{id}/pledges/{pledge_id}/refund`` (no body: a full refund)."""
         result: SettlementCommandAccepted | SettlementCommandDecided = await self._write(
-            f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}/refund",
+            _path(
+                "/v1/campaigns/{campaign_id}/pledges/{pledge_id}/refund",
+                campaign_id=campaign_id,
+                pledge_id=pledge_id,
+            ),
             refund if refund is not None else {},
             SettlementCommandAccepted,
             SettlementCommandDecided,
@@ -340,7 +366,7 @@ class PledgeflowClient:
     ) -> SettlementCommandAccepted | SettlementCommandDecided:
         """``POST /v1/campaigns/{id}/revenue`` (coproduction campaigns)."""
         result: SettlementCommandAccepted | SettlementCommandDecided = await self._write(
-            f"/v1/campaigns/{campaign_id}/revenue",
+            _path("/v1/campaigns/{campaign_id}/revenue", campaign_id=campaign_id),
             revenue,
             SettlementCommandAccepted,
             SettlementCommandDecided,
@@ -354,16 +380,25 @@ class PledgeflowClient:
     async def get_settlement(self, campaign_id: str) -> SettlementView:
         """``GET /v1/campaigns/{id}/settlement``: status, money and ledger balances
         (ETag-revalidated)."""
-        return await self._get_cached(f"/v1/campaigns/{campaign_id}/settlement", SettlementView)
+        return await self._get_cached(
+            _path("/v1/campaigns/{campaign_id}/settlement", campaign_id=campaign_id), SettlementView
+        )
 
     async def get_campaign(self, campaign_id: str) -> CampaignView:
         """``GET /v1/campaigns/{id}`` (revalidated with its ETag when seen before)."""
-        return await self._get_cached(f"/v1/campaigns/{campaign_id}", CampaignView)
+        return await self._get_cached(
+            _path("/v1/campaigns/{campaign_id}", campaign_id=campaign_id), CampaignView
+        )
 
     async def get_pledge(self, campaign_id: str, pledge_id: str) -> PledgeView:
         """``GET /v1/campaigns/{id}/pledges/{pledge_id}`` (ETag-revalidated)."""
         return await self._get_cached(
-            f"/v1/campaigns/{campaign_id}/pledges/{pledge_id}", PledgeView
+            _path(
+                "/v1/campaigns/{campaign_id}/pledges/{pledge_id}",
+                campaign_id=campaign_id,
+                pledge_id=pledge_id,
+            ),
+            PledgeView,
         )
 
     async def campaign_page(
@@ -404,7 +439,10 @@ class PledgeflowClient:
     ) -> bytes:
         params = {"status": status, "cursor": cursor, "limit": limit}
         response = await self.request(
-            "GET", f"/v1/campaigns/{campaign_id}/pledges", params=params, extensions=extensions
+            "GET",
+            _path("/v1/campaigns/{campaign_id}/pledges", campaign_id=campaign_id),
+            params=params,
+            extensions=extensions,
         )
         return response.content
 
@@ -432,7 +470,7 @@ class PledgeflowClient:
         params = {"after_seq": after_seq if cursor is None else None, "cursor": cursor}
         response = await self.request(
             "GET",
-            f"/v1/campaigns/{campaign_id}/events",
+            _path("/v1/campaigns/{campaign_id}/events", campaign_id=campaign_id),
             params={**params, "limit": limit},
             extensions=extensions,
         )
