@@ -6,6 +6,7 @@ Exit codes of ``redrive``: 0 done, 2 an unreachable Kafka/Redis or a missing top
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import typer
 
@@ -27,13 +28,24 @@ def worker(
 @app.command()
 def redrive() -> None:
     """Queue what notify.dlq holds for delivery again (the worker sends it, same ids)."""
+    from aiokafka.errors import KafkaConnectionError
+
     from services.notify.config import NotifySettings
     from services.notify.redrive import redrive as run
+    from services.streams import SourceError
 
     settings = NotifySettings()
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures: our one line below
     try:
         report = asyncio.run(run(settings))
-    except (LookupError, OSError, ConnectionError) as exc:
+    except KafkaConnectionError:
+        bootstrap = settings.kafka_bootstrap
+        typer.echo(
+            f"notify redrive: PLEDGEFLOW_KAFKA_BOOTSTRAP: cannot reach Kafka at {bootstrap}",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    except (SourceError, LookupError, OSError, ConnectionError) as exc:
         typer.echo(f"notify redrive: {exc}", err=True)
         raise typer.Exit(2) from None
     except Exception as exc:  # an unreachable broker surfaces as a KafkaError

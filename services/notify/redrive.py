@@ -17,6 +17,7 @@ from services.notify.adapters.kafka_dlq import read_dead_letters
 from services.notify.adapters.redis_queue import RedisDeliveryQueue
 from services.notify.config import NotifySettings
 from services.notify.partitioning import partition_function
+from services.streams.preflight import check_redis
 
 __all__ = ["RedriveReport", "redrive"]
 
@@ -40,6 +41,7 @@ async def redrive(settings: NotifySettings) -> RedriveReport:
     )
     requeued = unreadable = 0
     try:
+        await check_redis(client, settings.redis_url)  # before a dead letter is taken
         async for notification, _letter in read_dead_letters(
             settings.kafka_bootstrap, topic, f"{settings.notify_group}-redrive"
         ):

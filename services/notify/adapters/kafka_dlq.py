@@ -58,7 +58,11 @@ async def read_dead_letters(
         auto_offset_reset="earliest",
         isolation_level="read_committed",
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # closes what start opened (else "Unclosed AIOKafkaConsumer")
+        raise
     try:
         numbers = await topic_partitions(bootstrap, topic)
         partitions = [TopicPartition(topic, p) for p in numbers]

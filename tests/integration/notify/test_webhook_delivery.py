@@ -268,3 +268,31 @@ def test_redrive_cli_names_a_missing_dead_letter_topic_in_one_line(
     assert result.output.strip().splitlines() == [
         f"notify redrive: topic '{unique}-absent.notify.dlq' does not exist"
     ]
+
+
+@pytest.mark.parametrize("down", ["kafka", "redis"])
+async def test_redrive_cli_names_an_unreachable_broker_or_redis_in_one_line(
+    bootstrap: str, redis_server: str, unique: str, down: str
+) -> None:
+    import asyncio
+    import os
+    import sys
+
+    from tests.support.api import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        "PLEDGEFLOW_KAFKA_BOOTSTRAP": address if down == "kafka" else bootstrap,
+        "PLEDGEFLOW_REDIS_URL": f"redis://{address}/0" if down == "redis" else redis_server,
+        "PLEDGEFLOW_TOPIC_PREFIX": f"{unique}-absent.",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "notify", "redrive",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), timeout=40)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 2, lines
+    setting = "PLEDGEFLOW_KAFKA_BOOTSTRAP" if down == "kafka" else "PLEDGEFLOW_REDIS_URL"
+    assert len(lines) == 1 and setting in lines[0] and address in lines[0], lines
