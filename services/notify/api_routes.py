@@ -23,10 +23,14 @@ from schemas.topics import Topics
 from services.notify.adapters.registration_store import KafkaRegistrationLog, RedisEndpointView
 from services.notify.config import NotifySettings
 from services.notify.domain import WebhookEndpoint
-from services.notify.registrations import InvalidRegistration, Registrations
+from services.notify.registrations import (
+    EndpointLimitReached,
+    InvalidRegistration,
+    Registrations,
+)
 from services.pledge.api.auth import ApiKeys
 from services.pledge.api.openapi import COMMON, problem_content
-from services.pledge.api.problems import ProblemError
+from services.pledge.api.problems import ProblemError, refusal
 from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["notify_router"]
@@ -115,6 +119,7 @@ def notify_router(settings: BaseSettings, keys: ApiKeys) -> APIRouter:
                     RedisEndpointView(client, prefix=notify.topic_prefix),
                     topics,
                     allow_private=notify.notify_allow_private_urls,
+                    max_endpoints=notify.notify_max_endpoints_per_tenant,
                 )
             svc: Registrations = state["svc"]
             return svc
@@ -166,7 +171,17 @@ def notify_router(settings: BaseSettings, keys: ApiKeys) -> APIRouter:
             errors=[{"field": exc.field, "message": exc.message}],
         )
 
-    @router.post("/webhook-endpoints", status_code=201, response_model=EndpointCreated)
+    @router.post(
+        "/webhook-endpoints",
+        status_code=201,
+        response_model=EndpointCreated,
+        responses={
+            409: problem_content(
+                "Refused, `reason` `endpoint_limit_reached`: the tenant holds "
+                "PLEDGEFLOW_NOTIFY_MAX_ENDPOINTS_PER_TENANT endpoints already."
+            )
+        },
+    )
     async def create_endpoint(
         body: EndpointIn,
         tenant_id: Tenant,
@@ -183,6 +198,8 @@ def notify_router(settings: BaseSettings, keys: ApiKeys) -> APIRouter:
             )
         except InvalidRegistration as exc:
             raise invalid(exc) from None
+        except EndpointLimitReached as exc:
+            raise refusal("endpoint_limit_reached", str(exc)) from None
         return {**_out(endpoint), "secret": endpoint.secret}
 
     @router.get("/webhook-endpoints", response_model=dict[str, list[EndpointOut]])

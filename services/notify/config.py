@@ -27,6 +27,9 @@ class NotifySettings(StreamSettings):
     #: Let webhook URLs resolve to loopback/private/link-local addresses. On for `make run`
     #: and tests (receivers on 127.0.0.1); off by default and in deploy/k8s (SSRF).
     notify_allow_private_urls: bool = False
+    #: Most webhook endpoints one tenant may hold (each is a delivery per event and a row of
+    #: the unpaged listing); one more is refused 409 ``endpoint_limit_reached``.
+    notify_max_endpoints_per_tenant: int = Field(default=50, ge=1)
     #: Bound of one webhook POST.
     notify_webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     #: Concurrent deliveries per webhook endpoint (a slow one holds only its own slots).

@@ -24,7 +24,13 @@ from services.notify.mail import Contact
 from services.notify.ssrf import check_url
 from services.notify.webhooks import new_secret
 
-__all__ = ["EndpointView", "InvalidRegistration", "RegistrationLog", "Registrations"]
+__all__ = [
+    "EndpointLimitReached",
+    "EndpointView",
+    "InvalidRegistration",
+    "RegistrationLog",
+    "Registrations",
+]
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 _PERSON_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
@@ -37,6 +43,10 @@ class InvalidRegistration(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class EndpointLimitReached(Exception):
+    """The tenant already holds as many webhook endpoints as it may."""
 
 
 class RegistrationLog(Protocol):
@@ -61,12 +71,19 @@ class Registrations:
     """The registration commands of one deployment."""
 
     def __init__(
-        self, log: RegistrationLog, view: EndpointView, topics: Topics, *, allow_private: bool
+        self,
+        log: RegistrationLog,
+        view: EndpointView,
+        topics: Topics,
+        *,
+        allow_private: bool,
+        max_endpoints: int = 50,
     ) -> None:
         self.log = log
         self.view = view
         self.topics = topics
         self.allow_private = allow_private
+        self.max_endpoints = max_endpoints
 
     async def create_endpoint(
         self,
@@ -91,6 +108,13 @@ class Registrations:
                         "Idempotency-Key", "already used for a different endpoint"
                     )
                 return existing
+        # Checked before the write: two creations racing at the limit may both pass (the
+        # limit bounds cost; it is not an exact quota).
+        if len(await self.view.all(tenant_id)) >= self.max_endpoints:
+            raise EndpointLimitReached(
+                f"this tenant already has {self.max_endpoints} webhook endpoints (the most "
+                "allowed): delete one first"
+            )
         await self._check_url(url)
         endpoint = WebhookEndpoint(
             endpoint_id=endpoint_id,

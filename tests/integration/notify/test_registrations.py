@@ -174,3 +174,32 @@ async def test_a_retried_registration_with_an_idempotency_key_gets_the_same_endp
             "/v1/webhook-endpoints", json=body, headers={**AUTH_B, "Idempotency-Key": "reg-1"}
         )
         assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+
+
+async def test_a_tenant_holds_at_most_the_configured_number_of_endpoints(
+    bootstrap: str, redis_server: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each endpoint is a delivery per event for the notify worker and a row in an unpaged
+    # listing: without a cap one API key could make both as large as it likes.
+    monkeypatch.setenv("PLEDGEFLOW_NOTIFY_ALLOW_PRIVATE_URLS", "true")
+    monkeypatch.setenv("PLEDGEFLOW_NOTIFY_MAX_ENDPOINTS_PER_TENANT", "2")
+    body = {"url": "http://127.0.0.1:9/hook", "event_types": ["GoalReached"]}
+    async with client(bootstrap, redis_server, unique) as (http, _):
+
+        async def create(auth: dict[str, str], key: str) -> httpx.Response:
+            return await http.post(
+                "/v1/webhook-endpoints", json=body, headers={**auth, "Idempotency-Key": key}
+            )
+
+        first = await create(AUTH_A, "k1")
+        assert first.status_code == 201 and (await create(AUTH_A, "k2")).status_code == 201
+        refused = await create(AUTH_A, "k3")
+        assert refused.status_code == 409, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["reason"] == "endpoint_limit_reached"
+        assert (await create(AUTH_A, "k1")).json()["id"] == first.json()["id"]  # a retry
+        assert (await create(AUTH_B, "k3")).status_code == 201  # per tenant
+        gone = await http.delete(f"/v1/webhook-endpoints/{first.json()['id']}", headers=AUTH_A)
+        assert gone.status_code == 204
+        assert (await create(AUTH_A, "k3")).status_code == 201
+        assert len((await http.get("/v1/webhook-endpoints", headers=AUTH_A)).json()["items"]) == 2
