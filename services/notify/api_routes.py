@@ -8,14 +8,14 @@ the app's RFC 9457 problems (``ProblemError``; request validation is the app's h
 # No ``from __future__ import annotations``: FastAPI must see the route signatures' types,
 # which refer to dependencies defined inside ``notify_router``.
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings
 
@@ -28,7 +28,7 @@ from services.notify.registrations import (
     InvalidRegistration,
     Registrations,
 )
-from services.pledge.api.auth import ApiKeys
+from services.pledge.api.auth import ApiKeys, Principal
 from services.pledge.api.openapi import COMMON, problem_content
 from services.pledge.api.problems import ProblemError, refusal
 from services.streams.kafka_security import kafka_client_kwargs
@@ -87,11 +87,17 @@ def _out(endpoint: WebhookEndpoint) -> dict[str, Any]:
     }
 
 
-def notify_router(settings: BaseSettings, keys: ApiKeys) -> APIRouter:
+#: Takes a request's token from its key's rate-limit bucket (the app's, shared with every
+#: route), raising the 429 problem when it is empty: ``charge(principal, route)``.
+Charge = Callable[[Principal, str], Awaitable[None]]
+
+
+def notify_router(settings: BaseSettings, keys: ApiKeys, charge: Charge | None = None) -> APIRouter:
     """The routes, bound to one deployment's topics and Redis (see the module docstring).
     ``settings`` is any of the services' settings (the notify fields are read from it or the
     environment). Kafka and Redis are connected on the first request, so an app that never
-    serves these routes (unit tests with in-memory ports) never connects."""
+    serves these routes (unit tests with in-memory ports) never connects. With ``charge``
+    every request pays one token of its key's bucket, as reads and writes elsewhere do."""
     notify = NotifySettings.model_validate(settings.model_dump())
     topics = Topics(prefix=notify.topic_prefix, partitions=notify.partitions)
     state: dict[str, Any] = {}
@@ -139,14 +145,20 @@ def notify_router(settings: BaseSettings, keys: ApiKeys) -> APIRouter:
         tags=["notifications"],
         lifespan=lifespan,
         responses={
-            **{k: v for k, v in COMMON.items() if k != 429},
+            **COMMON,
             400: problem_content("The body is not valid JSON."),
             404: problem_content("No such webhook endpoint for this tenant."),
         },
     )
 
-    def tenant(authorization: Annotated[str | None, Header()] = None) -> str:
-        return keys.authenticate(authorization).tenant_id
+    async def tenant(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> str:
+        principal = keys.authenticate(authorization)
+        if charge is not None:
+            route = request.scope.get("route")
+            await charge(principal, getattr(route, "path", request.url.path))
+        return principal.tenant_id
 
     async def service() -> Registrations:
         try:

@@ -34,7 +34,7 @@ from services.pledge.adapters.redis_decisions import RedisDecisions
 from services.pledge.adapters.redis_ingest import IngestStore
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE, AutoPipeline
 from services.pledge.adapters.redis_readmodel import JoinedHash, Keys, ReadModelStore
-from services.pledge.api.auth import ApiKeys
+from services.pledge.api.auth import ApiKeys, Principal
 from services.pledge.api.config import ApiSettings, api_settings
 from services.pledge.api.cursors import CursorCodec
 from services.pledge.api.fastpath import FastWrites
@@ -357,7 +357,11 @@ def create_app(
             raise ProblemError("not-found", "no such resource")
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(notify_router(config, keys))  # webhook endpoints, contacts (notify)
+    async def charge(principal: Principal, route: str) -> None:
+        await ingest().pipeline.charge(principal, route)
+
+    # webhook endpoints, contacts (notify); each request pays its key's rate-limit token
+    app.include_router(notify_router(config, keys, charge))
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
 
     # The hot write routes are answered in front of FastAPI (see fastpath.py); their routes

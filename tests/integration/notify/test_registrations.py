@@ -203,3 +203,28 @@ async def test_a_tenant_holds_at_most_the_configured_number_of_endpoints(
         assert gone.status_code == 204
         assert (await create(AUTH_A, "k3")).status_code == 201
         assert len((await http.get("/v1/webhook-endpoints", headers=AUTH_A)).json()["items"]) == 2
+
+
+async def test_the_notify_routes_take_from_the_keys_rate_limit_bucket(
+    bootstrap: str, redis_server: str, unique: str
+) -> None:
+    from tests.support.api import api_settings as settings_for
+
+    settings = settings_for(
+        bootstrap, redis_server, unique, partitions=1, api_rate_per_second=0.01, api_rate_burst=3
+    )
+    await create_topics(settings)
+    async with api_client(settings) as http:
+        codes = [
+            (await http.get("/v1/webhook-endpoints", headers=AUTH_A)).status_code for _ in range(3)
+        ]
+        limited = [
+            await http.get("/v1/webhook-endpoints", headers=AUTH_A),
+            await http.put("/v1/backers/b-1", json={"email": "a@example.org"}, headers=AUTH_A),
+            await http.get("/v1/webhook-endpoints/ep_x", headers=AUTH_A),
+        ]
+        assert codes == [200, 200, 200]
+        assert [r.status_code for r in limited] == [429, 429, 429], limited[0].text
+        assert all(r.headers["content-type"] == "application/problem+json" for r in limited)
+        assert all(int(r.headers["retry-after"]) >= 1 for r in limited)
+        assert (await http.get("/v1/webhook-endpoints", headers=AUTH_B)).status_code == 200
