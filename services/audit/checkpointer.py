@@ -56,6 +56,7 @@ async def _start(consumer: Any, bootstrap: str) -> None:
     try:
         await consumer.start()
     except Exception as exc:
+        await consumer.stop()  # closes what start opened (else "Unclosed AIOKafkaConsumer")
         raise KafkaSourceError(f"--bootstrap: cannot reach Kafka at {bootstrap} ({exc})") from None
 
 

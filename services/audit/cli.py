@@ -10,6 +10,7 @@ unreachable source (one line naming the option).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -66,6 +67,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSO
 
 
 def _settings(bootstrap: str | None, prefix: str | None) -> tuple[str, str]:
+    """The Kafka source; aiokafka's own log lines are muted (a failure is our one line)."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     settings = AuditSettings()
     return bootstrap or settings.kafka_bootstrap, (
         settings.topic_prefix if prefix is None else prefix
