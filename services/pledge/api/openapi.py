@@ -74,9 +74,13 @@ _HEADERS = [
         "name": "Prefer",
         "in": "header",
         "required": False,
-        "description": "`wait=N` (N <= 10): wait up to N s for the processor's decision; "
-        "201/200 when accepted, 409 when refused, 202 when N elapsed first.",
-        "schema": {"type": "string", "pattern": "^wait=(10|[0-9])$"},
+        "description": "`wait=N`: wait up to N s (at most 10) for the processor's decision; "
+        "201/200 when accepted, 409 when refused, 202 when N elapsed first. Other "
+        "preferences, and a `wait` that is not 1-6 digits, are ignored (RFC 7240): the "
+        "write is answered 202 as without the header.",
+        # No pattern: the server accepts any value (a client must be free to send other
+        # preferences), so the schema must not call a request with one invalid.
+        "schema": {"type": "string"},
     },
 ]
 
