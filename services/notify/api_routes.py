@@ -31,6 +31,7 @@ from services.notify.registrations import (
 from services.pledge.api.auth import ApiKeys, Principal
 from services.pledge.api.openapi import COMMON, problem_content
 from services.pledge.api.problems import ProblemError, refusal
+from services.pledge.api.reading import idempotency_key as read_idempotency_key
 from services.streams.kafka_security import kafka_client_kwargs
 
 __all__ = ["notify_router"]
@@ -199,14 +200,19 @@ def notify_router(settings: BaseSettings, keys: ApiKeys, charge: Charge | None =
         tenant_id: Tenant,
         svc: Service,
         idempotency_key: Annotated[
-            str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                description="Optional here; read as on every write (1-255 visible ASCII).",
+            ),
         ] = None,
     ) -> Any:
         """Register a webhook endpoint; the signing secret is in this answer only. With an
         ``Idempotency-Key`` a retried request answers the endpoint it created."""
+        key = None if idempotency_key is None else read_idempotency_key(idempotency_key)
         try:
             endpoint = await recorded(
-                svc.create_endpoint(tenant_id, body.url, body.event_types, idempotency_key)
+                svc.create_endpoint(tenant_id, body.url, body.event_types, key)
             )
         except InvalidRegistration as exc:
             raise invalid(exc) from None

@@ -228,3 +228,26 @@ async def test_the_notify_routes_take_from_the_keys_rate_limit_bucket(
         assert all(r.headers["content-type"] == "application/problem+json" for r in limited)
         assert all(int(r.headers["retry-after"]) >= 1 for r in limited)
         assert (await http.get("/v1/webhook-endpoints", headers=AUTH_B)).status_code == 200
+
+
+async def test_the_idempotency_key_is_read_as_on_every_other_write(
+    bootstrap: str, redis_server: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1-255 visible ASCII (400 idempotency-key-required otherwise), as the README and the
+    # other writes say; this route had its own limit (200, answered 422).
+    monkeypatch.setenv("PLEDGEFLOW_NOTIFY_ALLOW_PRIVATE_URLS", "true")
+    body = {"url": "http://127.0.0.1:9/hook", "event_types": ["GoalReached"]}
+    async with client(bootstrap, redis_server, unique) as (http, _):
+
+        async def create(key: str) -> httpx.Response:
+            headers = {**AUTH_A, "Idempotency-Key": key}
+            return await http.post("/v1/webhook-endpoints", json=body, headers=headers)
+
+        long_key = "k" * 255
+        first = await create(long_key)
+        assert first.status_code == 201, first.text
+        assert (await create(f'"{long_key}"')).json()["id"] == first.json()["id"]  # sf-string
+        for bad in ("k" * 256, "two words"):
+            refused = await create(bad)
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["type"].endswith("/idempotency-key-required")
