@@ -105,3 +105,21 @@ def test_an_api_that_does_not_answer_is_one_line() -> None:
     )
     assert result.exit_code == 2
     assert result.output.strip() == "error: --api: no ready Pledgeflow API at http://127.0.0.1:9"
+
+
+def test_a_plan_too_large_to_hold_is_refused_before_it_is_built() -> None:
+    # The whole plan is built in memory before the run: --rate 10000 --duration 86400 (both
+    # within their own bounds) was 864 million requests, a MemoryError or the box's OOM killer.
+    from pydantic import ValidationError
+
+    from services.simulate.config import MAX_REQUESTS, SimulateOptions
+
+    SimulateOptions(api="http://a", api_key="k", rate=MAX_REQUESTS / 100, duration=100)
+    with pytest.raises(ValidationError, match="at most"):
+        SimulateOptions(api="http://a", api_key="k", rate=10_000, duration=86_400)
+    result = CliRunner().invoke(
+        cli(), ["simulate", "--api-key", "k", "--rate", "10000", "--duration", "86400"]
+    )
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --duration: ") and "--rate" in lines[0]
