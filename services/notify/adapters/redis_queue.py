@@ -31,6 +31,7 @@ until the group gave its partitions away, then resumed) claims nothing, so it se
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -141,13 +142,22 @@ return out
 """
 )
 
+# ARGV: due-set, lanes-index and item prefixes, keep seconds, then per item: id, partition,
+# lane (the slot lane), final state. Each lane's index entry is fixed once for the batch.
 _FINISH = (
     _HEAD
     + """
-redis.call('HSET', KEYS[2], 'state', ARGV[2])
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-head(KEYS[3], KEYS[1], ARGV[4])
+local due_prefix, lanes_prefix, item_prefix, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local touched = {}
+for i = 5, #ARGV, 4 do
+  local id, part, lane, state = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local key = due_prefix .. part .. ':' .. lane
+  redis.call('HSET', item_prefix .. id, 'state', state)
+  redis.call('EXPIRE', item_prefix .. id, keep)
+  redis.call('ZREM', key, id)
+  touched[key] = {lanes_prefix .. part, lane}
+end
+for key, t in pairs(touched) do head(t[1], key, t[2]) end
 """
 )
 
@@ -235,6 +245,8 @@ class RedisDeliveryQueue:
         self._redrive = client.register_script(_REDRIVE)
         self._pending = client.register_script(_PENDING)
         self._migrate = client.register_script(_MIGRATE)
+        self._finishing: list[tuple[Queued, Final, asyncio.Future[None]]] = []
+        self._finisher: asyncio.Task[None] | None = None
         #: fenced: partition -> this worker's owner token (claims need one); else unfenced
         self._tokens: dict[int, str] | None = {} if fenced else None
 
@@ -359,10 +371,44 @@ class RedisDeliveryQueue:
         )
 
     async def finish(self, item: Queued, state: Final) -> None:
-        nid = item.notification.notification_id
-        await self._finish(
-            keys=self._item_keys(item), args=[nid, state, self._keep, slot_lane(item.lane)]
-        )
+        """Group commit: finishes that arrive while one script call is under way go together
+        in the next (deliveries recorded by one Kafka transaction end together)."""
+        done = asyncio.get_running_loop().create_future()
+        self._finishing.append((item, state, done))
+        if self._finisher is None:
+            self._finisher = asyncio.create_task(self._flush_finishes())
+        await done
+
+    async def _flush_finishes(self) -> None:
+        batch: list[tuple[Queued, Final, asyncio.Future[None]]] = []
+        try:
+            while self._finishing:
+                batch, self._finishing = self._finishing, []
+                args: list[str | int] = [
+                    self._due_prefix,
+                    self._lanes_prefix,
+                    self._item,
+                    self._keep,
+                ]
+                for item, state, _ in batch:
+                    args += [
+                        item.notification.notification_id,
+                        item.partition,
+                        slot_lane(item.lane),
+                        state,
+                    ]
+                try:
+                    await self._finish(args=args)
+                except Exception as exc:
+                    _settle(batch, exc)
+                else:
+                    _settle(batch, None)
+                batch = []
+        finally:
+            # cancelled (the worker stops): no caller may wait for good
+            _settle(batch + self._finishing, ConnectionError("notify queue: finish cancelled"))
+            self._finishing = []
+            self._finisher = None
 
     async def redrive(self, notification: Notification, now_ms: int) -> None:
         nid = notification.notification_id
@@ -387,6 +433,17 @@ class RedisDeliveryQueue:
         """The item's state (pending, sent, dead, skipped) or None if unknown."""
         value = await self._r.hget(self._item + notification_id, "state")
         return _text(value) if value is not None else None
+
+
+def _settle(
+    batch: list[tuple[Queued, Final, asyncio.Future[None]]], error: Exception | None
+) -> None:
+    for *_, done in batch:
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
 
 
 def _text(value: Any) -> str:
