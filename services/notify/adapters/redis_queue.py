@@ -14,11 +14,14 @@ owning *p* delivers, and records on, the campaign's notify stream):
 
 :meth:`RedisDeliveryQueue.take` is the dispatcher's one call per pump: told how many slots each
 lane has free, it reads only that many due items of each lane with room (a full lane's backlog
-is never read, nor moved), oldest first across the partitions, and claims them in the same
-script. A claim moves the due time forward by the lease instead of removing the item, so a
-worker killed mid-send leaves it due again when the lease ends (the source of the "at most one
-repeat per crash" in docs/notify.md). Finished items keep their hash for ``keep_seconds`` so a
-redelivered event does not enqueue them again.
+is never read, nor moved), and claims them in the same script. A lane's free slots go to its
+oldest due item across the partitions, then to the next ones of that item's partition, then to
+the oldest of the others: nothing starves, and what one pump starts in a lane is mostly one
+partition's, recorded by one Kafka transaction rather than one each. A claim moves the due
+time forward by the lease instead of removing the item, so a worker killed mid-send leaves it
+due again when the lease ends (the source of the "at most one repeat per crash" in
+docs/notify.md). Finished items keep their hash for ``keep_seconds`` so a redelivered event
+does not enqueue them again.
 
 **Fencing** (``fenced=True``, the worker): ``notify:owner:<p>`` holds partition *p*'s owner
 token. A worker takes a new token (INCR) when the group assigns it *p* (:meth:`acquire`), and
@@ -110,11 +113,21 @@ for _, lane in ipairs(order) do
       found[#found + 1] = {tonumber(rows[j + 1]), rows[j], w[1], key, w[2]}
     end
   end
-  -- oldest first across the partitions (else a full lane would starve the last ones)
+  -- oldest first across the partitions (else a full lane would starve the last ones); the
+  -- slots left after the oldest go first to the next ones of its partition, which are then
+  -- recorded in one Kafka transaction (a transactional writer per partition), not one each
   table.sort(found, function(a, b)
     if a[1] ~= b[1] then return a[1] < b[1] end
     return tonumber(a[3]) < tonumber(b[3])
   end)
+  if #found > 1 then
+    local order, rest = {}, {}
+    for _, f in ipairs(found) do
+      if f[3] == found[1][3] then order[#order + 1] = f else rest[#rest + 1] = f end
+    end
+    for _, f in ipairs(rest) do order[#order + 1] = f end
+    found = order
+  end
   local taken, seen = 0, {}
   for _, f in ipairs(found) do
     if taken >= free then break end
