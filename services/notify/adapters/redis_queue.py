@@ -14,10 +14,11 @@ owning *p* delivers, and records on, the campaign's notify stream):
 
 :meth:`RedisDeliveryQueue.take` is the dispatcher's one call per pump: told how many slots each
 lane has free, it reads only that many due items of each lane with room (a full lane's backlog
-is never read, nor moved), and claims them in the same script. A lane's free slots go to its
-oldest due item across the partitions, then to the next ones of that item's partition, then to
-the oldest of the others: nothing starves, and what one pump starts in a lane is mostly one
-partition's, recorded by one Kafka transaction rather than one each. A claim moves the due
+is never read, nor moved), and claims them in the same script. A webhook lane's free slots go
+to its oldest due item across the partitions, then to the next ones of that item's partition,
+then to the oldest of the others: nothing starves, and what one pump starts in a lane is mostly
+one partition's, recorded by one Kafka transaction rather than one each (e-mail: strictly
+oldest first, one per person). A claim moves the due
 time forward by the lease instead of removing the item, so a worker killed mid-send leaves it
 due again when the lease ends (the source of the "at most one repeat per crash" in
 docs/notify.md). Finished items keep their hash for ``keep_seconds`` so a redelivered event
@@ -113,14 +114,15 @@ for _, lane in ipairs(order) do
       found[#found + 1] = {tonumber(rows[j + 1]), rows[j], w[1], key, w[2]}
     end
   end
-  -- oldest first across the partitions (else a full lane would starve the last ones); the
-  -- slots left after the oldest go first to the next ones of its partition, which are then
-  -- recorded in one Kafka transaction (a transactional writer per partition), not one each
+  -- oldest first across the partitions (else a full lane would starve the last ones); a
+  -- webhook lane's slots left after the oldest go first to the next ones of its partition,
+  -- then recorded in one Kafka transaction (a transactional writer per partition), not one
+  -- each. Not e-mail: a person's messages of several campaigns go strictly oldest first.
   table.sort(found, function(a, b)
     if a[1] ~= b[1] then return a[1] < b[1] end
     return tonumber(a[3]) < tonumber(b[3])
   end)
-  if #found > 1 then
+  if lane ~= 'email' and #found > 1 then
     local order, rest = {}, {}
     for _, f in ipairs(found) do
       if f[3] == found[1][3] then order[#order + 1] = f else rest[#rest + 1] = f end

@@ -281,11 +281,37 @@ async def test_acquiring_a_partition_moves_the_old_single_due_set_into_the_lanes
         await client.aclose()
 
 
-def _stored(channel: Literal["webhook", "email"], recipient: str, i: int) -> Notification:
+async def test_a_persons_emails_of_several_partitions_go_oldest_first_one_at_a_time(
+    redis_server: str, unique: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_server)
+    queue = RedisDeliveryQueue(client, prefix=unique, partition_of=lambda c: int(c[-1]))
+    other = _stored("email", "backer-y", 0, "c0")
+    older = _stored("email", "backer-x", 1, "c1")
+    newer = _stored("email", "backer-x", 2, "c0")  # same partition as the oldest of all
+    try:
+        for due, n in enumerate((other, older, newer)):
+            assert await queue.enqueue(n, 1_000 + due)
+        room = Room(default=8, lanes={"email": 8})
+        taken = await queue.take(10_000, 60_000, [0, 1], room)
+        assert [q.notification for q in taken] == [other, older]
+        person = "email|tenant-a/backer/backer-x"
+        assert await queue.take(10_000, 60_000, [0, 1], Room(8, {"email": 8}, [person])) == []
+        await queue.finish(taken[1], "sent")
+        taken = await queue.take(10_000, 60_000, [0, 1], room)
+        assert [q.notification for q in taken] == [newer]
+    finally:
+        await wipe_namespace(redis_server, f"{unique}notify:")
+        await client.aclose()
+
+
+def _stored(
+    channel: Literal["webhook", "email"], recipient: str, i: int, campaign: str = "c0"
+) -> Notification:
     return Notification(
         notification_id=f"msg_{channel}_{i:05d}_{uuid4().hex[:6]}",
         cause_event_id=uuid4(),
-        campaign_id="c0",
+        campaign_id=campaign,
         tenant_id="tenant-a",
         event_type="PledgeMade",
         occurred_at=datetime(2026, 11, 30, tzinfo=UTC),
