@@ -41,14 +41,14 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from schemas.codec import message_key
 from schemas.envelope import Envelope
-from schemas.errors import DecodeError
 from schemas.events import CampaignClosed, CampaignSettled
-from schemas.settlement_commands import UpdatePaymentMethod, decode_settlement_command
+from schemas.settlement_commands import UpdatePaymentMethod
 from schemas.tenancy import pledge_key
 from schemas.topics import Topics, ensure_topics
 from services.pledge.adapters.payment_tokens import load_payment_tokens
 from services.settlement.adapters.sandbox_gateway import SandboxGateway
 from services.settlement.adapters.stripe_gateway import StripeGateway
+from services.settlement.command_letters import CommandLetters
 from services.settlement.config import SettlementSettings
 from services.settlement.domain import GatewayCall, GatewayResult
 from services.settlement.engine import Decision, EngineHooks, SettlementEngine
@@ -60,6 +60,7 @@ from services.streams import (
     OrderedStreamReader,
     OutRecord,
     PartitionWriter,
+    Rejected,
     Run,
     StreamKey,
     key_partition,
@@ -131,6 +132,11 @@ class SettlementWorker:
         )
         self._closed_at: dict[str, datetime] = {}
         self._commands: AIOKafkaConsumer | None = None
+        #: Where dead-lettered commands are marked (see :mod:`.command_letters`).
+        self.commands_group = self.group + "-commands"
+        self.letters = CommandLetters(
+            self.topics.settlement_commands, settings.partitions, self.metrics.dead_letters
+        )
         self._reader: OrderedStreamReader | None = None
         self._stop = asyncio.Event()
         #: Partition changes noted by the rebalance hooks, applied between turns (see _loop).
@@ -150,7 +156,7 @@ class SettlementWorker:
             **kafka_client_kwargs(self.settings.kafka_security),
             isolation_level="read_committed",
             enable_auto_commit=False,
-            group_id=None,
+            group_id=self.commands_group,  # never joins (assigned partitions): reads marks
         )
         await self._commands.start()
         self.tokens = await load_payment_tokens(
@@ -293,17 +299,17 @@ class SettlementWorker:
             return
         batches = await consumer.getmany(timeout_ms=0, max_records=1000)
         commands = []
-        for records in batches.values():
+        letters = self.letters
+        dlq = self.topics.dead_letter("settlement")
+        for tp, records in batches.items():
             for record in records:
-                try:
-                    commands.append(decode_settlement_command(record.value or b""))
-                except DecodeError as exc:
-                    log.error(
-                        "undecodable settlement command at %s@%d: %s",
-                        record.topic,
-                        record.offset,
-                        exc,
-                    )
+                judged = letters.judge(record, tp.partition)
+                if not isinstance(judged, Rejected):
+                    commands.append(judged)
+                    continue
+                letter = letters.reject(record, tp.partition, judged)
+                if letter is not None:  # written in this turn's transaction of the partition
+                    self._pending[tp.partition][dlq].append(letter)
         if any(isinstance(c, UpdatePaymentMethod) for c in commands):
             # The API stored the new token before appending the command: read the token
             # topic up to its end now, so the retry the fix makes due uses the new token.
@@ -357,9 +363,15 @@ class SettlementWorker:
             if writer is None:
                 raise RuntimeError(f"decided events for partition {partition} it does not own")
             try:
-                await writer.write(records)
+                await writer.write(
+                    records,
+                    consumed=self.letters.consumed(partition),
+                    consumed_group=self.commands_group,
+                )
             except ProducerFenced:
                 await self._fenced(partition)
+                continue
+            self.letters.written(partition)
 
     async def _fenced(self, partition: int) -> None:
         """A newer owner of ``partition`` fenced its writer: stand down on it until the group
@@ -437,6 +449,7 @@ class SettlementWorker:
             if writer is not None:
                 await writer.close()
             self._pending.pop(partition, None)
+        self.letters.forget(partitions)
 
         def keep(campaign_id: str) -> bool:
             return key_partition(message_key(campaign_id), self.settings.partitions) not in gone
@@ -457,6 +470,7 @@ class SettlementWorker:
             # Commands are idempotent (their ids are the causation ids on the settlement
             # stream): each owner reads them all, after the replay made the state complete.
             await consumer.seek_to_beginning(*wanted)
+            await self.letters.load(consumer, sorted(self.writers))
 
     # --- metrics -------------------------------------------------------------------------
 

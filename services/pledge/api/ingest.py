@@ -60,6 +60,7 @@ from services.pledge.api.responses import (
     stored_response,
 )
 from services.pledge.api.views import (
+    WITH_PAYMENT,
     campaign_etag,
     conditional,
     pledge_etag,
@@ -439,7 +440,7 @@ class Ingest:
         expire_before_ms = time.time() * 1000 - self.pending_expiry_ms
         view = pledge_view(row, expire_before_ms)
         settlement = self.ports.settlement
-        if settlement is not None and row.status in ("accepted", "cancelled"):
+        if settlement is not None and row.status in WITH_PAYMENT:
             # Where its money stands (services/settlement/projection.py); nothing recorded
             # yet: pending (authorized, or being charged).
             payment = await settlement.reads.payment(qualified, pledge_id)

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -66,6 +66,9 @@ class FakeReadModel:
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: campaign id -> seq -> the event's public JSON
     events: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    #: (campaign id, pledge id) -> payment record, read beside a page's rows (as the real
+    #: store's page script does); shared with the settlement fake's records by FakePorts.
+    payments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     down: bool = False
 
     def launched(self, campaign_id: str, tenant_id: str) -> None:
@@ -117,7 +120,11 @@ class FakeReadModel:
             if owner == campaign_id and status in ("all", row.status) and pledge_id > after
         )
         more = ids[limit - 1] if len(ids) > limit else None
-        return [self.pledges[(campaign_id, p)] for p in ids[:limit]], more
+        rows = [
+            replace(self.pledges[(campaign_id, p)], payment=self.payments.get((campaign_id, p)))
+            for p in ids[:limit]
+        ]
+        return rows, more
 
     async def event_page(
         self, campaign_id: str, after_seq: int, limit: int
@@ -286,6 +293,7 @@ class FakePorts:
 
     def __post_init__(self) -> None:
         self.gate = FakeIngestGate(self.readmodel)
+        self.readmodel.payments = self.settlement.payments
 
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[IngestPorts]:
