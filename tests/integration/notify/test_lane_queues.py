@@ -68,11 +68,14 @@ class Poster:
 
     posted: list[str] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    down: set[str] = field(default_factory=set)
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> PostOutcome:
         self.posted.append(headers["webhook-id"])
         if url.endswith("/busy"):
             await self.release.wait()
+        if url.rpartition("/")[2] in self.down:
+            return PostOutcome(False, "http_503", status=503)
         return PostOutcome(True)
 
 
@@ -125,7 +128,9 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(redis_server: str, unique: str, *, partitions: int = 3) -> AsyncIterator[Rig]:
+async def rig(
+    redis_server: str, unique: str, *, partitions: int = 3, **overrides: Any
+) -> AsyncIterator[Rig]:
     clock = [1_800_000_000.0]
     settings = NotifySettings(
         redis_url=redis_server,
@@ -133,11 +138,12 @@ async def rig(redis_server: str, unique: str, *, partitions: int = 3) -> AsyncIt
         partitions=partitions,
         notify_allow_private_urls=True,
         notify_endpoint_concurrency=SLOTS,
+        **overrides,
     )
     client = CountingRedis.from_url(redis_server)
     queue = RedisDeliveryQueue(client, prefix=unique, partition_of=lambda c: int(c[-1]))
     directory = Directory()
-    for name in ("busy", "idle", "other"):
+    for name in ("busy", "idle", "other", "down"):
         ep = WebhookEndpoint(
             name, "tenant-a", f"http://127.0.0.1:9/{name}", frozenset({"PledgeMade"}), new_secret()
         )
@@ -206,6 +212,32 @@ async def test_a_full_lanes_backlog_is_not_read_by_the_pump(redis_server: str, u
             await r.dispatcher.drain()
             # the oldest waiting (partition 1) and the next of its partition
             assert r.poster.posted[SLOTS:] == [backlog[1], backlog[4]]
+
+
+async def test_an_open_circuit_starts_nothing_reads_none_of_its_lane_then_probes_once(
+    redis_server: str, unique: str
+) -> None:
+    settings = {"notify_breaker_threshold": SLOTS, "notify_breaker_cooldown_seconds": 30}
+    async with rig(redis_server, unique, **settings) as r:
+        r.poster.down.add("down")
+        backlog = await r.add("down", 50)
+        assert await r.pump() == SLOTS  # both fail: the circuit opens
+        await r.dispatcher.drain()
+        idle = await r.add("idle", 1)
+        r.client.calls.clear()
+        assert await r.pump() == 1  # the other lane only
+        await r.dispatcher.drain()
+        assert r.poster.posted[SLOTS:] == idle
+        for _ in range(3):
+            assert await r.pump() == 0
+        waiting = set(backlog) - set(r.poster.posted)
+        assert not [x for args, reply in r.client.calls for x in _flat(reply) if x in waiting]
+        r.clock[0] += 30  # the cooldown is over: one probe, and only one at a time
+        assert await r.pump() == 1
+        assert await r.pump() == 0
+        await r.dispatcher.drain()  # the probe failed: open again
+        assert await r.pump() == 0
+        assert len(r.poster.posted) == SLOTS + 2
 
 
 async def test_a_pump_takes_everything_it_starts_in_one_redis_call(
