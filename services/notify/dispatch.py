@@ -128,7 +128,8 @@ class Dispatcher:
         """Start every due delivery its lane has room for; returns how many started.
 
         One queue call per pump: the queue is told each lane's free slots and claims only
-        what can start, oldest first across the worker's partitions. A full lane's backlog is
+        what can start, the oldest across the worker's partitions first (then, in a webhook
+        lane, the next ones of its partition: see the queue's ``take``). A full lane's backlog is
         neither read nor moved, however long; when a slot frees, the next pump takes the
         lane's next item at once, so a fast endpoint's lane is refilled at its own pace.
         """
