@@ -45,7 +45,7 @@ from schemas.events import CampaignClosed, CampaignSettled
 from schemas.settlement_commands import UpdatePaymentMethod
 from schemas.tenancy import pledge_key
 from schemas.topics import Topics, ensure_topics
-from services.pledge.adapters.payment_tokens import load_payment_tokens
+from services.pledge.adapters.payment_tokens import load_payment_tokens_to_end
 from services.settlement.adapters.sandbox_gateway import SandboxGateway
 from services.settlement.adapters.stripe_gateway import StripeGateway
 from services.settlement.command_letters import CommandLetters
@@ -159,7 +159,7 @@ class SettlementWorker:
             group_id=self.commands_group,  # never joins (assigned partitions): reads marks
         )
         await self._commands.start()
-        self.tokens = await load_payment_tokens(
+        self.tokens, loaded_to = await load_payment_tokens_to_end(
             self.settings.kafka_bootstrap, self.topics.payment_tokens, self.settings.partitions
         )
         self._token_reader = AIOKafkaConsumer(
@@ -175,9 +175,10 @@ class SettlementWorker:
             TopicPartition(self.topics.payment_tokens, p) for p in range(self.settings.partitions)
         ]
         self._token_reader.assign(token_tps)
-        ends = await self._token_reader.end_offsets(token_tps)
-        for tp, end in ends.items():
-            self._token_reader.seek(tp, end)  # what load_payment_tokens read is in self.tokens
+        for tp in token_tps:
+            # From where the load stopped (not from the end now: a token appended meanwhile
+            # would be skipped for good).
+            self._token_reader.seek(tp, loaded_to.get(tp, 0))
         self._reader = OrderedStreamReader(
             bootstrap=self.settings.kafka_bootstrap,
             group_id=self.group,
@@ -237,6 +238,12 @@ class SettlementWorker:
             await self._read_commands()
             now = self.clock()
             self.engine.launch(now)
+            if self.engine.awaiting_tokens:
+                # A pledge's token is not in self.tokens yet (the API appends it in the same
+                # Kafka round as its command, and appends it again if that round lost it):
+                # read the token topic to its end, then make the calls with what is there.
+                await self._catch_up_tokens()
+                self.engine.launch(now)
             self.metrics.in_flight.set(self.engine.in_flight)
             if self.engine.in_flight:
                 await self.engine.wait(tick)
@@ -329,7 +336,7 @@ class SettlementWorker:
             if all(at >= ends[tp] for at, tp in zip(positions, partitions, strict=True)):
                 return
             await self._read_tokens(timeout_ms=100)
-        log.warning("payment tokens not read to their end; a fix may retry with the old one")
+        log.warning("payment tokens not read to their end; a call may use an old or no token")
 
     def _emit(self, decision: Decision) -> None:
         """Stamp a decision's events on the campaign's settlement chain, fold them, and queue

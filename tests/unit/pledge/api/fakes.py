@@ -249,12 +249,44 @@ class FakePaymentTokens:
     """The erasable token store: ``pledge key -> token``."""
 
     tokens: dict[str, str] = field(default_factory=dict)
+    #: known down before anything is sent: every append raises at once
     down: bool = False
+    #: the next ``lost`` appends are sent but never acknowledged (their commands may be)
+    lost: int = 0
+    #: set: an append is acknowledged only once it is set (the commands are not held)
+    hold: asyncio.Event | None = None
+    #: every append, acknowledged or not, in order (a retry appends the same pairs again)
+    appends: list[list[tuple[str, str]]] = field(default_factory=list)
+    _settling: set[asyncio.Future[None]] = field(default_factory=set, repr=False)
 
     async def put(self, tokens: Sequence[tuple[str, str]]) -> None:
+        await self.stage(tokens)
+
+    def stage(self, tokens: Sequence[tuple[str, str]]) -> asyncio.Future[None]:
         if self.down:
             raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
-        self.tokens.update(tokens)
+        pairs = list(tokens)
+        self.appends.append(pairs)
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lost = self.lost > 0
+        if lost:
+            self.lost -= 1
+
+        async def settle() -> None:
+            if self.hold is not None:
+                await self.hold.wait()
+            if lost:
+                acked.set_exception(TimeoutError("the broker did not acknowledge the token"))
+            else:
+                self.tokens.update(pairs)
+                acked.set_result(None)
+
+        if self.hold is None and not lost:
+            self.tokens.update(pairs)
+            acked.set_result(None)
+        else:
+            self._settling.add(asyncio.ensure_future(settle()))
+        return acked
 
 
 @dataclass
