@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings
 from schemas.topics import Topics
 from services.notify.adapters.registration_store import KafkaRegistrationLog, RedisEndpointView
 from services.notify.config import NotifySettings
-from services.notify.domain import WebhookEndpoint
+from services.notify.domain import WEBHOOK_EVENT_TYPES, WebhookEndpoint
 from services.notify.registrations import (
     EndpointLimitReached,
     InvalidRegistration,
@@ -45,7 +45,15 @@ class EndpointIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: Annotated[str, Field(min_length=1, max_length=2000)]
-    event_types: Annotated[list[str], Field(min_length=1, max_length=50)]
+    # Documented as the known types (the check itself is Registrations', which names them).
+    event_types: Annotated[
+        list[str],
+        Field(
+            min_length=1,
+            max_length=50,
+            json_schema_extra={"items": {"type": "string", "enum": list(WEBHOOK_EVENT_TYPES)}},
+        ),
+    ]
 
 
 class EndpointOut(BaseModel):
