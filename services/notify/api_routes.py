@@ -8,7 +8,7 @@ the app's RFC 9457 problems (``ProblemError``; request validation is the app's h
 # No ``from __future__ import annotations``: FastAPI must see the route signatures' types,
 # which refer to dependencies defined inside ``notify_router``.
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings
 
@@ -31,6 +32,7 @@ from services.notify.registrations import (
 from services.pledge.api.auth import ApiKeys, Principal
 from services.pledge.api.openapi import COMMON, problem_content
 from services.pledge.api.problems import ProblemError, refusal
+from services.pledge.api.reading import header_map, read_body
 from services.pledge.api.reading import idempotency_key as read_idempotency_key
 from services.streams.kafka_security import kafka_client_kwargs
 
@@ -86,6 +88,34 @@ class ContactOut(BaseModel):
     id: str
     email: str
     locale: str | None
+
+
+def _bounded_route(max_bytes: int) -> type[APIRoute]:
+    """A route class whose request body is read as every other write's is (``read_body``:
+    JSON media types only, 415; at most ``max_bytes``, 413, counted while it arrives) before
+    FastAPI parses it, instead of FastAPI buffering any body whole."""
+
+    class ReadRequest(Request):
+        def __init__(self, request: Request, body: bytes) -> None:
+            super().__init__(request.scope, request.receive)
+            self._read = body
+
+        async def body(self) -> bytes:
+            return self._read
+
+    class BoundedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def bounded(request: Request) -> Response:
+                if request.method in ("POST", "PUT", "PATCH"):
+                    body = await read_body(header_map(request.scope), request.receive, max_bytes)
+                    request = ReadRequest(request, body)
+                return await handler(request)
+
+            return bounded
+
+    return BoundedRoute
 
 
 def _out(endpoint: WebhookEndpoint) -> dict[str, Any]:
@@ -149,8 +179,10 @@ def notify_router(settings: BaseSettings, keys: ApiKeys, charge: Charge | None =
                 await state["client"].aclose()
             state.clear()
 
+    max_body = int(getattr(settings, "api_max_body_bytes", 1024 * 1024))
     router = APIRouter(
         prefix="/v1",
+        route_class=_bounded_route(max_body),
         tags=["notifications"],
         lifespan=lifespan,
         responses={

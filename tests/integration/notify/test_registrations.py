@@ -251,3 +251,27 @@ async def test_the_idempotency_key_is_read_as_on_every_other_write(
             refused = await create(bad)
             assert refused.status_code == 400, refused.text
             assert refused.json()["type"].endswith("/idempotency-key-required")
+
+
+async def test_bodies_are_bounded_and_must_be_json_as_on_every_other_write(
+    bootstrap: str, redis_server: str, unique: str
+) -> None:
+    # These routes let FastAPI buffer any body whole (5 MB answered 422, after reading it)
+    # and called a text/plain body invalid (422) where the rest of the API says 415.
+    big = b'{"email": "a@example.org", "pad": "' + b"x" * 5_000_000 + b'"}'
+    json_type = {"content-type": "application/json"}
+    async with client(bootstrap, redis_server, unique) as (http, _):
+        for method, path in (("PUT", "/v1/backers/b-1"), ("POST", "/v1/webhook-endpoints")):
+            large = await http.request(method, path, content=big, headers={**AUTH_A, **json_type})
+            assert large.status_code == 413, (path, large.text)
+            assert large.json()["type"].endswith("/payload-too-large")
+            text = await http.request(
+                method, path, content=b"email=a", headers={**AUTH_A, "content-type": "text/plain"}
+            )
+            assert text.status_code == 415, (path, text.text)
+        fine = await http.put(
+            "/v1/backers/b-1",
+            content=b'{"email": "a@example.org"}',
+            headers={**AUTH_A, "content-type": "application/json; charset=utf-8"},
+        )
+        assert fine.status_code == 200, fine.text
