@@ -16,7 +16,7 @@ import httpx
 from rich.console import Console
 from rich.live import Live
 
-from services.client import PledgeflowClient
+from services.client import PledgeflowClient, Unauthorized
 from services.simulate.config import SimulateOptions
 from services.simulate.display import CampaignRow, live_panel, money, summary_table
 from services.simulate.driver import Driver
@@ -106,6 +106,12 @@ async def run(
     async with PledgeflowClient(options.api, options.api_key, timeout=options.wait + 15.0) as api:
         if not await api.ready():
             raise ConnectionError(f"--api: no ready Pledgeflow API at {options.api}")
+        try:  # the probes take no key: one read that does, before anything is sent
+            await api.campaign_page(limit=1)
+        except Unauthorized:
+            raise ConnectionError(
+                f"--api-key: the API at {options.api} does not accept this key"
+            ) from None
         if not options.webhooks or receiver is not None:
             return await _simulate(options, console, api, scenario, receiver)
         async with serve_receiver(host=options.receiver_host) as served:
