@@ -150,7 +150,13 @@ def _ledger_from_api(campaign: str, as_json: bool, api_url: str, api_key: str) -
 
     from schemas.money import Money, format_money
     from schemas.pledge_fields import ID_PATTERN
-    from services.client import NotFound, PledgeflowClient, PledgeflowError, RetryPolicy
+    from services.client import (
+        NotFound,
+        PledgeflowClient,
+        PledgeflowError,
+        RetryPolicy,
+        Unauthorized,
+    )
     from services.settlement.api_models import SettlementView
 
     def fail(message: str) -> None:
@@ -173,6 +179,8 @@ def _ledger_from_api(campaign: str, as_json: bool, api_url: str, api_key: str) -
         view = asyncio.run(read())
     except NotFound:
         fail(f"campaign: no campaign {campaign!r} for this API key")
+    except Unauthorized:
+        fail(f"api-key: the API at {api_url} does not accept this key")
     except PledgeflowError as exc:
         fail(f"api: {exc}")
     except httpx.HTTPError as exc:
