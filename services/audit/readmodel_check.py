@@ -55,11 +55,17 @@ async def compare_readmodel(
         raise ReadModelUnavailable(
             f"--against-readmodel: the pledge read model adapter is not available ({exc})"
         ) from None
-    client = aioredis.Redis.from_url(redis_url)
+    try:
+        client = aioredis.Redis.from_url(redis_url)
+    except ValueError as exc:  # not a redis://, rediss:// or unix:// URL
+        raise ReadModelUnavailable(f"--redis-url: {exc}") from None
     try:
         store = ReadModelStore(client, Keys(topic_prefix))
         ids = [cid for cid, s in summaries.items() if s["status"] != "absent"]
         try:
+            # PINGed even with nothing to compare: "clean against the read model" must mean
+            # that it was read.
+            await client.ping()
             rows = await store.campaigns(ids)
         except Exception as exc:
             raise ReadModelUnavailable(

@@ -324,6 +324,24 @@ async def test_against_readmodel_fails_clearly_without_a_read_model(
     assert "missing from the read model" in report["first"]["detail"]
 
 
+async def test_against_readmodel_names_a_redis_url_it_cannot_use(
+    exported: tuple[str, Path],
+) -> None:
+    # "nope" was redis-py's ValueError traceback; an unreachable Redis with nothing to compare
+    # (here: an unknown --campaign) answered "OK ... pass", as if the read model had been read.
+    _, folder = exported
+    for url, extra in (
+        ("nope", []),
+        (f"redis://127.0.0.1:{free_port()}/0", ["--campaign", "no-such-campaign"]),
+    ):
+        result = await run(
+            "verify", "--from", str(folder), "--against-readmodel", "--redis-url", url, *extra
+        )
+        assert result.exit_code == 2, (url, result.stdout, result.output)
+        assert result.output.count("\n") == 1, result.output
+        assert result.output.startswith("error: --redis-url: "), result.output
+
+
 async def test_verify_against_a_live_read_model_is_clean_then_names_a_drifted_campaign(
     bootstrap: str, redis_server: str, unique: str, history_lines: list[bytes]
 ) -> None:
