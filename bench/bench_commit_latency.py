@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 import uuid
@@ -174,6 +175,14 @@ class MiniStack:
             PLEDGEFLOW_PROCESSOR_INSTANCE_ID=f"{self.prefix}processor-0",
             PLEDGEFLOW_API_RATE_PER_SECOND="1e9",
             PLEDGEFLOW_API_RATE_BURST="1000000000",
+        )
+        # Experiments, as in bench_e2e_latency: BENCH_E2E_PLEDGEFLOW_X=v sets PLEDGEFLOW_X=v.
+        env.update(
+            {
+                key.removeprefix("BENCH_E2E_"): value
+                for key, value in os.environ.items()
+                if key.startswith("BENCH_E2E_PLEDGEFLOW_")
+            }
         )
         names = ["api", "processor"] + (["projector"] if projector else [])
         self.services = {name: Service(name, env, log_dir) for name in names}
