@@ -2,8 +2,10 @@
 
 A campaign of ``BENCH_LISTING_PLEDGES`` (default 100,000) accepted pledges is written into the
 read model with the projector's own apply script (rows, status index sets and campaign index,
-as the projector leaves them), then listed through ``GET /v1/campaigns/{id}/pledges`` of the
-real API (uvicorn, one worker) at ``limit=500``:
+as the projector leaves them), each with a captured payment record in the settlement read
+model (every item then carries a full ``payment``, read by the page's script), then listed
+through ``GET /v1/campaigns/{id}/pledges`` of the real API (uvicorn, one worker) at
+``limit=500``:
 
 * ``client``: ``PledgeflowClient.pledges()`` (cursor handling, pydantic models per item);
 * baseline, same run: the same pages fetched with plain httpx and ``orjson.loads`` (no models),
@@ -32,6 +34,7 @@ from bench.bench_api import KEY, Server
 from bench.harness import Target, kafka_bootstrap, redis_url, write_result
 from schemas.tenancy import qualify
 from services.pledge.adapters.redis_readmodel import APPLY_SCRIPT, Keys
+from services.settlement.adapters.redis_readmodel import SettlementKeys
 
 PLEDGES = int(os.environ.get("BENCH_LISTING_PLEDGES", "100000"))
 ROUNDS = int(os.environ.get("BENCH_LISTING_ROUNDS", "3"))
@@ -61,9 +64,14 @@ def _pledge_doc(pledge_id: str, seq: int) -> bytes:
     )
 
 
+_CAPTURED = {"status": "captured", "attempts": "1", "captured_minor": "2500"}
+
+
 async def seed(prefix: str) -> None:
-    """The campaign and its pledges, written as the projector writes them."""
+    """The campaign and its pledges, written as the projector writes them, and a captured
+    payment record per pledge (the settlement projector's hash)."""
     keys = Keys(prefix)
+    payments = SettlementKeys(prefix)
     client = aioredis.Redis.from_url(redis_url())
     try:
         apply = client.register_script(APPLY_SCRIPT.source)  # reloaded if Redis lost it
@@ -78,10 +86,13 @@ async def seed(prefix: str) -> None:
             batch_keys: list[str] = [keys.campaign(STORED)]
             ops: list[Any] = []
             count = min(CHUNK, PLEDGES - start)
+            paid = client.pipeline(transaction=False)
             for n in range(start, start + count):
                 pledge_id = f"p-{uuid.uuid4().hex[:16]}"
                 batch_keys += [keys.pledge(STORED, pledge_id), index_base]
                 ops += ["set:accepted", _pledge_doc(pledge_id, n + 2), f"ix:{pledge_id}", b""]
+                paid.hset(payments.pledge(STORED, pledge_id), mapping=_CAPTURED)
+            await paid.execute()
             summary = orjson.dumps({"campaign_id": STORED, "status": "open", "seq": seq + 1})
             await apply(keys=batch_keys, args=[seq, seq + 1, TENANT, summary, 600, *ops])
             seq += 1

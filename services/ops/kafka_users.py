@@ -66,7 +66,8 @@ def _roles(topics: Topics) -> dict[str, dict[str, Any]]:
             "read": [SETTLEMENT_COMMANDS_TOPIC, PAYMENT_TOKENS_TOPIC, *every_event],
             # payment-tokens: the tombstones of resolved pledges' tokens.
             "write": [*events["settlement"], "settlement.dlq", PAYMENT_TOKENS_TOPIC],
-            "groups": ["settlement"],
+            # settlement-commands: marks of the commands it dead-lettered (no member joins).
+            "groups": ["settlement", "settlement-commands"],
             "transactions": ["settlement"],
         },
         "settlement-readmodel": {

@@ -32,6 +32,7 @@ class ApiMetrics:
     batch_items: Counter
     redis_out_of_memory: Counter
     unsent: Counter
+    token_retries: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ApiMetrics:
@@ -91,6 +92,12 @@ class ApiMetrics:
                 "Writes answered 503 because the broker did not acknowledge their command in "
                 "time (or refused it); the Idempotency-Key stays reserved for a retry.",
                 ["route"],
+                registry=registry,
+            ),
+            token_retries=Counter(
+                "pledgeflow_api_payment_token_retries",
+                "Payment tokens appended again within their request because the produce "
+                "round that acknowledged their command did not acknowledge them.",
                 registry=registry,
             ),
         )

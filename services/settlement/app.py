@@ -41,14 +41,14 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from schemas.codec import message_key
 from schemas.envelope import Envelope
-from schemas.errors import DecodeError
 from schemas.events import CampaignClosed, CampaignSettled
-from schemas.settlement_commands import UpdatePaymentMethod, decode_settlement_command
+from schemas.settlement_commands import UpdatePaymentMethod
 from schemas.tenancy import pledge_key
 from schemas.topics import Topics, ensure_topics
-from services.pledge.adapters.payment_tokens import load_payment_tokens
+from services.pledge.adapters.payment_tokens import load_payment_tokens_to_end
 from services.settlement.adapters.sandbox_gateway import SandboxGateway
 from services.settlement.adapters.stripe_gateway import StripeGateway
+from services.settlement.command_letters import CommandLetters
 from services.settlement.config import SettlementSettings
 from services.settlement.domain import GatewayCall, GatewayResult
 from services.settlement.engine import Decision, EngineHooks, SettlementEngine
@@ -60,6 +60,7 @@ from services.streams import (
     OrderedStreamReader,
     OutRecord,
     PartitionWriter,
+    Rejected,
     Run,
     StreamKey,
     key_partition,
@@ -131,6 +132,11 @@ class SettlementWorker:
         )
         self._closed_at: dict[str, datetime] = {}
         self._commands: AIOKafkaConsumer | None = None
+        #: Where dead-lettered commands are marked (see :mod:`.command_letters`).
+        self.commands_group = self.group + "-commands"
+        self.letters = CommandLetters(
+            self.topics.settlement_commands, settings.partitions, self.metrics.dead_letters
+        )
         self._reader: OrderedStreamReader | None = None
         self._stop = asyncio.Event()
         #: Partition changes noted by the rebalance hooks, applied between turns (see _loop).
@@ -150,10 +156,10 @@ class SettlementWorker:
             **kafka_client_kwargs(self.settings.kafka_security),
             isolation_level="read_committed",
             enable_auto_commit=False,
-            group_id=None,
+            group_id=self.commands_group,  # never joins (assigned partitions): reads marks
         )
         await self._commands.start()
-        self.tokens = await load_payment_tokens(
+        self.tokens, loaded_to = await load_payment_tokens_to_end(
             self.settings.kafka_bootstrap, self.topics.payment_tokens, self.settings.partitions
         )
         self._token_reader = AIOKafkaConsumer(
@@ -169,9 +175,10 @@ class SettlementWorker:
             TopicPartition(self.topics.payment_tokens, p) for p in range(self.settings.partitions)
         ]
         self._token_reader.assign(token_tps)
-        ends = await self._token_reader.end_offsets(token_tps)
-        for tp, end in ends.items():
-            self._token_reader.seek(tp, end)  # what load_payment_tokens read is in self.tokens
+        for tp in token_tps:
+            # From where the load stopped (not from the end now: a token appended meanwhile
+            # would be skipped for good).
+            self._token_reader.seek(tp, loaded_to.get(tp, 0))
         self._reader = OrderedStreamReader(
             bootstrap=self.settings.kafka_bootstrap,
             group_id=self.group,
@@ -231,6 +238,12 @@ class SettlementWorker:
             await self._read_commands()
             now = self.clock()
             self.engine.launch(now)
+            if self.engine.awaiting_tokens:
+                # A pledge's token is not in self.tokens yet (the API appends it in the same
+                # Kafka round as its command, and appends it again if that round lost it):
+                # read the token topic to its end, then make the calls with what is there.
+                await self._catch_up_tokens()
+                self.engine.launch(now)
             self.metrics.in_flight.set(self.engine.in_flight)
             if self.engine.in_flight:
                 await self.engine.wait(tick)
@@ -293,17 +306,17 @@ class SettlementWorker:
             return
         batches = await consumer.getmany(timeout_ms=0, max_records=1000)
         commands = []
-        for records in batches.values():
+        letters = self.letters
+        dlq = self.topics.dead_letter("settlement")
+        for tp, records in batches.items():
             for record in records:
-                try:
-                    commands.append(decode_settlement_command(record.value or b""))
-                except DecodeError as exc:
-                    log.error(
-                        "undecodable settlement command at %s@%d: %s",
-                        record.topic,
-                        record.offset,
-                        exc,
-                    )
+                judged = letters.judge(record, tp.partition)
+                if not isinstance(judged, Rejected):
+                    commands.append(judged)
+                    continue
+                letter = letters.reject(record, tp.partition, judged)
+                if letter is not None:  # written in this turn's transaction of the partition
+                    self._pending[tp.partition][dlq].append(letter)
         if any(isinstance(c, UpdatePaymentMethod) for c in commands):
             # The API stored the new token before appending the command: read the token
             # topic up to its end now, so the retry the fix makes due uses the new token.
@@ -323,7 +336,7 @@ class SettlementWorker:
             if all(at >= ends[tp] for at, tp in zip(positions, partitions, strict=True)):
                 return
             await self._read_tokens(timeout_ms=100)
-        log.warning("payment tokens not read to their end; a fix may retry with the old one")
+        log.warning("payment tokens not read to their end; a call may use an old or no token")
 
     def _emit(self, decision: Decision) -> None:
         """Stamp a decision's events on the campaign's settlement chain, fold them, and queue
@@ -357,9 +370,15 @@ class SettlementWorker:
             if writer is None:
                 raise RuntimeError(f"decided events for partition {partition} it does not own")
             try:
-                await writer.write(records)
+                await writer.write(
+                    records,
+                    consumed=self.letters.consumed(partition),
+                    consumed_group=self.commands_group,
+                )
             except ProducerFenced:
                 await self._fenced(partition)
+                continue
+            self.letters.written(partition)
 
     async def _fenced(self, partition: int) -> None:
         """A newer owner of ``partition`` fenced its writer: stand down on it until the group
@@ -437,6 +456,7 @@ class SettlementWorker:
             if writer is not None:
                 await writer.close()
             self._pending.pop(partition, None)
+        self.letters.forget(partitions)
 
         def keep(campaign_id: str) -> bool:
             return key_partition(message_key(campaign_id), self.settings.partitions) not in gone
@@ -457,6 +477,7 @@ class SettlementWorker:
             # Commands are idempotent (their ids are the causation ids on the settlement
             # stream): each owner reads them all, after the replay made the state complete.
             await consumer.seek_to_beginning(*wanted)
+            await self.letters.load(consumer, sorted(self.writers))
 
     # --- metrics -------------------------------------------------------------------------
 

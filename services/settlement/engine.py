@@ -41,6 +41,9 @@ log = logging.getLogger("pledgeflow.settlement")
 
 SettlementCommand = RefundPledge | UpdatePaymentMethod | ReportRevenue
 
+#: The calls that use the pledge's payment token.
+_TOKEN_KINDS = frozenset({"authorize", "capture", "charge"})
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -116,6 +119,11 @@ class SettlementEngine:
         self._verified: set[str] = set()
         self._backoff: dict[str, datetime] = {}
         self._done: asyncio.Event = asyncio.Event()
+        #: Keys of calls held back once for a missing token (see :meth:`_with_token`).
+        self._token_held: set[str] = set()
+        #: Pledges the last :meth:`launch` held back for a missing token: the worker reads
+        #: the token topic to its end and launches again.
+        self.awaiting_tokens = 0
 
     # --- folding -------------------------------------------------------------------------
 
@@ -184,28 +192,57 @@ class SettlementEngine:
         self._full.clear()
         started = 0
         skip = _Skip(self._in_flight, self._verified, self._backoff, now)
-        for campaign_id, queue in list(self._queue.items()):
-            state = self.states.get(campaign_id)
-            if state is None or state.terms is None:
-                del self._queue[campaign_id]
-                continue
-            while queue:
-                if len(self._in_flight) >= self.max_in_flight:
-                    return started
-                if self._per_campaign.get(campaign_id, 0) >= self.per_campaign:
-                    break
-                pledge_id = next(iter(queue))
-                del queue[pledge_id]
-                for call in plan_pledge(state, pledge_id, now, self.policy, skip):
-                    self._start(call)
-                    started += 1
-            if not queue:
-                del self._queue[campaign_id]
-        return started
+        held: list[tuple[str, str]] = []
+        try:
+            for campaign_id, queue in list(self._queue.items()):
+                state = self.states.get(campaign_id)
+                if state is None or state.terms is None:
+                    del self._queue[campaign_id]
+                    continue
+                while queue:
+                    if len(self._in_flight) >= self.max_in_flight:
+                        return started
+                    if self._per_campaign.get(campaign_id, 0) >= self.per_campaign:
+                        break
+                    pledge_id = next(iter(queue))
+                    del queue[pledge_id]
+                    for call in plan_pledge(state, pledge_id, now, self.policy, skip):
+                        token_call = self._with_token(call)
+                        if token_call is None:
+                            held.append((campaign_id, pledge_id))
+                            continue
+                        self._start(token_call)
+                        started += 1
+                if not queue:
+                    del self._queue[campaign_id]
+            return started
+        finally:
+            # Re-planned at the next launch, once the worker has read the token topic.
+            self.awaiting_tokens = len(held)
+            for campaign_id, pledge_id in held:
+                self._queue.setdefault(campaign_id, {})[pledge_id] = None
+
+    def _with_token(self, call: GatewayCall) -> GatewayCall | None:
+        """``call`` with the pledge's token from ``token_of`` (its events carry none); None:
+        the token is missing and the call is held back once, so that the worker reads the
+        token topic to its end before it is made (the API appends a token in the same round
+        as its command, and may append it again milliseconds after the command; see
+        docs/settlement.md). A call held once is made with whatever is found next time."""
+        if call.payment_token is not None or self.token_of is None:
+            return call
+        token = self.token_of(call.campaign_id, call.pledge_id)
+        if token is not None:
+            self._token_held.discard(call.key)
+            return replace(call, payment_token=token)
+        if call.kind in _TOKEN_KINDS and call.key not in self._token_held:
+            if len(self._token_held) > 100_000:  # keys whose pledges vanished: bounded
+                self._token_held.clear()
+            self._token_held.add(call.key)
+            return None
+        self._token_held.discard(call.key)
+        return call
 
     def _start(self, call: GatewayCall) -> None:
-        if call.payment_token is None and self.token_of is not None:
-            call = replace(call, payment_token=self.token_of(call.campaign_id, call.pledge_id))
         campaign_id = call.campaign_id
         self._per_campaign[campaign_id] = self._per_campaign.get(campaign_id, 0) + 1
         self._in_flight[call.key] = asyncio.ensure_future(self._call(call))

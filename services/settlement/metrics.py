@@ -14,6 +14,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from schemas.events import EVENT_TYPES, CloseOutcome
 from services.settlement.domain import CallKind
 
+#: Why a settlement command is dead-lettered (the ``dlq.cause`` header and metric label).
+DEAD_LETTER_CAUSES = ("undecodable", "wrong_key", "wrong_partition")
+
 __all__ = ["SettlementMetrics", "settlement_metrics"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -34,6 +37,7 @@ class SettlementMetrics:
     close_to_settled: Histogram
     oldest_unsettled: Gauge
     events: Counter
+    dead_letters: Counter
 
 
 def settlement_metrics(registry: CollectorRegistry = REGISTRY) -> SettlementMetrics:
@@ -98,6 +102,12 @@ def settlement_metrics(registry: CollectorRegistry = REGISTRY) -> SettlementMetr
             ["event_type"],
             registry=registry,
         ),
+        dead_letters=Counter(
+            "pledgeflow_settlement_dead_letters_total",
+            "Settlement commands routed to settlement.dlq, by cause",
+            ["cause"],
+            registry=registry,
+        ),
     )
     for kind in get_args(CallKind):
         metrics.gateway_latency.labels(kind)
@@ -108,4 +118,6 @@ def settlement_metrics(registry: CollectorRegistry = REGISTRY) -> SettlementMetr
     for event_type, model in EVENT_TYPES.items():
         if model.stream == "settlement":
             metrics.events.labels(event_type)
+    for cause in DEAD_LETTER_CAUSES:
+        metrics.dead_letters.labels(cause)
     return metrics

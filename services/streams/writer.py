@@ -74,9 +74,11 @@ class PartitionWriter:
         records: Mapping[str, Sequence[OutRecord]],
         *,
         consumed: Mapping[TopicPartition, int] | None = None,
+        consumed_group: str | None = None,
     ) -> dict[str, int]:
         """One transaction: every record of ``records`` (``topic -> records``) to this
-        partition, plus ``consumed`` (next offsets to read) committed for ``group_id``.
+        partition, plus ``consumed`` (next offsets to read) committed for ``consumed_group``
+        (default: the writer's ``group_id``).
 
         Sends are fired without awaiting each; returns ``topic -> offset after its last
         record``. On any failure the transaction is aborted and the error raised
@@ -114,7 +116,9 @@ class PartitionWriter:
                 # either: Kafka >= 3.6 (KIP-890 verification) answers them
                 # CONCURRENT_TRANSACTIONS, which aiokafka's older produce version retries as
                 # NOT_ENOUGH_REPLICAS (dozens of retries and warnings a minute).
-                await producer.send_offsets_to_transaction(dict(consumed), self.group_id)
+                await producer.send_offsets_to_transaction(
+                    dict(consumed), consumed_group or self.group_id
+                )
             if self._before_commit is not None:
                 await self._before_commit(number)
             await producer.commit_transaction()

@@ -28,22 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas import decode, verify_chain
 from schemas.events import NotificationSent
-from schemas.topics import Topics, ensure_topics
 from services.audit.sources import audit_kafka
 from services.notify.domain import notification_id
 from tests.support.api import eventually, free_port
-from tests.support.fleet import Fleet, metric, wait_group
+from tests.support.fleet import fault_run, metric, wait_group
 from tests.support.infra import REPO
 from tests.support.invariants import wipe_namespace
 from tests.support.notify_worker import CampaignLog, register, worker_env
@@ -64,17 +61,20 @@ LEASE_S = 2
 async def test_notify_workers_survive_a_join_a_restart_a_kill_and_a_zombie(
     bootstrap: str, redis_server: str, unique: str, tmp_path: Path
 ) -> None:
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    print(f"seed={seed}")
-    topics = Topics(prefix=unique, partitions=PARTITIONS)
-    await ensure_topics(bootstrap, topics)
     group = f"{unique}notify"
-    figures: dict[str, float] = {}
-    faults: Counter[str] = Counter()
     started = time.monotonic()
     ports = {name: free_port() for name in ("n1", "n2")}
-    async with running_receiver() as receiver:
+    async with (
+        fault_run(bootstrap, redis_server, tmp_path, prefix=unique, partitions=PARTITIONS) as run,
+        running_receiver() as receiver,
+    ):
+        rng, topics, admin, figures, faults = (
+            run.rng,
+            run.topics,
+            run.admin,
+            run.figures,
+            run.faults,
+        )
         receiver.secrets.update(
             await register(
                 bootstrap,
@@ -99,14 +99,7 @@ async def test_notify_workers_survive_a_join_a_restart_a_kill_and_a_zombie(
             notify_lease_seconds=LEASE_S,
         )
         env["PYTHONPATH"] = str(REPO)
-        fleet = Fleet(
-            ["notify", "worker", "-l", "info"],
-            env,
-            tmp_path,
-            instance_env="PLEDGEFLOW_NOTIFY_INSTANCE_ID",
-        )
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
+        fleet = run.fleet(["notify", "worker", "-l", "info"], env, "PLEDGEFLOW_NOTIFY_INSTANCE_ID")
         writing = True
 
         async def load() -> None:
@@ -261,8 +254,7 @@ async def test_notify_workers_survive_a_join_a_restart_a_kill_and_a_zombie(
             writing = False
             with contextlib.suppress(Exception):
                 await writer
-            fleet.stop_all()
-            await admin.close()
+            run.stop_workers()
 
     ids = [r.webhook_id for r in receiver.delivered("hook")]
     counts = Counter(ids)

@@ -25,24 +25,17 @@ prints how often each fault was injected.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections import Counter
-from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas.topics import Topics, ensure_topics
 from tests.support.api import free_port
 from tests.support.command_stream import CommandStream
 from tests.support.fleet import (
-    Fleet,
-    StallWatch,
+    FaultRun,
     audit_verify,
     metric,
     run_cli,
-    service_env,
     wait_advanced,
     wait_group,
 )
@@ -58,37 +51,21 @@ SESSION_MS = 6000
 RESTART_SESSION_MS = 15_000
 
 
-async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
-    bootstrap: str, redis_server: str, unique: str, tmp_path: Path
-) -> None:
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    print(f"seed={seed}")
-    prefix = f"{unique}."
-    topics = Topics(prefix=prefix, partitions=PARTITIONS)
-    await ensure_topics(bootstrap, topics)
+async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(run: FaultRun) -> None:
+    bootstrap, redis_server, prefix, topics = run.bootstrap, run.redis_url, run.prefix, run.topics
+    rng, admin, figures, faults = run.rng, run.admin, run.figures, run.faults
     group = f"{prefix}pledge-processor"
-    env = service_env(
-        kafka_bootstrap=bootstrap,
-        redis_url=redis_server,
-        topic_prefix=prefix,
-        partitions=PARTITIONS,
+    env = run.service_env(
         processor_session_timeout_ms=SESSION_MS,
         processor_batch_max=500,
         processor_poll_ms=50,
         snapshot_every_events=3000,
     )
-    fleet = Fleet(
-        ["processor", "run"], env, tmp_path, instance_env="PLEDGEFLOW_PROCESSOR_INSTANCE_ID"
-    )
+    fleet = run.fleet(["processor", "run"], env, "PLEDGEFLOW_PROCESSOR_INSTANCE_ID")
     load = CommandStream(
         bootstrap, topics.commands, [f"camp-{i:02d}" for i in range(CAMPAIGNS)], rng
     )
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    watch = StallWatch(bootstrap, group, [topics.commands], PARTITIONS)
-    figures: dict[str, float] = {}
-    faults: Counter[str] = Counter()
+    watch = run.watch(group, [topics.commands])
     ports = {name: free_port() for name in ("w1", "w2", "w3")}
 
     def add(name: str, session_ms: int = SESSION_MS) -> None:
@@ -135,16 +112,7 @@ async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
         # docs/operations.md).
         before = view.owners
         others = {name: await rebuilds(name) for name in ("w1", "w2")}
-        t = time.monotonic()
-        fleet.members["w3"].terminate()
-        faults["SIGTERM"] += 1
-        figures["graceful_stop_s"] = time.monotonic() - t
-        await asyncio.sleep(rng.uniform(0.2, 1.0))
-        fleet.members["w3"].start()
-        faults["static restart within the session timeout"] += 1
-        assert time.monotonic() - t < RESTART_SESSION_MS / 1000 - 3, "too slow to test"
-        # Past the session timeout of the old w3: had it not been replaced, it expires now.
-        await asyncio.sleep(max(0.0, t + RESTART_SESSION_MS / 1000 + 1 - time.monotonic()))
+        t = await run.static_restart(fleet.members["w3"], RESTART_SESSION_MS / 1000)
         view, _ = await wait_group(admin, group, lambda v: v.stable_with(3, PARTITIONS),
                                    within=60, fleet=fleet, what="w3 back")  # fmt: skip
         assert view.owners == before, f"static restart moved partitions: {before} -> {view}"
@@ -200,9 +168,7 @@ async def test_three_processor_workers_survive_rebalances_kills_and_a_zombie(
         fleet.assert_alive()
         zombie_log = zombie.full_log()
     finally:
-        fleet.stop_all()  # first: nothing below may leave workers running
-        await watch.stop()
-        await admin.close()
+        run.stop_workers()  # first: nothing below may leave workers running
         await load.stop()
 
     faults["zombie writes fenced"] = zombie_log.count("fenced by a newer writer")

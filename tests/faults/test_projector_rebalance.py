@@ -24,24 +24,12 @@ each fault was injected.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections import Counter
-from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas.topics import Topics, ensure_topics
 from tests.support.command_stream import CommandStream
-from tests.support.fleet import (
-    Fleet,
-    Member,
-    StallWatch,
-    audit_verify,
-    service_env,
-    wait_group,
-)
+from tests.support.fleet import FaultRun, Member, audit_verify, wait_group
 from tests.support.invariants import checked_log, wait_readmodel, wipe_namespace
 from tests.support.processor import read_events
 from tests.support.worker import drained
@@ -60,36 +48,21 @@ def assignments(member: Member) -> int:
     return member.full_log().count("assigned partitions")
 
 
-async def test_two_projectors_survive_rebalances_a_kill_and_a_zombie(
-    bootstrap: str, redis_server: str, unique: str, tmp_path: Path
-) -> None:
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    print(f"seed={seed}")
-    prefix = f"{unique}."
-    topics = Topics(prefix=prefix, partitions=PARTITIONS)
-    await ensure_topics(bootstrap, topics)
+async def test_two_projectors_survive_rebalances_a_kill_and_a_zombie(run: FaultRun) -> None:
+    bootstrap, redis_server, prefix, topics = run.bootstrap, run.redis_url, run.prefix, run.topics
+    rng, admin, figures, faults = run.rng, run.admin, run.figures, run.faults
     group = f"{prefix}pledge-readmodel"
-    env = service_env(
-        kafka_bootstrap=bootstrap,
-        redis_url=redis_server,
-        topic_prefix=prefix,
-        partitions=PARTITIONS,
+    env = run.service_env(
         processor_batch_max=500,
         processor_poll_ms=50,
         readmodel_session_timeout_ms=SESSION_MS,
     )
-    processor = Fleet(["processor", "run"], env, tmp_path, "PLEDGEFLOW_PROCESSOR_INSTANCE_ID")
-    projectors = Fleet(["readmodel", "run"], env, tmp_path, "PLEDGEFLOW_READMODEL_INSTANCE_ID")
+    processor = run.fleet(["processor", "run"], env, "PLEDGEFLOW_PROCESSOR_INSTANCE_ID")
+    projectors = run.fleet(["readmodel", "run"], env, "PLEDGEFLOW_READMODEL_INSTANCE_ID")
     load = CommandStream(
         bootstrap, topics.commands, [f"camp-{i:02d}" for i in range(CAMPAIGNS)], rng
     )
-    event_topics = topics.for_stream("campaign")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    watch = StallWatch(bootstrap, group, event_topics, PARTITIONS, transactional=True)
-    figures: dict[str, float] = {}
-    faults: Counter[str] = Counter()
+    watch = run.watch(group, topics.for_stream("campaign"), transactional=True)
 
     def alive() -> None:
         processor.assert_alive()
@@ -120,15 +93,7 @@ async def test_two_projectors_survive_rebalances_a_kill_and_a_zombie(
         # no rebalance (r1 is assigned nothing anew).
         before = view.owners
         r1_assignments = assignments(projectors.members["r1"])
-        t = time.monotonic()
-        projectors.members["r2"].terminate()
-        faults["SIGTERM"] += 1
-        figures["graceful_stop_s"] = time.monotonic() - t
-        await asyncio.sleep(rng.uniform(0.2, 1.0))
-        projectors.members["r2"].start()
-        faults["static restart within the session timeout"] += 1
-        assert time.monotonic() - t < RESTART_SESSION_MS / 1000 - 3, "too slow to test"
-        await asyncio.sleep(max(0.0, t + RESTART_SESSION_MS / 1000 + 1 - time.monotonic()))
+        t = await run.static_restart(projectors.members["r2"], RESTART_SESSION_MS / 1000)
         view, _ = await wait_group(
             admin, group, lambda v: v.stable_with({"r1", "r2"}, PARTITIONS), within=60,
             fleet=projectors, what="r2 back",
@@ -196,9 +161,6 @@ async def test_two_projectors_survive_rebalances_a_kill_and_a_zombie(
         print(f"stalls={sorted(watch.stalls)}")
         assert code == 0, output[-3000:]
     finally:
-        projectors.stop_all()  # first: nothing below may leave workers running
-        processor.stop_all()
-        await watch.stop()
-        await admin.close()
+        run.stop_workers()  # first: nothing below may leave workers running
         await load.stop()
         await wipe_namespace(redis_server, prefix)

@@ -33,25 +33,21 @@ import contextlib
 import random
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas import Envelope, decode
 from schemas.events import CampaignSettled, PledgeCaptured
-from schemas.topics import Topics, ensure_topics
+from schemas.topics import Topics
 from services.settlement.adapters.sandbox_gateway import SandboxGateway
 from tests.support.api import free_port
 from tests.support.fleet import (
-    Fleet,
+    FaultRun,
     Member,
-    StallWatch,
     audit_verify,
     metric,
     run_cli,
-    service_env,
     wait_group,
 )
 from tests.support.invariants import wipe_namespace
@@ -101,21 +97,13 @@ async def stream_by_campaign(
 
 
 async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
-    bootstrap: str, redis_server: str, unique: str, tmp_path: Path
+    run: FaultRun, unique: str
 ) -> None:
-    seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    print(f"seed={seed}")
-    prefix = f"{unique}."
-    topics = Topics(prefix=prefix, partitions=PARTITIONS)
-    await ensure_topics(bootstrap, topics)
+    bootstrap, redis_server, prefix, topics = run.bootstrap, run.redis_url, run.prefix, run.topics
+    rng, admin, figures, faults = run.rng, run.admin, run.figures, run.faults
     group = f"{prefix}settlement"
     sandbox_prefix = f"{unique}:sbx:"
-    env = service_env(
-        kafka_bootstrap=bootstrap,
-        redis_url=redis_server,
-        topic_prefix=prefix,
-        partitions=PARTITIONS,
+    env = run.service_env(
         sandbox_prefix=sandbox_prefix,
         sandbox_latency_ms=40,
         settlement_max_in_flight_per_campaign=2,
@@ -123,20 +111,12 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
         settlement_session_timeout_ms=SESSION_MS,
         metrics_port=0,
     )
-    fleet = Fleet(
-        ["settlement", "run"], env, tmp_path, instance_env="PLEDGEFLOW_SETTLEMENT_INSTANCE_ID"
-    )
+    fleet = run.fleet(["settlement", "run"], env, "PLEDGEFLOW_SETTLEMENT_INSTANCE_ID")
     sandbox = SandboxGateway.from_url(redis_server, prefix=sandbox_prefix)
     probe = aioredis.Redis.from_url(redis_server)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     # How long each partition's campaign events waited unread (written in transactions).
-    watch = StallWatch(
-        bootstrap, group, topics.for_stream("campaign"), PARTITIONS, transactional=True
-    )
+    watch = run.watch(group, topics.for_stream("campaign"), transactional=True)
     campaigns: list[str] = []
-    figures: dict[str, float] = {}
-    faults: Counter[str] = Counter()
     started = time.monotonic()
     writing = True
 
@@ -215,16 +195,7 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
         s1 = fleet.members["s1"]
         await asyncio.sleep(rng.uniform(1.0, 2.0))  # s1 logged the rebuilds of the join
         s1_rebuilds = rebuilds(s1)
-        t = time.monotonic()
-        fleet.members["s2"].terminate()
-        faults["SIGTERM"] += 1
-        figures["graceful_stop_s"] = time.monotonic() - t
-        await asyncio.sleep(rng.uniform(0.2, 1.0))
-        fleet.members["s2"].start()
-        faults["static restart within the session timeout"] += 1
-        assert time.monotonic() - t < RESTART_SESSION_MS / 1000 - 3, "too slow to test"
-        # Past the old s2's session timeout: had it not been replaced, it expires now.
-        await asyncio.sleep(max(0.0, t + RESTART_SESSION_MS / 1000 + 1 - time.monotonic()))
+        t = await run.static_restart(fleet.members["s2"], RESTART_SESSION_MS / 1000)
         view, _ = await wait_group(
             admin, group, lambda v: v.stable_with({"s1", "s2"}, PARTITIONS), within=40,
             fleet=fleet, what="s2 back",
@@ -318,9 +289,7 @@ async def test_settlement_workers_survive_a_join_a_kill_and_a_zombie(
         writing = False
         with contextlib.suppress(Exception):
             await writer
-        fleet.stop_all()
-        await watch.stop()
-        await admin.close()
+        run.stop_workers()
         await sandbox.forget()
         await sandbox.aclose()
         await probe.aclose()

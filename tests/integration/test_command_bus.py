@@ -122,3 +122,29 @@ async def test_records_of_another_topic_share_the_bus_and_land_where_a_plain_pro
     assert placed == {key: partitioner(key, list(range(6)), list(range(6))) for key in keys}
     assert len(set(placed.values())) == 6
     assert sum(len(v) for v in (await read_by_key(bootstrap, commands, 50)).values()) == 50
+
+
+async def test_a_staged_token_and_the_command_sent_next_share_one_produce_round(
+    bootstrap: str, admin: AIOKafkaAdminClient, unique: str
+) -> None:
+    # The pledge route stages the token, then sends the command: both leave in the same
+    # hand-over, so the token is acknowledged by the time the command is (a hand-over of its
+    # own would come a whole flush interval later).
+    from services.pledge.adapters.payment_tokens import KafkaPaymentTokens
+
+    commands, tokens = f"{unique}.commands", f"{unique}.tokens"
+    await admin.create_topics([NewTopic(commands, 3, 1), NewTopic(tokens, 6, 1)])
+    bus = CommandBus(bootstrap, commands, flush_interval_ms=1_000, record_topics=[tokens])
+    store = KafkaPaymentTokens(bootstrap, tokens, bus=bus)
+    await bus.start()
+    try:
+        await bus.send("c-0", b"warm-up")  # the next hand-over waits out the interval
+        for i in range(3):
+            staged = store.stage([(f"tenant-a/c-{i}/p-{i}", f"tok-{i}")])
+            await bus.send(f"c-{i}", b"%d" % i)
+            assert staged.done() and staged.exception() is None
+        with pytest.raises(KeyError):  # not a topic of the bus: refused before anything is sent
+            KafkaPaymentTokens(bootstrap, f"{unique}.other", bus=bus).stage([("k", "t")])
+    finally:
+        await bus.stop()
+    assert len(await read_by_key(bootstrap, tokens, 3)) == 3

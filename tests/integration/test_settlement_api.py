@@ -198,6 +198,14 @@ async def test_a_settled_campaign_then_a_refund_after_payout(stack: Stack) -> No
     )
     assert balanced(view) and view.seq >= 3
     assert (await payment(api, campaign_id, "p-2"))["status"] == "captured"
+    # The listing shows each pledge as its own GET does, payment included (read from the
+    # settlement read model by the page's own script).
+    listed = await api.get(f"/v1/campaigns/{campaign_id}/pledges", headers=AUTH_A)
+    assert listed.status_code == 200, listed.text
+    for item in listed.json()["data"]:
+        url = f"/v1/campaigns/{campaign_id}/pledges/{item['pledge_id']}"
+        assert item == (await api.get(url, headers=AUTH_A)).json()
+        assert item["payment"]["status"] == "captured"
     other = await api.get(f"/v1/campaigns/{campaign_id}/settlement", headers=AUTH_B)
     assert other.status_code == 404
 

@@ -1,6 +1,7 @@
 """Settlement commands through the real ``settlement-commands`` topic: a payment-method fix
 retried at once with the new card, a partial refund after settlement, a coproduction revenue
-report distributed to the unit, refusals recorded, an undecodable command skipped."""
+report distributed to the unit, refusals recorded, an undecodable or misrouted command
+dead-lettered to ``settlement.dlq`` once (not again when its partition is rebuilt)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from schemas.settlement_commands import (
 from services.settlement.adapters.sandbox_gateway import SandboxGateway
 from services.settlement.app import SettlementWorker
 from services.settlement.config import SettlementSettings
+from tests.support.processor import read_topics
 from tests.support.settlement import T0, CampaignBook
 from tests.support.settlement_kafka import FakeClock, audit_findings, read_stream, write_campaigns
 
@@ -47,6 +49,7 @@ class Stack:
     sandbox: SandboxGateway
     settings: SettlementSettings
     producer: AIOKafkaProducer
+    registry: CollectorRegistry
 
     async def send(self, command: RefundPledge | UpdatePaymentMethod | ReportRevenue) -> None:
         await self.producer.send_and_wait(
@@ -92,7 +95,8 @@ async def stack(bootstrap: str, redis_server: str) -> AsyncIterator[Stack]:
         sandbox_prefix=f"{prefix}sbx:", settlement_tick_seconds=0.05,
     )  # fmt: skip
     sandbox = SandboxGateway.from_url(redis_server, prefix=settings.sandbox_prefix)
-    worker = SettlementWorker(settings, sandbox, clock=FakeClock(), registry=CollectorRegistry())
+    registry = CollectorRegistry()
+    worker = SettlementWorker(settings, sandbox, clock=FakeClock(), registry=registry)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     fixable = CampaignBook(campaign_id="fixable", goal_minor=1_000).launch()
     fixable.pledge("declined", 2_500, "tok_declined")
@@ -106,7 +110,7 @@ async def stack(bootstrap: str, redis_server: str) -> AsyncIterator[Stack]:
         await producer.start()
         await worker.start()
         await write_campaigns(bootstrap, settings.topics(), prefix + "t", fixable.log + co.log)
-        yield Stack(worker, sandbox, settings, producer)
+        yield Stack(worker, sandbox, settings, producer, registry)
     finally:
         await producer.stop()
         await worker.stop()
@@ -183,16 +187,89 @@ async def test_a_coproduction_revenue_report_is_shared_to_the_unit(stack: Stack)
     assert [s.amount_minor for s in shared.shares] == allocate(total, CO_AMOUNTS)
 
 
-async def test_refused_commands_are_recorded_and_garbage_is_skipped(stack: Stack) -> None:
-    topics = stack.settings.topics()
-    await stack.producer.send_and_wait(topics.settlement_commands, b"{not json", key=b"co")
+async def test_refused_commands_are_recorded(stack: Stack) -> None:
     await stack.send(
         RefundPledge(**ids(4), campaign_id="co", pledge_id="nobody", requested_by="x")  # type: ignore[arg-type]
     )
     events = await stack.until("co", has(SettlementCommandRejected))
     [rejected] = [e.payload for e in events if isinstance(e.payload, SettlementCommandRejected)]
     assert (rejected.command_id, rejected.reason) == ("cmd-4", "pledge_not_found")
-    assert stack.worker.engine.states["co"].settled is not None  # the worker is still going
+
+
+Letter = tuple[int, bytes, dict[str, bytes]]
+
+
+async def dead_letters(stack: Stack, *values: bytes) -> list[Letter]:
+    """``(dlq.offset, value, headers)`` of the command dead letters in ``settlement.dlq``, once
+    one of each of ``values`` is there."""
+    topics = stack.settings.topics()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        records = await read_topics(
+            stack.settings.kafka_bootstrap, [topics.dead_letter("settlement")], topics.partitions
+        )
+        letters = [
+            (int(headers["dlq.offset"]), value, headers)
+            for headers, value in ((dict(r[5]), r[4]) for r in records)
+            if headers.get("dlq.topic") == topics.settlement_commands.encode()
+        ]
+        if set(values) <= {value for _, value, _ in letters}:
+            return sorted(letters, key=lambda letter: letter[0])
+        assert loop.time() < deadline, letters
+        await asyncio.sleep(0.2)
+
+
+def dead_lettered(stack: Stack, cause: str) -> float | None:
+    return stack.registry.get_sample_value(
+        "pledgeflow_settlement_dead_letters_total", {"cause": cause}
+    )
+
+
+async def test_garbage_and_misrouted_commands_are_dead_lettered(stack: Stack) -> None:
+    topics = stack.settings.topics()
+    await stack.producer.send_and_wait(topics.settlement_commands, b"{not json", key=b"co")
+    misrouted = RefundPledge(**ids(5), campaign_id="co", pledge_id="b0", requested_by="x")  # type: ignore[arg-type]
+    # A valid command keyed by another campaign: deciding it would write to a partition whose
+    # commands this one's owner does not read.
+    await stack.producer.send_and_wait(
+        topics.settlement_commands, encode_settlement_command(misrouted), key=b"fixable"
+    )
+    await stack.send(
+        RefundPledge(**ids(6), campaign_id="co", pledge_id="nobody-2", requested_by="x")  # type: ignore[arg-type]
+    )
+    events = await stack.until("co", lambda es: "cmd-6" in {e.causation_id for e in es})
+    assert "cmd-5" not in {e.causation_id for e in events}  # it went on, past both
+    wrong = encode_settlement_command(misrouted)
+    letters = await dead_letters(stack, b"{not json", wrong)  # the bytes, untouched
+    causes = {value: headers["dlq.cause"].decode() for _, value, headers in letters}
+    assert (causes[b"{not json"], causes[wrong]) == ("undecodable", "wrong_key")
+    assert (dead_lettered(stack, "undecodable"), dead_lettered(stack, "wrong_key")) == (1, 1)
+
+
+async def test_a_rebuilt_partition_does_not_dead_letter_a_command_again(
+    stack: Stack, redis_server: str
+) -> None:
+    topics = stack.settings.topics()
+    await stack.producer.send_and_wait(topics.settlement_commands, b"[1, 2", key=b"fixable")
+    await dead_letters(stack, b"[1, 2")
+    # A second member joins the group: every partition is revoked and rebuilt, and each owner
+    # reads its commands again from the beginning.
+    sandbox = SandboxGateway.from_url(redis_server, prefix=stack.settings.sandbox_prefix)
+    second = SettlementWorker(
+        stack.settings, sandbox, clock=FakeClock(), registry=CollectorRegistry()
+    )
+    try:
+        await second.start()
+        await asyncio.wait_for(second.ready.wait(), 60)
+        # Read in order after every earlier command of its partition, by its rebuilt owner.
+        await stack.producer.send_and_wait(topics.settlement_commands, b"[3, 4", key=b"fixable")
+        after = await dead_letters(stack, b"[3, 4")
+    finally:
+        await second.stop()
+    offsets = [offset for offset, _, _ in after]
+    assert len(offsets) == len(set(offsets)), after  # none written twice
+    assert [value for _, value, _ in after].count(b"[1, 2") == 1
 
 
 async def test_tokens_come_from_the_payment_tokens_topic(stack: Stack) -> None:

@@ -214,3 +214,26 @@ async def test_requests_with_a_wrong_key_are_rate_limited_per_address(
         codes = [(await api.get("/v1/campaigns/c-1", headers=wrong)).status_code for _ in range(5)]
         assert codes == [401, 401, 401, 429, 429]
         assert (await api.get("/v1/campaigns/c-1", headers=AUTH_A)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/campaigns",
+        "/v1/campaigns/c-1",
+        "/v1/campaigns/c-1/pledges",
+        "/v1/campaigns/c-1/events",
+        "/v1/campaigns/c-1/settlement",
+    ],
+)
+async def test_reads_answer_503_when_redis_is_out_of_memory(
+    broker: Any, full_redis: str, path: str
+) -> None:
+    """A read's rate-limit write is refused by a full Redis: a 503 problem, never a 500."""
+    settings = api_settings(kafka_bootstrap(), full_redis, unique_name("oomr"))
+    await create_topics(settings)
+    async with api_client(settings) as api:
+        response = await api.get(path, headers=write_headers(new_id("k")))
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == PROBLEM
+        assert "retry-after" in response.headers

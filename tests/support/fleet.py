@@ -10,7 +10,9 @@ stood still while work was waiting (how long it was unavailable).
 
 Workers are started from ``pledgeflow`` subcommands and ``PLEDGEFLOW_*`` variables only, so
 the harness keeps working when a service's modules move; a new service (settlement, notify)
-joins by giving its command and environment to :class:`Fleet`.
+joins by giving its command and environment to :class:`Fleet`. :func:`fault_run` is the frame
+every such test shares: the seed, the topics, the admin client, the tallies, and a teardown
+that stops the workers before anything else.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 
+from schemas.topics import Topics, ensure_topics
 from tests.support.infra import REPO
 from tests.support.worker import ServiceProcess
 
@@ -328,6 +333,93 @@ async def wait_advanced(
             await asyncio.sleep(0.2)
     finally:
         await consumer.stop()
+        await admin.close()
+
+
+@dataclass
+class FaultRun:
+    """The frame of one multi-worker fault test (made by :func:`fault_run`): a seeded
+    ``rng``, the test's topics (created), an admin client, the figures and fault counts it
+    prints, and the fleets and watches its teardown stops."""
+
+    bootstrap: str
+    redis_url: str
+    log_dir: Path
+    topics: Topics
+    rng: random.Random
+    admin: AIOKafkaAdminClient
+    figures: dict[str, float] = field(default_factory=dict)
+    faults: Counter[str] = field(default_factory=Counter)
+    fleets: list[Fleet] = field(default_factory=list)
+    watches: list[StallWatch] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return self.topics.prefix
+
+    def service_env(self, **settings: str | int) -> dict[str, str]:
+        """:func:`service_env` for this run's broker, Redis, prefix and partitions."""
+        return service_env(
+            kafka_bootstrap=self.bootstrap,
+            redis_url=self.redis_url,
+            topic_prefix=self.prefix,
+            partitions=self.topics.partitions,
+            **settings,
+        )
+
+    def fleet(self, command: list[str], env: dict[str, str], instance_env: str) -> Fleet:
+        """A :class:`Fleet` logging under this run, stopped by its teardown."""
+        fleet = Fleet(command, env, self.log_dir, instance_env=instance_env)
+        self.fleets.append(fleet)
+        return fleet
+
+    def watch(self, group: str, topics: list[str], *, transactional: bool = False) -> StallWatch:
+        """A :class:`StallWatch` of ``group`` (the test starts it), stopped by the teardown."""
+        watch = StallWatch(
+            self.bootstrap, group, topics, self.topics.partitions, transactional=transactional
+        )
+        self.watches.append(watch)
+        return watch
+
+    def stop_workers(self) -> None:
+        for fleet in self.fleets:
+            fleet.stop_all()
+
+    async def static_restart(self, member: Member, session_s: float) -> float:
+        """SIGTERM ``member`` (its graceful stop timed) and start it again within its session
+        timeout ``session_s``, then wait past that timeout: had the old process not been
+        replaced by the same static member, it would expire now. Returns when it began."""
+        t = time.monotonic()
+        member.terminate()
+        self.faults["SIGTERM"] += 1
+        self.figures["graceful_stop_s"] = time.monotonic() - t
+        await asyncio.sleep(self.rng.uniform(0.2, 1.0))
+        member.start()
+        self.faults["static restart within the session timeout"] += 1
+        assert time.monotonic() - t < session_s - 3, "too slow to test"
+        await asyncio.sleep(max(0.0, t + session_s + 1 - time.monotonic()))
+        return t
+
+
+@contextlib.asynccontextmanager
+async def fault_run(
+    bootstrap: str, redis_url: str, log_dir: Path, *, prefix: str, partitions: int
+) -> AsyncIterator[FaultRun]:
+    """A :class:`FaultRun` (its seed printed, so a failure can be replayed); on exit every
+    worker is stopped first (nothing may keep running), then the watches and the admin."""
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed}")
+    topics = Topics(prefix=prefix, partitions=partitions)
+    await ensure_topics(bootstrap, topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    run = FaultRun(bootstrap, redis_url, log_dir, topics, random.Random(seed), admin)
+    try:
+        yield run
+    finally:
+        run.stop_workers()
+        for watch in run.watches:
+            await watch.stop()
         await admin.close()
 
 

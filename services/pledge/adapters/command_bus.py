@@ -132,26 +132,43 @@ class CommandBus:
     async def send(self, campaign_id: str, value: bytes) -> None:
         """Append one command and wait until every in-sync replica has it."""
         started = time.perf_counter()
+        await self.append(campaign_id, value)
+        if self._on_produce is not None:
+            self._on_produce(time.perf_counter() - started)
+
+    def append(self, campaign_id: str, value: bytes) -> asyncio.Future[None]:
+        """Append one command to its partition's open batch now, and return the future of its
+        acknowledgement (:meth:`send` without the wait: records appended before the caller
+        next yields leave in the same hand-over, so in the same produce request).
+
+        Each caller awaits a future of its own: a cancelled request cancels only that one,
+        never the batch other requests wait on (cheaper than asyncio.shield)."""
         where, key = self._route.get(campaign_id) or self._route_of(campaign_id)
         queue = self._open.get(where)
         if queue and queue[-1].builder.append(key=key, value=value, timestamp=None) is not None:
             batch = queue[-1]
         else:
             batch = self._new_batch(where, key, value)
-        # Each sender awaits a future of its own: a cancelled request cancels only that one,
-        # never the batch other requests wait on (cheaper than asyncio.shield).
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch.waiters.append(waiter)
-        await waiter
-        if self._on_produce is not None:
-            self._on_produce(time.perf_counter() - started)
+        return waiter
 
     async def send_records(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-        """Append ``(key, value)`` records to ``topic`` (one of ``record_topics``) and wait until
-        every one is acknowledged (the first error, or :class:`CommandLogTimeout` after the
-        send timeout). A record goes where Kafka's default partitioner puts its key (murmur2),
-        as a plain producer would send it: a compacted topic keeps one partition per key. The
-        records share the open batches and the flusher with the commands."""
+        """:meth:`append_records` and wait until every record is acknowledged (the first
+        error, or :class:`CommandLogTimeout` after the send timeout)."""
+        await self.append_records(topic, records)
+
+    def append_records(
+        self, topic: str, records: Sequence[tuple[bytes, bytes]]
+    ) -> asyncio.Future[Any]:
+        """Append ``(key, value)`` records to ``topic`` (one of ``record_topics``) now, and
+        return the future of their acknowledgement (the first error). A record goes where
+        Kafka's default partitioner puts its key (murmur2), as a plain producer would send it:
+        a compacted topic keeps one partition per key. The records share the open batches and
+        the flusher with the commands: appended before the caller next yields, they leave in
+        the same produce request as the commands appended meanwhile. Raises :class:`KeyError`
+        at once (nothing appended) for a topic the bus was not opened for or before
+        :meth:`start`."""
         partitions = self._record_partitions[topic]
         count = len(partitions)
         open_batches = self._open
@@ -164,7 +181,7 @@ class CommandBus:
                 touched[last] = None
             else:
                 touched[self._new_batch(where, key, value)] = None
-        await self._settled(touched)
+        return self._acknowledged(touched)
 
     def _new_batch(self, where: tuple[str, int], key: bytes, value: bytes) -> _Batch:
         """Open a new record batch for ``where`` (topic, partition) holding this record (the
@@ -288,6 +305,20 @@ class CommandBus:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+
+    @staticmethod
+    def _acknowledged(touched: dict[_Batch, None]) -> asyncio.Future[Any]:
+        """One future for the acknowledgement of every batch in ``touched`` (the first
+        error); one record's usual case is the batch's own waiter, no gather."""
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[None]] = []
+        for batch in touched:
+            waiter: asyncio.Future[None] = loop.create_future()
+            batch.waiters.append(waiter)
+            waiters.append(waiter)
+        if len(waiters) == 1:
+            return waiters[0]
+        return asyncio.gather(*waiters)
 
     async def _send_batch(
         self, batch: object, topic: str, partition: int

@@ -12,19 +12,27 @@ erasure never touches a hash chain.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from services.pledge.adapters.command_bus import CommandBus
 from services.streams import read_to_end
 
-__all__ = ["KafkaPaymentTokens", "forget_payment_token", "load_payment_tokens"]
+__all__ = [
+    "KafkaPaymentTokens",
+    "forget_payment_token",
+    "load_payment_tokens",
+    "load_payment_tokens_to_end",
+]
 
 
 class KafkaPaymentTokens:
     """The API's :class:`~services.pledge.api.ports.PaymentTokenStore` on Kafka (idempotent
-    producer, ``acks=all``: a token is durable before its command is sent). Like the command
+    producer, ``acks=all``). The API appends a pledge's token and its command in the same
+    produce request (:meth:`stage`) and answers only once both are acknowledged. Like the command
     log, a write not acknowledged within ``send_timeout_s`` fails (the API answers 503 instead
     of hanging while the broker is down).
 
@@ -60,13 +68,28 @@ class KafkaPaymentTokens:
     async def put(self, tokens: Sequence[tuple[str, str]]) -> None:
         """Write ``(pledge key, token)`` pairs; returns once every one is acknowledged, raises
         :class:`TimeoutError` when that takes longer than the send timeout."""
-        await self._bus.send_records(
+        await self.stage(tokens)
+
+    def stage(self, tokens: Sequence[tuple[str, str]]) -> asyncio.Future[Any]:
+        """Append ``(pledge key, token)`` pairs to the bus's open batches now and return the
+        future of their acknowledgement: a command the caller appends before it next yields
+        leaves in the same produce request. Raises at once, with nothing appended, when the
+        store cannot take them (its bus not started, or not opened for this topic)."""
+        return self._bus.append_records(
             self.topic, [(key.encode(), token.encode()) for key, token in tokens]
         )
 
 
 async def load_payment_tokens(bootstrap: str, topic: str, partitions: int) -> dict[str, str]:
     """``pledge key -> token`` of every token not erased yet (latest record per key)."""
+    return (await load_payment_tokens_to_end(bootstrap, topic, partitions))[0]
+
+
+async def load_payment_tokens_to_end(
+    bootstrap: str, topic: str, partitions: int
+) -> tuple[dict[str, str], dict[TopicPartition, int]]:
+    """:func:`load_payment_tokens`, and the offset each partition was read to: a reader that
+    tails the topic from there misses no token appended meanwhile."""
     tokens: dict[str, str] = {}
 
     def keep(record: ConsumerRecord[bytes, bytes]) -> None:
@@ -77,8 +100,8 @@ async def load_payment_tokens(bootstrap: str, topic: str, partitions: int) -> di
         else:
             tokens[record.key.decode()] = record.value.decode()
 
-    await read_to_end(bootstrap, [TopicPartition(topic, p) for p in range(partitions)], keep)
-    return tokens
+    ends = await read_to_end(bootstrap, [TopicPartition(topic, p) for p in range(partitions)], keep)
+    return tokens, ends
 
 
 async def forget_payment_token(producer: AIOKafkaProducer, topic: str, key: str) -> None:

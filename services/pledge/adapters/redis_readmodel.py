@@ -35,6 +35,7 @@ a redelivered event (seq already applied) is a no-op, and a stale writer is refu
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ from services.pledge.adapters.redis_pipeline import LuaScript
 __all__ = [
     "APPLY_SCRIPT",
     "CampaignRow",
+    "JoinedHash",
     "Keys",
     "PledgeOp",
     "PledgeRow",
@@ -171,17 +173,27 @@ return 1
 
 
 # A listing page. KEYS[1] index set; ARGV[1] lower bound ('-' or '(<last id>'), ARGV[2] most
-# members, ARGV[3] the rows' key prefix (the member is appended), ARGV[4..] row fields.
-# Returns member, then its fields, per member (a member whose row is gone gives nils).
+# members, then groups of (key prefix the member is appended to, field count, fields...): the
+# rows, and optionally a hash read beside each row (a pledge's payment record).
+# Returns member, then every group's fields, per member (a hash that is gone gives nils).
 PAGE_SCRIPT = """
 local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
-local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local groups = {}
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  local fields = {}
+  for j = 1, n do fields[j] = ARGV[i + 1 + j] end
+  groups[#groups + 1] = {ARGV[i], fields, n}
+  i = i + 2 + n
+end
 local out = {}
 for _, id in ipairs(ids) do
   out[#out + 1] = id
-  local values = redis.call('HMGET', ARGV[3] .. id, unpack(fields))
-  for j = 1, #fields do out[#out + 1] = values[j] end
+  for _, group in ipairs(groups) do
+    local values = redis.call('HMGET', group[1] .. id, unpack(group[2]))
+    for j = 1, group[3] do out[#out + 1] = values[j] end
+  end
 end
 return out
 """
@@ -215,14 +227,34 @@ class PledgeRow:
     cancel: dict[str, Any] | None = None
     #: When the API wrote the row pending (ms since the epoch, Redis' clock).
     pending_since: int | None = None
+    #: Its payment record, read beside it by a listing page (:class:`JoinedHash`); None when
+    #: there is none (or the store joins none).
+    payment: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedHash:
+    """A hash a pledge page reads beside each row in the same script (no round trip per
+    row): the settlement read model's payment record. Given here by the composition root,
+    since that layout belongs to settlement (whose adapter imports this module)."""
+
+    #: ``(campaign_id, pledge_id) -> key``; ``key(c, "")`` must be the prefix of every key.
+    key: Callable[[str, str], str]
+    fields: Sequence[str]
+    #: The values of ``fields`` in order (None: absent) -> the record (None: there is none).
+    parse: Callable[[Sequence[bytes | None]], dict[str, Any] | None]
 
 
 class ReadModelStore:
     """Reads and writes of the read model (one namespace)."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, *, payments: JoinedHash | None = None
+    ) -> None:
         self.client = client
         self.keys = keys
+        #: Read beside each row of a pledge page (None: pages carry no payment).
+        self.payments = payments
         self._page_script = client.register_script(PAGE_SCRIPT)
 
     async def load_scripts(self) -> None:
@@ -272,7 +304,7 @@ class ReadModelStore:
         the id to resume after (None: no more)."""
         index = self.keys.campaign_index(tenant_id, status)
         found, more = await self._page(
-            index, self.keys.campaign(""), _CAMPAIGN_FIELDS, after, limit
+            index, [(self.keys.campaign(""), _CAMPAIGN_FIELDS)], after, limit
         )
         rows = [
             CampaignRow(int(seq), _text(tenant), orjson.loads(doc) if doc else None)
@@ -287,26 +319,40 @@ class ReadModelStore:
         """Up to ``limit`` of the campaign's pledges with ``status`` (or ``all``) whose id
         sorts after ``after``, in id order, and the id to resume after (None: no more)."""
         index = self.keys.pledge_index(campaign_id, status)
-        prefix = self.keys.pledge(campaign_id, "")
-        found, more = await self._page(index, prefix, _PLEDGE_FIELDS, after, limit)
-        rows = [
-            _pledge_row(row_status, doc, refusal, cancel, since)
-            for row_status, doc, refusal, cancel, since in found
-            if row_status is not None and doc is not None
+        groups: list[tuple[str, Sequence[str]]] = [
+            (self.keys.pledge(campaign_id, ""), _PLEDGE_FIELDS)
         ]
+        payments = self.payments
+        if payments is not None:
+            groups.append((payments.key(campaign_id, ""), payments.fields))
+        found, more = await self._page(index, groups, after, limit)
+        width = len(_PLEDGE_FIELDS)
+        rows = []
+        for values in found:
+            row_status, doc, refusal, cancel, since = values[:width]
+            if row_status is None or doc is None:
+                continue
+            payment = None if payments is None else payments.parse(values[width:])
+            rows.append(_pledge_row(row_status, doc, refusal, cancel, since, payment))
         return rows, more
 
     async def _page(
-        self, index: str, row_prefix: str, fields: list[str], after: str, limit: int
+        self,
+        index: str,
+        groups: list[tuple[str, Sequence[str]]],
+        after: str,
+        limit: int,
     ) -> tuple[list[list[Any]], str | None]:
-        """One script call: the index's next ``limit`` members and their rows' ``fields``
-        (a consistent snapshot in one round trip: a pipeline of one HMGET per row cost the
-        API more CPU than the rest of a page)."""
+        """One script call: the index's next ``limit`` members and, per ``(key prefix,
+        fields)`` group, the fields of the hash ``prefix + member`` (a consistent snapshot in
+        one round trip: a pipeline of one HMGET per row cost the API more CPU than the rest
+        of a page)."""
         low = f"({after}" if after else "-"
-        reply: list[Any] = await self._page_script(
-            keys=[index], args=[low, limit + 1, row_prefix, *fields]
-        )
-        width = len(fields) + 1
+        args: list[Any] = [low, limit + 1]
+        for prefix, fields in groups:
+            args += [prefix, len(fields), *fields]
+        reply: list[Any] = await self._page_script(keys=[index], args=args)
+        width = sum(len(fields) for _, fields in groups) + 1
         rows = [reply[i : i + width] for i in range(0, len(reply), width)]
         more = None
         if len(rows) > limit:
@@ -365,6 +411,7 @@ def _pledge_row(
     refusal: bytes | str | None,
     cancel: bytes | str | None,
     since: bytes | str | None,
+    payment: dict[str, Any] | None = None,
 ) -> PledgeRow:
     return PledgeRow(
         status=_text(status) or "",
@@ -372,6 +419,7 @@ def _pledge_row(
         refusal=orjson.loads(refusal) if refusal else None,
         cancel=orjson.loads(cancel) if cancel else None,
         pending_since=int(since) if since else None,
+        payment=payment,
     )
 
 

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Path
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from redis.exceptions import ResponseError as RedisResponseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,7 +33,7 @@ from services.pledge.adapters.payment_tokens import KafkaPaymentTokens
 from services.pledge.adapters.redis_decisions import RedisDecisions
 from services.pledge.adapters.redis_ingest import IngestStore
 from services.pledge.adapters.redis_pipeline import REDIS_UNAVAILABLE, AutoPipeline
-from services.pledge.adapters.redis_readmodel import Keys, ReadModelStore
+from services.pledge.adapters.redis_readmodel import JoinedHash, Keys, ReadModelStore
 from services.pledge.api.auth import ApiKeys
 from services.pledge.api.config import ApiSettings, api_settings
 from services.pledge.api.cursors import CursorCodec
@@ -72,7 +73,12 @@ from services.pledge.api.ports import IngestPorts
 from services.pledge.api.problems import ProblemError, problem_body, problem_response
 from services.pledge.api.responses import MetricsMiddleware, RequestMetrics, error_response
 from services.pledge.metrics_api import ApiMetrics, api_metrics
-from services.settlement.adapters.redis_readmodel import RedisSettlementReads, SettlementKeys
+from services.settlement.adapters.redis_readmodel import (
+    PAYMENT_FIELDS,
+    RedisSettlementReads,
+    SettlementKeys,
+    payment_from_fields,
+)
 from services.settlement.api_ports import SettlementPorts
 from services.settlement.api_routes import add_settlement_routes
 from services.streams.log_limits import limit_repeated_root_logs
@@ -193,7 +199,9 @@ def create_app(
     app.add_exception_handler(ProblemError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    for redis_error in REDIS_UNAVAILABLE:
+    # Redis errors are answered here, not by the catch-all below (Starlette re-raises what
+    # reaches that one): a full Redis (OOM) is a 503 on reads too, never a 500.
+    for redis_error in (*REDIS_UNAVAILABLE, RedisResponseError):
         app.add_exception_handler(redis_error, on_error)
     app.add_exception_handler(Exception, on_error)
     request_metrics = RequestMetrics(metrics)
@@ -414,6 +422,7 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
         on_produce=metrics.produce_latency.labels("settlement_command").observe,
         send_timeout_s=settings.api_send_timeout_seconds,
     )
+    settlement_keys = SettlementKeys(settings.topic_prefix)
     await store.load_scripts()
     await bus.start()
     await settlement_bus.start()
@@ -422,11 +431,16 @@ async def real_ports(settings: ApiSettings, metrics: ApiMetrics) -> AsyncIterato
             bus=bus,
             gate=store,
             decisions=RedisDecisions(pipeline, rm_keys),
-            reads=ReadModelStore(client, rm_keys),
+            # A listing page reads each pledge's payment record in its own script.
+            reads=ReadModelStore(
+                client,
+                rm_keys,
+                payments=JoinedHash(settlement_keys.pledge, PAYMENT_FIELDS, payment_from_fields),
+            ),
             tokens=tokens,
             settlement=SettlementPorts(
                 commands=settlement_bus,
-                reads=RedisSettlementReads(client, SettlementKeys(settings.topic_prefix)),
+                reads=RedisSettlementReads(client, settlement_keys),
             ),
         )
     finally:

@@ -60,6 +60,7 @@ from services.pledge.api.responses import (
     stored_response,
 )
 from services.pledge.api.views import (
+    WITH_PAYMENT,
     campaign_etag,
     conditional,
     pledge_etag,
@@ -197,12 +198,19 @@ class Ingest:
             fingerprint=write.fingerprint,
             issued_at=issued_at(),
         )
+        # The token and the command share one Kafka round trip: the token is staged (appended,
+        # not awaited), the command appended and awaited, then the token's acknowledgement
+        # (appended again within the request if that round lost it; docs/security.md).
+        tokens: list[tuple[str, str]] = []
         if self.tokens_out and fields[6] is not None:
-            await pipeline.put_tokens(write, [(pledge_key(qualified, pledge_id), fields[6])])
+            tokens.append((pledge_key(qualified, pledge_id), fields[6]))
+        staged = await pipeline.stage_tokens(write, tokens)
         command_fields = qualified_fields(fields, tenant_id, self.tokens_out)
         await pipeline.send(
-            write, qualified, template.command(command_fields, write.command_id, pledge_id)
+            write, qualified, template.command(command_fields, write.command_id, pledge_id), staged
         )
+        if staged is not None:
+            await pipeline.tokens_stored(write, staged, tokens)
         extra: list[tuple[bytes, bytes]]
         if write.wait <= 0:  # the usual answer, written as orjson would
             status = 202
@@ -396,9 +404,12 @@ class Ingest:
                 tokens.append((pledge_key(sent[0], pledge_id), fields[6]))
             commands.append((sent[0], command(sent, command_id, pledge_id)))
             results[index] = pending_result(index, campaign_id, pledge_id)
-        await pipeline.put_tokens(write, tokens)
+        # Tokens and commands in one Kafka round trip, as on the single-pledge route.
+        staged = await pipeline.stage_tokens(write, tokens)
         if commands:
-            await pipeline.send_all(write, commands)
+            await pipeline.send_all(write, commands, staged)
+        if staged is not None:
+            await pipeline.tokens_stored(write, staged, tokens)
         counts = self.metrics.batch_items
         counts.labels("pending").inc(len(commands))
         if invalid:
@@ -439,7 +450,7 @@ class Ingest:
         expire_before_ms = time.time() * 1000 - self.pending_expiry_ms
         view = pledge_view(row, expire_before_ms)
         settlement = self.ports.settlement
-        if settlement is not None and row.status in ("accepted", "cancelled"):
+        if settlement is not None and row.status in WITH_PAYMENT:
             # Where its money stands (services/settlement/projection.py); nothing recorded
             # yet: pending (authorized, or being charged).
             payment = await settlement.reads.payment(qualified, pledge_id)

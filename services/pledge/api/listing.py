@@ -32,7 +32,14 @@ from services.pledge.api.openapi import COMMON, json_content, problem_content
 from services.pledge.api.problems import ProblemError
 from services.pledge.api.reading import header_map
 from services.pledge.api.responses import JSON
-from services.pledge.api.views import event_view, pledge_view, pledge_visible, visible_campaign
+from services.pledge.api.views import (
+    WITH_PAYMENT,
+    event_view,
+    pledge_view,
+    pledge_visible,
+    visible_campaign,
+)
+from services.settlement.api_models import PENDING_PAYMENT
 
 __all__ = ["MAX_LIMIT", "Listings", "add_listing_routes"]
 
@@ -97,11 +104,15 @@ class Listings:
         after = self.cursors.decode(tenant, listing, cursor) if cursor else ""
         rows, more = await self.ingest.reads.pledge_page(qualified, index, after, limit)
         expire_before_ms = time.time() * 1000 - self.ingest.pending_expiry_ms
-        views = [
-            pledge_view(row, expire_before_ms)
-            for row in rows
-            if pledge_visible(row, tenant, qualified, str(row.doc.get("pledge_id")))
-        ]
+        # Its payment as its own GET shows it, from the record read beside its row.
+        payments = self.ingest.ports.settlement is not None
+        views = []
+        for row in rows:
+            if pledge_visible(row, tenant, qualified, str(row.doc.get("pledge_id"))):
+                view = pledge_view(row, expire_before_ms)
+                if payments and row.status in WITH_PAYMENT:
+                    view["payment"] = row.payment or PENDING_PAYMENT
+                views.append(view)
         items = [v for v in views if v["status"] == "pending"] if status == "pending" else views
         return self._page(items, tenant, listing, more)
 

@@ -326,8 +326,9 @@ class PledgeView(_Out):
     )
     payment: PaymentView | None = Field(
         default=None,
-        description="Where its money stands (settlement read model; GET of one pledge only, "
-        "null unless accepted or cancelled).",
+        description="Where its money stands (settlement read model), on its GET and in the "
+        "pledge listings alike; absent unless accepted or cancelled (`pending` while "
+        "settlement has recorded nothing for it).",
     )
 
 

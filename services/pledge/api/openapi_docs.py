@@ -37,6 +37,15 @@ _PLEDGE_VIEW: dict[str, Any] = {
     "reason": None,
     "detail": None,
     "last_refusal": None,
+    "payment": {
+        "status": "captured",
+        "attempts": 1,
+        "retry_until": None,
+        "captured_minor": 2500,
+        "refunded_minor": 0,
+        "method_updated": False,
+        "reason": None,
+    },
 }
 _CAMPAIGN_VIEW: dict[str, Any] = {
     "campaign_id": "c-42",

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -51,6 +51,23 @@ _WAIT_STEPS = (0.002, 0.004, 0.008, 0.015, 0.025)
 
 #: The status and body of an accepted decision, from the decision document.
 Accepted = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+
+
+def _token_store_unavailable() -> ProblemError:
+    return ProblemError(
+        "unavailable", "the payment token store is unavailable", headers={"Retry-After": "1"}
+    )
+
+
+def _abandon(staged: Awaitable[Any] | None) -> None:
+    """Nobody will await ``staged`` (the request answers 503): let it settle quietly."""
+    if staged is not None:
+        asyncio.ensure_future(staged).add_done_callback(_quiet)
+
+
+def _quiet(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class WritePipeline:
@@ -154,8 +171,9 @@ class WritePipeline:
             raise
 
     async def put_tokens(self, write: Write, tokens: Sequence[tuple[str, str]]) -> None:
-        """Store payment tokens (before their commands are sent, within the same send timeout
-        as a command); failure -> 503 with the reservation kept retryable like an unsent
+        """Store payment tokens and wait for their acknowledgement before the command is sent
+        (the settlement fix route: the worker reads the token topic to its end when it reads
+        the command); failure -> 503 with the reservation kept retryable like an unsent
         command (:meth:`unsent`: the same request re-sends both - the token is overwritten,
         the command sent or ignored - and another body is still refused)."""
         if not tokens or self.tokens is None:
@@ -164,28 +182,76 @@ class WritePipeline:
             await self.tokens.put(tokens)
         except Exception as exc:
             await self.unsent(write, exc)
-            raise ProblemError(
-                "unavailable",
-                "the payment token store is unavailable",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise _token_store_unavailable() from None
 
-    async def send(self, write: Write, campaign_id: str, value: bytes) -> None:
-        """Append one command; log unreachable or too slow -> 503 (see :meth:`unsent`)."""
+    async def stage_tokens(
+        self, write: Write, tokens: Sequence[tuple[str, str]]
+    ) -> Awaitable[Any] | None:
+        """Start storing a write's payment tokens, to be acknowledged in the same Kafka round
+        trip as its commands (sent next, before this request yields): what to pass to
+        :meth:`tokens_stored` once the commands are acknowledged, or None (no token). A store
+        known to be down before anything is sent -> 503 with nothing sent and the
+        reservation kept retryable (:meth:`unsent`)."""
+        if not tokens or self.tokens is None:
+            return None
+        try:
+            return self.tokens.stage(tokens)
+        except Exception as exc:
+            await self.unsent(write, exc)
+            raise _token_store_unavailable() from None
+
+    async def tokens_stored(
+        self, write: Write, staged: Awaitable[Any], tokens: Sequence[tuple[str, str]]
+    ) -> None:
+        """Await the tokens :meth:`stage_tokens` started (their commands are acknowledged).
+        Not acknowledged: append them again now (same keys: the store is compacted, the same
+        token written twice is harmless), so a 2xx never leaves a command without its token;
+        still failing -> 503, the reservation kept retryable: the client's retry with the
+        same Idempotency-Key sends the command again (ignored as a duplicate) and the token
+        again."""
+        try:
+            await staged
+            return
+        except Exception as exc:
+            self.metrics.token_retries.inc()
+            log.warning("payment token not acknowledged with its command; appending again: %r", exc)
+        assert self.tokens is not None
+        try:
+            await self.tokens.put(tokens)
+        except Exception as exc:
+            await self.unsent(write, exc)
+            raise _token_store_unavailable() from None
+
+    async def send(
+        self,
+        write: Write,
+        campaign_id: str,
+        value: bytes,
+        staged: Awaitable[Any] | None = None,
+    ) -> None:
+        """Append one command; log unreachable or too slow -> 503 (see :meth:`unsent`).
+        ``staged``: the write's tokens in the same round trip (left to settle on a 503)."""
         try:
             await self.bus.send(campaign_id, value)
         except Exception as exc:
+            _abandon(staged)
             await self.unsent(write, exc)
             raise ProblemError(
                 "unavailable", "the command log is unavailable", headers={"Retry-After": "1"}
             ) from None
 
-    async def send_all(self, write: Write, commands: Sequence[tuple[str, bytes]]) -> None:
+    async def send_all(
+        self,
+        write: Write,
+        commands: Sequence[tuple[str, bytes]],
+        staged: Awaitable[Any] | None = None,
+    ) -> None:
         """Append a batch's commands; any failure -> 503 (a retry of the whole batch is safe:
         items that did reach Kafka are ignored the second time)."""
         try:
             await self.bus.send_all(commands)
         except Exception as exc:
+            _abandon(staged)
             await self.unsent(write, exc)
             raise ProblemError(
                 "unavailable",

@@ -8,7 +8,7 @@ the integration tests prove the real adapters. A protocol costs nothing per call
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,6 +69,13 @@ class PaymentTokenStore(Protocol):
 
     async def put(self, tokens: Sequence[tuple[str, str]]) -> None:
         """Store ``(pledge key, token)`` pairs durably; raises if any is not stored."""
+        ...
+
+    def stage(self, tokens: Sequence[tuple[str, str]]) -> Awaitable[Any]:
+        """Start storing ``(pledge key, token)`` pairs now and return what to await for their
+        acknowledgement (raises, if any is not stored): a command sent before the caller next
+        yields shares their Kafka round trip. Raises at once, having sent nothing, when the
+        store is known to be unable to take them."""
         ...
 
 

@@ -20,6 +20,7 @@ from services.pledge.api.reading import HeaderMap, header
 from services.pledge.api.responses import JSON
 
 __all__ = [
+    "WITH_PAYMENT",
     "campaign_etag",
     "conditional",
     "event_view",
@@ -28,6 +29,10 @@ __all__ = [
     "pledge_visible",
     "visible_campaign",
 ]
+
+
+#: Statuses of a pledge whose body shows ``payment`` (money was or may be moved for it).
+WITH_PAYMENT = frozenset({"accepted", "cancelled"})
 
 
 def visible_campaign(

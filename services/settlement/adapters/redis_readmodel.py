@@ -19,7 +19,7 @@ is a no-op and a stale writer is refused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -28,7 +28,14 @@ import redis.asyncio as aioredis
 from services.pledge.adapters.redis_pipeline import LuaScript
 from services.pledge.adapters.redis_readmodel import unlink_matching
 
-__all__ = ["APPLY_SETTLEMENT", "RedisSettlementReads", "SettlementKeys"]
+__all__ = [
+    "APPLY_SETTLEMENT",
+    "PAYMENT_FIELDS",
+    "RedisSettlementReads",
+    "SettlementKeys",
+    "payment_from_fields",
+    "payment_record",
+]
 
 
 class SettlementKeys:
@@ -99,6 +106,8 @@ return 1
 )
 
 _INTS = ("attempts", "captured_minor", "refunded_minor")
+#: Every field of a pledge's payment hash that :func:`payment_record` reads.
+PAYMENT_FIELDS = ("status", *_INTS, "retry_until", "method_updated", "reason")
 
 
 def _text(value: bytes | str) -> str:
@@ -118,6 +127,23 @@ def payment_record(raw: Mapping[Any, Any]) -> dict[str, Any] | None:
     record["method_updated"] = fields.get("method_updated") == "true"
     record["reason"] = fields.get("reason")
     return record
+
+
+def payment_from_fields(values: Sequence[bytes | str | None]) -> dict[str, Any] | None:
+    """:func:`payment_record` of the values of :data:`PAYMENT_FIELDS` (in that order, as
+    ``HMGET`` answers; None when the hash has none of them): a listing page's fast path."""
+    if values.count(None) == len(values):
+        return None
+    status, attempts, captured, refunded, retry_until, method_updated, reason = values
+    return {
+        "status": "pending" if status is None else _text(status),
+        "attempts": int(attempts or 0),
+        "captured_minor": int(captured or 0),
+        "refunded_minor": int(refunded or 0),
+        "retry_until": None if retry_until is None else _text(retry_until),
+        "method_updated": method_updated in (b"true", "true"),
+        "reason": None if reason is None else _text(reason),
+    }
 
 
 class RedisSettlementReads:

@@ -172,3 +172,53 @@ def test_an_envelope_folded_twice_is_applied_once() -> None:
     state = engine.states["camp-1"]
     assert state.pledges["p1"].cancelled  # the second PledgeMade did not reset it
     assert state.campaign_seq == len(book.log)
+
+
+def funded_book(token: str | None = None) -> CampaignBook:
+    book = CampaignBook(goal_minor=1_000).launch()
+    book.pledge("p1", 2_000, token)
+    book.close("funded")
+    return book
+
+
+async def test_a_capture_whose_token_is_missing_waits_for_the_token_topic_to_be_read() -> None:
+    # The API appends a pledge's token in the same Kafka round as its command (and again if
+    # that round lost it): the worker may fold the PledgeMade before its token reader has it.
+    tokens: dict[str, str] = {}
+    gateway = MemoryGateway()
+    engine = SettlementEngine(
+        gateway, Policy(), token_of=lambda campaign, pledge: tokens.get(f"{campaign}/{pledge}")
+    )
+    for envelope in funded_book().log:
+        engine.apply(envelope)
+    assert engine.launch(T0) == 0  # held back: the worker reads the token topic to its end
+    assert engine.awaiting_tokens == 1
+    assert gateway.executed == []
+    tokens["camp-1/p1"] = "tok_visa"  # what that read found
+    assert engine.launch(T0) == 1
+    assert engine.awaiting_tokens == 0
+    await engine.wait(0.1)
+    [call] = gateway.executed
+    assert (call.kind, call.payment_token) == ("capture", "tok_visa")
+
+
+async def test_a_token_still_missing_after_the_read_holds_the_call_back_only_once() -> None:
+    gateway = MemoryGateway()
+    engine = SettlementEngine(gateway, Policy(), token_of=lambda campaign, pledge: None)
+    for envelope in funded_book().log:
+        engine.apply(envelope)
+    assert engine.launch(T0) == 0
+    assert engine.launch(T0) == 1  # made without a token (the gateway decides)
+    assert engine.awaiting_tokens == 0
+    await engine.wait(0.1)
+    [call] = gateway.executed
+    assert (call.kind, call.payment_token) == ("capture", None)
+
+
+async def test_a_pledge_whose_events_carry_its_token_is_never_held_back() -> None:
+    gateway = MemoryGateway()
+    engine = SettlementEngine(gateway, Policy(), token_of=lambda campaign, pledge: None)
+    for envelope in funded_book("tok_ok").log:
+        engine.apply(envelope)
+    assert engine.launch(T0) == 1
+    assert engine.awaiting_tokens == 0

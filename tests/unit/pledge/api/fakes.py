@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -66,6 +66,9 @@ class FakeReadModel:
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: campaign id -> seq -> the event's public JSON
     events: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    #: (campaign id, pledge id) -> payment record, read beside a page's rows (as the real
+    #: store's page script does); shared with the settlement fake's records by FakePorts.
+    payments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     down: bool = False
 
     def launched(self, campaign_id: str, tenant_id: str) -> None:
@@ -117,7 +120,11 @@ class FakeReadModel:
             if owner == campaign_id and status in ("all", row.status) and pledge_id > after
         )
         more = ids[limit - 1] if len(ids) > limit else None
-        return [self.pledges[(campaign_id, p)] for p in ids[:limit]], more
+        rows = [
+            replace(self.pledges[(campaign_id, p)], payment=self.payments.get((campaign_id, p)))
+            for p in ids[:limit]
+        ]
+        return rows, more
 
     async def event_page(
         self, campaign_id: str, after_seq: int, limit: int
@@ -242,12 +249,44 @@ class FakePaymentTokens:
     """The erasable token store: ``pledge key -> token``."""
 
     tokens: dict[str, str] = field(default_factory=dict)
+    #: known down before anything is sent: every append raises at once
     down: bool = False
+    #: the next ``lost`` appends are sent but never acknowledged (their commands may be)
+    lost: int = 0
+    #: set: an append is acknowledged only once it is set (the commands are not held)
+    hold: asyncio.Event | None = None
+    #: every append, acknowledged or not, in order (a retry appends the same pairs again)
+    appends: list[list[tuple[str, str]]] = field(default_factory=list)
+    _settling: set[asyncio.Future[None]] = field(default_factory=set, repr=False)
 
     async def put(self, tokens: Sequence[tuple[str, str]]) -> None:
+        await self.stage(tokens)
+
+    def stage(self, tokens: Sequence[tuple[str, str]]) -> asyncio.Future[None]:
         if self.down:
             raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
-        self.tokens.update(tokens)
+        pairs = list(tokens)
+        self.appends.append(pairs)
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lost = self.lost > 0
+        if lost:
+            self.lost -= 1
+
+        async def settle() -> None:
+            if self.hold is not None:
+                await self.hold.wait()
+            if lost:
+                acked.set_exception(TimeoutError("the broker did not acknowledge the token"))
+            else:
+                self.tokens.update(pairs)
+                acked.set_result(None)
+
+        if self.hold is None and not lost:
+            self.tokens.update(pairs)
+            acked.set_result(None)
+        else:
+            self._settling.add(asyncio.ensure_future(settle()))
+        return acked
 
 
 @dataclass
@@ -286,6 +325,7 @@ class FakePorts:
 
     def __post_init__(self) -> None:
         self.gate = FakeIngestGate(self.readmodel)
+        self.readmodel.payments = self.settlement.payments
 
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[IngestPorts]:

@@ -205,6 +205,29 @@ async def test_a_failed_capture_shows_with_its_retry_deadline(api: Api) -> None:
     )
 
 
+async def test_listed_pledges_show_their_payment_as_their_own_get_does(api: Api) -> None:
+    accepted_pledge(api)
+    capture_failed(api)
+    doc = api.fakes.readmodel.pledges[(QA, "p-1")].doc
+    # p-2: nothing recorded by settlement yet (pending); p-3: no money moved (no payment).
+    api.fakes.readmodel.pledges[(QA, "p-2")] = PledgeRow(
+        "cancelled", {**doc, "pledge_id": "p-2"}, None
+    )
+    api.fakes.readmodel.pledges[(QA, "p-3")] = PledgeRow(
+        "rejected", {**doc, "pledge_id": "p-3"}, None
+    )
+    response = await api.client.get("/v1/campaigns/c-1/pledges", headers=AUTH_A)
+    assert response.status_code == 200
+    listed = {item["pledge_id"]: item for item in response.json()["data"]}
+    assert listed["p-1"]["payment"]["status"] == "capture_failed"
+    assert listed["p-2"]["payment"]["status"] == "pending"
+    assert listed["p-3"].get("payment") is None
+    for pledge_id in ("p-1", "p-2", "p-3"):
+        url = f"/v1/campaigns/c-1/pledges/{pledge_id}"
+        own = (await api.client.get(url, headers=AUTH_A)).json()
+        assert listed[pledge_id] == own
+
+
 # --- the commands -----------------------------------------------------------------------------
 
 

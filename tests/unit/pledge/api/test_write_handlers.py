@@ -359,6 +359,80 @@ async def test_token_store_down_is_a_503_sends_nothing_and_keeps_the_key_for_a_r
     assert all(decode_command(value).payment_token is None for _, value in api.fakes.bus.sent)
 
 
+@pytest.mark.parametrize("endpoint", ["pledge", "batch"])
+async def test_the_token_and_the_command_are_sent_in_the_same_round(
+    api: Api, endpoint: str
+) -> None:
+    # The token's acknowledgement is held: the command must already be on the log (one
+    # Kafka round trip for both), and the answer must still wait for the token.
+    api.fakes.tokens.hold = asyncio.Event()
+    request = asyncio.ensure_future(post(api, endpoint, "k-1"))
+    for _ in range(200):
+        if api.fakes.bus.sent or request.done():
+            break
+        await asyncio.sleep(0.005)
+    assert not request.done()
+    assert len(api.fakes.bus.sent) == 1
+    assert api.fakes.tokens.appends == [[("tenant-a/c-1/p-0" if endpoint == "batch" else
+                                          "tenant-a/c-1/p-1", "tok_visa")]]  # fmt: skip
+    await asyncio.sleep(0.01)
+    assert not request.done()  # no 202 before the token is acknowledged
+    api.fakes.tokens.hold.set()
+    assert (await request).status_code == 202
+    assert list(api.fakes.tokens.tokens.values()) == ["tok_visa"]
+
+
+@pytest.mark.parametrize("endpoint", ["pledge", "batch"])
+async def test_a_token_lost_while_its_command_was_acked_is_appended_again_within_the_request(
+    api: Api, endpoint: str
+) -> None:
+    api.fakes.tokens.lost = 1
+    response = await post(api, endpoint, "k-1")
+    assert response.status_code == 202
+    assert len(api.fakes.bus.sent) == 1
+    assert len(api.fakes.tokens.appends) == 2  # the lost one, then the same pair again
+    assert api.fakes.tokens.appends[0] == api.fakes.tokens.appends[1]
+    assert list(api.fakes.tokens.tokens.values()) == ["tok_visa"]
+    assert api.registry.get_sample_value("pledgeflow_api_payment_token_retries_total") == 1
+
+
+@pytest.mark.parametrize("endpoint", ["pledge", "batch"])
+async def test_a_token_still_lost_is_a_503_and_the_retry_appends_it_again(
+    api: Api, endpoint: str
+) -> None:
+    api.fakes.tokens.lost = 2  # the shared round and the retry within the request
+    response = await post(api, endpoint, "k-1")
+    assert response.status_code == 503
+    assert problem_type(response) == "unavailable"
+    assert response.json()["detail"] == "the payment token store is unavailable"
+    assert response.headers["retry-after"] == "1"
+    assert len(api.fakes.bus.sent) == 1  # the command was acknowledged
+    assert api.fakes.tokens.tokens == {}
+    # Another body under the key is still refused; the same request goes through again and
+    # appends the token again (its command is sent again: the processor ignores the copy).
+    other = await post(api, endpoint, "k-1", other=True)
+    assert (other.status_code, problem_type(other)) == (422, "idempotency-key-reused")
+    assert (await post(api, endpoint, "k-1")).status_code == 202
+    assert list(api.fakes.tokens.tokens.values()) == ["tok_visa"]
+    assert len(api.fakes.tokens.appends) == 3
+    assert len({decode_command(value).command_id for _, value in api.fakes.bus.sent}) == 1
+
+
+@pytest.mark.parametrize("endpoint", ["pledge", "batch"])
+async def test_a_command_not_acked_is_a_503_whatever_became_of_its_token(
+    api: Api, endpoint: str
+) -> None:
+    api.fakes.bus.failure = TimeoutError("the broker did not acknowledge the command in time")
+    api.fakes.tokens.lost = 1
+    response = await post(api, endpoint, "k-1")
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("the command log is unavailable")
+    api.fakes.bus.failure = None
+    assert (await post(api, endpoint, "k-1")).status_code == 202
+    assert list(api.fakes.tokens.tokens.values()) == ["tok_visa"]
+    assert len(api.fakes.bus.sent) == 1
+
+
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 async def test_a_key_whose_command_was_not_acknowledged_still_refuses_another_body(
     api: Api, endpoint: str
