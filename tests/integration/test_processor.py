@@ -419,3 +419,25 @@ async def test_a_partition_whose_transaction_hangs_holds_back_no_other_partition
         assert committed() == before + 2
     assert_gapless(events)
     assert set(decisions(events).values()) == {1}
+
+
+async def test_a_rebuild_during_a_long_poll_loses_no_command(bootstrap: str, unique: str) -> None:
+    """A transaction fails while the loop waits in a long poll: the rebuild seeks back to the
+    committed offset, and the poll then returns the re-read commands. They are read again
+    rather than dropped as stale (which lost them: nothing would fetch them again)."""
+    settings = processor_settings(bootstrap, unique, processor_poll_ms=5000)
+    topics = await create_topics(settings)
+    failures = {"left": 1}
+
+    async def fail_once(partition: int) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("injected failure before commit")
+
+    commands: list[Any] = [launch("camp-l"), *[pledge("camp-l", f"p{i}") for i in range(5)]]
+    async with running(settings, before_commit=fail_once):
+        await produce_commands(settings.kafka_bootstrap, topics.commands, commands)
+        events = await wait_for_events(settings.kafka_bootstrap, topics, count(6), within=30)
+    assert failures["left"] == 0
+    assert len(events) == 6
+    assert_gapless(events)

@@ -326,7 +326,11 @@ class Processor:
                     if not records or number not in self._parts:
                         continue
                     if self._epochs.get(number) != epochs.get(number):
-                        continue  # fetched before a rebuild moved the partition back
+                        # A rebuild began while this poll was out: its records may come from
+                        # before or after the rebuild's seek. Drop them and read again from
+                        # the first offset the rebuilt partition has not taken yet.
+                        self._read_again(tp)
+                        continue
                     backlog = self._backlog.setdefault(number, [])
                     backlog.extend(records)
                     if len(backlog) >= batch_max and tp not in self._paused:
@@ -374,6 +378,15 @@ class Processor:
                     # CONCURRENT_TRANSACTIONS and retried 20 ms later); what arrives
                     # meanwhile joins that transaction.
                     await asyncio.sleep(gap)
+
+    def _read_again(self, tp: TopicPartition) -> None:
+        """Seek ``tp`` to the first command its owned partition has neither decided nor
+        holds in its backlog (nothing to do while it is being rebuilt: its seek comes)."""
+        part = self._parts.get(tp.partition)
+        if part is None or self._consumer is None:
+            return
+        backlog = self._backlog.get(tp.partition)
+        self._consumer.seek(tp, backlog[-1].offset + 1 if backlog else part.next_command)
 
     def _resume(self, number: int) -> None:
         """Resume ``number``'s fetching once its backlog is below a batch again."""
