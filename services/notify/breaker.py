@@ -59,6 +59,15 @@ class CircuitBreaker:
         if state.failures >= self.threshold:
             state.open_until = now + self.cooldown
 
+    def limits(self, now: float) -> dict[str, int]:
+        """The lanes whose circuit is not closed, with how many attempts may start there now:
+        0 while open or while the half-open probe is out, 1 when the probe may start."""
+        return {
+            lane: 0 if (now < s.open_until or s.probing) else 1
+            for lane, s in self._lanes.items()
+            if s.failures >= self.threshold
+        }
+
     def open_count(self, now: float) -> int:
         """Lanes open right now (a metric)."""
         return sum(

@@ -6,17 +6,15 @@ own slots. A delivery is **claimed** (leased) in the queue before it is sent and
 (``NotificationSent`` on the notify stream, then marked sent in the queue) after; a failed
 attempt is recorded (``NotificationFailed``) and retried with exponential backoff and jitter
 until the last attempt, which goes to ``notify.dlq``. The guarantee this gives is stated in
-docs/notify.md. One module (over 400 lines): the pump, the attempt and its settling share the
-lanes' state (slots, persons in flight, remembered items) and are only correct read together.
+docs/notify.md. A pump is one queue call that claims only what the lanes have room for
+(:meth:`~services.notify.ports.DeliveryQueue.take`), so a full lane's backlog costs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -41,6 +39,7 @@ from services.notify.ports import (
     NotOwner,
     Queued,
     Recorder,
+    Room,
 )
 from services.notify.webhooks import body_bytes, signed_headers
 
@@ -48,31 +47,8 @@ __all__ = ["Dispatcher", "backoff_seconds"]
 
 log = logging.getLogger("pledgeflow.notify.dispatch")
 
-#: How long a due item of a saturated lane waits before it is looked at again.
-_BUSY_PUSH_BACK_MS = 100
-#: At most this much more for a full lane's items (a lane's timing may be off: see _attempt).
-_MAX_LANE_WAIT_MS = 1000
-_BATCH = 256
-#: A full lane remembers up to this many times its slots of its scanned due items.
-_LANE_MEMORY = 32
 #: How long the dispatcher lets slots free up together before it pumps again.
 _COALESCE_SECONDS = 0.002
-
-
-@dataclass(slots=True)
-class _Waiting:
-    """A due item of a full lane, already scanned: it starts when the lane has room."""
-
-    nid: str
-    full_lane: str
-    part: int
-    #: its due time in the queue (ms), moved on when pushed back
-    due: float
-
-    @property
-    def person(self) -> str:
-        """The person of an e-mail lane (``email|<person>``), else ''."""
-        return self.full_lane.partition("|")[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,16 +99,13 @@ class Dispatcher:
             threshold=settings.notify_breaker_threshold,
             cooldown=settings.notify_breaker_cooldown_seconds,
         )
+        self._lease_ms = int(settings.notify_lease_seconds * 1000)
+        #: deliveries in flight per lane (``webhook:<id>``, ``email``)
         self._inflight: dict[str, int] = {}
         self._freed = asyncio.Event()
-        #: Moving average of one send's duration per lane (seconds).
-        self._duration: dict[str, float] = {}
         #: E-mail lanes of persons with a message in flight (their next one waits).
         self._persons: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: per lane, its scanned due items waiting for a slot, in order (claimed when started)
-        self._waiting: dict[str, collections.deque[_Waiting]] = {}
-        self._waiting_ids: dict[str, _Waiting] = {}
         #: deliveries in flight per partition (a revoked partition's are waited for)
         self._by_partition: dict[int, int] = {}
         self._running = False
@@ -142,118 +115,45 @@ class Dispatcher:
         s = self.settings
         return s.notify_email_concurrency if lane == "email" else s.notify_endpoint_concurrency
 
+    def _room(self, now: float) -> Room:
+        """Each lane's free slots: its capacity less what is in flight, at most what its
+        circuit breaker lets start (nothing while open, one half-open probe)."""
+        lanes = {lane: self._capacity(lane) - used for lane, used in self._inflight.items() if used}
+        lanes.setdefault("email", self.settings.notify_email_concurrency)
+        for lane, limit in self.breaker.limits(now).items():
+            lanes[lane] = min(limit, lanes.get(lane, self._capacity(lane)))
+        return Room(self.settings.notify_endpoint_concurrency, lanes, list(self._persons))
+
     async def pump(self) -> int:
         """Start every due delivery its lane has room for; returns how many started.
 
-        A full lane's due items are pushed back in the queue (so its backlog is not rescanned
-        by every pump) and the first of them are also remembered in order (``_waiting``): the
-        pump after a slot frees claims the next one at once, early, without waiting for the
-        queue's due time, so a fast endpoint's lane is refilled at the endpoint's pace.
+        One queue call per pump: the queue is told each lane's free slots and claims only
+        what can start, the oldest across the worker's partitions first (then, in a webhook
+        lane, the next ones of its partition: see the queue's ``take``). A full lane's backlog is
+        neither read nor moved, however long; when a slot frees, the next pump takes the
+        lane's next item at once, so a fast endpoint's lane is refilled at its own pace.
         """
         now = self.clock()
-        now_ms = int(now * 1000)
-        lease_ms = int(self.settings.notify_lease_seconds * 1000)
-        owned = list(self.owned())
-        candidates = await self.queue.due(now_ms, _BATCH, owned)
-        # Oldest first across the worker's partitions: taken in partition order, a full lane
-        # would serve the first partitions' backlog and starve the last ones.
-        candidates.sort(key=lambda c: c[3])
-        self._forget_unowned(set(owned))
-        fresh: dict[str, list[_Waiting]] = {}
-        lanes = {lane for lane in self._waiting if self._has_room(lane)}
-        for nid, full_lane, part, due in candidates:
-            known = self._waiting_ids.get(nid)
-            if known is not None:
-                known.due = due  # due again in the queue: it waits in its place, pushed again
-                lanes.add(full_lane.partition("|")[0])
-            else:
-                lane = full_lane.partition("|")[0]
-                fresh.setdefault(lane, []).append(_Waiting(nid, full_lane, part, due))
-        # Items that must wait move by one shift for all, so they keep their order (a
-        # person's messages, a lane's backlog): the oldest becomes due in _BUSY_PUSH_BACK_MS.
-        oldest = min((due for *_, due in candidates), default=now_ms)
-        shift = now_ms + _BUSY_PUSH_BACK_MS - oldest
-        spread = max(1.0, (now_ms - oldest) / _BUSY_PUSH_BACK_MS)
-        later: dict[int, dict[str, float]] = {}
-        chosen: list[_Waiting] = []
-        for lane in lanes | set(fresh):
-            waiting = self._waiting.pop(lane, collections.deque())
-            order = [*waiting, *fresh.get(lane, ())]
-            waiting = collections.deque()
-            capacity = self._capacity(lane)
-            # a full lane frees a slot about every (send duration / slots): a slow endpoint's
-            # backlog is not rescanned every pump
-            per_slot_ms = self._duration.get(lane, 0.0) * 1000 / capacity
-            wait_ms = min(_MAX_LANE_WAIT_MS, max(0.0, per_slot_ms - _BUSY_PUSH_BACK_MS))
-            used = self._inflight.get(lane, 0)
-            for w in order:
-                remembered = w.nid in self._waiting_ids
-                if w.person and w.full_lane in self._persons:
-                    if remembered:  # stays due in place (or pushed), behind the person's message
-                        waiting.append(w)
-                    continue
-                if used >= capacity:
-                    remember = remembered or len(waiting) < capacity * _LANE_MEMORY
-                    if w.due <= now_ms:
-                        # a remembered item is claimed early, at this due time (its lease
-                        # then ends that much later): squeezed, in order, into one push-back
-                        age = (w.due - oldest) / (spread if remember else 1.0)
-                        w.due = now_ms + _BUSY_PUSH_BACK_MS + wait_ms + age
-                        later.setdefault(w.part, {})[w.nid] = w.due
-                    if remember:
-                        waiting.append(w)
-                elif not self.breaker.allows(lane, now):
-                    reopen_ms = self.breaker.reopens_at(lane) * 1000
-                    base = min(w.due, now_ms)  # a remembered item may be pushed already
-                    later.setdefault(w.part, {})[w.nid] = base + max(shift, reopen_ms - oldest)
-                else:
-                    used += 1
-                    if w.person:
-                        self._persons.add(w.full_lane)
-                    chosen.append(w)
-            if waiting:
-                self._waiting[lane] = waiting
-        self._waiting_ids = {w.nid: w for q in self._waiting.values() for w in q}
-        # an item pushed back earlier is claimed early: at its queue due time (the lease then
-        # ends that much later), never into another owner's lease (the token is checked)
-        claims = await asyncio.gather(
-            *(
-                self.queue.claim(w.nid, w.part, max(now_ms, math.ceil(w.due)), lease_ms)
-                for w in chosen
-            )
-        )
+        room = self._room(now)
+        items = await self.queue.take(int(now * 1000), self._lease_ms, self.owned(), room)
         started = 0
-        still = set(self.owned())  # a partition revoked while claiming: leave it to its owner
-        for w, item in zip(chosen, claims, strict=True):
-            lane = w.full_lane.partition("|")[0]
-            if item is None or w.part not in still:
-                self.breaker.cancel_probe(lane)
-                self._persons.discard(w.full_lane)
-                continue
-            self._inflight[lane] = self._inflight.get(lane, 0) + 1
-            self._by_partition[w.part] = self._by_partition.get(w.part, 0) + 1
-            task = asyncio.create_task(self._attempt(item))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            started += 1
-        for part, moved in later.items():
-            await self.queue.push_back(part, moved)
+        if items:
+            still = set(self.owned())  # a partition revoked while taking: left to its owner
+            for item in items:
+                if item.partition not in still:
+                    continue
+                lane = item.lane.partition("|")[0]
+                self.breaker.allows(lane, now)  # takes the half-open probe the room allowed
+                if item.lane != lane:
+                    self._persons.add(item.lane)
+                self._inflight[lane] = self._inflight.get(lane, 0) + 1
+                self._by_partition[item.partition] = self._by_partition.get(item.partition, 0) + 1
+                task = asyncio.create_task(self._attempt(item))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                started += 1
         self.metrics.open_circuits.set(self.breaker.open_count(now))
         return started
-
-    def _has_room(self, lane: str) -> bool:
-        return self._inflight.get(lane, 0) < self._capacity(lane)
-
-    def _forget_unowned(self, owned: set[int]) -> None:
-        """Drop remembered items of partitions this worker no longer owns (their new owner
-        scans them when due)."""
-        for lane in list(self._waiting):
-            kept = collections.deque(w for w in self._waiting[lane] if w.part in owned)
-            if kept:
-                self._waiting[lane] = kept
-            else:
-                del self._waiting[lane]
-        self._waiting_ids = {w.nid: w for q in self._waiting.values() for w in q}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pump until ``stop`` is set, then wait for the deliveries in flight."""
@@ -314,18 +214,11 @@ class Dispatcher:
         # The lane's slot is held until the outcome is recorded: a send not yet recorded is
         # still "in flight" (a crash then repeats it), and settling must not pile up.
         try:
-            lane = item.lane.partition("|")[0]
-            started = time.monotonic()
             try:
                 outcome = await self._send(item.notification)
             except Exception as exc:  # an adapter bug is a failed attempt, not a dead worker
                 log.exception("notify: delivery of %s raised", item.notification.notification_id)
                 outcome = PostOutcome(False, "internal_error", repr(exc)[:500])
-            took = time.monotonic() - started
-            if took <= self.settings.notify_webhook_timeout_seconds:
-                # longer than any send may take: the process was frozen or starved (a zombie's
-                # send spans its freeze), which says nothing of the endpoint's speed
-                self._duration[lane] = 0.8 * self._duration.get(lane, took) + 0.2 * took
             try:
                 await self._settle(item, outcome)
             except NotOwner:  # the partition moved on: its new owner sends it after the lease

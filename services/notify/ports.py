@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from schemas.events import NotificationFailed, NotificationSent
@@ -19,6 +19,7 @@ __all__ = [
     "NotOwner",
     "Queued",
     "Recorder",
+    "Room",
 ]
 
 
@@ -45,28 +46,32 @@ class Queued:
     first_attempt_ms: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Room:
+    """How many deliveries each lane may start now (what :meth:`DeliveryQueue.take` claims)."""
+
+    #: free slots of a lane not in ``lanes`` (a webhook endpoint with nothing in flight)
+    default: int
+    #: free slots of the lanes that differ: some in flight, the e-mail relay, open circuits
+    lanes: Mapping[str, int] = field(default_factory=dict)
+    #: e-mail lanes of persons (``email|<tenant>/<kind>/<person>``) with a message in flight
+    busy_persons: Sequence[str] = ()
+
+
 class DeliveryQueue(Protocol):
     """Durable pending notifications with due times; a claim is a lease, not a removal."""
 
     async def enqueue(self, notification: Notification, now_ms: int) -> bool:
         """Add unless this id was ever enqueued (redelivered event); True if added."""
 
-    async def due(
-        self, now_ms: int, limit: int, partitions: Iterable[int]
-    ) -> list[tuple[str, str, int, float]]:
-        """Up to ``limit`` per partition of ``(notification_id, lane, partition, due_ms)`` due
-        at ``now_ms`` in the given (owned) partitions, earliest first."""
-
-    async def push_back(self, partition: int, due: dict[str, float]) -> None:
-        """Make due items (id -> new due ms) due later without counting an attempt (busy or
-        open lane)."""
-
-    async def claim(
-        self, notification_id: str, partition: int, now_ms: int, lease_ms: int
-    ) -> Queued | None:
-        """Lease a due item until ``now_ms + lease_ms``; None if not due or already final.
-        ``now_ms`` may be a later time, the due time an item was pushed back to: an early
-        claim of an item this worker remembered for its lane (see ``Dispatcher.pump``)."""
+    async def take(
+        self, now_ms: int, lease_ms: int, partitions: Iterable[int], room: Room
+    ) -> list[Queued]:
+        """Claim (lease until ``now_ms + lease_ms``) the notifications due at ``now_ms`` in the
+        given partitions that their lanes have ``room`` for: per lane, its oldest across the
+        partitions; for e-mail at most one per person, none of a person in ``busy_persons``.
+        Nothing of a lane without room is read. A fenced queue takes nothing in a partition
+        whose owner token is not (or no longer) this worker's."""
 
     async def retry_at(self, item: Queued, due_ms: int, attempts: int, now_ms: int) -> None:
         """Record a failed attempt and when to try again."""

@@ -68,12 +68,17 @@ def address_allowed(address: str, *, allow_private: bool) -> bool:
 async def check_url(url: str, *, allow_private: bool) -> Target:
     """Resolve ``url``'s host and check every address; UnsafeUrl names the reason."""
     scheme, host, port = parse_url(url)
-    loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise UnsafeUrl(f"url: host {host!r} does not resolve") from None
-    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+        # an address literal resolves to itself: no resolver call (a thread hop per delivery)
+        ipaddress.ip_address(host)
+        addresses: tuple[str, ...] = (host,)
+    except ValueError:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            raise UnsafeUrl(f"url: host {host!r} does not resolve") from None
+        addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
         raise UnsafeUrl(f"url: host {host!r} does not resolve")
     refused = [a for a in addresses if not address_allowed(a, allow_private=allow_private)]

@@ -235,7 +235,7 @@ async def test_notify_workers_survive_a_join_a_restart_a_kill_and_a_zombie(
                 for i in missing[:3]:
                     item = await probe.hgetall(f"{unique}notify:n:{i}")
                     part = int(item.get(b"part", b"-1"))
-                    due = await probe.zscore(f"{unique}notify:due:{part}", i)
+                    due = await probe.zscore(f"{unique}notify:due:{part}:webhook:hook", i)
                     owner = await probe.get(f"{unique}notify:owner:{part}")
                     item.pop(b"data", None)
                     states.append((item, f"due in {(due or 0) / 1000 - time.time():.1f}s", owner))

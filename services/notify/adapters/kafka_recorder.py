@@ -4,8 +4,8 @@ notify stream, through the stream runtime's writer.
 Per campaign partition *p* one :class:`~services.streams.PartitionWriter` (transactional id
 ``<group>-<p>``: starting it fences an older owner of *p*) and the chain heads of *p*'s
 campaigns, rebuilt from the notify stream's own log (``replay_partition``). Records that arrive
-while a transaction is in flight are written together in the next one (group commit), so
-concurrent deliveries cost one transaction, not one each.
+while a transaction is in flight, or within ``linger`` (2 ms) of the first, are written
+together (group commit), so concurrent deliveries cost one transaction, not one each.
 
 Ownership follows the consumer group. :meth:`acquire` (partitions assigned) starts the
 writers at once, which fences a zombie before this worker delivers anything on them;
@@ -59,6 +59,7 @@ class NotifyStreamRecorder:
         owns: Callable[[int], Awaitable[bool]] = _always,
         write_timeout: float = 30.0,
         on_fenced: Callable[[int], None] = lambda _partition: None,
+        linger: float = 0.002,
     ) -> None:
         self.bootstrap = bootstrap
         self.group_id = group_id
@@ -68,6 +69,8 @@ class NotifyStreamRecorder:
         self.owns = owns
         self.write_timeout = write_timeout
         self.on_fenced = on_fenced
+        #: how long a partition's first record waits for others before its transaction
+        self.linger = linger
         self._owned: set[int] = set()
         self._writers: dict[int, tuple[PartitionWriter, ChainHeads]] = {}
         self._pending: dict[int, list[_Item]] = {}
@@ -171,6 +174,9 @@ class NotifyStreamRecorder:
     async def _flush(self, partition: int) -> None:
         batch: list[_Item] = []
         try:
+            # the sends a pump started together answer within a few ms of each other: let them
+            # share one transaction (three Kafka round trips) rather than start one each
+            await asyncio.sleep(self.linger)
             while batch := self._pending.pop(partition, []):
                 try:
                     await self._write(partition, batch)

@@ -28,7 +28,7 @@ _APPLY = """
 local last = tonumber(redis.call('HGET', KEYS[1], 'last:' .. ARGV[1]) or '0')
 if tonumber(ARGV[2]) <= last then return 0 end
 local n = tonumber(ARGV[9])
-local i = 10
+local i = 11
 -- due times strictly increase in the partition (by 1 us), so notifications are taken in the
 -- order their events were applied even within one millisecond
 local score = math.max(tonumber(ARGV[3]), tonumber(redis.call('GET', KEYS[4]) or '0') + 0.001)
@@ -38,7 +38,11 @@ for _ = 1, n do
   local item = ARGV[4] .. nid
   if redis.call('HSETNX', item, 'data', data) == 1 then
     redis.call('HSET', item, 'lane', lane, 'attempts', 0, 'state', 'pending', 'part', ARGV[5])
-    redis.call('ZADD', KEYS[3], string.format('%.3f', score), nid)
+    -- the lane's due set (e-mail: the relay's, 'email'), and the lanes index's earliest time
+    local slot = string.match(lane, '^[^|]*')
+    local due = string.format('%.3f', score)
+    redis.call('ZADD', ARGV[10] .. slot, due, nid)
+    redis.call('ZADD', KEYS[3], 'LT', due, slot)
     score = score + 0.001
   end
 end
@@ -65,8 +69,8 @@ class RedisCampaignViews:
         return [
             f"{p}notify:v:{campaign_id}",
             f"{p}notify:p:{campaign_id}",
-            self._queue.due_key(partition),
-            self._queue.due_key(partition) + ":last",
+            self._queue.lanes_key(partition),
+            self._queue.sequence_key(partition),
         ]
 
     async def load(self, campaign_id: str) -> tuple[CampaignView, dict[str, int]]:
@@ -132,6 +136,7 @@ class RedisCampaignViews:
             if line is not None
             else b"",
             len(notifications),
+            self._queue.due_prefix(partition),
         ]
         for n in notifications:
             args.extend((n.notification_id, encode_notification(n), lane_of(n)))

@@ -1,9 +1,9 @@
-"""A full lane is refilled as soon as a slot frees (not when its pushed-back items come due
-again), in order, while a busy lane's backlog is still pushed back rather than rescanned.
+"""A full lane is refilled as soon as a slot frees, in order, while a busy lane's backlog
+stays where it is in the queue (never moved, nor read: tests/integration/notify/
+test_lane_queues.py counts that).
 
-The dispatcher's clock is frozen: nothing pushed back ever comes due again, so every delivery
-past the first slots can only start from the lane's own waiting line. Real Redis queue, an
-in-memory poster and recorder.
+The dispatcher's clock is frozen, so a lane's items can only start because a slot freed. Real
+Redis queue, an in-memory poster and recorder.
 """
 
 from __future__ import annotations
@@ -146,16 +146,20 @@ async def test_a_freed_slot_starts_the_next_delivery_without_waiting_for_its_due
         assert await r.queue.pending([0]) == 0
 
 
-async def test_a_busy_lane_backlog_is_pushed_back_not_rescanned(
+async def test_a_busy_lanes_backlog_keeps_its_place_until_slots_free(
     redis_server: str, unique: str
 ) -> None:
     hold = asyncio.Event()
     async with rig(redis_server, unique, Poster(hold=hold)) as r:
+        lane = r.queue.lane_key(0, "webhook:ep")
+        client = aioredis.Redis.from_url(redis_server)
+        before = {i: await client.zscore(lane, i) for i in r.ids[SLOTS:]}
         assert await r.dispatcher.pump() == SLOTS
-        # the rest waits for a slot, pushed back in the queue: a pump now scans none of it
-        assert await r.queue.due(r.now_ms, 256, [0]) == []
         for _ in range(5):
             assert await r.dispatcher.pump() == 0
+        # the rest waits for a slot where it was: never pushed back (nor read)
+        assert {i: await client.zscore(lane, i) for i in r.ids[SLOTS:]} == before
+        await client.aclose()
         assert r.poster.posted == r.ids[:SLOTS]
         hold.set()
         await r.dispatcher.drain()

@@ -25,7 +25,7 @@ from services.notify.dispatch import Dispatcher
 from services.notify.domain import Notification, WebhookEndpoint
 from services.notify.mail import MailRenderer
 from services.notify.metrics import NotifyMetrics
-from services.notify.ports import NotOwner
+from services.notify.ports import NotOwner, Queued, Room
 from services.notify.webhooks import new_secret
 from tests.support.api import eventually
 from tests.support.invariants import wipe_namespace
@@ -63,34 +63,38 @@ def _sent(nid: str) -> NotificationSent:
     )
 
 
-async def test_an_older_owner_claims_nothing_and_never_moves_a_lease_back(
+def _ids(items: list[Queued]) -> list[str]:
+    return [q.notification.notification_id for q in items]
+
+
+async def test_an_older_owner_claims_nothing_and_never_takes_a_leased_item(
     redis_server: str, unique: str
 ) -> None:
     client = aioredis.Redis.from_url(redis_server)
     old = RedisDeliveryQueue(client, prefix=unique, fenced=True)
     new = RedisDeliveryQueue(client, prefix=unique, fenced=True)
+    one = Room(default=1)
     try:
         await old.acquire([0])
         first, second = _notification("msg_a", "c1"), _notification("msg_b", "c1")
         assert await old.enqueue(first, 1_000)
-        assert await old.enqueue(second, 1_000)
+        assert await old.enqueue(second, 1_001)
         assert await old.owns(0)
-        assert await old.claim("msg_a", 0, 2_000, 60_000) is not None
+        assert _ids(await old.take(2_000, 60_000, [0], one)) == ["msg_a"]
 
         await new.acquire([0])  # the group gave partition 0 to another worker
         assert not await old.owns(0)
         assert await new.owns(0)
-        assert await old.claim("msg_b", 0, 2_000, 60_000) is None  # the zombie sends nothing
-        assert await new.claim("msg_b", 0, 2_000, 60_000) is not None
-        due = f"{unique}notify:due:0"
-        # neither the old owner nor a busy lane's push-back moves a lease earlier
-        await old.push_back(0, {"msg_b": 3_000})
-        await new.push_back(0, {"msg_b": 3_000})
-        assert await client.zscore(due, "msg_b") == 62_000
-        await new.push_back(0, {"msg_b": 70_000})
-        assert await client.zscore(due, "msg_b") == 70_000
+        assert await old.take(2_000, 60_000, [0], one) == []  # the zombie sends nothing
+        # the new owner takes what is due, not the old owner's leased item (due at 62 s)
+        assert _ids(await new.take(2_000, 60_000, [0], Room(default=8))) == ["msg_b"]
+        lane = new.lane_key(0, "webhook:hook")
+        assert await client.zscore(lane, "msg_a") == 62_000
+        assert await client.zscore(lane, "msg_b") == 62_000
+        assert _ids(await new.take(62_000, 60_000, [0], Room(default=8))) == ["msg_a", "msg_b"]
         # a worker never assigned a partition claims nothing on it
-        assert await new.claim("msg_a", 1, 99_000, 1) is None
+        assert await new.enqueue(_notification("msg_c", "c1"), 1_000)
+        assert await new.take(99_000, 1, [1], Room(default=8)) == []
     finally:
         await wipe_namespace(redis_server, f"{unique}notify:")
         await client.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from services.notify.ssrf import UnsafeUrl, address_allowed, check_url, parse_url
@@ -67,3 +69,20 @@ async def test_a_host_resolving_to_loopback_is_refused_unless_allowed() -> None:
 async def test_an_unresolvable_host_is_refused() -> None:
     with pytest.raises(UnsafeUrl, match="does not resolve"):
         await check_url("https://no-such-host.invalid/hook", allow_private=True)
+
+
+async def test_an_address_literal_is_checked_as_it_is_without_a_resolver_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_resolver(*_args: object, **_kwargs: object) -> object:
+        raise AssertionError("an address literal needs no lookup")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", no_resolver)
+    with pytest.raises(UnsafeUrl, match="loopback, private"):
+        await check_url("http://169.254.169.254/latest/meta-data", allow_private=False)
+    with pytest.raises(UnsafeUrl, match="loopback, private"):
+        await check_url("http://[::ffff:127.0.0.1]:8080/hook", allow_private=False)
+    target = await check_url("http://[::1]:8080/hook", allow_private=True)
+    assert (target.host, target.port, target.addresses) == ("::1", 8080, ("::1",))
+    target = await check_url("https://93.184.215.14/hook", allow_private=False)
+    assert target.addresses == ("93.184.215.14",)
