@@ -89,14 +89,6 @@ class PartitionWriter:
         pending: list[tuple[str, int, asyncio.Future[Any]]] = []
         try:
             await producer.begin_transaction()
-            if consumed:
-                # Offsets first: AddOffsetsToTxn while this transaction's produce requests are
-                # in flight makes Kafka >= 3.6 (KIP-890 verification) answer them
-                # CONCURRENT_TRANSACTIONS, sent to aiokafka's older produce version as a
-                # retriable NOT_ENOUGH_REPLICAS (dozens of retries and warnings a minute).
-                await producer.send_offsets_to_transaction(
-                    dict(consumed), consumed_group or self.group_id
-                )
             for topic, batch_records in records.items():
                 batch = producer.create_batch()
                 count = 0
@@ -115,6 +107,18 @@ class PartitionWriter:
                 future = await producer.send_batch(batch, topic, partition=number)
                 pending.append((topic, count, future))
             delivered = await asyncio.gather(*(future for _, _, future in pending))
+            if consumed:
+                # Offsets after the records are delivered. Not before: the first coordinator
+                # request of a transaction begun right after the previous one committed meets
+                # that one's markers still being written (CONCURRENT_TRANSACTIONS), and aiokafka
+                # retries AddOffsetsToTxn after its full retry backoff (100 ms) but the first
+                # AddPartitionsToTxn after 20 ms. Not while produce requests are in flight
+                # either: Kafka >= 3.6 (KIP-890 verification) answers them
+                # CONCURRENT_TRANSACTIONS, which aiokafka's older produce version retries as
+                # NOT_ENOUGH_REPLICAS (dozens of retries and warnings a minute).
+                await producer.send_offsets_to_transaction(
+                    dict(consumed), consumed_group or self.group_id
+                )
             if self._before_commit is not None:
                 await self._before_commit(number)
             await producer.commit_transaction()

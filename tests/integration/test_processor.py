@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -12,12 +13,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas import Envelope, verify_chain
+from schemas import Envelope, message_key, verify_chain
 from schemas.topics import Topics
 from services.pledge.adapters.snapshots import encode_campaign, load_snapshot
 from services.pledge.config import PledgeSettings
 from services.pledge.processor import BeforeCommit, Processor, recover_partition
 from services.pledge.processor.metrics import ProcessorMetrics
+from services.streams import key_partition
 from tests.support.processor import (
     T0,
     FakeClock,
@@ -362,3 +364,80 @@ def test_an_unreachable_broker_stops_the_worker_with_one_line_and_exit_1() -> No
         .splitlines()[-1]
         .startswith("processor: Kafka at 127.0.0.1:1 unreachable: ")
     )
+
+
+async def test_a_partition_whose_transaction_hangs_holds_back_no_other_partition(
+    setup: tuple[PledgeSettings, Topics],
+) -> None:
+    """Each partition has its own transaction in flight: one stuck before its commit (a slow
+    coordinator, a retry) delays only its own commands, and those it polled meanwhile are
+    written together in its next transaction."""
+    settings, topics = setup
+    held, free = "camp-held", "camp-free"
+    number = key_partition(message_key(held), settings.partitions)
+    while key_partition(message_key(free), settings.partitions) == number:
+        free += "-x"
+    gate, entered = asyncio.Event(), asyncio.Event()
+    armed = {"on": False}
+
+    async def hang(partition: int) -> None:
+        if armed["on"] and partition == number:
+            armed["on"] = False
+            entered.set()
+            await gate.wait()
+
+    registry = CollectorRegistry()
+
+    def committed() -> float:
+        value = registry.get_sample_value(
+            "pledgeflow_processor_transactions_total", {"result": "committed"}
+        )
+        return value or 0.0
+
+    async with running(settings, before_commit=hang, registry=registry):
+        bootstrap = settings.kafka_bootstrap
+        await produce_commands(bootstrap, topics.commands, [launch(held), launch(free)])
+        await wait_for_events(bootstrap, topics, count(2))
+        try:
+            armed["on"] = True
+            await produce_commands(bootstrap, topics.commands, [pledge(held, "h0")])
+            await asyncio.wait_for(entered.wait(), 30)
+            await produce_commands(
+                bootstrap, topics.commands, [pledge(held, f"h{i}") for i in (1, 2, 3)]
+            )
+            # Appended after h1..h3: the poll that brings it brings them too.
+            await produce_commands(bootstrap, topics.commands, [pledge(free, "f0")])
+            events = await wait_for_events(
+                bootstrap, topics, lambda es: any(e.causation_id == "cmd-f0" for e in es), within=20
+            )
+            assert not [e for e in events if e.campaign_id == held and e.seq > 1]
+            before = committed()
+        finally:
+            gate.set()  # the stuck transaction goes on (also when a check failed)
+        events = await wait_for_events(bootstrap, topics, count(2 + 5))
+        # The stuck transaction, then one for everything its partition polled meanwhile.
+        assert committed() == before + 2
+    assert_gapless(events)
+    assert set(decisions(events).values()) == {1}
+
+
+async def test_a_rebuild_during_a_long_poll_loses_no_command(bootstrap: str, unique: str) -> None:
+    """A transaction fails while the loop waits in a long poll: the rebuild seeks back to the
+    committed offset, and the poll then returns the re-read commands. They are read again
+    rather than dropped as stale (which lost them: nothing would fetch them again)."""
+    settings = processor_settings(bootstrap, unique, processor_poll_ms=5000)
+    topics = await create_topics(settings)
+    failures = {"left": 1}
+
+    async def fail_once(partition: int) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("injected failure before commit")
+
+    commands: list[Any] = [launch("camp-l"), *[pledge("camp-l", f"p{i}") for i in range(5)]]
+    async with running(settings, before_commit=fail_once):
+        await produce_commands(settings.kafka_bootstrap, topics.commands, commands)
+        events = await wait_for_events(settings.kafka_bootstrap, topics, count(6), within=30)
+    assert failures["left"] == 0
+    assert len(events) == 6
+    assert_gapless(events)

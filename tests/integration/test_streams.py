@@ -401,7 +401,8 @@ async def test_transactions_with_consumed_offsets_need_no_produce_retries(
 ) -> None:
     """Offsets sent while a transaction's produce requests are in flight made Kafka >= 3.6
     (KIP-890) answer them NOT_ENOUGH_REPLICAS (a retry and a warning each): the writer adds
-    the offsets first, so a steady stream of transactions needs no retry."""
+    the offsets once its records are delivered, so a steady stream of transactions needs no
+    retry."""
     commands = topics.commands
     writers = [PartitionWriter(bootstrap, f"{topics.prefix}w", p) for p in range(PARTITIONS)]
     await asyncio.gather(*(w.start() for w in writers))
@@ -423,3 +424,37 @@ async def test_transactions_with_consumed_offsets_need_no_produce_retries(
         await asyncio.gather(*(w.close() for w in writers))
     retries = [r for r in caplog.records if "NotEnoughReplicas" in r.getMessage()]
     assert retries == []
+
+
+async def test_a_commit_interval_defers_the_commits_of_steps_not_of_leaving(
+    bootstrap: str, topics: Topics
+) -> None:
+    """``commit_interval_ms``: a step commits only when the interval has passed since the
+    last commit (one round trip to the coordinator less per poll); what was handed over is
+    still committed when the reader leaves."""
+    p = partition_of("c-int")
+    key = message_key("c-int")
+    events = campaign_events("c-int", 2)
+    writer = PartitionWriter(bootstrap, f"{topics.prefix}w", p)
+    await writer.start()
+    await writer.write(by_topic(topics, key, events[:2]))
+    got = Collector()
+    r = reader(bootstrap, topics, got, commit_interval_ms=600_000)
+    made = TopicPartition(topics.for_event("PledgeMade"), p)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=r.group_id)
+    await probe.start()
+    try:
+        await r.start()
+        await until(lambda: len(got.seqs("c-int")) == 2, r)
+        committed = await probe.committed(made)
+        await writer.write(by_topic(topics, key, events[2:]))  # seq 3
+        await until(lambda: len(got.seqs("c-int")) == 3, r)
+        handled = r.committable()[made]
+        assert handled > (committed or 0)
+        assert await probe.committed(made) == committed  # no commit within the interval
+        await r.stop()
+        assert await probe.committed(made) == handled
+    finally:
+        await probe.stop()
+        await writer.close()
+        await r.stop()

@@ -31,6 +31,11 @@ class ProcessorSettings(StreamSettings):
     processor_instance_id: str | None = None
     #: Longest wait of one poll of ``pledge-commands`` (also bounds the deadline sweep delay).
     processor_poll_ms: int = Field(default=100, ge=1)
+    #: Least pause between a partition's committed transaction and its next one when
+    #: commands are waiting: the previous commit's markers are written meanwhile (a
+    #: transaction begun before that is refused once and retried 20 ms later), and what
+    #: arrives meanwhile joins the next transaction (fewer, larger transactions).
+    processor_transaction_gap_ms: float = Field(default=2.0, ge=0, le=1000)
     #: Kafka transaction timeout of the processor's producers.
     processor_transaction_timeout_ms: int = Field(default=60_000, ge=1000)
     #: Consumer group session timeout (how soon a dead worker's partitions move).

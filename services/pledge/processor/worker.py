@@ -13,12 +13,15 @@ auto-commit). For every partition *p* it owns it keeps:
 * the **state** of *p*'s campaigns, rebuilt on assignment (:mod:`.recovery`) from the latest
   snapshot round of *p* plus partition *p* of the campaign-stream event topics.
 
-Each poll (``getmany``) is decided per partition (:mod:`.decide`) and written in **one
-transaction per partition**: every event to its topic, dead letters, an optional snapshot
-round, and the consumed command offsets. Any failure aborts it, and the partition is rebuilt
-from the log and consumed again from its committed offset, so a batch is written whole or not
-at all and a redelivered command meets the exact state that already holds its events (the
-domain then yields nothing). A timer closes campaigns whose deadline passed, inside the same
+Polled commands wait in their partition's backlog; each partition has at most one transaction
+in flight, and when it commits, everything its backlog gathered meanwhile is decided
+(:mod:`.decide`) and written in the next **one transaction**: every event to its topic, dead
+letters, an optional snapshot round, and the consumed command offsets. Partitions do not wait
+for each other, and under load transactions grow instead of queueing. Any failure aborts the
+transaction, and the partition is rebuilt from the log and consumed again from its committed
+offset (its backlog dropped), so a batch is written whole or not at all and a redelivered
+command meets the exact state that already holds its events (the domain then yields nothing).
+A timer closes campaigns whose deadline passed, inside the same
 loop and transactions (closing is an event: replay never needs the clock).
 """
 
@@ -33,7 +36,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import ProducerFenced
 
@@ -102,8 +105,14 @@ class Processor:
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._next_sweep = 0.0
-        #: Transactions of the previous poll, committing while the next poll is decided.
-        self._pending: asyncio.Task[None] | None = None
+        #: Per partition: the task writing its transactions (one at a time, see _drain).
+        self._drains: dict[int, asyncio.Task[None]] = {}
+        #: Per partition: commands polled and not decided yet (its transaction in flight).
+        self._backlog: dict[int, list[ConsumerRecord[bytes, bytes]]] = {}
+        #: Partitions due for a deadline sweep at their next decision.
+        self._sweep_due: set[int] = set()
+        #: Topic-partitions paused because their backlog holds a full batch.
+        self._paused: set[TopicPartition] = set()
         #: Bumped by every rebuild of a partition: records polled before it are stale.
         self._epochs: dict[int, int] = {}
         self._partition_count = settings.partitions
@@ -196,6 +205,9 @@ class Processor:
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self._lock:  # waits for the in-flight batch: it commits or aborts first
+            for tp in revoked:
+                if tp.topic == self._commands_topic:
+                    self._forget_backlog(tp.partition)
             await self._settle()
             for tp in revoked:
                 if tp.topic != self._commands_topic:
@@ -229,6 +241,7 @@ class Processor:
         """Fence older writers of ``number``, rebuild its campaigns, seek to its offset."""
         started = time.perf_counter()
         self._epochs[number] = self._epochs.get(number, 0) + 1
+        self._forget_backlog(number)  # read again from the committed offset
         old = self._parts.pop(number, None)
         if old is not None:
             await old.writer.close()
@@ -282,11 +295,17 @@ class Processor:
     # --- the loop ----------------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        """Poll and hand each partition's commands to its writer (:meth:`_drain`).
+
+        A partition's commands wait in its backlog while its transaction is in flight and go
+        into its next one together: one partition's slow transaction (a coordinator retry, a
+        large batch) delays only that partition, and under load transactions grow instead
+        of queueing. A partition whose backlog holds a full batch is paused until it drains.
+        """
         assert self._consumer is not None
         consumer = self._consumer
         poll_ms = self.settings.processor_poll_ms
         batch_max = self.settings.processor_batch_max
-        every = self.settings.snapshot_every_events
         while not self._stopping.is_set():
             epochs = dict(self._epochs)
             try:
@@ -299,45 +318,106 @@ class Processor:
                 if self._unrecovered:
                     await self._settle()
                     await self._recover_many(sorted(self._unrecovered))
-                now = self._clock()
-                sweep = time.monotonic() >= self._next_sweep
-                if sweep:
+                if time.monotonic() >= self._next_sweep:
                     self._next_sweep = time.monotonic() + self.settings.deadline_sweep_seconds
-                if any(p.events_since_snapshot >= every and p.dirty for p in self._parts.values()):
-                    # A snapshot records the offsets of committed events: let them commit.
-                    await self._settle()
-                decided: list[tuple[OwnedPartition, Outbox | None, Exception | None]] = []
-                for number, part in list(self._parts.items()):
-                    records = batches.get(TopicPartition(self._commands_topic, number), [])
-                    if records and self._epochs.get(number) != epochs.get(number):
-                        records = []  # fetched before a rebuild moved the partition back
-                    if not records and not (sweep and part.deadlines):
+                    self._sweep_due.update(self._parts)
+                for tp, records in batches.items():
+                    number = tp.partition
+                    if not records or number not in self._parts:
                         continue
-                    try:
-                        out = self._decider.decide(part, records, now, sweep)
-                    except Exception as exc:
-                        decided.append((part, None, exc))
-                    else:
-                        if out:
-                            decided.append((part, out, None))
-                # Batch k+1 was decided while batch k committed; now k must be done (a
-                # partition rebuilt meanwhile drops its k+1 decisions as stale).
-                await self._settle()
-                if decided:
-                    self._pending = asyncio.create_task(self._write_all(decided))
+                    if self._epochs.get(number) != epochs.get(number):
+                        # A rebuild began while this poll was out: its records may come from
+                        # before or after the rebuild's seek. Drop them and read again from
+                        # the first offset the rebuilt partition has not taken yet.
+                        self._read_again(tp)
+                        continue
+                    backlog = self._backlog.setdefault(number, [])
+                    backlog.extend(records)
+                    if len(backlog) >= batch_max and tp not in self._paused:
+                        consumer.pause(tp)
+                        self._paused.add(tp)
+                for number, part in self._parts.items():
+                    running = self._drains.get(number)
+                    if running is not None and not running.done():
+                        continue  # it takes the backlog when its transaction is done
+                    if self._backlog.get(number) or (number in self._sweep_due and part.deadlines):
+                        self._drains[number] = asyncio.create_task(
+                            self._drain(part), name=f"pledge-processor-{number}"
+                        )
         async with self._lock:
             await self._settle()
 
-    async def _settle(self) -> None:
-        """Wait for the in-flight transactions (and any rebuild they caused)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await pending
+    async def _drain(self, part: OwnedPartition) -> None:
+        """Decide and write ``part``'s backlog, one transaction at a time, until it is empty
+        (the loop adds to it meanwhile). Deciding only while no transaction of the partition
+        is in flight keeps a snapshot's offsets those of committed events, and a rebuild
+        (after a failed transaction) never meets decisions made on a state it replaced."""
+        number = part.number
+        batch_max = self.settings.processor_batch_max
+        gap = self.settings.processor_transaction_gap_ms / 1000
+        while self._parts.get(number) is part:
+            backlog = self._backlog.get(number)
+            records = backlog[:batch_max] if backlog else []
+            if backlog:
+                del backlog[:batch_max]
+            self._resume(number)
+            sweep = number in self._sweep_due
+            self._sweep_due.discard(number)
+            if not records and not (sweep and part.deadlines):
+                return
+            try:
+                out = self._decider.decide(part, records, self._clock(), sweep)
+            except Exception as exc:
+                await self._commit(part, None, exc)
+                continue
+            if out:
+                await self._commit(part, out, None)
+                if gap and self._backlog.get(number):
+                    # Let the previous commit's markers be written before the next
+                    # transaction's first coordinator request (it would be answered
+                    # CONCURRENT_TRANSACTIONS and retried 20 ms later); what arrives
+                    # meanwhile joins that transaction.
+                    await asyncio.sleep(gap)
 
-    async def _write_all(
-        self, decided: list[tuple[OwnedPartition, Outbox | None, Exception | None]]
-    ) -> None:
-        await asyncio.gather(*(self._commit(part, out, error) for part, out, error in decided))
+    def _read_again(self, tp: TopicPartition) -> None:
+        """Seek ``tp`` to the first command its owned partition has neither decided nor
+        holds in its backlog (nothing to do while it is being rebuilt: its seek comes)."""
+        part = self._parts.get(tp.partition)
+        if part is None or self._consumer is None:
+            return
+        backlog = self._backlog.get(tp.partition)
+        self._consumer.seek(tp, backlog[-1].offset + 1 if backlog else part.next_command)
+
+    def _resume(self, number: int) -> None:
+        """Resume ``number``'s fetching once its backlog is below a batch again."""
+        assert self._consumer is not None
+        if len(self._backlog.get(number, ())) >= self.settings.processor_batch_max:
+            return
+        for tp in [tp for tp in self._paused if tp.partition == number]:
+            self._paused.discard(tp)
+            if tp in self._consumer.assignment():
+                self._consumer.resume(tp)
+
+    async def _settle(self) -> None:
+        """Wait until no partition has a transaction in flight or commands waiting (and any
+        rebuild they caused is done)."""
+        while True:
+            running = [task for task in self._drains.values() if not task.done()]
+            if not running:
+                break
+            await asyncio.gather(*running, return_exceptions=True)
+        drains, self._drains = self._drains, {}
+        for task in drains.values():
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
+
+    def _forget_backlog(self, number: int) -> None:
+        """Drop what was polled for ``number`` and not decided (it is read again from the
+        committed offset by whoever owns the partition next)."""
+        self._backlog.pop(number, None)
+        self._sweep_due.discard(number)
+        self._resume(number)
 
     async def _commit(
         self, part: OwnedPartition, out: Outbox | None, error: Exception | None
@@ -358,6 +438,7 @@ class Processor:
             self.metrics.transactions.labels("aborted").inc()
             if self._parts.get(part.number) is part:
                 del self._parts[part.number]
+                self._forget_backlog(part.number)
             await part.writer.close()
         except Exception as exc:
             log.warning(

@@ -21,5 +21,9 @@ class ProjectorSettings(StreamSettings):
     #: takes its partitions back without a rebalance. Two projectors must never share one;
     #: ``readmodel rebuild`` joins without it.
     readmodel_instance_id: str | None = None
+    #: Least time between two offset commits while projecting: a redelivery after a restart
+    #: is dropped by seq, and a commit per poll cost a round trip to the group coordinator
+    #: before the next poll was applied (and the broker a commit per poll).
+    readmodel_commit_interval_ms: int = Field(default=250, ge=0, le=60_000)
     #: Consumer group session timeout (how soon a dead or frozen projector's partitions move).
     readmodel_session_timeout_ms: int = Field(default=10_000, ge=1000)

@@ -118,6 +118,7 @@ class Projector(RebuildingProjector[_Cached]):
             metrics=self._stream_metrics,
             group_instance_id=s.readmodel_instance_id,
             session_timeout_ms=s.readmodel_session_timeout_ms,
+            commit_interval_ms=s.readmodel_commit_interval_ms,
         )
         await self._reader.start()
 
