@@ -282,6 +282,12 @@ class OrderedStreamReader:
             if all(positions[tp] >= end for tp, end in ends.items() if tp in positions):
                 if self.held:
                     log.warning("caught up with %d events still held back", self.held)
+                # Caught up means committed: what the commit interval deferred is not left to
+                # a next step that may never come (a rebuild ends here), and the lag reads 0.
+                async with self._lock:
+                    self._commit_at = time.monotonic()
+                    await self._commit(consumer)
+                    await self._observe_lag(consumer)
                 return
 
     async def _order(

@@ -458,3 +458,33 @@ async def test_a_commit_interval_defers_the_commits_of_steps_not_of_leaving(
         await probe.stop()
         await writer.close()
         await r.stop()
+
+
+async def test_caught_up_commits_what_the_commit_interval_deferred(
+    bootstrap: str, topics: Topics
+) -> None:
+    """``run_until_caught_up`` (rebuilds, tests) returns with its offsets committed and no lag
+    left, whatever the commit interval: a rebuild's end is not left to the next step."""
+    p = partition_of("c-cu")
+    key = message_key("c-cu")
+    events = campaign_events("c-cu", 2)
+    writer = PartitionWriter(bootstrap, f"{topics.prefix}w", p)
+    await writer.start()
+    got = Collector()
+    r = reader(bootstrap, topics, got, commit_interval_ms=600_000, lag_every_seconds=0)
+    made = TopicPartition(topics.for_event("PledgeMade"), p)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=r.group_id)
+    await probe.start()
+    try:
+        await r.start()
+        await writer.write(by_topic(topics, key, events[:2]))
+        await r.run_until_caught_up(idle_ms=200)
+        await writer.write(by_topic(topics, key, events[2:]))  # seq 3, after the first commit
+        await r.run_until_caught_up(idle_ms=200)
+        assert got.seqs("c-cu") == [1, 2, 3]
+        assert await probe.committed(made) == r.committable()[made]
+        assert all(lag == 0 for lag in r.lag().values())
+    finally:
+        await probe.stop()
+        await writer.close()
+        await r.stop()
