@@ -79,7 +79,16 @@ def test_make_demo_simulates_audits_says_where_to_look_and_stops_on_ctrl_c(
         mail = httpx.get(f"http://127.0.0.1:{ports['MAILPIT_UI']}/api/v1/messages", timeout=5)
         assert mail.json()["total"] > 0
         os.killpg(demo.pid, signal.SIGINT)
-        demo.wait(timeout=60)
+        try:
+            demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Say what did not stop (the group's processes) and what the stack last logged.
+            left = subprocess.run(
+                ["ps", "-o", "pid,stat,etime,args", "-s", str(demo.pid)],
+                capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+            log = (tmp_path / "stack.log").read_text(errors="replace")[-6000:]
+            pytest.fail(f"the demo did not stop within 60 s of Ctrl-C\n{left}\n{log}")
         # Ctrl-C stopped every process it started.
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{api}/healthz", timeout=2)

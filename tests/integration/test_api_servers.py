@@ -62,5 +62,6 @@ def test_an_unknown_server_is_one_line_naming_the_option() -> None:
         [sys.executable, "-m", "services.cli", "api", "run"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert run.returncode != 0
-    assert "api_server" in run.stderr, run.stderr
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert "PLEDGEFLOW_API_SERVER" in run.stderr, run.stderr
