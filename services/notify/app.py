@@ -269,6 +269,7 @@ def create_app(
         # then the partitions' stream writers (an older owner's records are refused).
         new = {tp.partition for tp in assigned if tp.topic in names}
         log.info("notify: partitions %s assigned", sorted(new))
+        parts.service.assigned(new)  # records read from now on are applied
         parts.metrics.assignments.inc()
         await parts.queue.acquire(sorted(new))
         await parts.recorder.acquire(new)

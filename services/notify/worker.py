@@ -97,15 +97,14 @@ class NotifyService:
         ``key``, ``value``: faust's messages) in their order; each ``ack`` is called once its
         event is applied, or once a record that cannot be applied went to the dead-letter
         topic. The events the batch releases are written to Redis in one script call."""
-        self._revoked.clear()  # concurrency 1: no other batch is in flight
         staged: list[_Staged] = []
         for record, ack in batch:
             await self._stage(record, ack, staged)
         await self._write(staged)
-        if self._revoked:  # what this batch staged after the revocation goes too
-            self.forget(set(self._revoked))
 
     async def _stage(self, record: Any, ack: Ack, staged: list[_Staged]) -> None:
+        if record.partition in self._revoked:
+            return  # buffered before the revocation: its new owner reads it (no ack here)
         verdict = judge_event(record, topic_of=self.topic_of, max_bytes=self.max_event_bytes)
         if isinstance(verdict, Rejected):
             log.warning("notify: record dead-lettered (%s): %s", verdict.cause, verdict.detail)
@@ -119,6 +118,9 @@ class NotifyService:
             return
         campaign = envelope.campaign_id
         view = await self._view(campaign)
+        if self.partition_of(campaign) in self._revoked:
+            self.forget(set())  # revoked while its view loaded: drop what the load added
+            return
         status, run = self.orderer.push(
             (campaign, envelope.stream), envelope.seq, _Pending(envelope, ack)
         )
@@ -136,14 +138,19 @@ class NotifyService:
         if line is not None and not line:
             del self._settlement[campaign]
 
+    def assigned(self, partitions: set[int]) -> None:
+        """``partitions`` are this worker's (again): their records are applied."""
+        self._revoked -= partitions
+
     def forget(self, partitions: set[int]) -> None:
         """Drop the state of campaigns in revoked ``partitions`` (another worker owns them now
-        and the view is reloaded from Redis if they come back)."""
+        and the view is reloaded from Redis if they come back); their records still buffered
+        or in a batch under way are neither applied nor acked until :meth:`assigned`."""
+        self._revoked |= partitions
 
         def keep(campaign: str) -> bool:
-            return self.partition_of(campaign) not in partitions
+            return self.partition_of(campaign) not in self._revoked
 
-        self._revoked |= partitions
         self.orderer.forget(lambda key: keep(key[0]))
         for campaign in [c for c in self._views if not keep(c)]:
             del self._views[campaign]

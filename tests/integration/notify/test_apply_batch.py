@@ -206,6 +206,15 @@ async def test_a_partition_revoked_mid_batch_is_neither_written_nor_acked(
         lasts = {c: await h.client.hget(f"{unique}notify:v:{c}", "last:campaign") for c in (a, b)}
         assert lasts == {a: b"1", b: b"2"}
         assert h.service.held == 0
+
+        # still buffered after the revocation: not applied, not acked, until assigned again
+        again = batch[:2]
+        await h.service.on_records(again)
+        assert sorted(h.acked) == [1, 4, 5]
+        h.service.assigned({h.service.partition_of(a)})
+        await h.service.on_records(again)
+        assert sorted(h.acked) == [1, 2, 3, 4, 5]
+        assert await h.client.hget(f"{unique}notify:v:{a}", "last:campaign") == b"3"
     finally:
         await h.client.aclose()
         await wipe_namespace(redis_server, unique)
