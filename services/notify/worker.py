@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.envelope import Envelope
 from schemas.events import CampaignLaunched
@@ -48,6 +50,9 @@ __all__ = ["NotifyService", "RegistrationFeed"]
 log = logging.getLogger("pledgeflow.notify.worker")
 
 Ack = Callable[[], object]
+
+#: redis-py's own (not subclasses of the builtin ConnectionError / TimeoutError)
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
 
 
 @dataclass(slots=True)
@@ -196,7 +201,7 @@ class NotifyService:
             try:
                 await self.views.apply_many([s.write for s in staged])
                 break
-            except (ConnectionError, OSError, TimeoutError) as exc:
+            except (ConnectionError, OSError, TimeoutError, *REDIS_UNAVAILABLE) as exc:
                 log.warning("notify: Redis unavailable applying %d events: %r", len(staged), exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

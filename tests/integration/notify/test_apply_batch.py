@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas.codec import encode, message_key
 from schemas.envelope import Envelope
@@ -24,7 +25,7 @@ from services.notify.webhooks import new_secret
 from services.notify.worker import NotifyService
 from services.streams import DeadLetter
 from tests.support.invariants import wipe_namespace
-from tests.unit.notify.events import Stream, captured, launch, pledge
+from tests.unit.notify.events import Stream, captured, goal, launch, pledge
 
 pytestmark = pytest.mark.integration
 
@@ -214,6 +215,32 @@ async def test_a_partition_revoked_mid_batch_is_neither_written_nor_acked(
         h.service.assigned({h.service.partition_of(a)})
         await h.service.on_records(again)
         assert sorted(h.acked) == [1, 2, 3, 4, 5]
+        assert await h.client.hget(f"{unique}notify:v:{a}", "last:campaign") == b"3"
+    finally:
+        await h.client.aclose()
+        await wipe_namespace(redis_server, unique)
+
+
+async def test_a_batch_waits_for_redis_and_is_written_once_it_answers(
+    redis_server: str, unique: str
+) -> None:
+    a, _ = campaigns()
+    h = await harness(redis_server, unique)
+    try:
+        s = Stream(a)
+        await h.service.on_records(h.records([s(launch())]))
+        failures = [2]
+
+        def unavailable(command: str) -> None:
+            if command == "EVALSHA" and failures[0]:
+                failures[0] -= 1
+                raise RedisConnectionError("Redis is down")
+
+        h.on_command = unavailable
+        h.commands.clear()
+        await h.service.on_records(h.records([s(pledge("p1", "b1", 1000)), s(goal(1000, 1))]))
+        assert h.commands == ["EVALSHA"] * 3  # two refused, then written
+        assert sorted(h.acked) == [1, 2, 3]
         assert await h.client.hget(f"{unique}notify:v:{a}", "last:campaign") == b"3"
     finally:
         await h.client.aclose()
