@@ -7,8 +7,10 @@
   assignor: partition *p* of every campaign and settlement topic goes to one worker, which
   is what ordering by ``seq`` across topics needs). Both are set on the consumer faust builds,
   before it starts; tests/integration/notify/test_notify_worker.py proves the first.
-* **agent** ``notify_events``: every record of the campaign and settlement streams, acked by
-  hand once applied (``stream.noack()``; see ``worker.py``), concurrency 1.
+* **agent** ``notify_events``: every record of the campaign and settlement streams, in
+  batches (``noack_take``: up to ``NOTIFY_APPLY_BATCH`` records, waiting at most
+  ``NOTIFY_APPLY_WITHIN_SECONDS`` for more), each acked by hand once applied (see
+  ``worker.py``), concurrency 1.
 * **tasks**: the registration feed (endpoints and contacts) and the dispatcher (deliveries);
   **timer**: gauges.
 
@@ -229,13 +231,21 @@ def create_app(
     async def notify_events(stream: Any) -> None:
         await parts.started.wait()
         await parts.feed.ready.wait()
-        async for event in stream.noack().events():
-            try:
-                await parts.service.on_record(event.message, event.ack)
-            except Exception as exc:  # a bug: stop the worker (its events are redelivered)
-                log.exception("notify: applying a record failed; stopping the worker")
-                await app.crash(exc)
-                raise
+        if s.notify_apply_batch == 1:
+            async for event in stream.noack().events():
+                await apply([event])
+        else:
+            within = s.notify_apply_within_seconds
+            async for events in stream.noack_take(s.notify_apply_batch, within=within):
+                await apply(events)
+
+    async def apply(events: Any) -> None:
+        try:
+            await parts.service.on_records([(e.message, e.ack) for e in events])
+        except Exception as exc:  # a bug: stop the worker (its events are redelivered)
+            log.exception("notify: applying a record failed; stopping the worker")
+            await app.crash(exc)
+            raise
 
     @app.task  # type: ignore[untyped-decorator]
     async def start_parts() -> None:
@@ -259,6 +269,7 @@ def create_app(
         # then the partitions' stream writers (an older owner's records are refused).
         new = {tp.partition for tp in assigned if tp.topic in names}
         log.info("notify: partitions %s assigned", sorted(new))
+        parts.service.assigned(new)  # records read from now on are applied
         parts.metrics.assignments.inc()
         await parts.queue.acquire(sorted(new))
         await parts.recorder.acquire(new)

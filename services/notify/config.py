@@ -23,6 +23,12 @@ class NotifySettings(StreamSettings):
     #: restarted within the session timeout gets its partitions back without a rebalance.
     notify_instance_id: str | None = None
 
+    #: Most records applied per batch (one Redis round trip for all of them); 1 = one at a
+    #: time, as before 30 Nov 2026. A batch is what faust has buffered within the next setting.
+    notify_apply_batch: int = Field(default=256, ge=1)
+    #: How long a batch waits for more records before it is applied.
+    notify_apply_within_seconds: float = Field(default=0.005, gt=0)
+
     # --- webhooks ---------------------------------------------------------------------------
     #: Let webhook URLs resolve to loopback/private/link-local addresses. On for `make run`
     #: and tests (receivers on 127.0.0.1); off by default and in deploy/k8s (SSRF).

@@ -1,11 +1,13 @@
 """What the notify worker does with each record and with the registrations; no faust here.
 
-``app.py`` feeds :meth:`NotifyService.on_record` every record of the campaign and settlement
-topics (read_committed) with an ``ack`` callback. Per (campaign, stream) the runtime's
+``app.py`` feeds :meth:`NotifyService.on_records` the records of the campaign and settlement
+topics (read_committed) in batches (what faust has buffered, up to ``NOTIFY_APPLY_BATCH``),
+each with an ``ack`` callback. Per (campaign, stream) the runtime's
 :class:`~services.streams.SeqOrderer` releases events in ``seq`` order; settlement events then
 wait in a per-campaign line until :func:`~services.notify.domain.ready` (their pledge, the
 launch, the close have been applied). Applying an event = :func:`decide` + :func:`evolve` +
-one atomic Redis write of the view and the owed notifications; only then is its record acked,
+an atomic Redis write of the view and the owed notifications, all the events a batch releases
+in one script call (one round trip, in order); only then are their records acked,
 so the consumer commits an offset only below every event not yet applied (faust commits
 acked offsets up to the first gap). A record redelivered after a crash is either held by
 the orderer or recognised as applied by the view's last seq: nothing is enqueued twice.
@@ -17,16 +19,18 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.envelope import Envelope
 from schemas.events import CampaignLaunched
 from services.notify.adapters.kafka_topics import topic_partitions
-from services.notify.adapters.redis_views import RedisCampaignViews
+from services.notify.adapters.redis_views import PreparedApply, RedisCampaignViews
 from services.notify.directory import Directory, parse_endpoint
 from services.notify.domain import CampaignView, decide, evolve, ready
 from services.notify.registrations import EndpointView
@@ -47,11 +51,20 @@ log = logging.getLogger("pledgeflow.notify.worker")
 
 Ack = Callable[[], object]
 
+#: redis-py's own (not subclasses of the builtin ConnectionError / TimeoutError)
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+
 
 @dataclass(slots=True)
 class _Pending:
     envelope: Envelope
     ack: Ack
+
+
+@dataclass(slots=True)
+class _Staged:
+    write: PreparedApply
+    item: _Pending
 
 
 class NotifyService:
@@ -78,11 +91,25 @@ class NotifyService:
         self.orderer: SeqOrderer[StreamKey, _Pending] = SeqOrderer()
         self._views: dict[str, CampaignView] = {}
         self._settlement: dict[str, deque[_Pending]] = {}
+        self._revoked: set[int] = set()
 
     async def on_record(self, record: Any, ack: Ack) -> None:
-        """Handle one record (anything with ``topic``, ``partition``, ``offset``, ``key``,
-        ``value``: faust's message); ``ack`` is called once its event is applied, or once a
-        record that cannot be applied went to the dead-letter topic."""
+        """:meth:`on_records` of one record."""
+        await self.on_records([(record, ack)])
+
+    async def on_records(self, batch: Sequence[tuple[Any, Ack]]) -> None:
+        """Handle a batch of records (anything with ``topic``, ``partition``, ``offset``,
+        ``key``, ``value``: faust's messages) in their order; each ``ack`` is called once its
+        event is applied, or once a record that cannot be applied went to the dead-letter
+        topic. The events the batch releases are written to Redis in one script call."""
+        staged: list[_Staged] = []
+        for record, ack in batch:
+            await self._stage(record, ack, staged)
+        await self._write(staged)
+
+    async def _stage(self, record: Any, ack: Ack, staged: list[_Staged]) -> None:
+        if record.partition in self._revoked:
+            return  # buffered before the revocation: its new owner reads it (no ack here)
         verdict = judge_event(record, topic_of=self.topic_of, max_bytes=self.max_event_bytes)
         if isinstance(verdict, Rejected):
             log.warning("notify: record dead-lettered (%s): %s", verdict.cause, verdict.detail)
@@ -96,6 +123,9 @@ class NotifyService:
             return
         campaign = envelope.campaign_id
         view = await self._view(campaign)
+        if self.partition_of(campaign) in self._revoked:
+            self.forget(set())  # revoked while its view loaded: drop what the load added
+            return
         status, run = self.orderer.push(
             (campaign, envelope.stream), envelope.seq, _Pending(envelope, ack)
         )
@@ -106,15 +136,25 @@ class NotifyService:
             if item.envelope.stream == "settlement":
                 self._settlement.setdefault(campaign, deque()).append(item)
             else:
-                await self._apply(view, item)
-        await self._drain_settlement(view)
+                staged.append(self._prepare(view, item))
+        line = self._settlement.get(campaign)
+        while line and ready(view, line[0].envelope.payload):
+            staged.append(self._prepare(view, line.popleft()))
+        if line is not None and not line:
+            del self._settlement[campaign]
+
+    def assigned(self, partitions: set[int]) -> None:
+        """``partitions`` are this worker's (again): their records are applied."""
+        self._revoked -= partitions
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the state of campaigns in revoked ``partitions`` (another worker owns them now
-        and the view is reloaded from Redis if they come back)."""
+        and the view is reloaded from Redis if they come back); their records still buffered
+        or in a batch under way are neither applied nor acked until :meth:`assigned`."""
+        self._revoked |= partitions
 
         def keep(campaign: str) -> bool:
-            return self.partition_of(campaign) not in partitions
+            return self.partition_of(campaign) not in self._revoked
 
         self.orderer.forget(lambda key: keep(key[0]))
         for campaign in [c for c in self._views if not keep(c)]:
@@ -136,36 +176,37 @@ class NotifyService:
                 self.orderer.seed((campaign, stream), lasts.get(stream, 0))
         return view
 
-    async def _drain_settlement(self, view: CampaignView) -> None:
-        line = self._settlement.get(view.campaign_id)
-        while line and ready(view, line[0].envelope.payload):
-            await self._apply(view, line.popleft())
-        if line is not None and not line:
-            del self._settlement[view.campaign_id]
-
-    async def _apply(self, view: CampaignView, item: _Pending) -> None:
+    def _prepare(self, view: CampaignView, item: _Pending) -> _Staged:
         envelope = item.envelope
         payload = envelope.payload
         tenant = payload.tenant_id if isinstance(payload, CampaignLaunched) else view.tenant_id
         endpoints = self.directory.endpoints(tenant) if tenant else []
         owed = decide(view, envelope, endpoints)
         evolve(view, envelope)
+        write = self.views.prepare(
+            view,
+            envelope,
+            owed,
+            partition=self.partition_of(envelope.campaign_id),
+            now_ms=int(time.time() * 1000),
+        )
+        return _Staged(write, item)
+
+    async def _write(self, staged: list[_Staged]) -> None:
         delay = 0.05
-        while True:  # without Redis nothing can progress: wait for it, do not skip the event
+        while True:  # without Redis nothing can progress: wait for it, do not skip an event
+            # a partition revoked meanwhile: its events are not written nor acked (its new
+            # owner reads them again; its state here was forgotten)
+            staged = [s for s in staged if s.write.partition not in self._revoked]
             try:
-                await self.views.apply(
-                    view,
-                    envelope,
-                    owed,
-                    partition=self.partition_of(envelope.campaign_id),
-                    now_ms=int(time.time() * 1000),
-                )
+                await self.views.apply_many([s.write for s in staged])
                 break
-            except (ConnectionError, OSError, TimeoutError) as exc:
-                log.warning("notify: Redis unavailable applying %s: %r", envelope.event_id, exc)
+            except (ConnectionError, OSError, TimeoutError, *REDIS_UNAVAILABLE) as exc:
+                log.warning("notify: Redis unavailable applying %d events: %r", len(staged), exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        item.ack()
+        for s in staged:
+            s.item.ack()
 
 
 class RegistrationFeed:

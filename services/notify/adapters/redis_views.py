@@ -2,8 +2,9 @@
 
 Keys: ``notify:v:<campaign>`` (HASH: ``header`` JSON of the view, ``last:<stream>`` = last
 applied seq of each stream) and ``notify:p:<campaign>`` (HASH: pledge id -> pledge line).
-:meth:`RedisCampaignViews.apply` runs one Lua script: if the event's seq is above the
-stream's last applied one, it enqueues the owed notifications (unless already known), writes
+:meth:`RedisCampaignViews.apply_many` runs one Lua script for a batch of events (one round
+trip), each applied in turn as if alone: if the event's seq is above the stream's last
+applied one, it enqueues the owed notifications (unless already known), writes
 the view's change and moves ``last:<stream>``; otherwise it does nothing. So an event
 redelivered after a crash (its Kafka offset not yet committed) is recognised and changes
 nothing, and the queue never holds notifications of an event the view has not applied.
@@ -11,6 +12,8 @@ nothing, and the queue never holds notifications of an event the view has not ap
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,35 +25,59 @@ from services.notify.adapters.redis_queue import RedisDeliveryQueue
 from services.notify.domain import CampaignView, Notification, PledgeLine
 from services.notify.records import encode_notification, lane_of
 
-__all__ = ["RedisCampaignViews"]
+__all__ = ["PreparedApply", "RedisCampaignViews"]
 
 _APPLY = """
-local last = tonumber(redis.call('HGET', KEYS[1], 'last:' .. ARGV[1]) or '0')
-if tonumber(ARGV[2]) <= last then return 0 end
-local n = tonumber(ARGV[9])
-local i = 11
--- due times strictly increase in the partition (by 1 us), so notifications are taken in the
--- order their events were applied even within one millisecond
-local score = math.max(tonumber(ARGV[3]), tonumber(redis.call('GET', KEYS[4]) or '0') + 0.001)
-for _ = 1, n do
-  local nid, data, lane = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  i = i + 3
-  local item = ARGV[4] .. nid
-  if redis.call('HSETNX', item, 'data', data) == 1 then
-    redis.call('HSET', item, 'lane', lane, 'attempts', 0, 'state', 'pending', 'part', ARGV[5])
-    -- the lane's due set (e-mail: the relay's, 'email'), and the lanes index's earliest time
-    local slot = string.match(lane, '^[^|]*')
-    local due = string.format('%.3f', score)
-    redis.call('ZADD', ARGV[10] .. slot, due, nid)
-    redis.call('ZADD', KEYS[3], 'LT', due, slot)
-    score = score + 0.001
+-- ARGV[1]: how many events; then per event 10 fixed arguments and 3 per notification, and
+-- KEYS: 4 per event. Each event is applied as if alone, in the order given.
+local out = {}
+local a = 2
+for e = 0, tonumber(ARGV[1]) - 1 do
+  local k = e * 4
+  local stream, seq, now = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local item_prefix, part, header = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local pledge, line, n, due_prefix = ARGV[a + 6], ARGV[a + 7], tonumber(ARGV[a + 8]), ARGV[a + 9]
+  local i = a + 10
+  a = i + 3 * n
+  local last = tonumber(redis.call('HGET', KEYS[k + 1], 'last:' .. stream) or '0')
+  if tonumber(seq) <= last then
+    out[e + 1] = 0
+  else
+    -- due times strictly increase in the partition (by 1 us), so notifications are taken in
+    -- the order their events were applied even within one millisecond
+    local score = math.max(tonumber(now), tonumber(redis.call('GET', KEYS[k + 4]) or '0') + 0.001)
+    for _ = 1, n do
+      local nid, data, lane = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+      i = i + 3
+      local item = item_prefix .. nid
+      if redis.call('HSETNX', item, 'data', data) == 1 then
+        redis.call('HSET', item, 'lane', lane, 'attempts', 0, 'state', 'pending', 'part', part)
+        -- the lane's due set (e-mail: the relay's, 'email'), and the lanes index's earliest
+        local slot = string.match(lane, '^[^|]*')
+        local due = string.format('%.3f', score)
+        redis.call('ZADD', due_prefix .. slot, due, nid)
+        redis.call('ZADD', KEYS[k + 3], 'LT', due, slot)
+        score = score + 0.001
+      end
+    end
+    redis.call('SET', KEYS[k + 4], string.format('%.3f', score))
+    redis.call('HSET', KEYS[k + 1], 'header', header, 'last:' .. stream, seq)
+    if pledge ~= '' then redis.call('HSET', KEYS[k + 2], pledge, line) end
+    out[e + 1] = 1
   end
 end
-redis.call('SET', KEYS[4], string.format('%.3f', score))
-redis.call('HSET', KEYS[1], 'header', ARGV[6], 'last:' .. ARGV[1], ARGV[2])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], ARGV[7], ARGV[8]) end
-return 1
+return out
 """
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedApply:
+    """One event's write, its view's state captured when it was prepared (the view goes on
+    changing with the events after it before the batch is written)."""
+
+    keys: list[str]
+    args: list[Any]
+    partition: int
 
 
 class RedisCampaignViews:
@@ -95,7 +122,7 @@ class RedisCampaignViews:
         lasts = {k.removeprefix("last:"): int(v) for k, v in head.items() if k.startswith("last:")}
         return view, lasts
 
-    async def apply(
+    def prepare(
         self,
         view: CampaignView,
         envelope: Envelope,
@@ -103,9 +130,9 @@ class RedisCampaignViews:
         *,
         partition: int,
         now_ms: int,
-    ) -> bool:
-        """Record ``envelope`` as applied to ``view`` (already evolved) with its notifications;
-        False if it was applied before (nothing changed)."""
+    ) -> PreparedApply:
+        """The write recording ``envelope`` as applied to ``view`` (already evolved) with its
+        notifications; call right after :func:`evolve`, before the next event changes it."""
         pledge_id = getattr(envelope.payload, "pledge_id", None)
         line = view.pledges.get(pledge_id) if isinstance(pledge_id, str) else None
         args: list[Any] = [
@@ -140,7 +167,33 @@ class RedisCampaignViews:
         ]
         for n in notifications:
             args.extend((n.notification_id, encode_notification(n), lane_of(n)))
-        return bool(await self._apply(keys=self._keys(envelope.campaign_id, partition), args=args))
+        return PreparedApply(self._keys(envelope.campaign_id, partition), args, partition)
+
+    async def apply_many(self, writes: Sequence[PreparedApply]) -> list[bool]:
+        """Write ``writes`` in order in one script call (one round trip): each is applied
+        unless its event was applied before. True per write that changed something."""
+        if not writes:
+            return []
+        keys: list[str] = []
+        args: list[Any] = [len(writes)]
+        for w in writes:
+            keys.extend(w.keys)
+            args.extend(w.args)
+        return [bool(x) for x in await self._apply(keys=keys, args=args)]
+
+    async def apply(
+        self,
+        view: CampaignView,
+        envelope: Envelope,
+        notifications: list[Notification],
+        *,
+        partition: int,
+        now_ms: int,
+    ) -> bool:
+        """Record one event (see :meth:`prepare`); False if it was applied before."""
+        write = self.prepare(view, envelope, notifications, partition=partition, now_ms=now_ms)
+        [changed] = await self.apply_many([write])
+        return changed
 
 
 def _text(value: Any) -> str:
