@@ -60,6 +60,9 @@ def test_make_demo_simulates_audits_says_where_to_look_and_stops_on_ctrl_c(
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: SIGINT reaches it like Ctrl-C
+            # as from a terminal: a runner started in the background passes SIGINT ignored,
+            # and a shell cannot trap a signal ignored on entry (Ctrl-C would do nothing)
+            preexec_fn=_default_sigint,
         )
     api = f"http://127.0.0.1:{ports['API']}"
     try:
@@ -99,6 +102,10 @@ def test_make_demo_simulates_audits_says_where_to_look_and_stops_on_ctrl_c(
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
         asyncio.run(_cleanup(prefix))
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 async def _cleanup(prefix: str) -> None:
