@@ -22,7 +22,6 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from schemas.events import NotificationFailed, NotificationSent
 from services.notify.adapters.http_webhook import PostOutcome
 from services.notify.adapters.redis_queue import RedisDeliveryQueue
 from services.notify.adapters.smtp import SmtpTransport
@@ -37,6 +36,7 @@ from services.notify.records import encode_notification, lane_of
 from services.notify.webhooks import new_secret
 from tests.support.api import eventually
 from tests.support.invariants import wipe_namespace
+from tests.support.notify_fakes import MemoryRecorder
 
 pytestmark = pytest.mark.integration
 
@@ -80,22 +80,12 @@ class Poster:
 
 
 @dataclass
-class Recorder:
-    sent: list[str] = field(default_factory=list)
-
-    async def record(
-        self, campaign_id: str, events: list[NotificationSent | NotificationFailed], cause: str
-    ) -> None:
-        self.sent += [e.notification_id for e in events if isinstance(e, NotificationSent)]
-
-
-@dataclass
 class Rig:
     dispatcher: Dispatcher
     queue: RedisDeliveryQueue
     client: CountingRedis
     poster: Poster
-    recorder: Recorder
+    recorder: MemoryRecorder
     clock: list[float]
     added: int = 0
 
@@ -148,7 +138,7 @@ async def rig(
             name, "tenant-a", f"http://127.0.0.1:9/{name}", frozenset({"PledgeMade"}), new_secret()
         )
         directory.apply_endpoint(endpoint_key("tenant-a", name), endpoint_value(ep))
-    poster, recorder = Poster(), Recorder()
+    poster, recorder = Poster(), MemoryRecorder()
     dispatcher = Dispatcher(
         queue=queue,
         directory=directory,

@@ -20,7 +20,6 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from schemas.events import NotificationFailed, NotificationSent
 from services.notify.adapters.http_webhook import PostOutcome
 from services.notify.adapters.redis_queue import RedisDeliveryQueue
 from services.notify.adapters.smtp import SmtpTransport
@@ -32,6 +31,7 @@ from services.notify.mail import MailRenderer
 from services.notify.metrics import NotifyMetrics
 from services.notify.webhooks import new_secret
 from tests.support.invariants import wipe_namespace
+from tests.support.notify_fakes import MemoryRecorder
 
 pytestmark = pytest.mark.integration
 
@@ -54,21 +54,11 @@ class Poster:
 
 
 @dataclass
-class Recorder:
-    sent: list[str] = field(default_factory=list)
-
-    async def record(
-        self, campaign_id: str, events: list[NotificationSent | NotificationFailed], cause: str
-    ) -> None:
-        self.sent += [e.notification_id for e in events if isinstance(e, NotificationSent)]
-
-
-@dataclass
 class Rig:
     dispatcher: Dispatcher
     queue: RedisDeliveryQueue
     poster: Poster
-    recorder: Recorder
+    recorder: MemoryRecorder
     now_ms: int
     ids: list[str]
 
@@ -90,7 +80,7 @@ async def rig(redis_server: str, unique: str, poster: Poster) -> AsyncIterator[R
         "ep", "tenant-a", "http://127.0.0.1:9/hook", frozenset({"PledgeMade"}), new_secret()
     )
     directory.apply_endpoint(endpoint_key("tenant-a", "ep"), endpoint_value(ep))
-    recorder = Recorder()
+    recorder = MemoryRecorder()
     dispatcher = Dispatcher(
         queue=queue,
         directory=directory,

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from schemas.events import NotificationFailed, NotificationSent
+from schemas.events import NotificationSent
 from schemas.topics import Topics, ensure_topics
 from services.notify.adapters.http_webhook import PostOutcome
 from services.notify.adapters.kafka_recorder import NotifyStreamRecorder
@@ -29,6 +29,7 @@ from services.notify.ports import NotOwner, Queued, Room
 from services.notify.webhooks import new_secret
 from tests.support.api import eventually
 from tests.support.invariants import wipe_namespace
+from tests.support.notify_fakes import MemoryRecorder
 from tests.support.notify_worker import notify_stream
 from tests.unit.notify.events import NOW
 
@@ -182,14 +183,6 @@ class _Poster:
         return PostOutcome(True)
 
 
-@dataclass
-class _Recorder:
-    async def record(
-        self, campaign_id: str, events: list[NotificationSent | NotificationFailed], cause: str
-    ) -> None:
-        return None
-
-
 class _NoDeadLetters:
     async def put(
         self, notification: Notification, reason: str, detail: str, attempts: int
@@ -215,7 +208,7 @@ async def test_a_full_lane_serves_the_oldest_notification_of_any_partition_first
         poster=poster,
         transport=SmtpTransport("127.0.0.1", 1),
         renderer=MailRenderer(sender="n@x.test", message_id_domain="x.test"),
-        recorder=_Recorder(),
+        recorder=MemoryRecorder(),
         dead_letters=_NoDeadLetters(),
         settings=settings,
         metrics=NotifyMetrics.create(CollectorRegistry()),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -31,20 +31,11 @@ from services.notify.redrive import redrive
 from services.notify.webhooks import new_secret, signed_headers
 from tests.support.api import eventually
 from tests.support.invariants import wipe_namespace
+from tests.support.notify_fakes import MemoryRecorder
 from tests.support.webhook_receiver import Receiver, running_receiver
 from tests.unit.notify.events import Stream, goal, launch, pledge
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class MemoryRecorder:
-    events: list[NotificationSent | NotificationFailed] = field(default_factory=list)
-
-    async def record(
-        self, campaign_id: str, events: list[NotificationSent | NotificationFailed], cause: str
-    ) -> None:
-        self.events.extend(events)
 
 
 @dataclass
