@@ -24,6 +24,10 @@ key name still comes from :class:`Keys`. Listings page by member (``ZRANGEBYLEX`
 (``ZRANGEBYSCORE``): a member never moves inside a set, so a page after a cursor neither
 repeats nor skips an item that existed when paging began, whatever arrives meanwhile.
 
+One module (over 400 lines) because the layout above and the Lua scripts that write and read
+it must agree key for key: :class:`Keys` builds every name the scripts are given, and a script
+split from it would spell the layout a second time.
+
 Campaign ids here are tenant-qualified (``<tenant>/<campaign>``, :mod:`schemas.tenancy`);
 ``/`` is outside the id alphabet, so ``<campaign>/<pledge>`` names exactly one pair (``:`` did
 not: ``acme:spring`` + ``p1`` and ``acme`` + ``spring:p1`` were one key).
