@@ -246,13 +246,14 @@ async def test_the_receiver_rejects_a_modified_body_and_an_old_timestamp() -> No
 
 
 def test_redrive_cli_names_a_missing_dead_letter_topic_in_one_line(
-    bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch
+    bootstrap: str, redis_server: str, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from typer.testing import CliRunner
 
     from services.notify.cli import app as notify_cli
 
     monkeypatch.setenv("PLEDGEFLOW_KAFKA_BOOTSTRAP", bootstrap)
+    monkeypatch.setenv("PLEDGEFLOW_REDIS_URL", redis_server)  # the suite's (its port may vary)
     monkeypatch.setenv("PLEDGEFLOW_TOPIC_PREFIX", f"{unique}-absent.")
     result = CliRunner().invoke(notify_cli, ["redrive"])
     assert result.exit_code == 2
